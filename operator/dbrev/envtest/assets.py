@@ -81,8 +81,12 @@ def _go_env() -> dict[str, str]:
         )
     env = dict(os.environ)
     env.setdefault("CGO_ENABLED", "0")
-    env["GOFLAGS"] = "-mod=mod"
+    env["GOFLAGS"] = " ".join(f for f in (env.get("GOFLAGS", ""), "-mod=mod") if f)
     env.setdefault("GOWORK", "off")
+    # Only the Go module proxy: Go's default ("...,direct") would fall back to
+    # fetching from VCS hosts.  The checksum database is reached through the
+    # proxy too.  An explicit GOPROXY (e.g. a company mirror) is respected.
+    env.setdefault("GOPROXY", "https://proxy.golang.org")
     return env
 
 
@@ -169,11 +173,20 @@ def build_etcd(dest: Path, version: str = ETCD_VERSION) -> None:
 
 
 def _from_kubebuilder_assets(folder: str) -> Assets:
-    d = Path(folder)
+    d = Path(folder).expanduser()
     missing = [b for b in ("etcd", "kube-apiserver") if not (d / b).is_file()]
     if missing:
-        raise AssetError(f"KUBEBUILDER_ASSETS={folder} lacks {', '.join(missing)}")
-    kubectl = d / "kubectl" if (d / "kubectl").is_file() else shutil.which("kubectl")
+        raise AssetError(
+            f"KUBEBUILDER_ASSETS={folder} lacks {', '.join(missing)} "
+            "(expected envtest's layout, e.g. from `setup-envtest use -p path`)"
+        )
+    # Prefer a kubectl of the same release: the folder's own, then ours, then PATH's.
+    for candidate in (d / "kubectl", bin_dir() / "kubectl"):
+        if candidate.is_file():
+            kubectl = str(candidate)
+            break
+    else:
+        kubectl = shutil.which("kubectl")
     if not kubectl:
         raise AssetError(f"KUBEBUILDER_ASSETS={folder} has no kubectl and none is on PATH")
     return Assets(d / "etcd", d / "kube-apiserver", Path(kubectl), "KUBEBUILDER_ASSETS")
