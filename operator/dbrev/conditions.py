@@ -1,0 +1,59 @@
+"""Condition types and reasons: the one place their names are spelled.
+
+Follows the Kubernetes API conventions as read by kstatus, Flux and Argo CD:
+``Ready`` is the summary, ``Reconciling`` means work is under way (or retrying
+a transient failure), ``Stalled`` means a human must act.  Reasons are
+CamelCase and name the cause.  The engine's errors carry these reasons so
+that the CLI, the logs and the operator's status all say the same thing.
+"""
+
+from __future__ import annotations
+
+# Condition types
+READY = "Ready"
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
+CONDITION_TYPES = (READY, RECONCILING, STALLED)
+
+# Reasons: success and progress
+AT_REVISION = "AtRevision"
+PROGRESSING = "Progressing"
+PLANNED = "Planned"
+APPLIED = "Applied"
+RECONCILED = "Reconciled"
+INITIALIZING = "Initializing"
+
+# Reasons: waiting (not failures)
+AWAITING_APPROVAL = "AwaitingApproval"
+SUSPENDED = "Suspended"
+
+# Reasons: transient failures (retried forever with capped backoff)
+DATABASE_UNAVAILABLE = "DatabaseUnavailable"
+LOCK_BUSY = "LockBusy"
+TIMED_OUT = "TimedOut"
+
+# Reasons: failures that need a human (Stalled)
+DOWNGRADE_DENIED = "DowngradeDenied"
+DATA_LOSS_DENIED = "DataLossDenied"
+ROLLED_BACK = "RolledBack"
+MIGRATION_FAILED = "MigrationFailed"
+ROLLBACK_FAILED = "RollbackFailed"
+INTEGRITY_CHECK_FAILED = "IntegrityCheckFailed"
+DRIFT_DETECTED = "DriftDetected"
+REVISION_NOT_FOUND = "RevisionNotFound"
+AMBIGUOUS_REVISION = "AmbiguousRevision"
+MULTIPLE_HEADS = "MultipleHeads"
+UNKNOWN_DATABASE_REVISION = "UnknownDatabaseRevision"
+INVALID_SCRIPTS = "InvalidScripts"
+IRREVERSIBLE_STEP = "IrreversibleStep"
+SCRIPT_CONFLICT = "ScriptConflict"
+INVALID_DATABASE_URL = "InvalidDatabaseURL"
+DATABASE_AUTH_FAILED = "DatabaseAuthFailed"
+DATABASE_NOT_FOUND = "DatabaseNotFound"
+PERMISSION_DENIED = "PermissionDenied"
+PLAN_CHANGED = "PlanChanged"
+SECRET_NOT_FOUND = "SecretNotFound"
+CONFIGMAP_NOT_FOUND = "ConfigMapNotFound"
+CONFLICT = "Conflict"
+INVALID_SPEC = "InvalidSpec"
+INTERRUPTED_RUN = "InterruptedRun"

@@ -1,0 +1,129 @@
+"""Errors the engine raises: each carries a CLI exit code and a condition reason.
+
+Exit codes (a stable interface, documented in README):
+0 success or nothing to do; 1 failed (rolled back where it could);
+2 bad input; 3 refused by policy; 4 busy (lock held); 5 database unavailable.
+"""
+
+from __future__ import annotations
+
+from . import conditions as C
+from .redact import redact
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_REFUSED = 3
+EXIT_BUSY = 4
+EXIT_UNAVAILABLE = 5
+
+
+class DbrevError(Exception):
+    """Base error.  ``str()`` is always safe to show: secrets are redacted."""
+
+    exit_code = EXIT_FAILED
+    reason = C.MIGRATION_FAILED
+    transient = False
+
+    def __init__(self, message: str, *, reason: str | None = None, hint: str | None = None,
+                 details: dict | None = None):
+        message = redact(message)
+        super().__init__(message)
+        self.message = message
+        if reason:
+            self.reason = reason
+        self.hint = redact(hint) if hint else None
+        self.details = details or {}
+
+    def __str__(self) -> str:
+        return self.message + (f" ({self.hint})" if self.hint else "")
+
+    def to_dict(self) -> dict:
+        d = {"error_type": type(self).__name__, "reason": self.reason,
+             "message": self.message, "exit_code": self.exit_code}
+        if self.hint:
+            d["hint"] = self.hint
+        if self.details:
+            d["details"] = self.details
+        return d
+
+
+class BadInput(DbrevError):
+    exit_code = EXIT_BAD_INPUT
+    reason = C.INVALID_SPEC
+
+
+class ScriptError(BadInput):
+    """A version script cannot be loaded: syntax, import, duplicate id, broken chain."""
+
+    reason = C.INVALID_SCRIPTS
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None, **kw):
+        where = f"{path}:{line}: " if path and line else (f"{path}: " if path else "")
+        super().__init__(where + message, **kw)
+        self.path = path
+        self.line = line
+        self.details.update({k: v for k, v in (("path", path), ("line", line)) if v})
+
+
+class RevisionNotFound(BadInput):
+    reason = C.REVISION_NOT_FOUND
+
+
+class AmbiguousRevision(BadInput):
+    reason = C.AMBIGUOUS_REVISION
+
+
+class MultipleHeads(BadInput):
+    reason = C.MULTIPLE_HEADS
+
+
+class UnknownDatabaseRevision(BadInput):
+    reason = C.UNKNOWN_DATABASE_REVISION
+
+
+class IrreversibleStep(BadInput):
+    reason = C.IRREVERSIBLE_STEP
+
+
+class ScriptConflict(BadInput):
+    reason = C.SCRIPT_CONFLICT
+
+
+class DatabaseConfigError(BadInput):
+    """Wrong URL, wrong password, missing database, missing privilege."""
+
+    reason = C.INVALID_DATABASE_URL
+
+
+class DatabaseUnavailable(DbrevError):
+    exit_code = EXIT_UNAVAILABLE
+    reason = C.DATABASE_UNAVAILABLE
+    transient = True
+
+
+class Busy(DbrevError):
+    exit_code = EXIT_BUSY
+    reason = C.LOCK_BUSY
+    transient = True
+
+
+class PolicyRefused(DbrevError):
+    exit_code = EXIT_REFUSED
+    reason = C.DOWNGRADE_DENIED
+
+
+class PlanChanged(PolicyRefused):
+    """The plan differs from the one that was reviewed or approved."""
+
+    reason = C.PLAN_CHANGED
+
+
+class MigrationFailed(DbrevError):
+    exit_code = EXIT_FAILED
+    reason = C.MIGRATION_FAILED
+
+
+class WorkerTimeout(DbrevError):
+    exit_code = EXIT_FAILED
+    reason = C.TIMED_OUT

@@ -1,0 +1,128 @@
+"""Planning and policy decisions over plain data (a fake renderer, no database)."""
+
+import pytest
+
+from dbrev import conditions as C
+from dbrev.graph import Node, graph_from_nodes
+from dbrev.planning import build_plan, hash_matches
+from dbrev.policy import Policy, evaluate
+from dbrev.scripts import Rendered, ScriptInfo
+
+NODES = [Node("a1", ()), Node("b2", ("a1",)), Node("c3", ("b2",))]
+SQL = {
+    ("a1", True): "CREATE TABLE customers (id int primary key)",
+    ("a1", False): "DROP TABLE customers",
+    ("b2", True): "ALTER TABLE customers ADD COLUMN phone text",
+    ("b2", False): "ALTER TABLE customers DROP COLUMN phone",
+    ("c3", True): "CREATE INDEX CONCURRENTLY ix ON customers (phone)",
+    ("c3", False): "DROP INDEX CONCURRENTLY ix",
+}
+
+
+def infos(shas=None):
+    shas = shas or {}
+    return {n.id: ScriptInfo(n.id, n.parents, (), (), f"doc {n.id}", f"{n.id}.py", shas.get(n.id, "0" * 64), "files")
+            for n in NODES}
+
+
+def make(current, target, sql=SQL, shas=None):
+    graph = graph_from_nodes(NODES)
+    render = lambda rev, up: Rendered(sql[(rev, up)], True)  # noqa: E731
+    return build_plan(graph, infos(shas), {n.id: "" for n in NODES}, current, target, render)
+
+
+def test_upgrade_plan_is_single_transaction_unless_a_step_needs_autocommit():
+    p = make((), ("b2",))
+    assert p.direction == "upgrade" and [s.revision for s in p.steps] == ["a1", "b2"]
+    assert p.transaction == "single" and not p.destructive_steps
+    p = make((), ("c3",))
+    assert p.transaction == "per-step" and p.warnings
+
+
+def test_downgrade_plan_marks_destructive_steps():
+    p = make(("b2",), ("a1",))
+    assert p.direction == "downgrade"
+    assert [s.revision for s in p.destructive_steps] == ["b2"]
+    assert p.declared_loss_tables == {"customers"}
+
+
+def test_hash_is_stable_and_binds_content():
+    h1 = make((), ("b2",)).hash
+    assert h1 == make((), ("b2",)).hash and h1.startswith("sha256:")
+    assert make((), ("b2",), shas={"b2": "1" * 64}).hash != h1
+    sql2 = dict(SQL)
+    sql2[("b2", True)] = "ALTER TABLE customers ADD COLUMN phone varchar(20)"
+    assert make((), ("b2",), sql=sql2).hash != h1
+    assert make((), ("a1",)).hash != h1
+
+
+def test_hash_prefix_matching():
+    h = make((), ("b2",)).hash
+    assert hash_matches(h, h) and hash_matches(h, h[7:19])
+    assert not hash_matches(h, h[7:15])  # too short to bind
+    assert not hash_matches(h, None) and not hash_matches(h, "sha256:" + "0" * 64)
+
+
+def test_noop_is_allowed():
+    d = evaluate(make(("b2",), ("b2",)), Policy())
+    assert d.allowed and d.reason == C.AT_REVISION
+
+
+def test_downgrade_denied():
+    d = evaluate(make(("a1",), ()), Policy(downgrade="Deny", data_loss="Allow"))
+    assert not d.allowed and d.reason == C.DOWNGRADE_DENIED and "a1" in d.message
+
+
+def test_data_loss_denied_names_the_effects():
+    d = evaluate(make(("b2",), ("a1",)), Policy(downgrade="Allow", data_loss="Deny"))
+    assert not d.allowed and d.reason == C.DATA_LOSS_DENIED
+    assert "DROP COLUMN phone" in d.message
+
+
+def test_data_loss_archive_allows_and_asks_for_archiving():
+    d = evaluate(make(("b2",), ("a1",)), Policy(downgrade="Allow", data_loss="Archive"))
+    assert d.allowed and d.archive
+
+
+def test_archive_refuses_what_it_cannot_keep():
+    sql = dict(SQL)
+    sql[("b2", False)] = "DROP SCHEMA billing CASCADE"
+    d = evaluate(make(("b2",), ("a1",), sql=sql), Policy(downgrade="Allow", data_loss="Archive"))
+    assert not d.allowed and d.reason == C.DATA_LOSS_DENIED and "cannot be archived" in d.message
+
+
+def test_approval_binds_to_the_plan_hash():
+    p = make(("b2",), ("a1",))
+    pol = Policy(downgrade="RequireApproval", data_loss="Allow")
+    d = evaluate(p, pol)
+    assert not d.allowed and d.awaiting_approval and d.reason == C.AWAITING_APPROVAL and p.hash in d.message
+    stale = make(("c3",), ("a1",)).hash
+    d = evaluate(p, pol, approval=stale)
+    assert not d.allowed and d.awaiting_approval and "different plan" in d.message
+    d = evaluate(p, pol, approval=p.hash)
+    assert d.allowed
+
+
+def test_data_loss_require_approval():
+    p = make(("b2",), ("a1",))
+    d = evaluate(p, Policy(downgrade="Allow", data_loss="RequireApproval"))
+    assert d.awaiting_approval and "data loss" in d.message
+    assert evaluate(p, Policy(downgrade="Allow", data_loss="RequireApproval"), p.hash).allowed
+
+
+def test_irreversible_step_is_refused_whatever_the_policy():
+    graph = graph_from_nodes(NODES)
+
+    def render(rev, up):
+        if rev == "b2" and not up:
+            return Rendered("", False, "downgrade() raises NotImplementedError", irreversible=True)
+        return Rendered(SQL[(rev, up)], True)
+
+    p = build_plan(graph, infos(), {n.id: "" for n in NODES}, ("b2",), ("a1",), render)
+    d = evaluate(p, Policy(downgrade="Allow", data_loss="Allow"))
+    assert not d.allowed and d.reason == C.IRREVERSIBLE_STEP
+
+
+def test_invalid_policy_values():
+    with pytest.raises(ValueError):
+        Policy(downgrade="Sometimes")
