@@ -48,7 +48,7 @@ def control_plane(tmp_path_factory, pytestconfig):
     """A real etcd + kube-apiserver for the whole session, stopped at the end."""
     folder = os.environ.get("DBREV_TEST_CLUSTER_DIR")
     root = Path(folder) if folder else tmp_path_factory.mktemp("control-plane")
-    cp = ControlPlane(root)
+    cp = ControlPlane(root, die_with_parent=True)  # no orphans if pytest is killed
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
     # Let a first-time build show its progress instead of looking hung.
     uncaptured = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()

@@ -442,3 +442,30 @@ def test_cli_up_survives_a_crashed_run_and_down_leaves_nothing_listening(control
     for port in (state["port"], state["etcd_port"], state["etcd_peer_port"]):
         assert not port_is_listening(port)
     assert "nothing running" in _cli("down", "--dir", str(d)).stdout
+
+
+@pytest.mark.slow
+def test_in_process_control_plane_dies_with_its_owner(control_plane, tmp_path):
+    """A killed test run (CI timeout, SIGKILL) leaves no etcd/kube-apiserver behind."""
+    import dbrev
+
+    d = tmp_path / "owned"
+    owner = textwrap.dedent(
+        f"""
+        import json, os, sys
+        sys.path.insert(0, {str(Path(dbrev.__file__).parent.parent)!r})
+        from dbrev.envtest.controlplane import ControlPlane
+        cp = ControlPlane({str(d)!r}, die_with_parent=True).start()
+        print(json.dumps({{"pids": [p.pid for p in cp._procs.values()],
+                           "ports": [cp.port, cp.etcd_port, cp.etcd_peer_port]}}), flush=True)
+        os.kill(os.getpid(), 9)
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", owner], capture_output=True, text=True, timeout=300)
+    assert r.returncode == -9, r.stderr
+    info = json.loads(r.stdout)
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in info["pids"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in info["pids"])
+    assert not any(port_is_listening(p) for p in info["ports"])

@@ -319,6 +319,15 @@ def _reap(pid: int) -> None:
         pass
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM me when the parent dies (Linux prctl)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -337,6 +346,10 @@ class ControlPlane:
     assets: _assets.Assets | None = None
     build: bool = True  # build the binaries when missing (minutes on a fresh machine)
     start_timeout: float = 180.0
+    # True for in-process users (the pytest fixture): the kernel stops etcd and
+    # kube-apiserver when this process dies, even by SIGKILL or a CI timeout.
+    # False for `up`, whose processes must outlive the CLI.
+    die_with_parent: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     etcd_port: int = 0
     etcd_peer_port: int = 0
@@ -432,6 +445,7 @@ class ControlPlane:
                 stderr=subprocess.STDOUT,
                 cwd=self.dir,
                 start_new_session=True,  # not killed with the terminal; killable by pid
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         finally:
             log.close()
