@@ -19,6 +19,10 @@ The binaries come from ``KUBEBUILDER_ASSETS`` or the version-keyed cache; when
 missing they are built (minutes on a fresh machine; progress goes to the
 terminal).  A failed build fails the tests — cluster tests are never skipped.
 ``DBREV_TEST_CLUSTER_DIR`` keeps the control plane's folder (logs) at a fixed place.
+
+``DBREV_TEST_KUBECONFIG=PATH`` uses an existing cluster instead (kind, or a
+control plane from ``make cluster-up``): nothing is built or started, and the
+tests about the local control-plane tool itself are skipped.
 """
 
 from __future__ import annotations
@@ -38,14 +42,33 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "operator"))
 
 from dbrev.envtest.assets import AssetError  # noqa: E402
-from dbrev.envtest.controlplane import ControlPlane, ControlPlaneError  # noqa: E402
+from dbrev.envtest.controlplane import (  # noqa: E402
+    ControlPlane,
+    ControlPlaneError,
+    ExistingCluster,
+)
 
-__all__ = ["control_plane", "kubeconfig", "kubectl", "k8s_api", "namespace"]
+__all__ = ["control_plane", "kubeconfig", "kubectl", "k8s_api", "namespace", "local_control_plane_only"]
+
+EXISTING_KUBECONFIG = os.environ.get("DBREV_TEST_KUBECONFIG")
+
+# For tests of the local control-plane tool itself (they start their own).
+local_control_plane_only = pytest.mark.skipif(
+    bool(EXISTING_KUBECONFIG),
+    reason="DBREV_TEST_KUBECONFIG points at an existing cluster; the local control plane is not in use",
+)
 
 
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory, pytestconfig):
     """A real etcd + kube-apiserver for the whole session, stopped at the end."""
+    if EXISTING_KUBECONFIG:
+        try:
+            cp = ExistingCluster(EXISTING_KUBECONFIG).start()
+        except (ControlPlaneError, OSError, KeyError) as e:
+            pytest.fail(f"DBREV_TEST_KUBECONFIG={EXISTING_KUBECONFIG}: {e}", pytrace=False)
+        yield from _with_kubeconfig_env(cp)
+        return
     folder = os.environ.get("DBREV_TEST_CLUSTER_DIR")
     root = Path(folder) if folder else tmp_path_factory.mktemp("control-plane")
     cp = ControlPlane(root, die_with_parent=True)  # no orphans if pytest is killed
@@ -64,6 +87,10 @@ def control_plane(tmp_path_factory, pytestconfig):
         pytest.fail(f"control-plane binaries unavailable: {e}", pytrace=False)
     except ControlPlaneError as e:
         pytest.fail(f"control plane did not start: {e}", pytrace=False)
+    yield from _with_kubeconfig_env(cp)
+
+
+def _with_kubeconfig_env(cp):
     previous = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = str(cp.kubeconfig)
     try:

@@ -21,7 +21,8 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
 from dbrev.envtest import assets
-from dbrev.envtest.controlplane import ControlPlane, port_is_listening
+from dbrev.envtest.controlplane import port_is_listening
+from fixtures_cluster import local_control_plane_only
 
 pytestmark = pytest.mark.cluster
 
@@ -102,12 +103,13 @@ def widget(name, **spec):
 def test_readyz_answers_ok_through_cached_kubectl(control_plane):
     assert control_plane.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
     versions = json.loads(control_plane.kubectl("version", "-o", "json").stdout)
-    if not os.environ.get("KUBEBUILDER_ASSETS"):
+    if not os.environ.get("KUBEBUILDER_ASSETS") and not os.environ.get("DBREV_TEST_KUBECONFIG"):
         # kubectl and kube-apiserver come from the same build
         assert versions["serverVersion"]["gitVersion"] == assets.KUBERNETES_VERSION
         assert versions["clientVersion"]["gitVersion"] == assets.KUBERNETES_VERSION
 
 
+@local_control_plane_only
 def test_kubeconfig_is_self_contained(kubeconfig):
     doc = json.loads(Path(kubeconfig).read_text())
     cluster = doc["clusters"][0]["cluster"]
@@ -130,6 +132,7 @@ def test_kubernetes_client_loads_kubeconfig_as_admin(kubeconfig):
         assert "system:masters" in review.status.user_info.groups
 
 
+@local_control_plane_only
 def test_apiserver_listens_on_loopback_only(control_plane):
     # --bind-address=127.0.0.1: the port is not reachable on other local addresses
     import socket
@@ -410,6 +413,7 @@ def _alive(pid):
     return stat.split(")")[-1].split()[0] != "Z"
 
 
+@local_control_plane_only
 @pytest.mark.slow
 def test_cli_up_survives_a_crashed_run_and_down_leaves_nothing_listening(control_plane, tmp_path):
     d = tmp_path / "cluster"
@@ -444,6 +448,7 @@ def test_cli_up_survives_a_crashed_run_and_down_leaves_nothing_listening(control
     assert "nothing running" in _cli("down", "--dir", str(d)).stdout
 
 
+@local_control_plane_only
 @pytest.mark.slow
 def test_in_process_control_plane_dies_with_its_owner(control_plane, tmp_path):
     """A killed test run (CI timeout, SIGKILL) leaves no etcd/kube-apiserver behind."""

@@ -46,6 +46,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -335,11 +336,189 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
+# --------------------------------------------------------------------------- clients
+
+
+class Cluster:
+    """What tests need from any API server reached with an admin kubeconfig:
+    raw requests, the matching kubectl, ``kubernetes`` clients (optionally
+    impersonating), namespaces, ServiceAccount tokens and kubeconfigs.
+
+    Subclasses provide ``kubeconfig``, ``server``, ``kubectl_path``,
+    ``_ssl_context()``, ``_auth_headers()``, ``_ca_pem()`` and ``_scratch``.
+    """
+
+    kubeconfig: Path
+    server: str
+    kubectl_path: Path
+    _scratch: Path
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        raise NotImplementedError
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {}
+
+    def _ca_pem(self) -> bytes:
+        raise NotImplementedError
+
+    def readyz(self) -> bool:
+        status, body = self.request("GET", "/readyz", timeout=2, raw=True)
+        return status == 200 and body.strip() == b"ok"
+
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30,
+        raw: bool = False,
+        content_type: str = "application/json",
+    ) -> tuple[int, Any]:
+        """One admin HTTPS request (no client library); returns (status, json or bytes).
+        Connection errors return status 0."""
+        data = None
+        hdrs = {"Accept": "application/json"}
+        if body is not None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            hdrs["Content-Type"] = content_type
+        hdrs.update(headers or {})
+        hdrs.update(self._auth_headers())
+        req = urllib.request.Request(self.server + path, data=data, method=method, headers=hdrs)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout, context=self._ssl_context()) as r:
+                status, payload = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, payload = e.code, e.read()
+        except (OSError, ssl.SSLError):
+            return 0, None
+        if raw:
+            return status, payload
+        try:
+            return status, json.loads(payload) if payload else None
+        except ValueError:
+            return status, payload
+
+    def kubectl(
+        self,
+        *args: str,
+        check: bool = True,
+        input: str | None = None,
+        as_service_account: tuple[str, str] | None = None,
+        as_user: str | None = None,
+        as_groups: Iterable[str] = (),
+        kubeconfig: Path | str | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess:
+        """Run the cached kubectl against this control plane (admin unless
+        ``kubeconfig`` or an impersonation is given); text output."""
+        cmd = [str(self.kubectl_path), "--kubeconfig", str(kubeconfig or self.kubeconfig)]
+        if as_service_account:
+            cmd.append("--as=" + service_account_username(*as_service_account))
+        if as_user:
+            cmd.append("--as=" + as_user)
+        cmd += [f"--as-group={g}" for g in as_groups]
+        cmd += list(args)
+        proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise subprocess.CalledProcessError(proc.returncode, cmd, proc.stdout, proc.stderr)
+        return proc
+
+    def env(self) -> dict[str, str]:
+        """os.environ plus KUBECONFIG pointing here (for subprocesses, e.g. ``kopf run``)."""
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+    def api_client(
+        self,
+        *,
+        as_service_account: tuple[str, str] | None = None,
+        as_user: str | None = None,
+        kubeconfig: Path | str | None = None,
+    ):
+        """A ``kubernetes.client.ApiClient`` loaded from the kubeconfig (admin by
+        default), optionally impersonating a ServiceAccount or user.  It does not
+        touch the client's global default configuration."""
+        from kubernetes import client, config
+
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=str(kubeconfig or self.kubeconfig), client_configuration=cfg)
+        api = client.ApiClient(cfg)
+        who = service_account_username(*as_service_account) if as_service_account else as_user
+        if who:
+            # For a ServiceAccount username the server adds its groups
+            # (system:serviceaccounts, system:serviceaccounts:NS, system:authenticated).
+            api.set_default_header("Impersonate-User", who)
+        return api
+
+    def create_namespace(self, name: str, *, default_service_account: bool = True) -> str:
+        status, body = self.request(
+            "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        )
+        if status not in (201, 409):
+            raise ControlPlaneError(f"creating namespace {name}: {status} {body}")
+        if default_service_account:
+            self.create_service_account(name, "default")
+        return name
+
+    def delete_namespace(self, name: str) -> None:
+        """Starts deletion only: without a controller-manager it stays Terminating
+        (new objects are refused in it, which is what isolation needs)."""
+        self.request("DELETE", f"/api/v1/namespaces/{name}")
+
+    def create_service_account(self, namespace: str, name: str) -> None:
+        status, body = self.request(
+            "POST",
+            f"/api/v1/namespaces/{namespace}/serviceaccounts",
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}},
+        )
+        if status not in (201, 409):
+            raise ControlPlaneError(f"creating serviceaccount {namespace}/{name}: {status} {body}")
+
+    def service_account_token(
+        self, namespace: str, name: str, *, expiration_seconds: int = 3600, create: bool = True
+    ) -> str:
+        """A bound token for the ServiceAccount via the TokenRequest API."""
+        if create:
+            self.create_service_account(namespace, name)
+        status, body = self.request(
+            "POST",
+            f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+            {
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "spec": {"expirationSeconds": expiration_seconds},
+            },
+        )
+        if status != 201:
+            raise ControlPlaneError(f"TokenRequest for {namespace}/{name}: {status} {body}")
+        return body["status"]["token"]
+
+    def service_account_kubeconfig(
+        self, namespace: str, name: str, *, expiration_seconds: int = 3600, create: bool = True
+    ) -> Path:
+        """A kubeconfig authenticating as the ServiceAccount with a real token
+        (works with kubectl, the kubernetes client and Kopf); default namespace set."""
+        token = self.service_account_token(
+            namespace, name, expiration_seconds=expiration_seconds, create=create
+        )
+        return write_kubeconfig(
+            self._scratch / "sa-kubeconfigs" / f"{namespace}.{name}.kubeconfig",
+            self.server,
+            self._ca_pem(),
+            user=service_account_username(namespace, name),
+            token=token,
+            namespace=namespace,
+        )
+
+
 # --------------------------------------------------------------------------- control plane
 
 
 @dataclass
-class ControlPlane:
+class ControlPlane(Cluster):
     """etcd + kube-apiserver in ``dir``; see the module docstring."""
 
     dir: Path
@@ -382,6 +561,18 @@ class ControlPlane:
     def kubectl_path(self) -> Path:
         """The kubectl built with kube-apiserver (same version); use it everywhere."""
         return self._assets().kubectl
+
+    @property
+    def _scratch(self) -> Path:
+        return self.dir
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+        ctx.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
+        return ctx
+
+    def _ca_pem(self) -> bytes:
+        return (self.pki / "ca.crt").read_bytes()
 
     def log_path(self, binary: str) -> Path:
         return self.dir / f"{binary}.log"
@@ -549,8 +740,7 @@ class ControlPlane:
             return False
 
     def _apiserver_ready(self) -> bool:
-        status, body = self.request("GET", "/readyz", timeout=2, raw=True)
-        if status != 200 or body.strip() != b"ok":
+        if not self.readyz():
             return False
         # The bootstrap controller creates the "default" namespace itself.
         status, _ = self.request("GET", "/api/v1/namespaces/default", timeout=2)
@@ -675,157 +865,83 @@ class ControlPlane:
             "ready": ready,
         }
 
-    # ----- talking to it
+
+class ExistingCluster(Cluster):
+    """An API server someone else runs (kind, a shared cluster), reached with an
+    admin kubeconfig whose current context uses a client certificate or a token
+    (what ``kind get kubeconfig`` writes).  ``start``/``stop`` only manage a
+    scratch folder; nothing is started or stopped."""
+
+    def __init__(self, kubeconfig: Path | str, kubectl: Path | str | None = None):
+        import yaml
+
+        self.kubeconfig = Path(kubeconfig).expanduser().resolve()
+        doc = yaml.safe_load(self.kubeconfig.read_text()) or {}
+        by_name = lambda key: {i["name"]: i.get(key[:-1]) or {} for i in doc.get(key) or []}
+        ctx = by_name("contexts")[doc["current-context"]]
+        cluster = by_name("clusters")[ctx["cluster"]]
+        self._user = by_name("users")[ctx["user"]]
+        self._cluster = cluster
+        self.server = cluster["server"].rstrip("/")
+        self._kubectl = Path(kubectl) if kubectl else None
+        self._scratch = Path(tempfile.mkdtemp(prefix="dbrev-cluster-"))
+
+    @property
+    def kubectl_path(self) -> Path:
+        if self._kubectl:
+            return self._kubectl
+        try:
+            return _assets.find(build=False).kubectl
+        except _assets.AssetError:
+            found = shutil.which("kubectl")
+            if not found:
+                raise
+            return Path(found)
+
+    def _material(self, section: dict, key: str) -> str | None:
+        """A file path for ``key`` (``<key>-data`` embedded or ``<key>`` path)."""
+        if section.get(key + "-data"):
+            path = self._scratch / "creds" / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_private(path, base64.b64decode(section[key + "-data"]))
+            return str(path)
+        if section.get(key):
+            p = Path(section[key]).expanduser()
+            return str(p if p.is_absolute() else self.kubeconfig.parent / p)
+        return None
+
+    def _ca_pem(self) -> bytes:
+        ca = self._material(self._cluster, "certificate-authority")
+        return Path(ca).read_bytes() if ca else b""
 
     def _ssl_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
-        ctx.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
+        ca = self._material(self._cluster, "certificate-authority")
+        ctx = ssl.create_default_context(cafile=ca)
+        if self._cluster.get("insecure-skip-tls-verify"):
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        cert = self._material(self._user, "client-certificate")
+        if cert:
+            ctx.load_cert_chain(cert, self._material(self._user, "client-key"))
         return ctx
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        headers: dict[str, str] | None = None,
-        timeout: float = 30,
-        raw: bool = False,
-        content_type: str = "application/json",
-    ) -> tuple[int, Any]:
-        """One admin HTTPS request (no client library); returns (status, json or bytes).
-        Connection errors return status 0."""
-        data = None
-        hdrs = {"Accept": "application/json"}
-        if body is not None:
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            hdrs["Content-Type"] = content_type
-        hdrs.update(headers or {})
-        req = urllib.request.Request(self.server + path, data=data, method=method, headers=hdrs)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout, context=self._ssl_context()) as r:
-                status, payload = r.status, r.read()
-        except urllib.error.HTTPError as e:
-            status, payload = e.code, e.read()
-        except (OSError, ssl.SSLError):
-            return 0, None
-        if raw:
-            return status, payload
-        try:
-            return status, json.loads(payload) if payload else None
-        except ValueError:
-            return status, payload
+    def _auth_headers(self) -> dict[str, str]:
+        if self._user.get("token"):
+            return {"Authorization": f"Bearer {self._user['token']}"}
+        if not self._user.get("client-certificate-data") and not self._user.get("client-certificate"):
+            raise ControlPlaneError(
+                f"{self.kubeconfig}: the current user has neither a client certificate "
+                "nor a token (exec/auth-provider plugins are not supported here)"
+            )
+        return {}
 
-    def kubectl(
-        self,
-        *args: str,
-        check: bool = True,
-        input: str | None = None,
-        as_service_account: tuple[str, str] | None = None,
-        as_user: str | None = None,
-        as_groups: Iterable[str] = (),
-        kubeconfig: Path | str | None = None,
-        timeout: float = 120,
-    ) -> subprocess.CompletedProcess:
-        """Run the cached kubectl against this control plane (admin unless
-        ``kubeconfig`` or an impersonation is given); text output."""
-        cmd = [str(self.kubectl_path), "--kubeconfig", str(kubeconfig or self.kubeconfig)]
-        if as_service_account:
-            cmd.append("--as=" + service_account_username(*as_service_account))
-        if as_user:
-            cmd.append("--as=" + as_user)
-        cmd += [f"--as-group={g}" for g in as_groups]
-        cmd += list(args)
-        proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(proc.returncode, cmd, proc.stdout, proc.stderr)
-        return proc
+    def start(self) -> "ExistingCluster":
+        if not self.readyz():
+            raise ControlPlaneError(f"{self.server} (from {self.kubeconfig}) is not ready")
+        return self
 
-    def env(self) -> dict[str, str]:
-        """os.environ plus KUBECONFIG pointing here (for subprocesses, e.g. ``kopf run``)."""
-        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-
-    def api_client(
-        self,
-        *,
-        as_service_account: tuple[str, str] | None = None,
-        as_user: str | None = None,
-        kubeconfig: Path | str | None = None,
-    ):
-        """A ``kubernetes.client.ApiClient`` loaded from the kubeconfig (admin by
-        default), optionally impersonating a ServiceAccount or user.  It does not
-        touch the client's global default configuration."""
-        from kubernetes import client, config
-
-        cfg = client.Configuration()
-        config.load_kube_config(config_file=str(kubeconfig or self.kubeconfig), client_configuration=cfg)
-        api = client.ApiClient(cfg)
-        who = service_account_username(*as_service_account) if as_service_account else as_user
-        if who:
-            # For a ServiceAccount username the server adds its groups
-            # (system:serviceaccounts, system:serviceaccounts:NS, system:authenticated).
-            api.set_default_header("Impersonate-User", who)
-        return api
-
-    def create_namespace(self, name: str, *, default_service_account: bool = True) -> str:
-        status, body = self.request(
-            "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-        )
-        if status not in (201, 409):
-            raise ControlPlaneError(f"creating namespace {name}: {status} {body}")
-        if default_service_account:
-            self.create_service_account(name, "default")
-        return name
-
-    def delete_namespace(self, name: str) -> None:
-        """Starts deletion only: without a controller-manager it stays Terminating
-        (new objects are refused in it, which is what isolation needs)."""
-        self.request("DELETE", f"/api/v1/namespaces/{name}")
-
-    def create_service_account(self, namespace: str, name: str) -> None:
-        status, body = self.request(
-            "POST",
-            f"/api/v1/namespaces/{namespace}/serviceaccounts",
-            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}},
-        )
-        if status not in (201, 409):
-            raise ControlPlaneError(f"creating serviceaccount {namespace}/{name}: {status} {body}")
-
-    def service_account_token(
-        self, namespace: str, name: str, *, expiration_seconds: int = 3600, create: bool = True
-    ) -> str:
-        """A bound token for the ServiceAccount via the TokenRequest API."""
-        if create:
-            self.create_service_account(namespace, name)
-        status, body = self.request(
-            "POST",
-            f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
-            {
-                "apiVersion": "authentication.k8s.io/v1",
-                "kind": "TokenRequest",
-                "spec": {"expirationSeconds": expiration_seconds},
-            },
-        )
-        if status != 201:
-            raise ControlPlaneError(f"TokenRequest for {namespace}/{name}: {status} {body}")
-        return body["status"]["token"]
-
-    def service_account_kubeconfig(
-        self, namespace: str, name: str, *, expiration_seconds: int = 3600, create: bool = True
-    ) -> Path:
-        """A kubeconfig authenticating as the ServiceAccount with a real token
-        (works with kubectl, the kubernetes client and Kopf); default namespace set."""
-        token = self.service_account_token(
-            namespace, name, expiration_seconds=expiration_seconds, create=create
-        )
-        return write_kubeconfig(
-            self.dir / "sa-kubeconfigs" / f"{namespace}.{name}.kubeconfig",
-            self.server,
-            (self.pki / "ca.crt").read_bytes(),
-            user=service_account_username(namespace, name),
-            token=token,
-            namespace=namespace,
-        )
+    def stop(self) -> None:
+        shutil.rmtree(self._scratch, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- CLI
