@@ -366,7 +366,6 @@ class Cluster:
         status, body = self.request("GET", "/readyz", timeout=2, raw=True)
         return status == 200 and body.strip() == b"ok"
 
-
     def request(
         self,
         method: str,
