@@ -168,7 +168,7 @@ def rollback_triggered(reason: str, from_version: Any, to_version: Any, **fields
 
 
 def rollback_executed(from_version: Any, to_version: Any, success: bool, **fields: Any) -> None:
-    (logger.info if success else logger.error)(
+    (logger.warning if success else logger.error)(
         "Rollback executed" if success else "Rollback failed",
         extra={"event": "rollback_executed", "from_version": _rev(from_version),
                "to_version": _rev(to_version), "success": success, **fields})

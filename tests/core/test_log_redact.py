@@ -79,7 +79,7 @@ def test_rollback_records():
     t, ok, bad = records(buf)
     assert t["event"] == "rollback_triggered" and t["reason"] == "migration_failure"
     assert t["from_version"] == "b2" and t["to_version"] == "a1"
-    assert ok["event"] == "rollback_executed" and ok["success"] is True and ok["level"] == "INFO"
+    assert ok["event"] == "rollback_executed" and ok["success"] is True and ok["level"] == "WARNING"
     assert bad["success"] is False and bad["level"] == "ERROR"
 
 

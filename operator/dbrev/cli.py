@@ -1,0 +1,385 @@
+"""``dbrev``: plan, apply, current, history, verify (and the operator's verbs).
+
+A stable interface.  ``--json`` prints exactly one JSON document on stdout;
+otherwise the output is for humans, with progress on long runs.  Logs are
+JSON lines on stderr (``--log-level``, default ``warning``).
+
+Exit codes: 0 success or nothing to do; 1 failed (rolled back where it
+could); 2 bad input; 3 refused by policy; 4 busy (lock held); 5 database
+unavailable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from . import __version__
+from . import errors as E
+from . import log as L
+from .db import DbOptions
+from .redact import redact, redact_obj
+
+RESULT_EXIT = {"applied": 0, "noop": 0, "rolled_back": 1, "failed": 1, "refused": 3, "busy": 4}
+
+
+def _add_common(p: argparse.ArgumentParser, db: bool = True, migrations: bool = True) -> None:
+    if db:
+        p.add_argument("--database-url", default=None, metavar="URL",
+                       help="SQLAlchemy URL of the database (default: $DBREV_DATABASE_URL)")
+        p.add_argument("--connect-timeout", type=float, default=60.0, metavar="SECONDS",
+                       help="give up connecting after this long, retrying with backoff (default 60, for cold starts)")
+        p.add_argument("--lock-timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="wait this long for the migration lock and for table locks (default 10)")
+        p.add_argument("--statement-timeout", type=float, default=0.0, metavar="SECONDS",
+                       help="cancel any single statement running longer than this (default 0: no limit)")
+        p.add_argument("--state-schema", default="dbrev", metavar="NAME",
+                       help="schema for dbrev's bookkeeping in the database (default dbrev)")
+    if migrations:
+        p.add_argument("--migrations", default=os.environ.get("DBREV_MIGRATIONS"), metavar="DIR",
+                       help="folder of Alembic version scripts, or a script_location with env.py and versions/ "
+                            "(default: $DBREV_MIGRATIONS)")
+        p.add_argument("--pythonpath", action="append", default=[], metavar="DIR",
+                       help="add a folder to sys.path before loading the scripts (repeatable)")
+    p.add_argument("--version-table", default="alembic_version", metavar="NAME")
+    p.add_argument("--version-table-schema", default=None, metavar="NAME")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument("--log-level", default=os.environ.get("DBREV_LOG_LEVEL", "warning"),
+                   choices=["debug", "info", "warning", "error"], type=str.lower)
+    p.add_argument("--log-format", default=os.environ.get("DBREV_LOG_FORMAT", "json"), choices=["json", "text"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dbrev", description="Keep a PostgreSQL database at an Alembic revision, "
+                                     "safely: plan, policy, atomic apply, verification, automatic rollback.")
+    parser.add_argument("--version", action="version", version=f"dbrev {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("plan", help="show what reaching a revision would do, without changing anything")
+    _add_common(p)
+    p.add_argument("--revision", "-r", required=True, metavar="TARGET",
+                   help="full id, unique prefix, head, heads, base, label, label@head, -N, +N")
+    p.add_argument("--from", dest="from_revisions", action="append", metavar="REV",
+                   help="plan from this revision instead of reading the database (repeatable; 'base' for empty)")
+    p.add_argument("--sql", action="store_true", help="print each step's SQL (text output)")
+
+    p = sub.add_parser("apply", help="bring the database to a revision (upgrade or downgrade)")
+    _add_common(p)
+    p.add_argument("--revision", "-r", required=True, metavar="TARGET")
+    p.add_argument("--allow-downgrade", action="store_true", help="permit a plan that downgrades")
+    p.add_argument("--allow-data-loss", action="store_true", help="permit steps that drop or delete data")
+    p.add_argument("--archive", action="store_true",
+                   help="copy what destructive steps would remove into the dbrev_archive schema first")
+    p.add_argument("--no-rollback-on-failure", action="store_true",
+                   help="leave the database where a failure stopped it instead of returning to the start")
+    p.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
+                   help="kill the run after this long (default 3600)")
+    p.add_argument("--plan-hash", default=None, metavar="HASH",
+                   help="refuse unless the plan is exactly this one (from `dbrev plan`)")
+    p.add_argument("--verify", default=None, metavar="CHECKS",
+                   help="comma-separated checks (default: constraints,indexes,sequences,orphans,rowCounts,fingerprint)")
+    p.add_argument("--exact-counts", action="store_true",
+                   help="also compare exact row counts of every table (slow on big tables)")
+
+    p = sub.add_parser("current", help="show the revision(s) the database is at")
+    _add_common(p)
+
+    p = sub.add_parser("history", help="list the revisions, newest first, marking the current one")
+    _add_common(p)
+    p.add_argument("--runs", type=int, default=0, metavar="N", help="also list dbrev's last N runs")
+
+    p = sub.add_parser("verify", help="run the integrity checks now")
+    _add_common(p)
+    p.add_argument("--revision", "-r", default=None, metavar="TARGET", help="also check the database is at TARGET")
+    p.add_argument("--checks", default=None, metavar="CHECKS", help="comma-separated subset of the checks")
+    p.add_argument("--accept-drift", action="store_true",
+                   help="record the current schema as the reference for this revision")
+
+    _extend(sub)
+    return parser
+
+
+def _extend(sub) -> None:
+    """Subcommands added by other modules (operator, approve, archive)."""
+    for modname in ("dbrev.cli_ext",):
+        try:
+            mod = __import__(modname, fromlist=["register"])
+        except ImportError:
+            continue
+        mod.register(sub, _add_common)
+
+
+# ---------------------------------------------------------------------------
+
+def db_options(args) -> DbOptions:
+    url = args.database_url or os.environ.get("DBREV_DATABASE_URL")
+    if not url:
+        raise E.DatabaseConfigError("no database URL", hint="pass --database-url or set DBREV_DATABASE_URL")
+    return DbOptions(url=url, connect_timeout=args.connect_timeout, lock_timeout=args.lock_timeout,
+                     statement_timeout=args.statement_timeout, version_table=args.version_table,
+                     version_table_schema=args.version_table_schema, state_schema=args.state_schema)
+
+
+def _migrations(args) -> str:
+    if not args.migrations:
+        raise E.BadInput("no migrations folder", hint="pass --migrations DIR or set DBREV_MIGRATIONS")
+    return args.migrations
+
+
+def _checks(text: str | None):
+    from .integrity import ALL_CHECKS
+
+    if not text:
+        return ALL_CHECKS
+    checks = tuple(c.strip() for c in text.split(",") if c.strip())
+    bad = [c for c in checks if c not in ALL_CHECKS]
+    if bad:
+        raise E.BadInput(f"unknown check(s) {', '.join(bad)}", hint=f"choose from {', '.join(ALL_CHECKS)}")
+    return checks
+
+
+def _out(args, doc: dict, text: str) -> None:
+    if args.json:
+        sys.stdout.write(redact(json.dumps(redact_obj(doc), indent=2, default=str)) + "\n")
+    else:
+        sys.stdout.write(redact(text).rstrip("\n") + "\n")
+    sys.stdout.flush()
+
+
+def _revs(revs) -> str:
+    if revs is None:
+        return "unknown"
+    return ", ".join(revs) if revs else "base (empty)"
+
+
+# -- commands ----------------------------------------------------------------
+
+def cmd_current(args) -> int:
+    from .engine import observe, open_scripts
+
+    db = db_options(args)
+    scripts = open_scripts(args.migrations, args.pythonpath) if args.migrations else None
+    obs = observe(db, scripts)
+    lines = [f"database: {obs['database']}", f"revision: {_revs(obs['revisions'])}"]
+    for r, doc in (obs.get("docs") or {}).items():
+        lines.append(f"  {r}  {doc}")
+    if obs.get("unknown"):
+        lines.append(f"warning: {', '.join(obs['unknown'])} not found in the scripts")
+    elif "at_head" in obs:
+        lines.append("at head" if obs["at_head"] else f"{len(obs['pending'])} revision(s) pending to head")
+    _out(args, obs, "\n".join(lines))
+    return 0
+
+
+def cmd_history(args) -> int:
+    from .engine import history
+
+    db = db_options(args) if (args.database_url or os.environ.get("DBREV_DATABASE_URL")) else None
+    h = history(_migrations(args), db, args.pythonpath, runs=args.runs)
+    lines = []
+    for e in h["revisions"]:
+        marks = []
+        if e["is_head"]:
+            marks.append("head")
+        if e["current"]:
+            marks.append("current")
+        if e["is_merge"]:
+            marks.append("merge")
+        if e["is_branch_point"]:
+            marks.append("branchpoint")
+        if e["origin"] != "files":
+            marks.append("stored in database only")
+        down = ", ".join(e["down_revisions"]) or "<base>"
+        lines.append(f"{down} -> {e['revision']}{' (' + ', '.join(marks) + ')' if marks else ''}, {e['doc']}")
+    for r in h["runs"]:
+        lines.append(f"run {r['id']}: {r['started_at']:%Y-%m-%d %H:%M:%S} {r['direction']} "
+                     f"{_revs(r['from_revisions'])} -> {_revs(r['to_revisions'])}: {r['status']}")
+    _out(args, h, "\n".join(lines) or "no revisions")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from .engine import plan as make_plan
+
+    db = None if args.from_revisions else db_options(args)
+    frm = None
+    if args.from_revisions:
+        frm = [x for part in args.from_revisions for x in part.split(",") if x and x != "base"]
+    p = make_plan(_migrations(args), args.revision, db, frm, args.pythonpath,
+                  args.version_table, args.version_table_schema)
+    _out(args, p.to_dict(), _plan_text(p, args.sql))
+    return 0
+
+
+def _plan_text(p, sql: bool = False) -> str:
+    lines = [f"plan {p.hash}",
+             f"  {_revs(p.from_revisions)} -> {_revs(p.to_revisions)}: {p.direction}, {len(p.steps)} step(s), "
+             f"transaction: {p.transaction}"]
+    for i, s in enumerate(p.steps, 1):
+        flags = []
+        if s.destructive:
+            flags.append("DESTRUCTIVE")
+        if s.needs_autocommit:
+            flags.append("autocommit")
+        if s.classification.heavy_locks:
+            flags.append("heavy locks")
+        if not s.renderable:
+            flags.append("not renderable offline")
+        if s.origin != "files":
+            flags.append("script from database")
+        lines.append(f"  [{i}] {s.direction} {s.revision}  {s.doc}" + (f"  [{', '.join(flags)}]" if flags else ""))
+        for e in s.effects:
+            if e.destructive:
+                lines.append(f"        ! {e.detail or e.kind}")
+        for h in s.classification.heavy_locks:
+            lines.append(f"        lock: {h}")
+        for r in s.classification.autocommit_reasons:
+            lines.append(f"        autocommit: {r}")
+        for n in s.classification.notes:
+            lines.append(f"        note: {n}")
+        if s.render_error:
+            lines.append(f"        offline: {s.render_error}")
+        if sql and s.sql.strip():
+            lines.extend("        " + ln for ln in s.sql.strip().splitlines())
+    for w in p.warnings:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)
+
+
+class _Progress:
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __call__(self, ev: dict) -> None:
+        if not self.enabled:
+            return
+        kind = ev.get("event")
+        if kind == "plan":
+            p = ev["plan"]
+            print(f"plan {p['hash']}: {_revs(p['from_revisions'])} -> {_revs(p['to_revisions'])}, "
+                  f"{p['direction']}, {len(p['steps'])} step(s), transaction: {p['transaction']}", flush=True)
+        elif kind == "step_started":
+            print(f"  [{ev['index']}/{ev['total']}] {ev['direction']} {ev['revision']} {ev.get('doc') or ''} ...",
+                  flush=True)
+        elif kind == "step_done":
+            print(f"      done in {ev['duration_seconds']:.2f}s", flush=True)
+
+
+def cmd_apply(args) -> int:
+    from .engine import apply
+    from .policy import Policy
+    from .runner import RunRequest
+
+    db = db_options(args)
+    data_loss = "Archive" if args.archive else ("Allow" if args.allow_data_loss else "Deny")
+    policy = Policy(downgrade="Allow" if args.allow_downgrade else "Deny", data_loss=data_loss,
+                    rollback_on_failure=not args.no_rollback_on_failure, verify=_checks(args.verify))
+    req = RunRequest(db=db, migrations=os.path.abspath(_migrations(args)), target=args.revision, policy=policy,
+                     expected_hash=args.plan_hash, exact_counts=args.exact_counts, actor="cli",
+                     pythonpath=tuple(os.path.abspath(p) for p in args.pythonpath))
+    try:
+        result = apply(req, timeout=args.timeout, on_event=_Progress(not args.json), log_level=args.log_level)
+    except E.Busy as e:
+        result = {"result": "busy", "error": e.to_dict()}
+    except E.PolicyRefused as e:
+        result = {"result": "refused", "error": e.to_dict()}
+    _out(args, _apply_doc(result), _apply_text(result, args))
+    return RESULT_EXIT.get(result.get("result"), 1)
+
+
+def _apply_doc(r: dict) -> dict:
+    doc = dict(r)
+    frm, to = r.get("from_revisions"), r.get("to_revisions")
+    doc["from_revision"] = ",".join(frm) if frm else None
+    doc["to_revision"] = ",".join(to) if to else None
+    doc.setdefault("steps", [])
+    doc.setdefault("integrity", None)
+    doc.setdefault("direction", None)
+    return doc
+
+
+def _apply_text(r: dict, args) -> str:
+    res = r.get("result")
+    lines = []
+    for w in r.get("warnings", []):
+        lines.append(f"warning: {w}")
+    if res == "refused":
+        err = r.get("error") or {}
+        lines.append(f"refused ({err.get('reason')}): {err.get('message')}")
+        hints = {"DowngradeDenied": "pass --allow-downgrade to permit it",
+                 "DataLossDenied": "pass --allow-data-loss, or --archive to keep a copy of what is dropped",
+                 "PlanChanged": "review the new plan with `dbrev plan`"}
+        if err.get("hint") or hints.get(err.get("reason")):
+            lines.append(f"  {err.get('hint') or hints.get(err.get('reason'))}")
+    elif res == "busy":
+        lines.append(f"busy: {(r.get('error') or {}).get('message')}")
+    elif res == "noop":
+        lines.append(f"nothing to do: the database is at {_revs(r.get('current_revisions'))}")
+    else:
+        lines.append(f"{res}: {_revs(r.get('from_revisions'))} -> {_revs(r.get('to_revisions'))} "
+                     f"({r.get('direction')}), now at {_revs(r.get('current_revisions'))}, "
+                     f"{r.get('duration_seconds', 0):.2f}s")
+        err = r.get("error")
+        if err:
+            loc = f" at {err['location']}" if err.get("location") else ""
+            lines.append(f"error ({err.get('reason')}){loc}: {err.get('message')}")
+        rb = r.get("rollback")
+        if rb:
+            lines.append(f"rollback ({rb.get('reason')}, {rb.get('method')}): "
+                         f"{'succeeded' if rb.get('success') else 'FAILED'}")
+    integ = r.get("integrity")
+    if integ:
+        lines.append(f"integrity: {'passed' if integ.get('passed') else 'FAILED'}"
+                     f"{' (' + integ['fingerprint'] + ')' if integ.get('fingerprint') else ''}")
+        for f in integ.get("findings", []):
+            lines.append(f"  {f['severity']}: [{f['check']}] {f['object']}: {f['message']}")
+    return "\n".join(lines)
+
+
+def cmd_verify(args) -> int:
+    from .engine import verify
+
+    rep = verify(db_options(args), _checks(args.checks), args.migrations, args.revision, args.accept_drift,
+                 args.pythonpath)
+    lines = [f"revision: {_revs(rep['revisions'])}",
+             f"integrity: {'passed' if rep['passed'] else 'FAILED'}"
+             + (f" ({rep['fingerprint']})" if rep.get("fingerprint") else "")]
+    for f in rep["findings"]:
+        lines.append(f"  {f['severity']}: [{f['check']}] {f['object']} ({f['count']}): {f['message']}")
+    _out(args, rep, "\n".join(lines))
+    return 0 if rep["passed"] else 1
+
+
+COMMANDS = {"current": cmd_current, "history": cmd_history, "plan": cmd_plan, "apply": cmd_apply,
+            "verify": cmd_verify}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    L.setup_logging(args.log_level, args.log_format)
+    fn = COMMANDS.get(args.command) or getattr(args, "func", None)
+    try:
+        return fn(args)
+    except E.DbrevError as e:
+        L.logger.error(e.message, extra={"error_type": type(e).__name__, "error_message": e.message,
+                                         "reason": e.reason})
+        if getattr(args, "json", False):
+            _out(args, {"result": "error", "error": e.to_dict()}, "")
+        else:
+            sys.stderr.write(f"dbrev: error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("dbrev: interrupted\n")
+        return 130
+
+
+def entry() -> Any:  # pragma: no cover
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

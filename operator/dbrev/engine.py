@@ -1,0 +1,182 @@
+"""The engine's verbs: current, history, plan, apply, verify.
+
+Thin, like Alembic's ``command.py``: each verb gathers its inputs and calls
+the machinery (:mod:`graph`, :mod:`planning`, :mod:`policy` for deciding;
+:mod:`db`, :mod:`runner`, :mod:`worker` for doing).  The CLI and the
+operator both call these and nothing below them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from . import integrity, state
+from . import log as L
+from .db import DbOptions, connection, read_heads
+from .errors import DbrevError
+from .planning import Plan, build_plan
+from .runner import RunRequest
+from .scripts import ScriptSet, load_folder, render
+
+
+def open_scripts(migrations: str, pythonpath: Iterable[str] = ()) -> ScriptSet:
+    with L.timed("load_scripts", migrations=str(migrations)):
+        return load_folder(migrations, pythonpath=pythonpath)
+
+
+def _stored(conn, db: DbOptions):
+    vt = state.vt_key(db.version_table, db.version_table_schema)
+    rows = state.stored_scripts(conn, db.state_schema, vt)
+    import hashlib
+
+    return [r for r in rows if hashlib.sha256(r["source"].encode()).hexdigest() == r["sha256"]]
+
+
+def observe(db: DbOptions, scripts: ScriptSet | None = None) -> dict:
+    """The live revision(s), and how they relate to the scripts if given."""
+    with connection(db) as conn:
+        heads = read_heads(conn, db.version_table, db.version_table_schema)
+        stored = _stored(conn, db) if scripts is not None else []
+        conn.commit()
+    out: dict = {"revisions": list(heads), "database": db.safe_url,
+                 "version_table": state.vt_key(db.version_table, db.version_table_schema)}
+    if scripts is not None:
+        scripts = scripts.with_extra(state.stored_sources(stored))
+        g = scripts.graph
+        unknown = [r for r in heads if r not in g.nodes]
+        out["unknown"] = unknown
+        out["heads"] = list(g.heads)
+        if not unknown:
+            undo, apply = g.diff(heads, g.heads)
+            out["at_head"] = not undo and not apply
+            out["pending"] = apply
+        out["docs"] = {r: g.nodes[r].doc for r in heads if r in g.nodes}
+    return out
+
+
+def plan(migrations: str, target: str, db: DbOptions | None = None, from_revisions: Iterable[str] | None = None,
+         pythonpath: Iterable[str] = (), version_table: str = "alembic_version",
+         version_table_schema: str | None = None) -> Plan:
+    """Plan without changing anything; reads the live revision from ``db`` unless ``from_revisions`` is given."""
+    scripts = open_scripts(migrations, pythonpath)
+    if db is not None:
+        version_table, version_table_schema = db.version_table, db.version_table_schema
+    if from_revisions is None:
+        if db is None:
+            raise DbrevError("planning needs the current revision: give a database URL or --from")
+        with connection(db) as conn:
+            current = read_heads(conn, db.version_table, db.version_table_schema)
+            stored = _stored(conn, db)
+            conn.commit()
+        scripts = scripts.with_extra(state.stored_sources(stored))
+    else:
+        g0 = scripts.graph
+        current = tuple(r for part in from_revisions for r in (g0.resolve(part) if part else ()))
+    g = scripts.graph
+    g.check_live(current)
+    target_revs = g.resolve(target, current)
+    with L.timed("plan", from_revision=L._rev(current), to_revision=L._rev(target_revs)):
+        return build_plan(g, scripts.infos, {r: s.source for r, s in scripts.sources.items()}, current,
+                          target_revs, lambda rev, up: render(scripts, rev, up, version_table, version_table_schema),
+                          target_spec=target, version_table=version_table, version_table_schema=version_table_schema)
+
+
+def apply(req: RunRequest, *, timeout: float | None = 3600.0, on_event: Callable[[dict], None] | None = None,
+          log_level: str = "INFO", log_context: dict | None = None,
+          stderr_sink: Callable[[str], None] | None = None, in_process: bool = False) -> dict:
+    """Bring the database to ``req.target``.  Runs in a worker process with a hard timeout."""
+    if in_process:
+        from .runner import run
+
+        return run(req, on_event or (lambda e: None))
+    from .worker import run_in_worker
+
+    return run_in_worker(req, timeout=timeout, on_event=on_event, log_level=log_level, log_context=log_context,
+                         stderr_sink=stderr_sink)
+
+
+def verify(db: DbOptions, checks: Iterable[str] = integrity.ALL_CHECKS, migrations: str | None = None,
+           expect: str | None = None, accept_drift: bool = False, pythonpath: Iterable[str] = ()) -> dict:
+    """Integrity checks on demand: catalog checks, drift against the fingerprint recorded at this revision."""
+    checks = tuple(checks)
+    scripts = open_scripts(migrations, pythonpath) if migrations else None
+    exclude_schemas = (db.state_schema, "dbrev_archive")
+    exclude_tables = ((db.version_table_schema or "public", db.version_table),)
+    vt = state.vt_key(db.version_table, db.version_table_schema)
+    with L.timed("verify"):
+        with connection(db) as conn:
+            heads = read_heads(conn, db.version_table, db.version_table_schema)
+            findings = integrity.catalog_findings(conn, checks, exclude_schemas=exclude_schemas)
+            fp = None
+            if scripts is not None:
+                scripts = scripts.with_extra(state.stored_sources(_stored(conn, db)))
+                unknown = [r for r in heads if r not in scripts.graph.nodes]
+                if unknown:
+                    findings.append(integrity.Finding("version", vt, len(unknown), "error",
+                                                      f"the database is at {', '.join(unknown)}, which no script "
+                                                      f"defines"))
+                elif expect:
+                    want = scripts.graph.resolve(expect, heads)
+                    if not scripts.graph.same_state(heads, want):
+                        findings.append(integrity.Finding(
+                            "version", vt, 1, "error",
+                            f"the database is at {state.revisions_key(heads)}, not {state.revisions_key(want)}"))
+            if "fingerprint" in checks:
+                facts = integrity.fingerprint_facts(conn, exclude_schemas=exclude_schemas,
+                                                    exclude_tables=exclude_tables)
+                fp = integrity.fingerprint_of(facts)
+                has_state = conn.execute(__import__("sqlalchemy").text("SELECT to_regclass(:t) IS NOT NULL"),
+                                         {"t": f'"{db.state_schema}".fingerprints'}).scalar()
+                if has_state:
+                    rec = state.recorded_fingerprint(conn, db.state_schema, vt, heads)
+                    if rec and rec[0] != fp:
+                        diff = integrity.diff_facts(rec[1], facts)
+                        if accept_drift:
+                            state.record_fingerprint(conn, db.state_schema, vt, heads, fp, facts, replace=True)
+                        else:
+                            findings.append(integrity.Finding(
+                                "drift", state.revisions_key(heads), len(diff), "warning",
+                                f"the schema differs from the one recorded at {state.revisions_key(heads)}: "
+                                + "; ".join(diff[:5])))
+                    elif rec is None:
+                        state.record_fingerprint(conn, db.state_schema, vt, heads, fp, facts)
+            conn.commit()
+    from .runner import _report
+
+    report = _report(findings, fp)
+    report["revisions"] = list(heads)
+    return report
+
+
+def history(migrations: str, db: DbOptions | None = None, pythonpath: Iterable[str] = (),
+            runs: int = 0) -> dict:
+    """The scripts in order (newest first), marking the live revision(s) and what the database keeps."""
+    scripts = open_scripts(migrations, pythonpath)
+    heads: tuple[str, ...] = ()
+    stored_revs: set[str] = set()
+    recent: list[dict] = []
+    if db is not None:
+        with connection(db) as conn:
+            heads = read_heads(conn, db.version_table, db.version_table_schema)
+            stored = _stored(conn, db)
+            stored_revs = {r["revision"] for r in stored}
+            if runs:
+                recent = state.recent_runs(conn, db.state_schema,
+                                           state.vt_key(db.version_table, db.version_table_schema), runs)
+            conn.commit()
+        scripts = scripts.with_extra(state.stored_sources(stored))
+    g = scripts.graph
+    applied = g.closure(r for r in heads if r in g.nodes)
+    entries = []
+    for rev in reversed(g.topological(g.nodes)):
+        info = scripts.infos[rev]
+        entries.append({
+            "revision": rev, "down_revisions": list(info.down_revisions), "doc": info.doc,
+            "branch_labels": list(info.branch_labels), "depends_on": list(info.dependencies),
+            "script": info.name, "origin": info.origin, "is_head": rev in g.heads,
+            "is_merge": len(info.down_revisions) > 1, "is_branch_point": len(g.children[rev]) > 1,
+            "current": rev in heads, "applied": rev in applied if db is not None else None,
+            "stored_in_database": rev in stored_revs if db is not None else None,
+        })
+    return {"revisions": entries, "heads": list(g.heads), "current": list(heads) if db is not None else None,
+            "runs": recent}

@@ -1,0 +1,619 @@
+"""One apply, start to finish, against a live database (runs inside the worker process).
+
+Under the advisory lock: observe the live revision, plan, apply the policy,
+snapshot integrity, run the steps, verify, and roll back by itself when a
+step or a check fails.
+
+* ``single`` transaction (the default on PostgreSQL): the steps *and the
+  verification* run in one transaction, so a failed step or a failed check is
+  undone by ``ROLLBACK`` and the database is exactly where it started.
+* ``per-step`` (a step needs autocommit): each step commits; a failure is
+  undone by running the inverse steps back to the starting revision, which is
+  then verified again.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from . import integrity, state
+from . import log as L
+from .db import DbOptions, acquire_lock, connect, is_lock_timeout, quote_ident, read_heads, server_info, unlock
+from .errors import Busy, DbrevError, MigrationFailed, PlanChanged, PolicyRefused, ScriptConflict
+from .planning import Plan, build_plan, hash_matches
+from .policy import Decision, Policy, evaluate
+from .scripts import ScriptSet, load_folder, render
+
+Emit = Callable[[dict], None]
+
+RESULT_APPLIED = "applied"
+RESULT_NOOP = "noop"
+RESULT_ROLLED_BACK = "rolled_back"
+RESULT_FAILED = "failed"
+RESULT_REFUSED = "refused"
+RESULT_BUSY = "busy"
+
+
+@dataclass
+class RunRequest:
+    db: DbOptions
+    migrations: str
+    target: str
+    policy: Policy = field(default_factory=Policy)
+    approval: str | None = None  # a plan hash approving a plan that needs approval
+    expected_hash: str | None = None  # refuse unless the plan has exactly this hash
+    exact_counts: bool = False
+    actor: str = "cli"
+    pythonpath: tuple[str, ...] = ()
+    use_stored_scripts: bool = True
+    rollback_of: dict | None = None  # set when this run returns a failed run to its start
+
+
+class _StepFailed(Exception):
+    def __init__(self, step: str, direction: str, exc: BaseException, location: str | None):
+        super().__init__(f"{direction} {step} failed: {type(exc).__name__}: {exc}")
+        self.step = step
+        self.direction = direction
+        self.exc = exc
+        self.location = location
+
+
+class Runner:
+    def __init__(self, req: RunRequest, emit: Emit):
+        self.req = req
+        self.emit = emit
+        self.db = req.db
+        self.vt = state.vt_key(req.db.version_table, req.db.version_table_schema)
+        self.schema = req.db.state_schema
+        self.result: dict = {"steps": [], "warnings": []}
+
+    # -- helpers ---------------------------------------------------------------
+    def _heads(self, conn: Connection) -> tuple[str, ...]:
+        return read_heads(conn, self.db.version_table, self.db.version_table_schema)
+
+    def _exclude_tables(self):
+        return ((self.db.version_table_schema or "public", self.db.version_table),)
+
+    def _exclude_schemas(self):
+        return (self.schema, "dbrev_archive")
+
+    def _checks(self) -> tuple[str, ...]:
+        return tuple(c for c in self.req.policy.verify if c in integrity.ALL_CHECKS)
+
+    def _catalog(self, conn: Connection) -> list[integrity.Finding]:
+        return integrity.catalog_findings(conn, self._checks(), exclude_schemas=self._exclude_schemas())
+
+    def _fingerprint(self, conn: Connection) -> tuple[str, list[str]]:
+        facts = integrity.fingerprint_facts(conn, exclude_schemas=self._exclude_schemas(),
+                                            exclude_tables=self._exclude_tables())
+        return integrity.fingerprint_of(facts), facts
+
+    def _drift(self, conn: Connection, heads, fp: str, facts: list[str]) -> list[integrity.Finding]:
+        if "fingerprint" not in self._checks():
+            return []
+        rec = state.recorded_fingerprint(conn, self.schema, self.vt, heads)
+        if rec is None or rec[0] == fp:
+            return []
+        diff = integrity.diff_facts(rec[1], facts)
+        return [integrity.Finding(
+            "drift", state.revisions_key(heads), len(diff), "warning",
+            f"the schema at {state.revisions_key(heads)} differs from when the database was last at this "
+            f"revision ({len(diff)} difference(s): {'; '.join(diff[:3])})")]
+
+    # -- the run ---------------------------------------------------------------
+    def run(self) -> dict:
+        t0 = time.monotonic()
+        req = self.req
+        self.emit({"event": "phase", "phase": "load_scripts"})
+        scripts = load_folder(req.migrations, pythonpath=req.pythonpath)
+        engine, conn = connect(self.db)
+        jengine, jconn = None, None
+        locked = False
+        try:
+            info = server_info(conn)
+            conn.commit()
+            if info["v"] >= 140000:
+                # notice a vanished client within a second, even mid-statement (PostgreSQL 14+)
+                conn.execute(sa.text("SET client_connection_check_interval = 1000"))
+                conn.commit()
+            self.emit({"event": "backend", "pid": info["pid"]})
+            state.ensure_schema(conn, self.schema)
+            acquire_lock(conn, self.db)
+            locked = True
+            self.emit({"event": "phase", "phase": "locked"})
+            scripts = self._with_stored(conn, scripts)
+            current = self._heads(conn)
+            conn.commit()
+            self.result["from_revisions"] = list(current)
+            for run in state.interrupted_runs(conn, self.schema, self.vt):
+                msg = (f"run {run['id']} ({run['txn']} transaction, started {run['started_at']:%Y-%m-%d %H:%M:%S}) "
+                       f"was interrupted during step {run['step_index'] or 0}/{run['step_count']} "
+                       f"({run['step_direction'] or '-'} {run['step_revision'] or '-'}); the database is at "
+                       f"{state.revisions_key(current)}")
+                L.logger.warning("Interrupted run found", extra={"run_id": run["id"], "status": "interrupted"})
+                self.result["warnings"].append(msg)
+            graph = scripts.graph
+            graph.check_live(current)
+            target = graph.resolve(req.target, current)
+            plan = self._plan(scripts, current, target)
+            self.plan = plan
+            self.result.update({"plan_hash": plan.hash, "direction": plan.direction,
+                                "transaction": plan.transaction, "to_revisions": list(plan.to_revisions)})
+            self.result["warnings"].extend(plan.warnings)
+            self.emit({"event": "plan", "plan": plan.to_dict(include_sql=False)})
+            if req.expected_hash and not hash_matches(plan.hash, req.expected_hash):
+                raise PlanChanged(f"the plan is now {plan.hash}, not the expected {req.expected_hash}",
+                                  hint="run `dbrev plan` again and review the new plan")
+            decision = evaluate(plan, req.policy, req.approval)
+            self.result["decision"] = decision.to_dict()
+            if not decision.allowed:
+                return self._refused(decision, t0)
+            if plan.is_noop:
+                return self._noop(conn, current, t0)
+            jengine, jconn = connect(self.db, autocommit=True)
+            journal = self.journal = state.Journal(jconn, self.schema)
+            run_id = journal.start(self.vt, plan, req.actor)
+            with L.log_context(run_id=run_id):
+                L.state_transition(plan.from_revisions, plan.to_revisions, "started",
+                                   direction=plan.direction, steps=len(plan.steps), transaction=plan.transaction,
+                                   plan_hash=plan.hash)
+                if plan.transaction == "single":
+                    out = self._run_single(conn, scripts, plan, decision, journal)
+                else:
+                    out = self._run_per_step(conn, scripts, plan, decision, journal)
+            journal.finish(out["result"], (out.get("error") or {}).get("message"))
+            out["duration_seconds"] = round(time.monotonic() - t0, 3)
+            return out
+        finally:
+            if locked:
+                try:
+                    conn.rollback()
+                    unlock(conn, self.db.lock_key)
+                    conn.commit()
+                except Exception:  # noqa: BLE001 - the lock dies with the session anyway
+                    pass
+            conn.close()
+            engine.dispose()
+            if jconn is not None:
+                jconn.close()
+                jengine.dispose()
+
+    def _with_stored(self, conn: Connection, scripts: ScriptSet) -> ScriptSet:
+        if not self.req.use_stored_scripts:
+            return scripts
+        rows = state.stored_scripts(conn, self.schema, self.vt)
+        conn.commit()
+        conflicts = []
+        usable = []
+        for r in rows:
+            import hashlib
+
+            if hashlib.sha256(r["source"].encode()).hexdigest() != r["sha256"]:
+                self.result["warnings"].append(
+                    f"the stored copy of {r['revision']} fails its sha256 check and is ignored")
+                continue
+            declared = scripts.infos.get(r["revision"])
+            if declared is None:
+                usable.append(r)
+            elif declared.sha256 != r["sha256"]:
+                conflicts.append(r["revision"])
+        self.conflicts = conflicts
+        return scripts.with_extra(state.stored_sources(usable))
+
+    def _plan(self, scripts: ScriptSet, current, target) -> Plan:
+        with L.timed("plan", from_revision=L._rev(current), to_revision=L._rev(target)):
+            plan = build_plan(
+                scripts.graph, scripts.infos, {r: s.source for r, s in scripts.sources.items()}, current, target,
+                lambda rev, up: render(scripts, rev, up, self.db.version_table, self.db.version_table_schema),
+                target_spec=self.req.target, version_table=self.db.version_table,
+                version_table_schema=self.db.version_table_schema)
+        conflicts = getattr(self, "conflicts", [])
+        if conflicts:
+            used = [s.revision for s in plan.steps if s.revision in conflicts and s.direction == "downgrade"]
+            note = (f"scripts {', '.join(conflicts)} differ from the copies stored when they were applied")
+            plan.warnings.append(note)
+            if used:
+                raise ScriptConflict(
+                    f"the downgrade would run {', '.join(used)}, whose declared script differs from the one "
+                    f"that was applied (stored in the database)",
+                    hint="restore the original script, or remove the changed file so the stored copy is used")
+        return plan
+
+    def _refused(self, decision: Decision, t0: float) -> dict:
+        L.logger.warning("Plan refused by policy", extra={"reason": decision.reason,
+                                                          "status": "awaiting_approval" if decision.awaiting_approval
+                                                          else "refused"})
+        self.result.update({"result": RESULT_REFUSED, "current_revisions": self.result["from_revisions"],
+                            "duration_seconds": round(time.monotonic() - t0, 3),
+                            "error": {"reason": decision.reason, "message": decision.message,
+                                      "error_type": "PolicyRefused"}})
+        return self.result
+
+    def _noop(self, conn: Connection, current, t0: float) -> dict:
+        conn.commit()
+        with conn.begin():
+            report = self._verify_now(conn, current, record=True)
+        self.result.update({"result": RESULT_NOOP, "current_revisions": list(current), "integrity": report,
+                            "duration_seconds": round(time.monotonic() - t0, 3)})
+        L.state_transition(current, current, "noop", message="Database already at target revision")
+        return self.result
+
+    def _verify_now(self, conn: Connection, heads, record: bool) -> dict:
+        with L.timed("verify", from_revision=L._rev(heads), to_revision=L._rev(heads)):
+            findings = self._catalog(conn)
+            fp = None
+            if "fingerprint" in self._checks():
+                fp, facts = self._fingerprint(conn)
+                findings += self._drift(conn, heads, fp, facts)
+                if record:
+                    state.record_fingerprint(conn, self.schema, self.vt, heads, fp, facts)
+        return _report(findings, fp)
+
+    # -- protecting, running, verifying ------------------------------------------
+    def _snapshot(self, conn: Connection, plan: Plan) -> dict:
+        with L.timed("snapshot", from_revision=L._rev(plan.from_revisions), to_revision=L._rev(plan.to_revisions)):
+            snap = {"findings": self._catalog(conn), "tables": integrity.table_stats(
+                conn, exclude_schemas=self._exclude_schemas(), exclude_tables=self._exclude_tables())}
+            if "fingerprint" in self._checks():
+                fp, facts = self._fingerprint(conn)
+                snap["fingerprint"] = fp
+                snap["findings"] += self._drift(conn, plan.from_revisions, fp, facts)
+                state.record_fingerprint(conn, self.schema, self.vt, plan.from_revisions, fp, facts)
+            if self.req.exact_counts:
+                snap["exact"] = integrity.exact_counts(conn, snap["tables"].keys())
+        return snap
+
+    def _post_verify(self, conn: Connection, plan: Plan, snap: dict, deleted: dict, target) -> tuple[dict, list]:
+        """Checks after the steps; returns (report dict, new error findings)."""
+        with L.timed("verify", from_revision=L._rev(plan.from_revisions), to_revision=L._rev(target)):
+            findings: list[integrity.Finding] = []
+            heads = self._heads(conn)
+            if not self.graph.same_state(heads, target):
+                findings.append(integrity.Finding(
+                    "version", self.vt, 1, "error",
+                    f"the version table holds {state.revisions_key(heads)}, not the target "
+                    f"{state.revisions_key(target)}"))
+            findings += self._catalog(conn)
+            fp = None
+            if "fingerprint" in self._checks():
+                fp, facts = self._fingerprint(conn)
+                findings += self._drift(conn, target, fp, facts)
+                self._new_fp = (fp, facts)
+            if "rowCounts" in self._checks():
+                after = integrity.table_stats(conn, exclude_schemas=self._exclude_schemas(),
+                                              exclude_tables=self._exclude_tables())
+                exact_after = integrity.exact_counts(conn, after.keys()) if self.req.exact_counts else None
+                dropped_ok = {f"{e.schema}.{e.table}" if e.schema else e.table
+                              for s in plan.steps for e in s.effects if e.kind == "drop_table"}
+                # a downgrade that undoes a CREATE TABLE drops it: declared by construction
+                findings += integrity.row_count_findings(
+                    snap["tables"], after, deleted, plan.declared_loss_tables, dropped_ok,
+                    exact_before=snap.get("exact"), exact_after=exact_after)
+        new = integrity.new_findings(snap["findings"], findings)
+        new_errors = [f for f in new if f.severity == "error"]
+        report = _report(findings, fp)
+        report["new_findings"] = [f.to_dict() for f in new]
+        report["passed"] = not new_errors
+        return report, new_errors
+
+    def _steps_for(self, scripts: ScriptSet, plan: Plan, journal, on_deleted: Callable[[dict], None]):
+        from alembic.runtime.migration import RevisionStep
+
+        sd = scripts.script_directory()
+        rm = sd.revision_map
+        total = len(plan.steps)
+        steps = []
+        for i, ps in enumerate(plan.steps, 1):
+            rstep = RevisionStep(rm, sd.get_revision(ps.revision), ps.direction == "upgrade")
+            orig = rstep.migration_fn
+
+            def fn(_orig=orig, _i=i, _ps=ps, **kw):
+                self._current_step = (_ps.revision, _ps.direction)
+                self._step_t0 = time.monotonic()
+                journal.step(_i, _ps.revision, _ps.direction)
+                self.emit({"event": "step_started", "index": _i, "total": total, "revision": _ps.revision,
+                           "direction": _ps.direction, "doc": _ps.doc})
+                L.logger.debug("Starting migration step", extra={
+                    "from_revision": L._rev(_ps.from_revisions), "to_revision": L._rev(_ps.to_revisions),
+                    "operation": _ps.direction, "step": _i})
+                return _orig(**kw)
+
+            rstep.migration_fn = fn
+            steps.append(rstep)
+        return steps
+
+    def _on_step_done(self, scripts: ScriptSet, plan: Plan, per_step_deleted: list):
+        def callback(ctx, step, heads, run_args):
+            conn = ctx.connection
+            rev, direction = self._current_step
+            info = scripts.infos[rev]
+            if direction == "upgrade":
+                state.store_script(conn, self.schema, self.vt, info, scripts.sources[rev].source)
+            per_step_deleted.append(integrity.xact_row_changes(conn))
+            dur = time.monotonic() - self._step_t0
+            rec = {"revision": rev, "direction": direction, "duration_seconds": round(dur, 3), "status": "applied"}
+            self.result["steps"].append(rec)
+            self.emit({"event": "step_done", **rec, "index": len(self.result["steps"]), "total": len(plan.steps)})
+            ps = next(s for s in plan.steps if s.revision == rev)
+            L.logger.debug("Finished migration step", extra={
+                "from_revision": L._rev(ps.from_revisions), "to_revision": L._rev(ps.to_revisions),
+                "operation": direction, "duration_ms": round(dur * 1000, 2)})
+            if dur > L.SLOW_OPERATION_MS / 1000:
+                L.logger.warning("Slow migration step", extra={"duration_ms": round(dur * 1000, 2),
+                                                              "operation": direction, "revision": rev})
+        return callback
+
+    def _environment(self, scripts: ScriptSet, steps, callback, per_step: bool, conn: Connection):
+        from alembic.config import Config
+        from alembic.runtime.environment import EnvironmentContext
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(scripts.location or Path.cwd()))
+        env = EnvironmentContext(cfg, scripts.script_directory(), fn=lambda heads, ctx: steps)
+        env.configure(connection=conn, version_table=self.db.version_table,
+                      version_table_schema=self.db.version_table_schema,
+                      transaction_per_migration=per_step, on_version_apply=callback)
+        return env
+
+    def _ensure_version_schema(self, conn: Connection) -> None:
+        if self.db.version_table_schema:
+            conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.db.version_table_schema)}"))
+
+    def _failure_location(self, exc: BaseException, scripts: ScriptSet) -> str | None:
+        files = {s.filename: s.name for s in scripts.sources.values()}
+        loc = None
+        for fr in traceback.extract_tb(exc.__traceback__):
+            if fr.filename in files:
+                loc = f"{files[fr.filename]}:{fr.lineno}"
+        return loc
+
+    def _error(self, exc: BaseException, scripts: ScriptSet) -> dict:
+        step = getattr(self, "_current_step", (None, None))
+        loc = self._failure_location(exc, scripts)
+        orig = getattr(exc, "orig", None)
+        msg = str(orig or exc).strip()
+        return {"error_type": type(orig or exc).__name__, "message": L.redact(msg.splitlines()[0] if msg else ""),
+                "detail": L.redact(msg), "step": step[0], "direction": step[1], "location": loc,
+                "reason": "MigrationFailed"}
+
+    # -- single transaction --------------------------------------------------------
+    def _run_single(self, conn: Connection, scripts: ScriptSet, plan: Plan, decision: Decision, journal) -> dict:
+        self.graph = scripts.graph
+        conn.commit()
+        start, target = plan.from_revisions, plan.to_revisions
+        deleted_steps: list = []
+        trans = conn.begin()
+        try:
+            self._ensure_version_schema(conn)
+            snap = self._snapshot(conn, plan)
+            steps = self._steps_for(scripts, plan, journal, None)
+            env = self._environment(scripts, steps, self._on_step_done(scripts, plan, deleted_steps), False, conn)
+            with L.timed("migrate", from_revision=L._rev(start), to_revision=L._rev(target)):
+                with env.begin_transaction():
+                    env.run_migrations()
+            deleted = {t: v[2] for t, v in (deleted_steps[-1] if deleted_steps else {}).items()}
+            report, new_errors = self._post_verify(conn, plan, snap, deleted, target)
+        except BaseException as e:  # noqa: BLE001
+            trans.rollback()
+            return self._single_failed(conn, scripts, plan, e)
+        if new_errors and self.req.policy.rollback_on_failure:
+            trans.rollback()
+            L.rollback_triggered("integrity_check_failure", target, start,
+                                 findings=[f"{f.check}:{f.object}" for f in new_errors])
+            for s in self.result["steps"]:
+                s["status"] = "rolled_back"
+            after = self._after_rollback(conn, start)
+            L.rollback_executed(target, start, after["passed"], method="transaction")
+            self.result.update({
+                "result": RESULT_ROLLED_BACK, "integrity": report, "current_revisions": list(self._heads(conn)),
+                "rollback": {"triggered": True, "reason": "integrity_check_failure", "method": "transaction",
+                             "success": after["passed"], "integrity": after},
+                "error": {"reason": "IntegrityCheckFailed", "error_type": "IntegrityCheckFailed",
+                          "message": "verification failed after the migration: "
+                                     + "; ".join(f.message for f in new_errors[:3])}})
+            conn.commit()
+            return self.result
+        if "fingerprint" in self._checks() and getattr(self, "_new_fp", None):
+            state.record_fingerprint(conn, self.schema, self.vt, target, *self._new_fp)
+        trans.commit()
+        result = RESULT_APPLIED if not new_errors else RESULT_FAILED
+        self.result.update({"result": result, "integrity": report, "current_revisions": list(self._heads(conn))})
+        conn.commit()
+        if new_errors:
+            self.result["error"] = {"reason": "IntegrityCheckFailed", "error_type": "IntegrityCheckFailed",
+                                    "message": "verification failed and rollbackOnFailure is off: "
+                                               + "; ".join(f.message for f in new_errors[:3])}
+        L.state_transition(start, target, "completed" if result == RESULT_APPLIED else "failed")
+        return self.result
+
+    def _single_failed(self, conn: Connection, scripts: ScriptSet, plan: Plan, e: BaseException) -> dict:
+        start, target = plan.from_revisions, plan.to_revisions
+        if is_lock_timeout(e):
+            raise Busy(f"a table lock was not granted within {self.db.lock_timeout:g}s "
+                       f"(lock_timeout) during {getattr(self, '_current_step', ('?',))[0]}",
+                       hint="another session holds a lock on a table the migration alters; retry later") from None
+        if isinstance(e, DbrevError):
+            raise e
+        err = self._error(e, scripts)
+        L.log_error("Migration failed", e, from_revision=L._rev(start), to_revision=L._rev(target),
+                    step=err["step"], location=err["location"])
+        L.rollback_triggered("migration_failure", target, start, failed_revision=err["step"])
+        for s in self.result["steps"]:
+            s["status"] = "rolled_back"
+        if err["step"]:
+            self.result["steps"].append({"revision": err["step"], "direction": err["direction"],
+                                         "status": "failed", "duration_seconds":
+                                             round(time.monotonic() - getattr(self, "_step_t0", time.monotonic()), 3)})
+        after = self._after_rollback(conn, start)
+        L.rollback_executed(target, start, after["passed"], method="transaction")
+        self.result.update({
+            "result": RESULT_ROLLED_BACK, "error": err, "current_revisions": list(self._heads(conn)),
+            "integrity": after,
+            "rollback": {"triggered": True, "reason": "migration_failure", "method": "transaction",
+                         "success": after["passed"], "integrity": after}})
+        conn.commit()
+        return self.result
+
+    def _after_rollback(self, conn: Connection, start) -> dict:
+        conn.commit()
+        with conn.begin():
+            heads = self._heads(conn)
+            report = self._verify_now(conn, heads, record=False)
+            if not self.graph.same_state(heads, start):
+                report["findings"].append(integrity.Finding(
+                    "version", self.vt, 1, "error",
+                    f"after the rollback the version table holds {state.revisions_key(heads)}, not the starting "
+                    f"{state.revisions_key(start)}").to_dict())
+                report["passed"] = False
+        return report
+
+    # -- one transaction per step -----------------------------------------------
+    def _run_per_step(self, conn: Connection, scripts: ScriptSet, plan: Plan, decision: Decision, journal) -> dict:
+        self.graph = scripts.graph
+        start, target = plan.from_revisions, plan.to_revisions
+        conn.commit()
+        with conn.begin():
+            self._ensure_version_schema(conn)
+            snap = self._snapshot(conn, plan)
+        deleted_steps: list = []
+        steps = self._steps_for(scripts, plan, journal, None)
+        env = self._environment(scripts, steps, self._on_step_done(scripts, plan, deleted_steps), True, conn)
+        failure = None
+        try:
+            with L.timed("migrate", from_revision=L._rev(start), to_revision=L._rev(target)):
+                with env.begin_transaction():
+                    env.run_migrations()
+        except BaseException as e:  # noqa: BLE001
+            try:
+                conn.rollback()
+            except Exception:  # noqa: BLE001
+                pass
+            if isinstance(e, DbrevError):
+                raise
+            failure = e
+        conn.commit()
+        if failure is not None:
+            err = self._error(failure, scripts)
+            if is_lock_timeout(failure):
+                err["reason"] = "LockBusy"
+            L.log_error("Migration failed", failure, from_revision=L._rev(start), to_revision=L._rev(target),
+                        step=err["step"], location=err["location"])
+            if err["step"]:
+                self.result["steps"].append({"revision": err["step"], "direction": err["direction"],
+                                             "status": "failed", "duration_seconds": round(
+                                                 time.monotonic() - self._step_t0, 3)})
+            self.result["error"] = err
+            return self._undo_per_step(conn, scripts, start, target, "migration_failure", None)
+        deleted: dict[str, int] = {}
+        for snapshot in deleted_steps:
+            for t, v in snapshot.items():
+                deleted[t] = deleted.get(t, 0) + v[2]
+        with conn.begin():
+            report, new_errors = self._post_verify(conn, plan, snap, deleted, target)
+            if not new_errors and getattr(self, "_new_fp", None):
+                state.record_fingerprint(conn, self.schema, self.vt, target, *self._new_fp)
+        if new_errors and self.req.policy.rollback_on_failure:
+            self.result["error"] = {"reason": "IntegrityCheckFailed", "error_type": "IntegrityCheckFailed",
+                                    "message": "verification failed after the migration: "
+                                               + "; ".join(f.message for f in new_errors[:3])}
+            return self._undo_per_step(conn, scripts, start, target, "integrity_check_failure", report)
+        result = RESULT_APPLIED if not new_errors else RESULT_FAILED
+        if new_errors:
+            self.result["error"] = {"reason": "IntegrityCheckFailed", "error_type": "IntegrityCheckFailed",
+                                    "message": "verification failed and rollbackOnFailure is off: "
+                                               + "; ".join(f.message for f in new_errors[:3])}
+        self.result.update({"result": result, "integrity": report, "current_revisions": list(self._heads(conn))})
+        conn.commit()
+        L.state_transition(start, target, "completed" if result == RESULT_APPLIED else "failed")
+        return self.result
+
+    def _undo_per_step(self, conn: Connection, scripts: ScriptSet, start, target, reason: str,
+                       report: dict | None) -> dict:
+        heads = self._heads(conn)
+        conn.commit()
+        self.result["current_revisions"] = list(heads)
+        if report is not None:
+            self.result["integrity"] = report
+        if not self.req.policy.rollback_on_failure:
+            L.state_transition(start, heads, "failed", message="Migration failed; rollback disabled by policy")
+            self.result["result"] = RESULT_FAILED
+            self.result["integrity"] = self.result.get("integrity") or self._after_rollback_report(conn, heads)
+            return self.result
+        L.rollback_triggered(reason, heads, start, failed_revision=(self.result.get("error") or {}).get("step"))
+        rollback = {"triggered": True, "reason": reason, "method": "inverse_steps", "steps": []}
+        if self.graph.same_state(heads, start):
+            rollback["success"] = True
+        else:
+            try:
+                inverse = self._plan(scripts, heads, start)
+                rollback["transaction"] = inverse.transaction
+                rollback["steps"] = [{"revision": s.revision, "direction": s.direction} for s in inverse.steps]
+                sub = Runner(self.req, self.emit)
+                sub.graph = self.graph
+                steps = sub._steps_for(scripts, inverse, self.journal, None)
+                callback = sub._on_step_done(scripts, inverse, [])
+                conn.commit()
+                with L.timed("rollback", from_revision=L._rev(heads), to_revision=L._rev(start)):
+                    if inverse.transaction == "single":
+                        with conn.begin():
+                            env = sub._environment(scripts, steps, callback, False, conn)
+                            with env.begin_transaction():
+                                env.run_migrations()
+                    else:
+                        env = sub._environment(scripts, steps, callback, True, conn)
+                        with env.begin_transaction():
+                            env.run_migrations()
+                conn.commit()
+                rollback["steps"] = sub.result["steps"]
+                rollback["success"] = True
+            except BaseException as e:  # noqa: BLE001
+                try:
+                    conn.rollback()
+                except Exception:  # noqa: BLE001
+                    pass
+                L.log_error("Rollback failed", e, from_revision=L._rev(heads), to_revision=L._rev(start))
+                rollback["success"] = False
+                rollback["error"] = {"error_type": type(e).__name__, "message": L.redact(str(e).splitlines()[0])}
+        after = self._after_rollback(conn, start)
+        rollback["integrity"] = after
+        rollback["success"] = bool(rollback.get("success")) and after["passed"]
+        now = self._heads(conn)
+        conn.commit()
+        L.rollback_executed(heads, start, rollback["success"], method="inverse_steps")
+        for s in self.result["steps"]:
+            if s["status"] == "applied" and rollback["success"]:
+                s["status"] = "rolled_back"
+        self.result.update({"rollback": rollback, "current_revisions": list(now),
+                            "result": RESULT_ROLLED_BACK if rollback["success"] else RESULT_FAILED})
+        self.result.setdefault("integrity", after)
+        if not rollback["success"]:
+            self.result["error"] = {**(self.result.get("error") or {}), "reason": "RollbackFailed"}
+        return self.result
+
+    def _after_rollback_report(self, conn: Connection, heads) -> dict:
+        with conn.begin():
+            return self._verify_now(conn, heads, record=False)
+
+
+def _report(findings: list, fp: str | None) -> dict:
+    from datetime import datetime, timezone
+
+    errors = [f for f in findings if f.severity == "error"]
+    return {"passed": not errors, "findings": [f.to_dict() for f in findings], "fingerprint": fp,
+            "checked_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def run(req: RunRequest, emit: Emit) -> dict:
+    """Run one apply; errors that are the user's (bad input, busy, refused) raise DbrevError."""
+    return Runner(req, emit).run()
+
+
+__all__ = ["RunRequest", "run", "Runner", "RESULT_APPLIED", "RESULT_NOOP", "RESULT_ROLLED_BACK", "RESULT_FAILED",
+           "RESULT_REFUSED", "RESULT_BUSY", "PolicyRefused", "MigrationFailed"]

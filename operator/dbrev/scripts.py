@@ -1,0 +1,342 @@
+"""Load Alembic version scripts into plain data and Alembic objects.
+
+Scripts come from a folder (``--migrations DIR``: either the version scripts
+themselves or an Alembic ``script_location`` holding ``env.py`` and
+``versions/``), from ConfigMaps (materialized into a folder), or from the
+copies dbrev keeps in the database.  Every one becomes a
+:class:`ScriptSource` (name, text, origin); loading never needs
+``alembic.ini`` or ``env.py``.
+
+Errors name the file and line: a syntax error, an import error, a missing
+``revision``, a duplicate id, a ``down_revision`` that no script defines.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import io
+import linecache
+import os
+import sys
+import traceback
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from .errors import ScriptError
+from .graph import Graph, Node, graph_from_nodes
+
+ORIGIN_FILES = "files"
+ORIGIN_DATABASE = "database"
+
+
+@dataclass(frozen=True)
+class ScriptSource:
+    name: str  # path relative to the versions folder (or a ConfigMap key)
+    source: str
+    filename: str  # what tracebacks show: an absolute path, or dbrev-db://<rev>/<name>
+    origin: str = ORIGIN_FILES
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.source.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ScriptInfo:
+    revision: str
+    down_revisions: tuple[str, ...]
+    dependencies: tuple[str, ...]
+    branch_labels: tuple[str, ...]
+    doc: str
+    name: str
+    sha256: str
+    origin: str
+
+    def node(self) -> Node:
+        return Node(self.revision, self.down_revisions, self.dependencies, self.branch_labels, self.doc)
+
+
+@dataclass
+class ScriptSet:
+    """A loaded history: plain :class:`ScriptInfo` records plus the Alembic objects."""
+
+    location: Path | None  # folder on disk (None when every script came from elsewhere)
+    infos: dict[str, ScriptInfo]
+    sources: dict[str, ScriptSource]  # by revision
+    modules: dict[str, types.ModuleType] = field(repr=False, default_factory=dict)
+    env_py: Path | None = None
+    _graph: Graph | None = field(default=None, repr=False)
+    _script_directory: object | None = field(default=None, repr=False)
+
+    @property
+    def graph(self) -> Graph:
+        if self._graph is None:
+            self._graph = graph_from_nodes(i.node() for i in self.infos.values())
+        return self._graph
+
+    def content_hash(self, revisions: Iterable[str] | None = None) -> str:
+        revs = sorted(self.infos if revisions is None else revisions)
+        h = hashlib.sha256()
+        for r in revs:
+            h.update(f"{r}:{self.infos[r].sha256}\n".encode())
+        return h.hexdigest()
+
+    def script_directory(self):
+        """An Alembic ScriptDirectory over exactly these scripts."""
+        if self._script_directory is None:
+            from alembic.script import Script, ScriptDirectory
+
+            scripts = [Script(self.modules[r], r, self.sources[r].filename) for r in self.infos]
+
+            class _Loaded(ScriptDirectory):
+                def _load_revisions(self_inner):  # noqa: N805
+                    yield from scripts
+
+            base = str(self.location or Path.cwd())
+            self._script_directory = _Loaded(base, version_locations=[base])
+        return self._script_directory
+
+    def alembic_script(self, revision: str):
+        return self.script_directory().revision_map.get_revision(revision)
+
+    def with_extra(self, extra: Iterable[ScriptSource]) -> "ScriptSet":
+        """A new set adding scripts (e.g. from the database) for revisions not declared here."""
+        extra = [s for s in extra]
+        if not extra:
+            return self
+        merged = list(self.sources.values()) + extra
+        return _build(merged, self.location, self.env_py, existing=self.modules)
+
+
+# ---------------------------------------------------------------------------
+
+
+def versions_folder(directory: Path) -> tuple[Path, Path | None]:
+    """(folder holding the version scripts, env.py if this is a script_location)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ScriptError(f"migrations folder {directory} does not exist or is not a folder")
+    env = directory / "env.py"
+    if env.is_file() and (directory / "versions").is_dir():
+        return directory / "versions", env
+    return directory, (env if env.is_file() else None)
+
+
+def read_folder(directory: Path) -> tuple[list[ScriptSource], Path, Path | None]:
+    versions, env = versions_folder(directory)
+    out = []
+    for path in sorted(versions.rglob("*.py")):
+        rel = path.relative_to(versions)
+        if any(part.startswith((".", "__")) for part in rel.parts) or path == env:
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ScriptError(f"not UTF-8 text ({e})", path=str(rel)) from None
+        out.append(ScriptSource(str(rel), text, str(path.resolve()), ORIGIN_FILES))
+    return out, versions, env
+
+
+def load_folder(directory: Path | str, extra: Iterable[ScriptSource] = (),
+                pythonpath: Iterable[str] = ()) -> ScriptSet:
+    """Load every version script under ``directory`` (plus ``extra`` ones)."""
+    for p in pythonpath:
+        if p and p not in sys.path:
+            sys.path.insert(0, p)
+    sources, versions, env = read_folder(Path(directory))
+    declared = {s.name for s in sources}
+    extra = [s for s in extra if s.name not in declared]
+    return _build(sources + list(extra), versions, env)
+
+
+def load_sources(sources: Iterable[ScriptSource]) -> ScriptSet:
+    return _build(list(sources), None, None)
+
+
+def _build(sources: list[ScriptSource], location: Path | None, env: Path | None,
+           existing: dict[str, types.ModuleType] | None = None) -> ScriptSet:
+    statics: dict[str, tuple[ScriptSource, dict]] = {}
+    infos: dict[str, ScriptInfo] = {}
+    by_rev: dict[str, ScriptSource] = {}
+    modules: dict[str, types.ModuleType] = {}
+    file_rev_conflicts: dict[str, list[ScriptSource]] = {}
+    for src in sources:
+        static = _static_parse(src)
+        statics[src.name] = (src, static)
+    # Files first, then stored copies for revisions no file declares.
+    for src, static in sorted(statics.values(), key=lambda t: (t[0].origin != ORIGIN_FILES, t[0].name)):
+        rev_static = static.get("revision")
+        if src.origin != ORIGIN_FILES and rev_static in by_rev:
+            continue
+        module = (existing or {}).get(rev_static) if rev_static else None
+        if module is None or getattr(module, "__dbrev_sha256__", None) != src.sha256:
+            module = _exec_module(src)
+        rev = getattr(module, "revision", None)
+        if not isinstance(rev, str) or not rev:
+            raise ScriptError("no `revision = \"...\"` string at module level; every version script "
+                              "must declare its revision id", path=src.name, line=1)
+        if rev in by_rev:
+            if src.origin != ORIGIN_FILES:
+                continue
+            file_rev_conflicts.setdefault(rev, [by_rev[rev]]).append(src)
+            continue
+        down = _tuple(getattr(module, "down_revision", None))
+        deps = _tuple(getattr(module, "depends_on", None))
+        labels = _tuple(getattr(module, "branch_labels", None))
+        doc = (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else ""
+        infos[rev] = ScriptInfo(rev, down, deps, labels, doc, src.name, src.sha256, src.origin)
+        by_rev[rev] = src
+        modules[rev] = module
+    if file_rev_conflicts:
+        rev, srcs = next(iter(file_rev_conflicts.items()))
+        line = statics[srcs[1].name][1].get("revision_line")
+        raise ScriptError(f"revision id {rev} is defined more than once: "
+                          f"{', '.join(s.name for s in srcs)}", path=srcs[1].name, line=line,
+                          details={"revision": rev, "files": [s.name for s in srcs]})
+    for rev, info in infos.items():
+        for ref in info.down_revisions:
+            if ref not in infos:
+                line = statics[info.name][1].get("down_revision_line")
+                raise ScriptError(
+                    f"down_revision {ref!r} of revision {rev} is not defined by any script",
+                    path=info.name, line=line,
+                    hint="add the missing script, or correct down_revision",
+                    details={"revision": rev, "missing": ref})
+    ss = ScriptSet(location, infos, by_rev, modules, env)
+    _ = ss.graph  # validates cycles, labels, dependencies
+    return ss
+
+
+def _tuple(value) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+def _static_parse(src: ScriptSource) -> dict:
+    try:
+        tree = ast.parse(src.source, filename=src.filename)
+    except SyntaxError as e:
+        raise ScriptError(f"syntax error: {e.msg}", path=src.name, line=e.lineno,
+                          details={"text": (e.text or "").strip()}) from None
+    out: dict = {}
+    for node in tree.body:
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            value = node.value
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            targets = [node.target.id]
+            value = node.value
+        for t in targets:
+            if t in ("revision", "down_revision"):
+                out[f"{t}_line"] = node.lineno
+                if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                    out[t] = value.value
+    return out
+
+
+def _exec_module(src: ScriptSource) -> types.ModuleType:
+    modname = "dbrev_script_" + hashlib.sha1(f"{src.filename}:{src.sha256}".encode()).hexdigest()[:16]
+    module = types.ModuleType(modname)
+    module.__file__ = src.filename
+    module.__dbrev_sha256__ = src.sha256  # type: ignore[attr-defined]
+    lines = src.source.splitlines(keepends=True)
+    linecache.cache[src.filename] = (len(src.source), None, lines, src.filename)
+    try:
+        code = compile(src.source, src.filename, "exec")
+        exec(code, module.__dict__)  # noqa: S102 - running migration scripts is the job
+    except SyntaxError as e:
+        raise ScriptError(f"syntax error: {e.msg}", path=src.name, line=e.lineno) from None
+    except BaseException as e:  # noqa: BLE001 - any failure while importing is the script's
+        line = _line_in(e, src.filename)
+        hint = None
+        if isinstance(e, ImportError):
+            hint = ("the script imports a module that is not installed where dbrev runs: install the "
+                    "application package, or add its folder with --pythonpath")
+        raise ScriptError(f"cannot import: {type(e).__name__}: {e}", path=src.name, line=line,
+                          hint=hint) from None
+    return module
+
+
+def _line_in(exc: BaseException, filename: str) -> int | None:
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename == filename:
+            line = frame.lineno
+    return line
+
+
+# ---------------------------------------------------------------------------
+# Offline rendering
+
+
+@dataclass
+class Rendered:
+    sql: str
+    ok: bool
+    error: str | None = None
+    irreversible: bool = False
+
+
+def render(scripts: ScriptSet, revision: str, upgrade: bool, version_table: str = "alembic_version",
+           version_table_schema: str | None = None) -> Rendered:
+    """The SQL one step would run, from Alembic's offline mode (no database)."""
+    from alembic.operations import Operations
+    from alembic.runtime.migration import MigrationContext
+
+    buf = io.StringIO()
+    ctx = MigrationContext.configure(
+        dialect_name="postgresql",
+        opts={"as_sql": True, "output_buffer": buf, "literal_binds": True,
+              "version_table": version_table, "version_table_schema": version_table_schema},
+    )
+    module = scripts.modules[revision]
+    fn = getattr(module, "upgrade" if upgrade else "downgrade", None)
+    src = scripts.sources[revision]
+    if fn is None:
+        return Rendered("", False, f"{src.name} has no {'upgrade' if upgrade else 'downgrade'}() function",
+                        irreversible=not upgrade)
+    try:
+        with Operations.context(ctx):
+            fn()
+    except NotImplementedError as e:
+        return Rendered(buf.getvalue(), False, f"{'upgrade' if upgrade else 'downgrade'}() raises "
+                        f"NotImplementedError{': ' + str(e) if str(e) else ''} ({src.name}:"
+                        f"{_line_in(e, src.filename)})", irreversible=True)
+    except ImportError as e:
+        raise ScriptError(f"cannot import: {type(e).__name__}: {e}", path=src.name, line=_line_in(e, src.filename),
+                          hint="the script imports a module that is not installed where dbrev runs: install the "
+                               "application package, or add its folder with --pythonpath") from None
+    except Exception as e:  # noqa: BLE001
+        line = _line_in(e, src.filename)
+        return Rendered(buf.getvalue(), False,
+                        f"cannot render offline at {src.name}:{line}: {type(e).__name__}: {e}")
+    return Rendered(buf.getvalue(), True)
+
+
+def materialize(files: dict[str, str], root: Path) -> Path:
+    """Write ConfigMap-style {file name: text} into a folder keyed by content hash."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(name.encode() + b"\0" + files[name].encode() + b"\0")
+    folder = root / h.hexdigest()[:24]
+    if not folder.is_dir():
+        tmp = root / f".tmp-{os.getpid()}-{h.hexdigest()[:8]}"
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            if "/" in name or name.startswith("."):
+                raise ScriptError(f"invalid script name {name!r}", path=name)
+            (tmp / name).write_text(text, encoding="utf-8")
+        try:
+            tmp.rename(folder)
+        except OSError:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
