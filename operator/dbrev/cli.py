@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated checks (default: constraints,indexes,sequences,orphans,rowCounts,fingerprint)")
     p.add_argument("--exact-counts", action="store_true",
                    help="also compare exact row counts of every table (slow on big tables)")
+    p.add_argument("--env-py", action="store_true",
+                   help="run through the project's env.py (next to versions/) instead of dbrev's built-in "
+                        "environment; env.py should use config.attributes['connection'] when it is set")
 
     p = sub.add_parser("current", help="show the revision(s) the database is at")
     _add_common(p)
@@ -279,7 +282,7 @@ def cmd_apply(args) -> int:
                     rollback_on_failure=not args.no_rollback_on_failure, verify=_checks(args.verify))
     req = RunRequest(db=db, migrations=os.path.abspath(_migrations(args)), target=args.revision, policy=policy,
                      expected_hash=args.plan_hash, exact_counts=args.exact_counts, actor="cli",
-                     pythonpath=tuple(os.path.abspath(p) for p in args.pythonpath))
+                     pythonpath=tuple(os.path.abspath(p) for p in args.pythonpath), use_env_py=args.env_py)
     try:
         result = apply(req, timeout=args.timeout, on_event=_Progress(not args.json), log_level=args.log_level)
     except E.Busy as e:

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 from . import integrity, state
 from . import log as L
 from .db import DbOptions, acquire_lock, connect, is_lock_timeout, quote_ident, read_heads, server_info, unlock
-from .errors import Busy, DbrevError, MigrationFailed, PlanChanged, PolicyRefused, ScriptConflict
+from .errors import BadInput, Busy, DbrevError, MigrationFailed, PlanChanged, PolicyRefused, ScriptConflict
 from .planning import Plan, build_plan, hash_matches
 from .policy import Decision, Policy, evaluate
 from .scripts import ScriptSet, load_folder, render
@@ -53,6 +53,7 @@ class RunRequest:
     actor: str = "cli"
     pythonpath: tuple[str, ...] = ()
     use_stored_scripts: bool = True
+    use_env_py: bool = False  # run through the project's env.py instead of dbrev's built-in environment
     rollback_of: dict | None = None  # set when this run returns a failed run to its start
 
 
@@ -336,7 +337,8 @@ class Runner:
             info = scripts.infos[rev]
             if direction == "upgrade":
                 state.store_script(conn, self.schema, self.vt, info, scripts.sources[rev].source)
-            per_step_deleted.append(integrity.xact_row_changes(conn))
+            per_step_deleted.append(integrity.xact_row_changes(
+                conn, exclude_schemas=self._exclude_schemas(), exclude_tables=self._exclude_tables()))
             dur = time.monotonic() - self._step_t0
             rec = {"revision": rev, "direction": direction, "duration_seconds": round(dur, 3), "status": "applied"}
             self.result["steps"].append(rec)
@@ -350,17 +352,51 @@ class Runner:
                                                               "operation": direction, "revision": rev})
         return callback
 
-    def _environment(self, scripts: ScriptSet, steps, callback, per_step: bool, conn: Connection):
+    def _execute(self, scripts: ScriptSet, steps, callback, per_step: bool, conn: Connection) -> None:
+        """Run ``steps`` through Alembic: dbrev's built-in environment, or the project's env.py."""
         from alembic.config import Config
         from alembic.runtime.environment import EnvironmentContext
 
+        ours = {"version_table": self.db.version_table, "version_table_schema": self.db.version_table_schema,
+                "transaction_per_migration": per_step, "on_version_apply": callback}
         cfg = Config()
-        cfg.set_main_option("script_location", str(scripts.location or Path.cwd()))
-        env = EnvironmentContext(cfg, scripts.script_directory(), fn=lambda heads, ctx: steps)
-        env.configure(connection=conn, version_table=self.db.version_table,
-                      version_table_schema=self.db.version_table_schema,
-                      transaction_per_migration=per_step, on_version_apply=callback)
-        return env
+        sd = scripts.script_directory()
+        cfg.set_main_option("script_location", sd.dir)
+        if not self.req.use_env_py:
+            env = EnvironmentContext(cfg, sd, fn=lambda heads, ctx: steps)
+            env.configure(connection=conn, **ours)
+            with env.begin_transaction():
+                env.run_migrations()
+            return
+        if scripts.env_py is None:
+            raise BadInput("--env-py was asked for, but there is no env.py next to the versions folder",
+                           hint="point --migrations at the folder holding env.py and versions/")
+        runner = self
+
+        env = EnvironmentContext(cfg, sd, fn=lambda heads, ctx: steps)
+        project_configure = env.configure
+
+        def configure(connection=None, url=None, **kw):
+            if connection is not conn:
+                runner.external_connection = True
+            for key in ("version_table", "version_table_schema"):
+                if kw.get(key) not in (None, ours[key]):
+                    runner.result["warnings"].append(f"env.py configures {key}={kw[key]!r}; dbrev uses {ours[key]!r}")
+            kw.update(ours)
+            return project_configure(connection=connection, url=url, **kw)
+
+        # An instance attribute, so the `alembic.context` proxy env.py sees hands out this one.
+        env.configure = configure  # type: ignore[method-assign]
+        # the cookbook's "sharing a connection" pattern: env.py should use config.attributes["connection"]
+        cfg.attributes["connection"] = conn
+        cfg.set_main_option("sqlalchemy.url", self.db.url.replace("%", "%%"))
+        with env:
+            sd.run_env()
+        if getattr(self, "external_connection", False):
+            self.result["warnings"].append(
+                "env.py opened its own database connection instead of config.attributes['connection']: its "
+                "transaction is not dbrev's, so a failed check is undone by inverse steps and the row-count "
+                "check cannot see its deletes")
 
     def _ensure_version_schema(self, conn: Connection) -> None:
         if self.db.version_table_schema:
@@ -394,15 +430,22 @@ class Runner:
             self._ensure_version_schema(conn)
             snap = self._snapshot(conn, plan)
             steps = self._steps_for(scripts, plan, journal, None)
-            env = self._environment(scripts, steps, self._on_step_done(scripts, plan, deleted_steps), False, conn)
             with L.timed("migrate", from_revision=L._rev(start), to_revision=L._rev(target)):
-                with env.begin_transaction():
-                    env.run_migrations()
+                self._execute(scripts, steps, self._on_step_done(scripts, plan, deleted_steps), False, conn)
             deleted = {t: v[2] for t, v in (deleted_steps[-1] if deleted_steps else {}).items()}
             report, new_errors = self._post_verify(conn, plan, snap, deleted, target)
         except BaseException as e:  # noqa: BLE001
             trans.rollback()
+            if getattr(self, "external_connection", False) and not isinstance(e, DbrevError):
+                self.result["error"] = self._error(e, scripts)
+                return self._undo_per_step(conn, scripts, start, target, "migration_failure", None)
             return self._single_failed(conn, scripts, plan, e)
+        if new_errors and self.req.policy.rollback_on_failure and getattr(self, "external_connection", False):
+            trans.rollback()
+            self.result["error"] = {"reason": "IntegrityCheckFailed", "error_type": "IntegrityCheckFailed",
+                                    "message": "verification failed after the migration: "
+                                               + "; ".join(f.message for f in new_errors[:3])}
+            return self._undo_per_step(conn, scripts, start, target, "integrity_check_failure", report)
         if new_errors and self.req.policy.rollback_on_failure:
             trans.rollback()
             L.rollback_triggered("integrity_check_failure", target, start,
@@ -484,12 +527,10 @@ class Runner:
             snap = self._snapshot(conn, plan)
         deleted_steps: list = []
         steps = self._steps_for(scripts, plan, journal, None)
-        env = self._environment(scripts, steps, self._on_step_done(scripts, plan, deleted_steps), True, conn)
         failure = None
         try:
             with L.timed("migrate", from_revision=L._rev(start), to_revision=L._rev(target)):
-                with env.begin_transaction():
-                    env.run_migrations()
+                self._execute(scripts, steps, self._on_step_done(scripts, plan, deleted_steps), True, conn)
         except BaseException as e:  # noqa: BLE001
             try:
                 conn.rollback()
@@ -563,13 +604,9 @@ class Runner:
                 with L.timed("rollback", from_revision=L._rev(heads), to_revision=L._rev(start)):
                     if inverse.transaction == "single":
                         with conn.begin():
-                            env = sub._environment(scripts, steps, callback, False, conn)
-                            with env.begin_transaction():
-                                env.run_migrations()
+                            sub._execute(scripts, steps, callback, False, conn)
                     else:
-                        env = sub._environment(scripts, steps, callback, True, conn)
-                        with env.begin_transaction():
-                            env.run_migrations()
+                        sub._execute(scripts, steps, callback, True, conn)
                 conn.commit()
                 rollback["steps"] = sub.result["steps"]
                 rollback["success"] = True

@@ -95,8 +95,9 @@ class ScriptSet:
                 def _load_revisions(self_inner):  # noqa: N805
                     yield from scripts
 
-            base = str(self.location or Path.cwd())
-            self._script_directory = _Loaded(base, version_locations=[base])
+            versions = str(self.location or Path.cwd())
+            base = str(self.env_py.parent) if self.env_py else versions
+            self._script_directory = _Loaded(base, version_locations=[versions])
         return self._script_directory
 
     def alembic_script(self, revision: str):
@@ -158,16 +159,16 @@ def load_sources(sources: Iterable[ScriptSource]) -> ScriptSet:
 
 def _build(sources: list[ScriptSource], location: Path | None, env: Path | None,
            existing: dict[str, types.ModuleType] | None = None) -> ScriptSet:
-    statics: dict[str, tuple[ScriptSource, dict]] = {}
+    statics: list[tuple[ScriptSource, dict]] = []
     infos: dict[str, ScriptInfo] = {}
     by_rev: dict[str, ScriptSource] = {}
     modules: dict[str, types.ModuleType] = {}
     file_rev_conflicts: dict[str, list[ScriptSource]] = {}
     for src in sources:
-        static = _static_parse(src)
-        statics[src.name] = (src, static)
+        statics.append((src, _static_parse(src)))
+    static_of = {id(src): static for src, static in statics}
     # Files first, then stored copies for revisions no file declares.
-    for src, static in sorted(statics.values(), key=lambda t: (t[0].origin != ORIGIN_FILES, t[0].name)):
+    for src, static in sorted(statics, key=lambda t: (t[0].origin != ORIGIN_FILES, t[0].name)):
         rev_static = static.get("revision")
         if src.origin != ORIGIN_FILES and rev_static in by_rev:
             continue
@@ -192,14 +193,14 @@ def _build(sources: list[ScriptSource], location: Path | None, env: Path | None,
         modules[rev] = module
     if file_rev_conflicts:
         rev, srcs = next(iter(file_rev_conflicts.items()))
-        line = statics[srcs[1].name][1].get("revision_line")
+        line = static_of[id(srcs[1])].get("revision_line")
         raise ScriptError(f"revision id {rev} is defined more than once: "
                           f"{', '.join(s.name for s in srcs)}", path=srcs[1].name, line=line,
                           details={"revision": rev, "files": [s.name for s in srcs]})
     for rev, info in infos.items():
         for ref in info.down_revisions:
             if ref not in infos:
-                line = statics[info.name][1].get("down_revision_line")
+                line = static_of[id(by_rev[rev])].get("down_revision_line")
                 raise ScriptError(
                     f"down_revision {ref!r} of revision {rev} is not defined by any script",
                     path=info.name, line=line,
