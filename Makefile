@@ -44,3 +44,7 @@ cluster-down: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info operator/*.egg-info .pytest_cache
+
+## Regenerate crds/ from operator/dbrev/crd.py (the one source of truth; a test fails when stale).
+crds: setup
+	$(PY) -m dbrev.crd .

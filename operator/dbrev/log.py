@@ -40,6 +40,8 @@ logger = logging.getLogger(LOGGER_NAME)
 _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("dbrev_log_context", default={})
 
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+# Kopf attaches its whole settings object and internal flags to every record.
+_STANDARD_ATTRS |= {"settings", "k8s_skip"}
 
 
 @contextlib.contextmanager

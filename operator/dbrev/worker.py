@@ -49,8 +49,26 @@ def request_from_json(text: str) -> tuple[RunRequest, str, dict]:
     return RunRequest(db=db, policy=policy, **r), doc.get("log_level", "INFO"), doc.get("log_context", {})
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the process that started it dies (an operator killed mid-run).
+
+    PostgreSQL then notices the closed connection, rolls back the open transaction and frees the lock.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+    except (OSError, AttributeError):
+        pass
+
+
 def main() -> int:
     """Entry point of the worker process (``python -m dbrev.worker``)."""
+    _die_with_parent()
     raw = sys.stdin.read()
     req, level, ctx = request_from_json(raw)
     register_secret(_password(req.db.url))

@@ -1,0 +1,111 @@
+"""Subcommands beyond the engine's: ``operator`` and ``approve``."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def register(sub, add_common) -> None:
+    p = sub.add_parser("operator", help="run the Kubernetes operator (in-cluster, or from $KUBECONFIG)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
+                   help="watch this namespace (repeatable; glob patterns allowed)")
+    g.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
+    p.add_argument("--peering", default=os.environ.get("DBREV_PEERING"), metavar="NAME",
+                   help="HA: coordinate with other replicas through this KopfPeering object "
+                        "(default: standalone)")
+    p.add_argument("--priority", type=int, default=int(os.environ.get("DBREV_PRIORITY", "0")),
+                   help="peering priority; give every replica a different one")
+    p.add_argument("--metrics-address", default=os.environ.get("DBREV_METRICS_ADDRESS", "0.0.0.0"))
+    p.add_argument("--metrics-port", type=int, default=int(os.environ.get("DBREV_METRICS_PORT", "8080")),
+                   help="serve /metrics on this port (0: off)")
+    p.add_argument("--liveness-address", default=os.environ.get("DBREV_LIVENESS_ADDRESS", "0.0.0.0"))
+    p.add_argument("--liveness-port", type=int, default=int(os.environ.get("DBREV_LIVENESS_PORT", "8081")),
+                   help="serve /healthz on this port (0: off)")
+    p.add_argument("--log-level", default=os.environ.get("DBREV_LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warning", "error"], type=str.lower)
+    p.add_argument("--log-format", default=os.environ.get("DBREV_LOG_FORMAT", "json"), choices=["json", "text"])
+    p.add_argument("--json", action="store_true", help=argparse_hidden())
+    p.set_defaults(func=cmd_operator)
+
+    p = sub.add_parser("approve", help="approve the plan a DatabaseRevision is waiting on")
+    p.add_argument("name", help="the DatabaseRevision")
+    p.add_argument("--namespace", "-n", default=None, help="its namespace (default: the kubeconfig's)")
+    p.add_argument("--hash", default=None, metavar="HASH",
+                   help="approve only if the waiting plan has this hash (from status.plan.hash)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"], type=str.lower)
+    p.add_argument("--log-format", default="json", choices=["json", "text"])
+    p.set_defaults(func=cmd_approve)
+
+
+def argparse_hidden():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def cmd_operator(args) -> int:
+    os.environ["DBREV_LOG_LEVEL"] = args.log_level.upper()
+    from .controller import main as operator_main
+    from .log import setup_logging
+
+    handler = setup_logging(args.log_level, args.log_format)
+    import logging
+
+    kopf_logger = logging.getLogger("kopf")
+    kopf_logger.addHandler(handler)
+    kopf_logger.propagate = False
+    # Kopf's own records ("Handler ... succeeded", every timer tick) only when debugging
+    kopf_logger.setLevel(logging.DEBUG if args.log_level == "debug" else logging.WARNING)
+    operator_main.run(namespaces=args.namespace, all_namespaces=args.all_namespaces, standalone=not args.peering,
+                      peering=args.peering, priority=args.priority, metrics_address=args.metrics_address,
+                      metrics_port=args.metrics_port, liveness_address=args.liveness_address,
+                      liveness_port=args.liveness_port)
+    return 0
+
+
+def cmd_approve(args) -> int:
+    import json
+
+    from kubernetes import config
+
+    from . import conditions as C
+    from .controller import kube
+    from .crd import APPROVE_ANNOTATION, GROUP, PLURAL, VERSION
+    from .errors import BadInput, PlanChanged
+    from .status import condition
+
+    ns = args.namespace
+    if not ns:
+        try:
+            _, active = config.list_kube_config_contexts()
+            ns = active.get("context", {}).get("namespace") or "default"
+        except Exception:  # noqa: BLE001 - in-cluster or no contexts
+            ns = "default"
+    obj = kube.get(ns, args.name)
+    if obj is None:
+        raise BadInput(f"DatabaseRevision {ns}/{args.name} not found")
+    status = obj.get("status") or {}
+    plan_hash = (status.get("plan") or {}).get("hash")
+    ready = condition(status, C.READY) or {}
+    if ready.get("reason") != C.AWAITING_APPROVAL or not plan_hash:
+        raise BadInput(f"DatabaseRevision {ns}/{args.name} is not waiting for an approval "
+                       f"(Ready={ready.get('status', 'Unknown')}, reason {ready.get('reason', 'none')})")
+    if args.hash and not plan_hash.removeprefix("sha256:").startswith(args.hash.removeprefix("sha256:")):
+        raise PlanChanged(f"the waiting plan is {plan_hash}, not {args.hash}", hint="review the new plan first")
+    kube.custom().patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, args.name,
+                                                 {"metadata": {"annotations": {APPROVE_ANNOTATION: plan_hash}}},
+                                                 _content_type=kube.MERGE_PATCH)
+    plan = status.get("plan") or {}
+    doc = {"namespace": ns, "name": args.name, "approved": plan_hash, "direction": plan.get("direction"),
+           "steps": [s.get("revision") for s in plan.get("steps", [])], "destructive": plan.get("destructive", [])}
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"approved plan {plan_hash} for {ns}/{args.name}: {plan.get('direction')} "
+              f"{plan.get('from')} -> {plan.get('to')}, {len(doc['steps'])} step(s)"
+              + (f", destructive: {', '.join(doc['destructive'])}" if doc["destructive"] else ""))
+    sys.stdout.flush()
+    return 0

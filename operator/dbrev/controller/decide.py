@@ -1,0 +1,309 @@
+"""From what happened in a pass to what the resource shows: pure functions.
+
+Input: the engine's result (or the error that stopped the pass), the previous
+status, the generation.  Output: a :class:`Verdict` — the outcome (and so the
+conditions), the status fields, the Events to post, the metric updates and,
+for transient failures, when to retry.  Handlers only carry it out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .. import conditions as C
+from .. import metrics as M
+from ..status import (
+    PROGRESSING_KIND,
+    READY_KIND,
+    STALLED_KIND,
+    SUSPENDED_KIND,
+    TRANSIENT_KIND,
+    WAITING_KIND,
+    Outcome,
+    compute_conditions,
+    history_entry,
+    integrity_status,
+    plan_status,
+    push_history,
+    revisions_text,
+)
+
+MAX_BACKOFF = 300.0
+BASE_BACKOFF = 5.0
+
+NORMAL = "Normal"
+WARNING = "Warning"
+
+# Event reasons (what `kubectl get events` shows).
+EV_PLANNED = "Planned"
+EV_BLOCKED = "Blocked"
+EV_AWAITING_APPROVAL = "AwaitingApproval"
+EV_APPLYING = "Applying"
+EV_APPLIED = "Applied"
+EV_VERIFICATION_FAILED = "VerificationFailed"
+EV_MIGRATION_FAILED = "MigrationFailed"
+EV_ROLLBACK_TRIGGERED = "RollbackTriggered"
+EV_ROLLBACK_EXECUTED = "RollbackExecuted"
+EV_ROLLBACK_FAILED = "RollbackFailed"
+EV_RETRYING = "Retrying"
+EV_INVALID = "InvalidInput"
+EV_DRIFT = "DriftDetected"
+EV_RECOVERED = "Recovered"
+
+# What a human should do, by reason (appended to the condition message).
+TODO = {
+    C.DOWNGRADE_DENIED: "set spec.policy.downgrade to Allow or RequireApproval, or set spec.revision back",
+    C.DATA_LOSS_DENIED: "set spec.policy.dataLoss to Archive (keeps a copy), Allow or RequireApproval, "
+                        "or set spec.revision back",
+    C.IRREVERSIBLE_STEP: "the step cannot be undone: write its downgrade() or choose another target",
+    C.ROLLED_BACK: "fix the failing migration (update its ConfigMap) or set spec.revision back to the current "
+                   "revision",
+    C.ROLLBACK_FAILED: "the database is between revisions: inspect it (dbrev current / dbrev verify), fix it by "
+                       "hand, then set spec.revision to the revision it is at",
+    C.MIGRATION_FAILED: "fix the failing migration (update its ConfigMap) or set spec.revision back",
+    C.INTEGRITY_CHECK_FAILED: "fix the findings listed in status.integrity (each says how), or remove the check "
+                              "from spec.policy.verify",
+    C.REVISION_NOT_FOUND: "set spec.revision to an id that exists in the migrations ConfigMaps",
+    C.AMBIGUOUS_REVISION: "use more characters of the revision id",
+    C.MULTIPLE_HEADS: "add a merge revision, or target one head (or heads) explicitly",
+    C.UNKNOWN_DATABASE_REVISION: "add the scripts for the database's revision to the ConfigMaps",
+    C.INVALID_SCRIPTS: "fix the script named in the message and update its ConfigMap",
+    C.SCRIPT_CONFLICT: "restore the script that was applied, or remove the changed one so the stored copy is used",
+    C.INVALID_DATABASE_URL: "fix the database URL in the Secret",
+    C.DATABASE_AUTH_FAILED: "fix the user or password in the Secret",
+    C.DATABASE_NOT_FOUND: "create the database, or fix its name in the Secret",
+    C.PERMISSION_DENIED: "grant the database user the privilege named in the message",
+    C.SECRET_NOT_FOUND: "create the Secret (in this namespace) or fix spec.database",
+    C.CONFIGMAP_NOT_FOUND: "create the ConfigMap (in this namespace) or fix spec.migrations.configMapRefs",
+    C.CONFLICT: "point only one DatabaseRevision at a database and version table; delete or change the other",
+    C.INVALID_SPEC: "fix the spec",
+    C.PLAN_CHANGED: "review the new plan",
+    C.TIMED_OUT: "raise spec.policy.timeoutSeconds, or make the migration faster (e.g. batch it)",
+}
+
+TRANSIENT_REASONS = frozenset({C.DATABASE_UNAVAILABLE, C.LOCK_BUSY})
+
+
+@dataclass
+class Verdict:
+    outcome: Outcome
+    status: dict
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    retry_in: float | None = None
+    metric_result: str = M.RESULT_NOOP
+    steps: list[tuple[str, str]] = field(default_factory=list)
+    rollback: tuple[str, str] | None = None
+    findings: dict[str, int] | None = None
+    drift: bool | None = None
+
+
+def backoff(retry: int) -> float:
+    """Capped exponential backoff: 5 s, 10 s, 20 s ... 300 s, forever."""
+    return min(MAX_BACKOFF, BASE_BACKOFF * (2 ** max(0, retry)))
+
+
+def _with_todo(reason: str, message: str) -> str:
+    todo = TODO.get(reason)
+    return f"{message}. To fix: {todo}" if todo else message
+
+
+def _base(prev: dict, generation: int) -> dict:
+    return {"observedGeneration": generation}
+
+
+def _finish(outcome: Outcome, prev: dict, generation: int, now: str, status: dict) -> dict:
+    status["conditions"] = compute_conditions(outcome, generation, prev.get("conditions"), now)
+    status.setdefault("observedGeneration", generation)
+    return status
+
+
+def planned_event(plan: dict, prev: dict) -> tuple[str, str, str] | None:
+    """The Event for a newly computed plan (None when it is the plan status already shows)."""
+    if not plan.get("steps") or plan.get("hash") == (prev.get("plan") or {}).get("hash"):
+        return None
+    return (NORMAL, EV_PLANNED,
+            f"plan {plan['hash'][:19]}: {plan['direction']} {revisions_text(plan['from_revisions'])} -> "
+            f"{revisions_text(plan['to_revisions'])}, {len(plan['steps'])} step(s), transaction {plan['transaction']}"
+            + (f", destructive: {', '.join(plan['destructive'])}" if plan.get("destructive") else ""))
+
+
+def progressing(prev: dict, generation: int, now: str, message: str, plan: dict | None = None) -> dict:
+    """Status to write while a run is under way."""
+    st = {"observedGeneration": generation}
+    if plan:
+        st["plan"] = plan_status(plan, now)
+    return _finish(Outcome(PROGRESSING_KIND, C.PROGRESSING, message), prev, generation, now, st)
+
+
+def suspended(prev: dict, generation: int, now: str) -> Verdict:
+    out = Outcome(SUSPENDED_KIND, C.SUSPENDED, "spec.suspend is true: dbrev does not plan or change anything")
+    return Verdict(out, _finish(out, prev, generation, now, _base(prev, generation)), metric_result=M.RESULT_WAITING)
+
+
+def from_error(err: dict, prev: dict, generation: int, now: str, retry: int = 0,
+               transient: bool | None = None) -> Verdict:
+    """A pass stopped by an error before or instead of a run (bad input, unavailable, busy...)."""
+    reason = err.get("reason") or C.MIGRATION_FAILED
+    message = err.get("message") or "failed"
+    if err.get("hint"):
+        message = f"{message} ({err['hint']})"
+    is_transient = reason in TRANSIENT_REASONS if transient is None else transient
+    st = _base(prev, generation)
+    if is_transient:
+        delay = backoff(retry)
+        out = Outcome(TRANSIENT_KIND, reason, f"{message}; retrying in {delay:g}s")
+        v = Verdict(out, _finish(out, prev, generation, now, st), retry_in=delay, metric_result=M.RESULT_TRANSIENT)
+        v.events.append((WARNING, EV_RETRYING, out.message))
+        return v
+    st["lastError"] = {"reason": reason, "message": message[:4096], "time": now}
+    out = Outcome(STALLED_KIND, reason, _with_todo(reason, message))
+    v = Verdict(out, _finish(out, prev, generation, now, st), metric_result=M.RESULT_ERROR)
+    v.events.append((WARNING, EV_INVALID if reason not in (C.CONFLICT,) else C.CONFLICT, out.message))
+    return v
+
+
+def from_result(result: dict, prev: dict, generation: int, now: str, trigger: str, started_at: str,
+                plan: dict | None, retry: int = 0) -> Verdict:
+    """A run's result (``engine.apply``) to the resource's status, events and metrics."""
+    res = result.get("result")
+    err = result.get("error") or {}
+    st = _base(prev, generation)
+    if result.get("current_revisions") is not None:
+        st["currentRevision"] = revisions_text(result["current_revisions"])
+    if result.get("to_revisions") is not None:
+        st["targetRevision"] = revisions_text(result["to_revisions"])
+    if plan:
+        st["plan"] = plan_status(plan, now)
+    integ = integrity_status(result.get("integrity"))
+    if integ:
+        st["integrity"] = integ
+    events: list[tuple[str, str, str]] = []
+    prev_hash = (prev.get("plan") or {}).get("hash")
+    steps = [(s.get("direction", "upgrade"), s.get("status", "applied")) for s in result.get("steps", [])]
+    rb = result.get("rollback")
+    rollback = None
+    if rb and rb.get("triggered"):
+        rollback = (rb.get("reason", "migration_failure"), "success" if rb.get("success") else "failure")
+    if res in ("applied", "rolled_back", "failed"):
+        st["history"] = push_history(prev.get("history"), history_entry(result, trigger, started_at))
+    findings = {}
+    for f in (result.get("integrity") or {}).get("findings", []):
+        findings[f["check"]] = findings.get(f["check"], 0) + 1
+    drift = bool(findings.get("drift"))
+
+    if res in ("applied", "noop"):
+        cur = revisions_text(result.get("current_revisions"))
+        if res == "applied":
+            st["lastAppliedTime"] = now
+            msg = (f"at revision {cur}: {result.get('direction')} of {len(result.get('steps', []))} step(s) in "
+                   f"{float(result.get('duration_seconds') or 0):.1f}s, verified")
+            events.append((NORMAL, EV_APPLIED, msg))
+        else:
+            msg = f"at revision {cur}, verified"
+            was = (prev.get("conditions") and [c for c in prev["conditions"] if c.get("type") == C.READY]) or []
+            if was and was[0].get("status") != "True" and was[0].get("reason") not in (C.INITIALIZING,):
+                events.append((NORMAL, EV_RECOVERED, msg))
+        if drift:
+            d = [f for f in result["integrity"]["findings"] if f["check"] == "drift"][0]
+            events.append((WARNING, EV_DRIFT, d["message"]))
+        st["lastError"] = None
+        out = Outcome(READY_KIND, C.AT_REVISION, msg)
+        return Verdict(out, _finish(out, prev, generation, now, st), events, None,
+                       M.RESULT_APPLIED if res == "applied" else M.RESULT_NOOP, steps, rollback, findings, drift)
+
+    if res == "refused":
+        decision = result.get("decision") or {}
+        reason = err.get("reason") or decision.get("reason") or C.DOWNGRADE_DENIED
+        message = err.get("message") or decision.get("message") or "refused by policy"
+        if decision.get("awaiting_approval"):
+            h = (plan or {}).get("hash", "")
+            out = Outcome(WAITING_KIND, C.AWAITING_APPROVAL,
+                          f"{message}. To approve: kubectl annotate databaserevision <name> --overwrite "
+                          f"dbrev.io/approve={h} (or: dbrev approve <name>)")
+            if prev_hash != h or not _was(prev, C.READY, C.AWAITING_APPROVAL):
+                events.append((NORMAL, EV_AWAITING_APPROVAL, out.message))
+            return Verdict(out, _finish(out, prev, generation, now, st), events, None, M.RESULT_WAITING,
+                           steps, rollback, findings or None, None)
+        st["lastError"] = {"reason": reason, "message": message[:4096], "time": now}
+        out = Outcome(STALLED_KIND, reason, _with_todo(reason, message))
+        if not _was(prev, C.STALLED, reason) or prev_hash != (plan or {}).get("hash"):
+            events.append((WARNING, EV_BLOCKED, out.message))
+        return Verdict(out, _finish(out, prev, generation, now, st), events, None, M.RESULT_REFUSED,
+                       steps, rollback, findings or None, None)
+
+    # rolled_back or failed
+    reason = err.get("reason") or C.MIGRATION_FAILED
+    where = f" at {err['location']}" if err.get("location") else ""
+    step = f" in {err.get('direction', '')} {err['step']}" if err.get("step") else ""
+    what = f"{err.get('message', 'the run failed')}{step}{where}"
+    integrity_failed = reason == C.INTEGRITY_CHECK_FAILED
+    if integrity_failed:
+        events.append((WARNING, EV_VERIFICATION_FAILED, what))
+    else:
+        events.append((WARNING, EV_MIGRATION_FAILED, what))
+    if rb and rb.get("triggered"):
+        events.append((WARNING, EV_ROLLBACK_TRIGGERED,
+                       f"rolling back to {revisions_text(result.get('from_revisions'))} ({rb.get('reason')})"))
+        if rb.get("success"):
+            events.append((NORMAL, EV_ROLLBACK_EXECUTED,
+                           f"rolled back to {revisions_text(result.get('current_revisions'))} by "
+                           f"{'transaction rollback' if rb.get('method') == 'transaction' else 'inverse steps'}, "
+                           f"verified"))
+        else:
+            events.append((WARNING, EV_ROLLBACK_FAILED, f"rollback failed; the database is at "
+                           f"{revisions_text(result.get('current_revisions'))}"))
+    st["lastError"] = {"reason": reason, "message": what[:4096], "step": err.get("step") or "",
+                       "location": err.get("location") or "", "time": now}
+    if reason in TRANSIENT_REASONS:
+        delay = backoff(retry)
+        out = Outcome(TRANSIENT_KIND, reason, f"{what}; the run was undone; retrying in {delay:g}s")
+        return Verdict(out, _finish(out, prev, generation, now, st), events, delay, M.RESULT_TRANSIENT, steps,
+                       rollback, findings or None, drift)
+    if res == "rolled_back":
+        cond_reason = C.TIMED_OUT if reason == C.TIMED_OUT else C.ROLLED_BACK
+        msg = (f"{what}; rolled back to {revisions_text(result.get('current_revisions'))}"
+               + (" (verification failed)" if integrity_failed else ""))
+        out = Outcome(STALLED_KIND, cond_reason, _with_todo(cond_reason, msg))
+        metric = M.RESULT_ROLLED_BACK
+    else:
+        cond_reason = C.ROLLBACK_FAILED if (rb and rb.get("triggered") and not rb.get("success")) else reason
+        msg = f"{what}; the database is at {revisions_text(result.get('current_revisions'))}"
+        out = Outcome(STALLED_KIND, cond_reason, _with_todo(cond_reason, msg))
+        metric = M.RESULT_FAILED
+    return Verdict(out, _finish(out, prev, generation, now, st), events, None, metric, steps, rollback,
+                   findings or None, drift)
+
+
+def from_check(report: dict, heads, prev: dict, generation: int, now: str) -> Verdict:
+    """A drift/integrity check on the timer (no migration ran)."""
+    st = _base(prev, generation)
+    st["integrity"] = integrity_status(report)
+    st["lastCheckedTime"] = now
+    findings: dict[str, int] = {}
+    for f in report.get("findings", []):
+        findings[f["check"]] = findings.get(f["check"], 0) + 1
+    drift = bool(findings.get("drift"))
+    events = []
+    prev_findings = {(f.get("check"), f.get("object")) for f in (prev.get("integrity") or {}).get("findings", [])}
+    new = [f for f in report.get("findings", []) if (f["check"], f["object"]) not in prev_findings]
+    for f in new[:5]:
+        events.append((WARNING, EV_DRIFT if f["check"] == "drift" else EV_VERIFICATION_FAILED, f["message"]))
+    if report.get("passed"):
+        out = Outcome(READY_KIND, C.AT_REVISION, f"at revision {revisions_text(heads)}, verified"
+                      + ("; the schema drifted from the one recorded at this revision" if drift else ""))
+        result = M.RESULT_NOOP
+    else:
+        errors = [f for f in report.get("findings", []) if f.get("severity") == "error"]
+        msg = f"verification of {revisions_text(heads)} found {len(errors)} problem(s): " + "; ".join(
+            f["message"] for f in errors[:3])
+        st["lastError"] = {"reason": C.INTEGRITY_CHECK_FAILED, "message": msg[:4096], "time": now}
+        out = Outcome(STALLED_KIND, C.INTEGRITY_CHECK_FAILED, _with_todo(C.INTEGRITY_CHECK_FAILED, msg))
+        result = M.RESULT_FAILED
+    return Verdict(out, _finish(out, prev, generation, now, st), events, None, result, [], None, findings, drift)
+
+
+def _was(prev: dict, ctype: str, reason: str) -> bool:
+    for c in prev.get("conditions") or []:
+        if c.get("type") == ctype:
+            return c.get("reason") == reason and (ctype != C.STALLED or c.get("status") == "True")
+    return False

@@ -1,0 +1,302 @@
+"""Kopf handlers: thin.  They gather inputs, call the engine and the core, write what it returns.
+
+One reconcile pass (:func:`reconcile`) serves create, resume, spec and
+annotation changes (approvals, referenced ConfigMap/Secret changes) and
+out-of-band changes found by the timer.  The timer (:func:`check`) costs one
+query when nothing is due and verifies integrity every driftCheckInterval.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from datetime import datetime, timezone
+
+import kopf
+
+from .. import conditions as C
+from .. import log as L
+from .. import metrics as M
+from ..crd import APPROVE_ANNOTATION, GROUP, PLURAL, RECONCILE_ANNOTATION, VERSION
+from ..db import DbOptions
+from ..errors import DbrevError
+from ..runner import RunRequest
+from ..status import initial_conditions, is_ready, now_iso, revisions_text, status_patch
+from . import decide, kube
+from .inputs import Inputs, gather
+from .spec import Spec, SpecError, parse_spec
+
+TIMER_INTERVAL = float(os.environ.get("DBREV_TIMER_INTERVAL", "30"))
+
+_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _object_lock(namespace: str, name: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault((namespace, name), threading.Lock())
+
+
+# ---------------------------------------------------------------------------
+# Events (core/v1, posted directly so they work from any thread)
+
+def post_event(body, etype: str, reason: str, message: str) -> None:
+    meta = body["metadata"]
+    now = datetime.now(timezone.utc)
+    event = {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DatabaseRevision", "name": meta["name"],
+                           "namespace": meta["namespace"], "uid": meta.get("uid"),
+                           "resourceVersion": meta.get("resourceVersion")},
+        "reason": reason, "message": L.redact(message)[:1024], "type": etype,
+        "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "count": 1, "source": {"component": "dbrev", "host": socket.gethostname()},
+        "reportingComponent": "dbrev.io/operator", "reportingInstance": socket.gethostname(),
+    }
+    try:
+        kube.core().create_namespaced_event(meta["namespace"], event)
+    except Exception as e:  # noqa: BLE001 - an Event is never worth failing a pass for
+        L.logger.warning("Could not post an Event", extra={"reason": reason, "error_type": type(e).__name__})
+
+
+# ---------------------------------------------------------------------------
+# Carrying out a verdict
+
+def carry_out(body, prev: dict, verdict: decide.Verdict, started: float, extra: dict | None = None) -> dict:
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    new = dict(verdict.status)
+    new.update(extra or {})
+    patch = status_patch(prev, new)
+    if patch:
+        kube.patch_status(ns, name, patch)
+    for etype, reason, message in verdict.events:
+        post_event(body, etype, reason, message)
+    M.observe_reconcile(verdict.metric_result, time.monotonic() - started)
+    for direction, result in verdict.steps:
+        M.migration_steps_total.labels(direction=direction, result=result).inc()
+    if verdict.rollback:
+        M.rollbacks_total.labels(trigger=verdict.rollback[0], result=verdict.rollback[1]).inc()
+    merged = {**prev, **new}
+    M.set_resource(ns, name, is_ready=verdict.outcome.kind == "ready", is_stalled=verdict.outcome.kind == "stalled",
+                   current=merged.get("currentRevision"), target=merged.get("targetRevision"),
+                   findings=verdict.findings, drift=verdict.drift)
+    if new.get("lastAppliedTime") and patch.get("lastAppliedTime"):
+        M.last_applied_timestamp_seconds.labels(ns, name).set(time.time())
+    level = L.logger.warning if verdict.outcome.kind in ("stalled", "transient") else L.logger.info
+    level(f"Reconcile outcome: {verdict.outcome.reason}",
+          extra={"status": verdict.outcome.kind, "reason": verdict.outcome.reason,
+                 "from_revision": prev.get("currentRevision"), "to_revision": merged.get("currentRevision"),
+                 "result": verdict.metric_result, "wrote_status": bool(patch)})
+    return merged
+
+
+def _trigger(cause: str, diff) -> str:
+    if cause != "update":
+        return cause
+    kinds = set()
+    for op, path, old, new in diff or ():
+        if path[:1] == ("spec",) or path == ("spec",):
+            kinds.add("spec")
+        elif path[:3] == ("metadata", "annotations", APPROVE_ANNOTATION):
+            kinds.add("approval")
+        elif path[:3] == ("metadata", "annotations", RECONCILE_ANNOTATION):
+            kinds.add((new or "").split(" ", 1)[-1] or "requested")
+        elif path[:2] == ("metadata", "annotations") and isinstance(new, dict):
+            if APPROVE_ANNOTATION in new and (old or {}).get(APPROVE_ANNOTATION) != new.get(APPROVE_ANNOTATION):
+                kinds.add("approval")
+            if RECONCILE_ANNOTATION in new:
+                kinds.add(new[RECONCILE_ANNOTATION].split(" ", 1)[-1])
+    for k in ("spec", "approval"):
+        if k in kinds:
+            return k
+    return sorted(kinds)[0] if kinds else "update"
+
+
+def _conflict(index, key: str, namespace: str, name: str, created: str) -> str | None:
+    if not key or index is None:
+        return None
+    mine = (created or "", namespace, name)
+    for other in index.get(key, []):
+        if (other[1], other[2]) == (namespace, name):
+            continue
+        if (other[0] or "", other[1], other[2]) < mine:
+            return f"{other[1]}/{other[2]}"
+    return None
+
+
+def _db_options(spec: Spec, url: str) -> DbOptions:
+    return DbOptions(url=url, connect_timeout=spec.connect_timeout, lock_timeout=spec.lock_timeout,
+                     statement_timeout=spec.statement_timeout, version_table=spec.version_table,
+                     version_table_schema=spec.version_table_schema)
+
+
+def reconcile(body, cause: str, retry: int = 0, diff=None, index=None) -> None:
+    meta = body["metadata"]
+    ns, name, gen = meta["namespace"], meta["name"], meta.get("generation") or 0
+    trigger = _trigger(cause, diff)
+    with L.log_context(namespace=ns, name=name, trigger=trigger), _object_lock(ns, name):
+        started = time.monotonic()
+        prev = dict(kube.get(ns, name) or body).get("status") or {}
+        now = now_iso()
+        if not prev.get("conditions"):
+            first = {"observedGeneration": gen, "conditions": initial_conditions(gen, now)}
+            kube.patch_status(ns, name, first)
+            prev = {**prev, **first}
+        try:
+            spec = parse_spec(dict(body["spec"]))
+        except SpecError as e:
+            carry_out(body, prev, decide.from_error({"reason": C.INVALID_SPEC, "message": str(e)}, prev, gen, now),
+                      started)
+            return
+        if spec.suspend:
+            carry_out(body, prev, decide.suspended(prev, gen, now), started)
+            return
+        try:
+            inputs = gather(kube.core(), ns, spec)
+        except DbrevError as e:
+            verdict = decide.from_error(e.to_dict(), prev, gen, now, retry, transient=e.transient)
+            carry_out(body, prev, verdict, started)
+            if verdict.retry_in:
+                raise kopf.TemporaryError(verdict.outcome.message, delay=verdict.retry_in)
+            return
+        extra = {"databaseKey": inputs.database_key, "inputsHash": inputs.inputs_hash}
+        other = _conflict(index, inputs.database_key, ns, name, meta.get("creationTimestamp"))
+        if other:
+            err = {"reason": C.CONFLICT, "message": f"DatabaseRevision {other} already manages this database and "
+                                                    f"version table"}
+            carry_out(body, prev, decide.from_error(err, prev, gen, now), started, extra)
+            return
+        if _nothing_to_do(prev, gen, inputs, spec):
+            M.observe_reconcile(M.RESULT_NOOP, time.monotonic() - started)
+            return
+        approval = (meta.get("annotations") or {}).get(APPROVE_ANNOTATION)
+        _run(body, prev, spec, inputs, approval, trigger, retry, started, extra)
+
+
+def _nothing_to_do(prev: dict, gen: int, inputs: Inputs, spec: Spec) -> bool:
+    """The one cheap query: same spec, same inputs, and the database still where status says."""
+    if not (is_ready({"conditions": prev.get("conditions")}) and prev.get("observedGeneration") == gen
+            and prev.get("inputsHash") == inputs.inputs_hash):
+        return False
+    from ..engine import observe
+
+    try:
+        live = observe(_db_options(spec, inputs.url))["revisions"]
+    except DbrevError:
+        return False
+    return revisions_text(live) == prev.get("currentRevision")
+
+
+def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, started, extra) -> None:
+    from ..engine import apply
+
+    meta = body["metadata"]
+    ns, name, gen = meta["namespace"], meta["name"], meta.get("generation") or 0
+    started_at = now_iso()
+    seen: dict = {}
+
+    def on_event(ev: dict) -> None:
+        kind = ev.get("event")
+        if kind == "plan":
+            seen["plan"] = ev["plan"]
+            planned = decide.planned_event(ev["plan"], prev)
+            if planned:
+                post_event(body, *planned)
+        elif kind == "step_started" and ev.get("index") == 1:
+            plan = seen.get("plan") or {}
+            msg = (f"applying plan {plan.get('hash', '')[:19]}: {plan.get('direction')} "
+                   f"{revisions_text(plan.get('from_revisions'))} -> {revisions_text(plan.get('to_revisions'))}, "
+                   f"{ev['total']} step(s)")
+            try:
+                kube.patch_status(ns, name, status_patch(prev, {**decide.progressing(prev, gen, now_iso(), msg,
+                                                                                    plan), **extra}))
+            except Exception as e:  # noqa: BLE001
+                L.logger.warning("Could not write progress", extra={"error_type": type(e).__name__})
+            post_event(body, decide.NORMAL, decide.EV_APPLYING, msg)
+
+    req = RunRequest(db=_db_options(spec, inputs.url), migrations=str(inputs.migrations), target=spec.revision,
+                     policy=spec.policy, approval=approval, actor=f"operator:{ns}/{name}")
+    M.active_workers.inc()
+    try:
+        result = apply(req, timeout=spec.timeout, on_event=on_event,
+                       log_level=os.environ.get("DBREV_LOG_LEVEL", "INFO"),
+                       log_context={"namespace": ns, "name": name})
+        verdict = decide.from_result(result, prev, gen, now_iso(), trigger, started_at, seen.get("plan"), retry)
+    except DbrevError as e:
+        verdict = decide.from_error(e.to_dict(), prev, gen, now_iso(), retry, transient=e.transient)
+    finally:
+        M.active_workers.dec()
+    if "plan" in seen and verdict.status.get("plan") is None:
+        from ..status import plan_status
+
+        verdict.status["plan"] = plan_status(seen["plan"], now_iso())
+    carry_out(body, prev, verdict, started, extra)
+    if verdict.retry_in:
+        raise kopf.TemporaryError(verdict.outcome.message, delay=verdict.retry_in)
+
+
+# ---------------------------------------------------------------------------
+# The timer: out-of-band changes and drift
+
+def check(body) -> None:
+    meta = body["metadata"]
+    ns, name, gen = meta["namespace"], meta["name"], meta.get("generation") or 0
+    status = dict(body.get("status") or {})
+    lock = _object_lock(ns, name)
+    if not lock.acquire(blocking=False):
+        return  # a pass is running
+    try:
+        with L.log_context(namespace=ns, name=name, trigger="timer"):
+            _check(body, ns, name, gen, status)
+    finally:
+        lock.release()
+
+
+def _check(body, ns, name, gen, status) -> None:
+    from ..engine import observe, verify
+
+    try:
+        spec = parse_spec(dict(body["spec"]))
+    except SpecError:
+        return
+    if spec.suspend or status.get("observedGeneration") != gen:
+        return
+    ready = is_ready(status)
+    stalled_on_integrity = any(c.get("type") == C.STALLED and c.get("status") == "True"
+                               and c.get("reason") == C.INTEGRITY_CHECK_FAILED
+                               for c in status.get("conditions") or [])
+    if not (ready or stalled_on_integrity):
+        return
+    try:
+        url = gather_url(spec, ns)
+        db = _db_options(spec, url)
+        live = observe(db)["revisions"]
+    except DbrevError:
+        return
+    if revisions_text(live) != status.get("currentRevision"):
+        L.logger.warning("The database changed outside dbrev", extra={
+            "from_revision": status.get("currentRevision"), "to_revision": revisions_text(live)})
+        kube.request_reconcile(ns, name, "drift")
+        return
+    last = status.get("lastCheckedTime") or status.get("lastAppliedTime")
+    if last:
+        age = (datetime.now(timezone.utc) - datetime.fromisoformat(last.replace("Z", "+00:00"))).total_seconds()
+        if age < spec.drift_check_interval and not stalled_on_integrity:
+            return
+    started = time.monotonic()
+    try:
+        report = verify(db, spec.verify)
+    except DbrevError:
+        return
+    verdict = decide.from_check(report, live, status, gen, now_iso())
+    carry_out(body, status, verdict, started)
+
+
+def gather_url(spec: Spec, namespace: str) -> str:
+    from .inputs import read_url
+
+    return read_url(kube.core(), namespace, spec)[0]

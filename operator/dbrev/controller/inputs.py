@@ -1,0 +1,140 @@
+"""What a pass needs from the cluster: the database URL (from a Secret) and the scripts (from ConfigMaps).
+
+Errors carry condition reasons and never the Secret's content.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from kubernetes.client.rest import ApiException
+
+from .. import conditions as C
+from ..errors import BadInput, DatabaseUnavailable, DbrevError, ScriptError
+from ..redact import register_secret
+from ..scripts import materialize
+from .spec import Spec
+
+
+class InputError(BadInput):
+    pass
+
+
+@dataclass(frozen=True)
+class Inputs:
+    url: str
+    migrations: Path
+    scripts_hash: str  # over every script's name and content
+    secret_version: str  # resourceVersion of the Secret(s) used
+    database_key: str  # identifies host/port/db + version table, without any secret
+
+    @property
+    def inputs_hash(self) -> str:
+        return "sha256:" + hashlib.sha256(f"{self.scripts_hash}|{self.secret_version}|{self.database_key}"
+                                          .encode()).hexdigest()[:32]
+
+
+def scripts_root() -> Path:
+    root = Path(os.environ.get("DBREV_SCRIPTS_DIR") or Path(tempfile.gettempdir()) / "dbrev-scripts")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _api_error(e: ApiException, kind: str, namespace: str, name: str) -> DbrevError:
+    if e.status == 404:
+        reason = C.SECRET_NOT_FOUND if kind == "Secret" else C.CONFIGMAP_NOT_FOUND
+        return InputError(f"{kind} {namespace}/{name} not found", reason=reason)
+    if e.status == 403:
+        return InputError(f"dbrev may not read {kind} {namespace}/{name} (403 Forbidden)", reason=C.PERMISSION_DENIED,
+                          hint="grant the operator's ServiceAccount get on it (see manifests/)")
+    return DatabaseUnavailable(f"reading {kind} {namespace}/{name} failed: HTTP {e.status}",
+                               reason=C.DATABASE_UNAVAILABLE)
+
+
+def _secret_value(core, namespace: str, name: str, key: str) -> tuple[str, str]:
+    try:
+        sec = core.read_namespaced_secret(name, namespace)
+    except ApiException as e:
+        raise _api_error(e, "Secret", namespace, name) from None
+    data = sec.data or {}
+    if key not in data:
+        keys = ", ".join(sorted(data)) or "none"
+        raise InputError(f"Secret {namespace}/{name} has no key {key!r} (its keys: {keys})", reason=C.SECRET_NOT_FOUND)
+    try:
+        value = base64.b64decode(data[key]).decode("utf-8").strip()
+    except (ValueError, UnicodeDecodeError):
+        raise InputError(f"Secret {namespace}/{name} key {key!r} is not UTF-8 text",
+                         reason=C.INVALID_DATABASE_URL) from None
+    register_secret(value)
+    return value, sec.metadata.resource_version or ""
+
+
+def read_url(core, namespace: str, spec: Spec) -> tuple[str, str]:
+    """(database URL, Secret resourceVersion)."""
+    from sqlalchemy.engine import URL
+
+    if spec.url_secret:
+        url, version = _secret_value(core, namespace, spec.url_secret.name, spec.url_secret.key)
+        if not url:
+            raise InputError(f"Secret {namespace}/{spec.url_secret.name} key {spec.url_secret.key!r} is empty",
+                             reason=C.INVALID_DATABASE_URL)
+        return url, version
+    cr = spec.credentials
+    password, version = _secret_value(core, namespace, cr.password.name, cr.password.key)
+    query = {"sslmode": cr.ssl_mode} if cr.ssl_mode else {}
+    url = URL.create("postgresql+psycopg", username=cr.user, password=password, host=cr.host, port=cr.port,
+                     database=cr.database, query=query)
+    return url.render_as_string(hide_password=False), version
+
+
+def read_scripts(core, namespace: str, spec: Spec) -> tuple[Path, str]:
+    """Materialize every ``*.py`` key of the ConfigMaps into a folder; (folder, content hash)."""
+    files: dict[str, str] = {}
+    origin: dict[str, str] = {}
+    for cm_name in spec.configmaps:
+        try:
+            cm = core.read_namespaced_config_map(cm_name, namespace)
+        except ApiException as e:
+            raise _api_error(e, "ConfigMap", namespace, cm_name) from None
+        for key, text in sorted((cm.data or {}).items()):
+            if not key.endswith(".py"):
+                continue
+            if key in files:
+                raise ScriptError(f"script {key} appears in both ConfigMap {origin[key]} and {cm_name}", path=key)
+            files[key] = text
+            origin[key] = cm_name
+        for key in (cm.binary_data or {}):
+            if key.endswith(".py"):
+                raise ScriptError(f"script {key} in ConfigMap {cm_name} is binaryData; store scripts as data",
+                                  path=key)
+    if not files:
+        raise InputError(f"ConfigMap(s) {', '.join(spec.configmaps)} hold no *.py scripts",
+                         reason=C.INVALID_SCRIPTS)
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(name.encode() + b"\0" + files[name].encode() + b"\0")
+    return materialize(files, scripts_root()), h.hexdigest()
+
+
+def database_key(url: str, spec: Spec) -> str:
+    """host:port/db + version table, hashed: equal for two resources managing the same history."""
+    from ..db import normalize_url
+
+    try:
+        u = normalize_url(url)
+    except DbrevError:
+        return ""
+    ident = f"{(u.host or '').lower()}:{u.port or 5432}/{u.database}|{spec.version_table_schema or 'public'}." \
+            f"{spec.version_table}"
+    return "sha256:" + hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+
+def gather(core, namespace: str, spec: Spec) -> Inputs:
+    url, secret_version = read_url(core, namespace, spec)
+    folder, scripts_hash = read_scripts(core, namespace, spec)
+    return Inputs(url, folder, scripts_hash, secret_version, database_key(url, spec))

@@ -1,0 +1,112 @@
+"""``dbrev operator``: Kopf's registrations and settings, and the process around them."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import kopf
+
+from .. import metrics as M
+from ..crd import GROUP, PLURAL, VERSION
+from ..log import logger
+from . import handlers, kube
+
+
+@kopf.on.startup()
+def _startup(settings: kopf.OperatorSettings, **_) -> None:
+    # Our own prefix from day one: changing storage later re-handles every object.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration")
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.posting.enabled = False  # dbrev posts its own Events, with reasons a user can act on
+    settings.execution.max_workers = int(os.environ.get("DBREV_MAX_WORKERS", "8"))
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 30
+    settings.peering.mandatory = False
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def dbrev_by_database(body, **_):
+    key = (body.get("status") or {}).get("databaseKey")
+    meta = body["metadata"]
+    return {key: (meta.get("creationTimestamp"), meta["namespace"], meta["name"])} if key else None
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def dbrev_by_configmap(body, **_):
+    meta = body["metadata"]
+    refs = ((body.get("spec") or {}).get("migrations") or {}).get("configMapRefs") or []
+    return {(meta["namespace"], r.get("name")): meta["name"] for r in refs if r.get("name")}
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def dbrev_by_secret(body, **_):
+    meta = body["metadata"]
+    db = (body.get("spec") or {}).get("database") or {}
+    names = []
+    if db.get("urlSecretRef"):
+        names.append(db["urlSecretRef"].get("name"))
+    if (db.get("credentials") or {}).get("passwordSecretRef"):
+        names.append(db["credentials"]["passwordSecretRef"].get("name"))
+    return {(meta["namespace"], n): meta["name"] for n in names if n}
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+def reconcile_dbrev(body, reason, retry, diff, dbrev_by_database, **_):
+    handlers.reconcile(body, str(reason), retry, diff, dbrev_by_database)
+
+
+def _referenced(kind: str, index, event, namespace: str, name: str) -> None:
+    if not event or event.get("type") not in ("ADDED", "MODIFIED", "DELETED"):
+        return  # None: the initial listing when the watch starts
+    for dbrev_name in set(index.get((namespace, name), [])):
+        logger.info(f"Referenced {kind} changed", extra={"namespace": namespace, "name": dbrev_name,
+                                                         kind.lower(): name, "event_type": event["type"]})
+        kube.request_reconcile(namespace, dbrev_name, f"{kind.lower()}/{name}")
+
+
+@kopf.on.event("", "v1", "configmaps")
+def configmap_changed(event, namespace, name, dbrev_by_configmap, **_):
+    _referenced("ConfigMap", dbrev_by_configmap, event, namespace, name)
+
+
+@kopf.on.event("", "v1", "secrets")
+def secret_changed(event, namespace, name, dbrev_by_secret, **_):
+    _referenced("Secret", dbrev_by_secret, event, namespace, name)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=handlers.TIMER_INTERVAL, initial_delay=handlers.TIMER_INTERVAL)
+def drift_check(body, **_):
+    handlers.check(body)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def forget(namespace, name, **_):
+    """Deleting a DatabaseRevision never touches the database: only its metrics go."""
+    M.forget_resource(namespace, name)
+    logger.info("DatabaseRevision deleted; the database is left as it is",
+                extra={"namespace": namespace, "name": name})
+
+
+def run(*, namespaces: list[str], all_namespaces: bool, standalone: bool, peering: str | None, priority: int,
+        metrics_address: str, metrics_port: int, liveness_address: str, liveness_port: int) -> None:
+    from prometheus_client import start_http_server
+
+    if metrics_port:
+        start_http_server(metrics_port, addr=metrics_address, registry=M.REGISTRY)
+        logger.info("Serving metrics", extra={"address": metrics_address, "port": metrics_port})
+    kopf.run(
+        clusterwide=all_namespaces,
+        namespaces=namespaces,
+        standalone=standalone or not peering,
+        peering_name=peering,
+        priority=priority,
+        liveness_endpoint=f"http://{liveness_address}:{liveness_port}/healthz" if liveness_port else None,
+    )

@@ -1,0 +1,113 @@
+"""A DatabaseRevision's spec as plain data, with the defaults the CRD declares."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ..integrity import ALL_CHECKS
+from ..policy import Policy
+
+
+@dataclass(frozen=True)
+class SecretKeyRef:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Credentials:
+    host: str
+    port: int
+    database: str
+    user: str
+    password: SecretKeyRef
+    ssl_mode: str | None = None
+
+
+@dataclass(frozen=True)
+class Spec:
+    revision: str
+    url_secret: SecretKeyRef | None
+    credentials: Credentials | None
+    connect_timeout: float
+    lock_timeout: float
+    statement_timeout: float
+    configmaps: tuple[str, ...]
+    version_table: str
+    version_table_schema: str | None
+    policy: Policy
+    timeout: float
+    suspend: bool
+    drift_check_interval: float
+    verify: tuple[str, ...] = field(default=ALL_CHECKS)
+
+    @property
+    def referenced_secrets(self) -> tuple[str, ...]:
+        if self.url_secret:
+            return (self.url_secret.name,)
+        return (self.credentials.password.name,) if self.credentials else ()
+
+
+class SpecError(ValueError):
+    pass
+
+
+def parse_duration(text: str) -> float:
+    """'10m', '1h30m', '45s' -> seconds."""
+    total = 0.0
+    pos = 0
+    for m in re.finditer(r"([0-9]+(?:\.[0-9]+)?)(h|m|s)", text or ""):
+        if m.start() != pos:
+            raise SpecError(f"invalid duration {text!r}")
+        total += float(m.group(1)) * {"h": 3600, "m": 60, "s": 1}[m.group(2)]
+        pos = m.end()
+    if pos != len(text or "") or not text:
+        raise SpecError(f"invalid duration {text!r}: use e.g. 30s, 10m, 1h")
+    return total
+
+
+def parse_spec(spec: dict) -> Spec:
+    """Defaults match the CRD's; the API server has already applied them, this covers old objects."""
+    try:
+        db = spec.get("database") or {}
+        url_ref = db.get("urlSecretRef")
+        creds = db.get("credentials")
+        if bool(url_ref) == bool(creds):
+            raise SpecError("give exactly one of database.urlSecretRef or database.credentials")
+        credentials = None
+        if creds:
+            pw = creds["passwordSecretRef"]
+            credentials = Credentials(creds["host"], int(creds.get("port", 5432)), creds["database"], creds["user"],
+                                      SecretKeyRef(pw["name"], pw.get("key", "password")), creds.get("sslMode"))
+        mig = spec.get("migrations") or {}
+        cms = tuple(ref["name"] for ref in mig.get("configMapRefs") or [])
+        if not cms:
+            raise SpecError("migrations.configMapRefs names no ConfigMap")
+        pol = spec.get("policy") or {}
+        verify = tuple(pol.get("verify") or ALL_CHECKS)
+        policy = Policy(downgrade=pol.get("downgrade", "Allow"), data_loss=pol.get("dataLoss", "Deny"),
+                        rollback_on_failure=bool(pol.get("rollbackOnFailure", True)), verify=verify)
+        revision = str(spec["revision"]).strip()
+        if not revision:
+            raise SpecError("spec.revision is empty")
+        return Spec(
+            revision=revision,
+            url_secret=SecretKeyRef(url_ref["name"], url_ref.get("key", "url")) if url_ref else None,
+            credentials=credentials,
+            connect_timeout=float(db.get("connectTimeoutSeconds", 60)),
+            lock_timeout=float(db.get("lockTimeoutSeconds", 10)),
+            statement_timeout=float(db.get("statementTimeoutSeconds", 0)),
+            configmaps=cms,
+            version_table=mig.get("versionTable", "alembic_version"),
+            version_table_schema=mig.get("versionTableSchema"),
+            policy=policy,
+            timeout=float(pol.get("timeoutSeconds", 1800)),
+            suspend=bool(spec.get("suspend", False)),
+            drift_check_interval=parse_duration(spec.get("driftCheckInterval", "10m")),
+            verify=verify,
+        )
+    except (KeyError, TypeError) as e:
+        raise SpecError(f"incomplete spec: missing {e}") from None
+    except ValueError as e:
+        raise SpecError(str(e)) from None

@@ -1,0 +1,308 @@
+"""The DatabaseRevision CRD: the one source of truth for its schema.
+
+``python -m dbrev.crd`` writes ``crds/dbrev.io_databaserevisions.yaml``;
+``tests/core/test_crd.py`` fails when that file drifts from this module.
+Every field has a description (``kubectl explain`` reads them), status has
+its own subresource, validation is CEL with messages that say what to do.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .integrity import ALL_CHECKS
+
+GROUP = "dbrev.io"
+VERSION = "v1alpha1"
+KIND = "DatabaseRevision"
+PLURAL = "databaserevisions"
+SINGULAR = "databaserevision"
+SHORT_NAMES = ["dbrev"]
+CATEGORIES = ["dbrev"]
+CRD_NAME = f"{PLURAL}.{GROUP}"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+APPROVE_ANNOTATION = f"{GROUP}/approve"
+RECONCILE_ANNOTATION = f"{GROUP}/reconcile-requested-at"
+
+REVISION_PATTERN = r"^(head|heads|base|[A-Za-z0-9_]{1,32}(@head)?)$"
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(s|m|h))+$"
+
+
+def _s(desc: str, **kw) -> dict:
+    return {"type": "string", "description": desc, **kw}
+
+
+def _i(desc: str, **kw) -> dict:
+    return {"type": "integer", "description": desc, **kw}
+
+
+def _b(desc: str, **kw) -> dict:
+    return {"type": "boolean", "description": desc, **kw}
+
+
+def _o(desc: str, props: dict, required: list[str] | None = None, **kw) -> dict:
+    d = {"type": "object", "description": desc, "properties": props, **kw}
+    if required:
+        d["required"] = required
+    return d
+
+
+def _a(desc: str, items: dict, **kw) -> dict:
+    return {"type": "array", "description": desc, "items": items, **kw}
+
+
+def _secret_key_ref(desc: str, default_key: str) -> dict:
+    return _o(desc, {
+        "name": _s("Name of a Secret in the same namespace as the DatabaseRevision.", minLength=1, maxLength=253),
+        "key": _s(f"Key inside the Secret (default {default_key}).", default=default_key, minLength=1,
+                  maxLength=253),
+    }, required=["name"])
+
+
+def spec_schema() -> dict:
+    database = _o(
+        "How to reach the database. Give exactly one of urlSecretRef or credentials.",
+        {
+            "urlSecretRef": _secret_key_ref(
+                "A Secret key holding the whole SQLAlchemy URL, e.g. "
+                "postgresql+psycopg://user:password@host:5432/dbname (CloudNativePG's <cluster>-app Secret: "
+                "key uri).", "url"),
+            "credentials": _o(
+                "The URL built from parts; only the password comes from a Secret.",
+                {
+                    "host": _s("Database host name.", minLength=1, maxLength=253),
+                    "port": _i("Database port.", default=5432, minimum=1, maximum=65535),
+                    "database": _s("Database name.", minLength=1, maxLength=63),
+                    "user": _s("User name.", minLength=1, maxLength=63),
+                    "passwordSecretRef": _secret_key_ref("The Secret key holding the password.", "password"),
+                    "sslMode": _s("libpq sslmode.", enum=["disable", "allow", "prefer", "require", "verify-ca",
+                                                         "verify-full"]),
+                },
+                required=["host", "database", "user", "passwordSecretRef"],
+            ),
+            "connectTimeoutSeconds": _i("Give up connecting after this many seconds, retrying with backoff "
+                                        "(cold starts).", default=60, minimum=1, maximum=600),
+            "lockTimeoutSeconds": _i("Wait this long for the migration lock and for table locks; when it passes "
+                                     "the run stops cleanly and is retried later.", default=10, minimum=1,
+                                     maximum=3600),
+            "statementTimeoutSeconds": _i("Cancel any statement running longer than this; 0 means no limit.",
+                                          default=0, minimum=0, maximum=86400),
+        },
+        **{"x-kubernetes-validations": [{
+            "rule": "has(self.urlSecretRef) != has(self.credentials)",
+            "message": "give exactly one of database.urlSecretRef or database.credentials",
+        }]},
+    )
+    migrations = _o(
+        "Where the Alembic version scripts come from.",
+        {
+            "configMapRefs": _a(
+                "ConfigMaps in the same namespace holding the version scripts, one key per file (e.g. "
+                "a1b2c3d4e5f6_create_orders.py). Split long histories over several ConfigMaps (each is limited to "
+                "1 MiB); a file name must not appear in two of them.",
+                _o("A ConfigMap reference.", {"name": _s("ConfigMap name.", minLength=1, maxLength=253)},
+                   required=["name"]),
+                minItems=1, maxItems=32),
+            "versionTable": _s("Name of Alembic's version table.", default="alembic_version", minLength=1,
+                               maxLength=63),
+            "versionTableSchema": _s("Schema of the version table (default: the search_path's first schema, "
+                                     "normally public).", minLength=1, maxLength=63),
+        },
+        required=["configMapRefs"],
+    )
+    policy = _o(
+        "What dbrev may do without a human (every field has a default).",
+        {
+            "downgrade": _s("Allow: downgrade when spec.revision is older than the database. Deny: refuse "
+                            "(Stalled, DowngradeDenied). RequireApproval: wait until the plan is approved with "
+                            "the annotation dbrev.io/approve=<plan hash>.", enum=["Allow", "Deny", "RequireApproval"],
+                            default="Allow"),
+            "dataLoss": _s("For steps that drop tables or columns, truncate, delete rows or change a column's "
+                           "type. Deny: refuse (Stalled, DataLossDenied). Archive: copy what would be removed into "
+                           "the dbrev_archive schema first, in the same transaction. Allow: run them. "
+                           "RequireApproval: wait for dbrev.io/approve=<plan hash>.",
+                           enum=["Deny", "Archive", "Allow", "RequireApproval"], default="Deny"),
+            "rollbackOnFailure": _b("When a step or a verification check fails, return the database to the "
+                                    "revision the run started from.", default=True),
+            "verify": _a("Integrity checks after every change and on the drift timer.",
+                         {"type": "string", "enum": list(ALL_CHECKS), "description": "A check name."},
+                         default=list(ALL_CHECKS),
+                         **{"x-kubernetes-list-type": "set"}),
+            "timeoutSeconds": _i("Kill a run that takes longer than this; PostgreSQL rolls back what it had not "
+                                 "committed and dbrev returns the database to the starting revision.",
+                                 default=1800, minimum=10, maximum=86400),
+        },
+        default={},
+    )
+    return _o(
+        "The revision the database should be at, and how to get it there safely.",
+        {
+            "revision": _s("Target Alembic revision: a full id or unique prefix, head, heads, base, a branch label "
+                           "or label@head. A GitOps revert of this field is a rollback.", minLength=1, maxLength=64,
+                           pattern=REVISION_PATTERN),
+            "database": database,
+            "migrations": migrations,
+            "policy": policy,
+            "suspend": _b("Stop reconciling (no plan, no change) until set back to false.", default=False),
+            "driftCheckInterval": _s("How often to re-verify the database and compare its schema with the "
+                                     "fingerprint recorded at its revision (e.g. 10m, 1h).", default="10m",
+                                     pattern=DURATION_PATTERN),
+        },
+        required=["revision", "database", "migrations"],
+    )
+
+
+def status_schema() -> dict:
+    condition = _o("A condition (Kubernetes API conventions).", {
+        "type": _s("Ready, Reconciling or Stalled.", maxLength=316),
+        "status": _s("True, False or Unknown.", enum=["True", "False", "Unknown"]),
+        "reason": _s("CamelCase cause, e.g. AtRevision, Progressing, DowngradeDenied, RolledBack.",
+                     maxLength=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"),
+        "message": _s("What happened and, when a human must act, what to do.", maxLength=32768),
+        "lastTransitionTime": _s("When status last changed.", format="date-time"),
+        "observedGeneration": _i("The generation this condition describes.", format="int64", minimum=0),
+    }, required=["type", "status", "lastTransitionTime", "reason", "message"])
+    step = _o("One step of a plan.", {
+        "revision": _s("Revision id."),
+        "direction": _s("upgrade or downgrade."),
+        "doc": _s("First line of the script's docstring."),
+        "destructive": _b("Drops, truncates, deletes or retypes data."),
+        "needsAutocommit": _b("Cannot run inside a transaction (e.g. CREATE INDEX CONCURRENTLY)."),
+        "heavyLocks": _b("Holds a table lock beyond an instant."),
+        "renderable": _b("Its SQL could be rendered offline."),
+        "fromDatabase": _b("Its script came from the copy dbrev keeps in the database."),
+    })
+    finding = _o("An integrity finding.", {
+        "check": _s("The check that found it."),
+        "object": _s("The table, index, constraint or sequence."),
+        "count": _i("How many rows or objects.", format="int64"),
+        "severity": _s("error or warning."),
+        "message": _s("What is wrong and what to do."),
+    })
+    return _o("What dbrev observed and did.", {
+        "observedGeneration": _i("The spec generation the status describes.", format="int64", minimum=0),
+        "currentRevision": _s("The revision(s) in the version table, comma-separated; base when empty."),
+        "targetRevision": _s("spec.revision resolved to full id(s)."),
+        "plan": _o("The plan for the current spec and database.", {
+            "hash": _s("sha256 over the scripts, the range and the SQL. Approve with "
+                       "kubectl annotate dbrev NAME dbrev.io/approve=<hash>."),
+            "direction": _s("none, upgrade, downgrade or mixed."),
+            "transaction": _s("single, per-step or none."),
+            "from": _s("Starting revision(s)."),
+            "to": _s("Target revision(s)."),
+            "destructive": _a("Revisions whose step loses data.", {"type": "string", "description": "A revision id."}),
+            "steps": _a("The steps in order.", step, maxItems=500),
+            "warnings": _a("Things to know before it runs.", {"type": "string", "description": "A warning."},
+                           maxItems=50),
+            "computedAt": _s("When it was computed.", format="date-time"),
+        }),
+        "conditions": _a("Ready, Reconciling and Stalled.", condition, maxItems=8,
+                         **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}),
+        "integrity": _o("The last verification.", {
+            "checkedAt": _s("When.", format="date-time"),
+            "passed": _b("No error findings."),
+            "fingerprint": _s("Hash of the live schema."),
+            "findings": _a("What the checks found (at most 20).", finding, maxItems=20),
+        }),
+        "lastError": _o("The last failure, cleared on success.", {
+            "reason": _s("Condition reason."),
+            "message": _s("What failed."),
+            "step": _s("The revision whose step failed."),
+            "location": _s("file:line in the script."),
+            "time": _s("When.", format="date-time"),
+        }),
+        "history": _a("The last 10 runs, newest first.", _o("A run.", {
+            "from": _s("Revision(s) before."),
+            "to": _s("Target revision(s)."),
+            "direction": _s("upgrade, downgrade or mixed."),
+            "result": _s("applied, rolled_back, failed."),
+            "trigger": _s("What started it: spec, configmap, secret, retry, drift, resume."),
+            "planHash": _s("The plan that ran."),
+            "startedAt": _s("When it started.", format="date-time"),
+            "durationSeconds": {"type": "number", "description": "How long it took."},
+        }), maxItems=10),
+        "lastAppliedTime": _s("When the database last changed.", format="date-time"),
+        "databaseKey": _s("Hash of host, port, database and version table (no secret): two DatabaseRevisions "
+                          "with the same key manage the same history, and the younger one is Stalled (Conflict)."),
+        "inputsHash": _s("Hash of the scripts and the Secret version this status describes; unchanged inputs and "
+                         "an unchanged database make a pass free."),
+        "lastCheckedTime": _s("When the database was last observed.", format="date-time"),
+    })
+
+
+def crd() -> dict:
+    ready = '.status.conditions[?(@.type=="Ready")]'
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": CRD_NAME, "labels": {"app.kubernetes.io/name": "dbrev",
+                                                  "app.kubernetes.io/part-of": "dbrev"}},
+        "spec": {
+            "group": GROUP,
+            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL, "singular": SINGULAR,
+                      "shortNames": SHORT_NAMES, "categories": CATEGORIES},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": [
+                    {"name": "Target", "type": "string", "jsonPath": ".spec.revision",
+                     "description": "Declared revision"},
+                    {"name": "Current", "type": "string", "jsonPath": ".status.currentRevision",
+                     "description": "Revision in the database"},
+                    {"name": "Ready", "type": "string", "jsonPath": f"{ready}.status"},
+                    {"name": "Reason", "type": "string", "jsonPath": f"{ready}.reason"},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    {"name": "Resolved", "type": "string", "jsonPath": ".status.targetRevision", "priority": 1},
+                    {"name": "Direction", "type": "string", "jsonPath": ".status.plan.direction", "priority": 1},
+                    {"name": "Plan", "type": "string", "jsonPath": ".status.plan.hash", "priority": 1},
+                    {"name": "Message", "type": "string", "jsonPath": f"{ready}.message", "priority": 1},
+                ],
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "DatabaseRevision keeps one database at a declared Alembic revision: it plans, "
+                                   "applies policy, migrates atomically, verifies integrity and rolls back on "
+                                   "failure.",
+                    "properties": {
+                        "apiVersion": _s("APIVersion of this object."),
+                        "kind": _s("Kind of this object."),
+                        "metadata": {"type": "object"},
+                        "spec": spec_schema(),
+                        "status": status_schema(),
+                    },
+                    "required": ["spec"],
+                }},
+            }],
+        },
+    }
+
+
+def crd_yaml() -> str:
+    import yaml
+
+    header = "# Generated by `python -m dbrev.crd` from operator/dbrev/crd.py. Do not edit.\n"
+    return header + yaml.safe_dump(crd(), sort_keys=False, width=120)
+
+
+CRD_FILE = Path("crds") / f"{GROUP}_{PLURAL}.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--stdout":
+        sys.stdout.write(crd_yaml())
+        return 0
+    root = Path(argv[0]) if argv else Path.cwd()
+    path = root / CRD_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(crd_yaml())
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Status of a DatabaseRevision, computed from an outcome: pure functions.
+
+The states table (design.md), as code:
+
+=================  =======  ===========  =======  ======================
+situation          Ready    Reconciling  Stalled  reason (example)
+=================  =======  ===========  =======  ======================
+at target          True     False        False    AtRevision
+applying           Unknown  True         False    Progressing
+transient failure  False    True         False    DatabaseUnavailable
+awaiting approval  False    False        False    AwaitingApproval
+needs a human      False    False        True     DowngradeDenied, ...
+suspended          (kept)   False        False    Suspended
+=================  =======  ===========  =======  ======================
+
+``lastTransitionTime`` changes only when a condition's status changes;
+:func:`status_patch` returns only what differs, so a pass with nothing new
+writes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from . import conditions as C
+
+READY_KIND = "ready"
+PROGRESSING_KIND = "progressing"
+TRANSIENT_KIND = "transient"
+WAITING_KIND = "waiting"
+STALLED_KIND = "stalled"
+SUSPENDED_KIND = "suspended"
+
+HISTORY_LIMIT = 10
+FINDINGS_LIMIT = 20
+MESSAGE_LIMIT = 32768
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str
+    reason: str
+    message: str
+
+
+def now_iso(now: datetime | None = None) -> str:
+    return (now or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _cond(ctype: str, status: str, reason: str, message: str, generation: int, previous: dict | None,
+          now: str) -> dict:
+    message = message[:MESSAGE_LIMIT]
+    if previous and previous.get("status") == status:
+        ltt = previous.get("lastTransitionTime") or now
+    else:
+        ltt = now
+    return {"type": ctype, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": ltt, "observedGeneration": generation}
+
+
+def compute_conditions(outcome: Outcome, generation: int, previous: list[dict] | None,
+                       now: str | None = None) -> list[dict]:
+    now = now or now_iso()
+    prev = {c.get("type"): c for c in (previous or [])}
+    k, reason, msg = outcome.kind, outcome.reason, outcome.message
+    if k == READY_KIND:
+        ready = ("True", reason, msg)
+        reconciling = ("False", reason, "")
+        stalled = ("False", reason, "")
+    elif k == PROGRESSING_KIND:
+        ready = ("Unknown", reason, msg)
+        reconciling = ("True", reason, msg)
+        stalled = ("False", reason, "")
+    elif k == TRANSIENT_KIND:
+        ready = ("False", reason, msg)
+        reconciling = ("True", reason, msg)
+        stalled = ("False", reason, "")
+    elif k == WAITING_KIND:
+        ready = ("False", reason, msg)
+        reconciling = ("False", reason, msg)
+        stalled = ("False", reason, "")
+    elif k == STALLED_KIND:
+        ready = ("False", reason, msg)
+        reconciling = ("False", reason, "")
+        stalled = ("True", reason, msg)
+    elif k == SUSPENDED_KIND:
+        old = prev.get(C.READY)
+        ready = (old["status"], old["reason"], old.get("message", "")) if old else ("Unknown", reason, msg)
+        reconciling = ("False", reason, msg)
+        stalled = ("False", reason, "")
+    else:
+        raise ValueError(f"unknown outcome kind {k!r}")
+    out = []
+    for ctype, (status, r, m) in ((C.READY, ready), (C.RECONCILING, reconciling), (C.STALLED, stalled)):
+        out.append(_cond(ctype, status, r, m, generation, prev.get(ctype), now))
+    return out
+
+
+def initial_conditions(generation: int, now: str | None = None) -> list[dict]:
+    """Set on the first visit, before anything is known: Unknown, Reconciling."""
+    return compute_conditions(Outcome(PROGRESSING_KIND, C.INITIALIZING, "dbrev is reading the database"),
+                              generation, None, now)
+
+
+def condition(status: dict | None, ctype: str) -> dict | None:
+    for c in (status or {}).get("conditions") or []:
+        if c.get("type") == ctype:
+            return c
+    return None
+
+
+def is_ready(status: dict | None) -> bool:
+    c = condition(status, C.READY)
+    return bool(c and c.get("status") == "True")
+
+
+def is_stalled(status: dict | None) -> bool:
+    c = condition(status, C.STALLED)
+    return bool(c and c.get("status") == "True")
+
+
+def plan_status(plan: dict, computed_at: str) -> dict:
+    """The status.plan block from a plan dict (``Plan.to_dict(include_sql=False)``)."""
+    return {
+        "hash": plan["hash"],
+        "direction": plan["direction"],
+        "transaction": plan["transaction"],
+        "from": ",".join(plan["from_revisions"]) or "base",
+        "to": ",".join(plan["to_revisions"]) or "base",
+        "destructive": list(plan.get("destructive", [])),
+        "steps": [{
+            "revision": s["revision"], "direction": s["direction"], "doc": s.get("doc", ""),
+            "destructive": bool(s.get("destructive")), "needsAutocommit": bool(s.get("needs_autocommit")),
+            "heavyLocks": bool(s.get("heavy_locks")), "renderable": bool(s.get("renderable", True)),
+            "fromDatabase": s.get("script_origin", "files") != "files",
+        } for s in plan["steps"]][:500],
+        "warnings": list(plan.get("warnings", []))[:50],
+        "computedAt": computed_at,
+    }
+
+
+def integrity_status(report: dict | None) -> dict | None:
+    if not report:
+        return None
+    return {
+        "checkedAt": _iso(report.get("checked_at")),
+        "passed": bool(report.get("passed")),
+        "fingerprint": report.get("fingerprint") or "",
+        "findings": [{k: f[k] for k in ("check", "object", "count", "severity", "message") if k in f}
+                     for f in report.get("findings", [])][:FINDINGS_LIMIT],
+    }
+
+
+def _iso(value: Any) -> str:
+    if not value:
+        return now_iso()
+    if isinstance(value, datetime):
+        return now_iso(value)
+    try:
+        return now_iso(datetime.fromisoformat(str(value).replace("Z", "+00:00")))
+    except ValueError:
+        return now_iso()
+
+
+def revisions_text(revs) -> str:
+    if revs is None:
+        return ""
+    return ",".join(sorted(revs)) if revs else "base"
+
+
+def history_entry(result: dict, trigger: str, started_at: str) -> dict:
+    return {
+        "from": revisions_text(result.get("from_revisions")),
+        "to": revisions_text(result.get("to_revisions")),
+        "direction": result.get("direction") or "none",
+        "result": result.get("result", "failed"),
+        "trigger": trigger,
+        "planHash": result.get("plan_hash", ""),
+        "startedAt": started_at,
+        "durationSeconds": float(result.get("duration_seconds") or 0.0),
+    }
+
+
+def push_history(history: list[dict] | None, entry: dict) -> list[dict]:
+    return ([entry] + list(history or []))[:HISTORY_LIMIT]
+
+
+def findings_by_check(report: dict | None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for f in (report or {}).get("findings", []):
+        out[f["check"]] = out.get(f["check"], 0) + 1
+    return out
+
+
+def status_patch(old: dict | None, new: dict) -> dict:
+    """The top-level status fields whose value changed (empty when nothing did)."""
+    old = old or {}
+    patch = {}
+    for k, v in new.items():
+        if _strip_volatile(old.get(k)) != _strip_volatile(v):
+            patch[k] = v
+    return patch
+
+
+def _strip_volatile(v):
+    # computedAt / checkedAt alone changing is not news worth an API write
+    if isinstance(v, dict):
+        return {k: _strip_volatile(x) for k, x in v.items() if k not in ("computedAt", "checkedAt")}
+    if isinstance(v, list):
+        return [_strip_volatile(x) for x in v]
+    return v
