@@ -94,26 +94,41 @@ def carry_out(body, prev: dict, verdict: decide.Verdict, started: float, extra: 
     return merged
 
 
+def _changed_annotations(diff) -> dict[str, str | None]:
+    """Annotation keys whose value a Kopf diff changed, with their new values."""
+    out: dict[str, str | None] = {}
+    for _op, path, old, new in diff or ():
+        path = tuple(path)
+        old_map, new_map = {}, {}
+        if path[:2] == ("metadata", "annotations") and len(path) == 3:
+            old_map, new_map = {path[2]: old}, {path[2]: new}
+        elif path in ((), ("metadata",), ("metadata", "annotations")):
+            depth = {(): 2, ("metadata",): 1, ("metadata", "annotations"): 0}[path]
+
+            def pick(v):
+                for key in ("metadata", "annotations")[2 - depth:]:
+                    v = (v or {}).get(key) if isinstance(v, dict) else None
+                return v or {}
+            old_map, new_map = pick(old), pick(new)
+        for k in set(old_map) | set(new_map):
+            if old_map.get(k) != new_map.get(k):
+                out[k] = new_map.get(k)
+    return out
+
+
 def _trigger(cause: str, diff) -> str:
+    """What started this pass: create, resume, spec, approval, configmap/<name>, secret/<name>, drift..."""
     if cause != "update":
         return cause
-    kinds = set()
-    for op, path, old, new in diff or ():
-        if path[:1] == ("spec",) or path == ("spec",):
-            kinds.add("spec")
-        elif path[:3] == ("metadata", "annotations", APPROVE_ANNOTATION):
-            kinds.add("approval")
-        elif path[:3] == ("metadata", "annotations", RECONCILE_ANNOTATION):
-            kinds.add((new or "").split(" ", 1)[-1] or "requested")
-        elif path[:2] == ("metadata", "annotations") and isinstance(new, dict):
-            if APPROVE_ANNOTATION in new and (old or {}).get(APPROVE_ANNOTATION) != new.get(APPROVE_ANNOTATION):
-                kinds.add("approval")
-            if RECONCILE_ANNOTATION in new:
-                kinds.add(new[RECONCILE_ANNOTATION].split(" ", 1)[-1])
-    for k in ("spec", "approval"):
-        if k in kinds:
-            return k
-    return sorted(kinds)[0] if kinds else "update"
+    if any(tuple(path)[:1] == ("spec",) or (tuple(path) == () and (old or {}).get("spec") != (new or {}).get("spec"))
+           for _op, path, old, new in diff or ()):
+        return "spec"
+    changed = _changed_annotations(diff)
+    if APPROVE_ANNOTATION in changed:
+        return "approval"
+    if changed.get(RECONCILE_ANNOTATION):
+        return changed[RECONCILE_ANNOTATION].split(" ", 1)[-1] or "requested"
+    return "update"
 
 
 def _conflict(index, key: str, namespace: str, name: str, created: str) -> str | None:

@@ -9,16 +9,20 @@ import kopf
 
 from .. import metrics as M
 from ..crd import GROUP, PLURAL, VERSION
-from ..log import logger
+from ..log import log_context, logger
 from . import handlers, kube
+
+KOPF_PREFIX = f"operator.{GROUP}"
 
 
 @kopf.on.startup()
 def _startup(settings: kopf.OperatorSettings, **_) -> None:
-    # Our own prefix from day one: changing storage later re-handles every object.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    # Our own prefix from day one: changing storage later re-handles every object.  A sub-domain of
+    # dbrev.io, because Kopf leaves every annotation under its storage prefix out of the diff, and the
+    # user-facing ones (dbrev.io/approve, dbrev.io/reconcile-requested-at) must trigger a pass.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration")
+        prefix=KOPF_PREFIX, key="last-handled-configuration")
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.posting.enabled = False  # dbrev posts its own Events, with reasons a user can act on
     settings.execution.max_workers = int(os.environ.get("DBREV_MAX_WORKERS", "8"))
@@ -67,8 +71,8 @@ def _referenced(kind: str, index, event, namespace: str, name: str) -> None:
     if not event or event.get("type") not in ("ADDED", "MODIFIED", "DELETED"):
         return  # None: the initial listing when the watch starts
     for dbrev_name in set(index.get((namespace, name), [])):
-        logger.info(f"Referenced {kind} changed", extra={"namespace": namespace, "name": dbrev_name,
-                                                         kind.lower(): name, "event_type": event["type"]})
+        with log_context(namespace=namespace, name=dbrev_name):
+            logger.info(f"Referenced {kind} changed", extra={kind.lower(): name, "event_type": event["type"]})
         kube.request_reconcile(namespace, dbrev_name, f"{kind.lower()}/{name}")
 
 
@@ -91,8 +95,8 @@ def drift_check(body, **_):
 def forget(namespace, name, **_):
     """Deleting a DatabaseRevision never touches the database: only its metrics go."""
     M.forget_resource(namespace, name)
-    logger.info("DatabaseRevision deleted; the database is left as it is",
-                extra={"namespace": namespace, "name": name})
+    with log_context(namespace=namespace, name=name):
+        logger.info("DatabaseRevision deleted; the database is left as it is")
 
 
 def run(*, namespaces: list[str], all_namespaces: bool, standalone: bool, peering: str | None, priority: int,
