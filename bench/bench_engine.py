@@ -351,15 +351,30 @@ def bench_upgrade(pg: PostgresServer, reps: int, work: Path) -> dict:
     say(f"[upgrade] 20-step history in {versions}; warming up (1 run each, not counted)")
     alembic_cli()
     dbrev_cli()
-    a_times, d_times = [], []
+    def cold_run(tool: str) -> tuple[float, float, float]:
+        """(wall, imports, run) of one run in a fresh interpreter: no CLI, no worker."""
+        url = pg.create_database()
+        try:
+            wall, proc = timed_run([PY, "-c", COLD[tool], str(versions), url], env={**env, "BENCH_DATABASE_URL": ""})
+            t_imp, t_run = json.loads(proc.stdout.strip().splitlines()[-1])
+            assert at_head(url, head), f"{tool} (fresh interpreter) did not reach head"
+            return wall, t_imp, t_run
+        finally:
+            drop_database(admin, url.rsplit("/", 1)[1])
+
+    # every repetition runs the four variants back to back, in a rotating order, so that load from
+    # other processes on the machine hits them alike
+    runs = {"alembic_cli": alembic_cli, "dbrev_cli": dbrev_cli, "cold_alembic": lambda: cold_run("alembic"),
+            "cold_dbrev": lambda: cold_run("dbrev")}
+    times: dict[str, list] = {k: [] for k in runs}
+    names = list(runs)
     for i in range(reps):
-        if i % 2 == 0:
-            a_times.append(alembic_cli())
-            d_times.append(dbrev_cli())
-        else:
-            d_times.append(dbrev_cli())
-            a_times.append(alembic_cli())
-        say(f"[upgrade] rep {i + 1}/{reps}: alembic {a_times[-1]:.3f}s  dbrev {d_times[-1]:.3f}s")
+        for k in names[i % 4:] + names[:i % 4]:
+            times[k].append(runs[k]())
+        say(f"[upgrade] rep {i + 1}/{reps}: CLI alembic {times['alembic_cli'][-1]:.3f}s  dbrev "
+            f"{times['dbrev_cli'][-1]:.3f}s; fresh interpreter alembic {times['cold_alembic'][-1][0]:.3f}s  "
+            f"dbrev {times['cold_dbrev'][-1][0]:.3f}s")
+    a_times, d_times = times["alembic_cli"], times["dbrev_cli"]
 
     # in process: alembic.command.upgrade, dbrev.engine.apply in this process and through the worker
     from alembic import command
@@ -416,7 +431,8 @@ def bench_upgrade(pg: PostgresServer, reps: int, work: Path) -> dict:
         f"dbrev via worker {fmt_s(median(dw))}")
 
     # where the time goes
-    breakdown = profile_upgrade(pg, versions, reps, dbrev_cli, dbrev_inproc)
+    breakdown = profile_upgrade(pg, versions, reps, dbrev_cli, dbrev_inproc,
+                                {"alembic": times["cold_alembic"], "dbrev": times["cold_dbrev"]})
 
     return {"alembic_cli": a_times, "dbrev_cli": d_times, "alembic_inproc": ai, "dbrev_inproc": di,
             "dbrev_worker": dw, "breakdown": breakdown}
@@ -477,7 +493,7 @@ PROFILE_FUNCS = [
 ]
 
 
-def profile_upgrade(pg: PostgresServer, versions: Path, reps: int, dbrev_cli, dbrev_inproc) -> dict:
+def profile_upgrade(pg: PostgresServer, versions: Path, reps: int, dbrev_cli, dbrev_inproc, cold_runs: dict) -> dict:
     """Where dbrev's wall time goes: process start-up, imports, worker, and the run's phases."""
     out: dict = {}
     out["python -c pass"] = _import_time("pass")
@@ -489,20 +505,8 @@ def profile_upgrade(pg: PostgresServer, versions: Path, reps: int, dbrev_cli, db
     out["dbrev --version"] = dt
     dt, _ = timed_run([ALEMBIC, "--version"])
     out["alembic --version"] = dt
-    # the same runs in a fresh interpreter, timing the imports and the (cold) run separately
-    cold: dict[str, list[tuple[float, float, float]]] = {"alembic": [], "dbrev": []}
-    for _ in range(3):
-        for tool in ("alembic", "dbrev"):
-            url = pg.create_database()
-            try:
-                t0 = time.perf_counter()
-                _dt, proc = timed_run([PY, "-c", COLD[tool], str(versions), url])
-                wall = time.perf_counter() - t0
-                t_imp, t_run = json.loads(proc.stdout.strip().splitlines()[-1])
-                cold[tool].append((wall, t_imp, t_run))
-            finally:
-                drop_database(pg.url(), url.rsplit("/", 1)[1])
-    for tool, runs in cold.items():
+    for tool in ("alembic", "dbrev"):
+        runs = cold_runs[tool]
         out[f"cold {tool}"] = tuple(median([r[i] for r in runs]) for i in range(3))
     # offline plan of all 20 steps, in process (renders and classifies every step)
     from dbrev import engine
@@ -749,7 +753,8 @@ def report(up: dict | None, ver: dict | None) -> None:
                   "python: import dbrev.cli (dbrev CLI's import)", "python: import what the worker needs",
                   "alembic --version", "dbrev --version"):
             say(f"    {k:<58} {fmt_s(b[k])}")
-        say("  one run in a fresh interpreter (no CLI, no worker; medians of 3): wall = imports + cold run")
+        say("  one run in a fresh interpreter (no CLI, no worker; medians, interleaved with the CLI runs): "
+            "wall = imports + cold run")
         for tool in ("alembic", "dbrev"):
             wall, imp, run = b[f"cold {tool}"]
             say(f"    {tool + (' command.upgrade' if tool == 'alembic' else ' engine.apply(in_process=True)'):<58} "
