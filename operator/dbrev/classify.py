@@ -44,6 +44,7 @@ class Effect:
     name: str | None = None  # schema/type/sequence name for drops of those
     cascade: bool = False
     detail: str = ""
+    where: str | None = None  # the condition of a DELETE, deparsed (archiving copies what it matches)
 
     @property
     def destructive(self) -> bool:
@@ -164,8 +165,12 @@ def _classify_stmt(st, out: Classification, version_table: str) -> None:  # noqa
         if t == version_table:
             return
         out.touched_tables.add(_key(s, t))
-        where = "" if st.whereClause is not None else " (all rows)"
-        out.effects.append(Effect("delete_rows", s, t, detail=f"DELETE FROM {_key(s, t)}{where}"))
+        # with USING or WITH the condition needs other relations: archiving then keeps the whole table
+        simple = not getattr(st, "usingClause", None) and not getattr(st, "withClause", None)
+        full = _deparse(st.whereClause) if st.whereClause is not None else None
+        cond = full if simple else None
+        suffix = f" WHERE {full}" if full else " (all rows)"
+        out.effects.append(Effect("delete_rows", s, t, detail=f"DELETE FROM {_key(s, t)}{suffix}", where=cond))
         return
     if isinstance(st, pg.UpdateStmt):
         s, t = _qual(st.relation)
@@ -282,6 +287,15 @@ def _classify_stmt(st, out: Classification, version_table: str) -> None:  # noqa
                             out.heavy_locks.append(f"ALTER TABLE {key} ADD COLUMN {coldef.colname} with a "
                                                    "volatile default: rewrites the table")
         return
+
+
+def _deparse(node) -> str | None:
+    try:
+        from pglast.stream import RawStream
+
+        return RawStream()(node)
+    except Exception:  # pragma: no cover - deparsing is best effort
+        return None
 
 
 def _type_str(typename) -> str:

@@ -7,6 +7,7 @@ import sys
 
 
 def register(sub, add_common) -> None:
+    register_archive(sub, add_common)
     p = sub.add_parser("operator", help="run the Kubernetes operator (in-cluster, or from $KUBECONFIG)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
@@ -38,6 +39,111 @@ def register(sub, add_common) -> None:
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"], type=str.lower)
     p.add_argument("--log-format", default="json", choices=["json", "text"])
     p.set_defaults(func=cmd_approve)
+
+
+def register_archive(sub, add_common) -> None:
+    p = sub.add_parser("archive", help="data kept by the Archive policy: list, restore, prune")
+    asub = p.add_subparsers(dest="archive_command", required=True, metavar="ACTION")
+    a = asub.add_parser("list", help="what was archived, newest last")
+    add_common(a, migrations=False)
+    a.add_argument("--verify", action="store_true", help="recompute every archive's checksum")
+    a.set_defaults(func=cmd_archive_list)
+    a = asub.add_parser("restore", help="put archived data back (the schema must have the object again)")
+    add_common(a, migrations=False)
+    a.add_argument("ids", nargs="*", type=int, metavar="ID", help="archive ids (see `dbrev archive list`)")
+    a.add_argument("--revision", default=None, metavar="REV", help="every archive written by this revision's step")
+    a.add_argument("--force", action="store_true", help="restore again an archive already restored")
+    a.set_defaults(func=cmd_archive_restore)
+    a = asub.add_parser("prune", help="retention: drop archives by age and/or count")
+    add_common(a, migrations=False)
+    a.add_argument("--older-than", default=None, metavar="AGE", help="e.g. 30d, 12h")
+    a.add_argument("--keep", type=int, default=None, metavar="N", help="keep the newest N archives")
+    a.add_argument("--dry-run", action="store_true")
+    a.set_defaults(func=cmd_archive_prune)
+
+
+def _vt(args):
+    from .state import vt_key
+
+    return vt_key(args.version_table, args.version_table_schema)
+
+
+def _emit(args, doc, text: str) -> None:
+    import json
+
+    from .redact import redact
+
+    if args.json:
+        print(redact(json.dumps(doc, indent=2, default=str)))
+    else:
+        print(redact(text))
+
+
+def cmd_archive_list(args) -> int:
+    from . import archive
+    from .cli import db_options
+    from .db import connection
+
+    with connection(db_options(args)) as conn:
+        entries = archive.list_archives(conn, args.state_schema, _vt(args))
+        if args.verify:
+            for e in entries:
+                e["checksum_ok"] = archive.verify_checksum(conn, e)
+        conn.commit()
+    lines = [f"{e['id']:>5}  {e['created_at']:%Y-%m-%d %H:%M}  {e['direction']:<9} {e['revision']:<14} "
+             f"{e['kind']:<17} {e['source_schema']}.{e['source_table']}"
+             f"{'.' + e['source_column'] if e['source_column'] else ''}  rows={e['rows']}  "
+             f"{e['archive_schema']}.{e['archive_table']}"
+             f"{'  restored ' + format(e['restored_at'], '%Y-%m-%d %H:%M') if e['restored_at'] else ''}"
+             f"{'' if e.get('checksum_ok', True) else '  CHECKSUM MISMATCH'}" for e in entries]
+    _emit(args, {"archives": entries}, "\n".join(lines) or "no archives")
+    return 0 if all(e.get("checksum_ok", True) for e in entries) else 1
+
+
+def cmd_archive_restore(args) -> int:
+    from . import archive
+    from .cli import db_options
+    from .db import connection
+    from .errors import BadInput
+
+    if not args.ids and not args.revision:
+        raise BadInput("name the archives to restore", hint="give ids, or --revision REV")
+    done = []
+    with connection(db_options(args)) as conn:
+        entries = archive.list_archives(conn, args.state_schema, _vt(args))
+        chosen = [e for e in entries if e["id"] in args.ids or (args.revision and e["revision"].startswith(
+            args.revision))]
+        missing = sorted(set(args.ids) - {e["id"] for e in chosen})
+        if missing or not chosen:
+            raise BadInput(f"no archive {', '.join(map(str, missing)) if missing else 'matches'}",
+                           hint="see `dbrev archive list`")
+        conn.commit()
+        with conn.begin():  # all or nothing
+            for e in chosen:
+                done.append(archive.restore(conn, e, args.state_schema, force=args.force))
+    lines = [f"restored archive {d['id']} ({d['kind']} {d['object']}): inserted {d['inserted']}, updated "
+             f"{d['updated']}, skipped {d['skipped']}" for d in done]
+    _emit(args, {"restored": done}, "\n".join(lines))
+    return 0
+
+
+def cmd_archive_prune(args) -> int:
+    from . import archive
+    from .cli import db_options
+    from .db import connection
+    from .errors import BadInput
+
+    if args.older_than is None and args.keep is None:
+        raise BadInput("give --older-than AGE and/or --keep N")
+    age = archive.parse_age(args.older_than) if args.older_than else None
+    with connection(db_options(args)) as conn:
+        with conn.begin():
+            gone = archive.prune(conn, args.state_schema, age, args.keep, _vt(args), args.dry_run)
+    verb = "would drop" if args.dry_run else "dropped"
+    _emit(args, {"pruned": gone, "dry_run": args.dry_run},
+          "\n".join(f"{verb} archive {e['id']} ({e['archive_schema']}.{e['archive_table']}, {e['rows']} rows)"
+                    for e in gone) or "nothing to prune")
+    return 0
 
 
 def argparse_hidden():

@@ -154,6 +154,7 @@ class Runner:
                                   hint="run `dbrev plan` again and review the new plan")
             decision = evaluate(plan, req.policy, req.approval)
             self.result["decision"] = decision.to_dict()
+            self.archive = decision.archive
             if not decision.allowed:
                 return self._refused(decision, t0)
             if plan.is_noop:
@@ -324,11 +325,24 @@ class Runner:
                 L.logger.debug("Starting migration step", extra={
                     "from_revision": L._rev(_ps.from_revisions), "to_revision": L._rev(_ps.to_revisions),
                     "operation": _ps.direction, "step": _i})
+                if getattr(self, "archive", False) and _ps.destructive:
+                    self._archive(_ps)
                 return _orig(**kw)
 
             rstep.migration_fn = fn
             steps.append(rstep)
         return steps
+
+    def _archive(self, ps) -> None:
+        """Dataloss policy Archive: copy what the step removes, in the step's own transaction."""
+        from alembic import op
+
+        from . import archive
+
+        rows = archive.preserve(op.get_bind(), self.schema, self.vt, ps.revision, ps.direction, ps.effects)
+        self.result.setdefault("archived", []).extend(rows)
+        for r in rows:
+            self.emit({"event": "archived", **r})
 
     def _on_step_done(self, scripts: ScriptSet, plan: Plan, per_step_deleted: list):
         def callback(ctx, step, heads, run_args):

@@ -49,6 +49,7 @@ EV_RETRYING = "Retrying"
 EV_INVALID = "InvalidInput"
 EV_DRIFT = "DriftDetected"
 EV_RECOVERED = "Recovered"
+EV_ARCHIVED = "Archived"
 
 # What a human should do, by reason (appended to the condition message).
 TODO = {

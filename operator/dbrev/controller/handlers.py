@@ -221,6 +221,10 @@ def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, start
             planned = decide.planned_event(ev["plan"], prev)
             if planned:
                 post_event(body, *planned)
+        elif kind == "archived":
+            post_event(body, decide.NORMAL, decide.EV_ARCHIVED,
+                       f"kept {ev['rows']} row(s) of {ev['object']} in {ev['archive_table']} (archive {ev['id']}) "
+                       f"before {ev.get('revision', '')} dropped them; restore with: dbrev archive restore {ev['id']}")
         elif kind == "step_started" and ev.get("index") == 1:
             plan = seen.get("plan") or {}
             msg = (f"applying plan {plan.get('hash', '')[:19]}: {plan.get('direction')} "
