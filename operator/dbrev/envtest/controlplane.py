@@ -16,6 +16,8 @@ Everything lives in one folder (``--dir``)::
     DIR/etcd-data/          etcd's data (wiped on every ``up``)
     DIR/kubeconfig          admin kubeconfig with embedded certificates
     DIR/sa-kubeconfigs/     kubeconfigs written by ``service_account_kubeconfig``
+    DIR/audit-policy.yaml   with ``audit=True`` (``up --audit``): what kube-apiserver audits
+    DIR/audit.log           ... and its JSON-lines log: one line per request by a ServiceAccount
 
 CLI::
 
@@ -31,6 +33,9 @@ Python::
     sa = cp.api_client(as_service_account=("ns", "name"))   # impersonating the SA
     path = cp.service_account_kubeconfig("ns", "name")      # a real SA token
     cp.stop()
+
+    cp = ControlPlane(dir, audit=True).start()     # + an audit log of ServiceAccount requests
+    cp.audit_events(user="system:serviceaccount:ns:name")   # parsed audit.k8s.io/v1 Events
 """
 
 from __future__ import annotations
@@ -59,6 +64,20 @@ from dbrev.envtest import assets as _assets
 ADMIN_USER = "dbrev-admin"
 CONTEXT = "dbrev-envtest"
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
+# Opt-in audit policy (``audit=True``): every request made by a ServiceAccount, at level Metadata
+# (who, verb, resource, namespace, name, response code; never bodies, so never Secret data), once
+# when the response is complete (a watch also when it starts: stage ResponseStarted).  Everything
+# else (the admin, the apiserver itself) is not logged, so the log stays small.  Used to prove that
+# RBAC manifests grant exactly what an operator uses.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+"""
 # ServiceAccount admission wants the token controller's default ServiceAccount;
 # there is no controller-manager, so leave it out (envtest does the same).
 DISABLED_ADMISSION_PLUGINS = ("ServiceAccount",)
@@ -528,6 +547,8 @@ class ControlPlane(Cluster):
     # kube-apiserver when this process dies, even by SIGKILL or a CI timeout.
     # False for `up`, whose processes must outlive the CLI.
     die_with_parent: bool = False
+    # Write DIR/audit.log: one JSON line per request made by any ServiceAccount (see AUDIT_POLICY).
+    audit: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     etcd_port: int = 0
     etcd_peer_port: int = 0
@@ -576,6 +597,32 @@ class ControlPlane(Cluster):
     def log_path(self, binary: str) -> Path:
         return self.dir / f"{binary}.log"
 
+    @property
+    def audit_log(self) -> Path:
+        """kube-apiserver's audit log (written only with ``audit=True``)."""
+        return self.dir / "audit.log"
+
+    def audit_events(self, user: str | None = None) -> list[dict[str, Any]]:
+        """The audit log's events (``audit.k8s.io/v1`` Event objects), optionally only ``user``'s.
+
+        The log backend writes each event when its request completes (stage ResponseComplete);
+        a watch also appears when it starts (stage ResponseStarted)."""
+        if not self.audit:
+            raise ControlPlaneError("this control plane was started without audit=True")
+        events = []
+        try:
+            lines = self.audit_log.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+        for line in lines:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue  # a line being written right now
+            if user is None or (ev.get("user") or {}).get("username") == user:
+                events.append(ev)
+        return events
+
     def _pid_file(self, binary: str) -> Path:
         return self.dir / f"{binary}.pid"
 
@@ -596,7 +643,8 @@ class ControlPlane(Cluster):
         self.stopped_leftovers = self.stop_leftovers()
         for stale in ("etcd-data", "pki", "sa-kubeconfigs"):
             shutil.rmtree(self.dir / stale, ignore_errors=True)
-        for stale in ("kubeconfig", "state.json", "etcd.log", "kube-apiserver.log"):
+        for stale in ("kubeconfig", "state.json", "etcd.log", "kube-apiserver.log", "audit.log",
+                      "audit-policy.yaml"):
             (self.dir / stale).unlink(missing_ok=True)
 
         t1 = time.monotonic()
@@ -702,6 +750,7 @@ class ControlPlane(Cluster):
                     # With a loopback advertise address the lease reconciler only logs errors.
                     "--endpoint-reconciler-type=none",
                     "--profiling=false",
+                    *self._audit_args(),
                 ],
             )
             try:
@@ -711,6 +760,19 @@ class ControlPlane(Cluster):
                 if attempt + 1 < attempts and "address already in use" in str(e):
                     continue
                 raise
+
+    def _audit_args(self) -> list[str]:
+        if not self.audit:
+            return []
+        policy = self.dir / "audit-policy.yaml"
+        policy.write_text(AUDIT_POLICY)
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",  # written before the response returns: no lag in tests
+            "--audit-log-maxsize=0",  # never rotated
+        ]
 
     def _wait(self, binary: str, proc: subprocess.Popen, ready, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -829,6 +891,7 @@ class ControlPlane(Cluster):
             "kubeconfig": str(self.kubeconfig),
             "kubectl": str(self.assets.kubectl) if self.assets else None,
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "audit": self.audit,
         }
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2) + "\n")
@@ -844,6 +907,7 @@ class ControlPlane(Cluster):
         cp.port = state["port"]
         cp.etcd_port = state["etcd_port"]
         cp.etcd_peer_port = state["etcd_peer_port"]
+        cp.audit = bool(state.get("audit"))
         return cp
 
     def status(self) -> dict[str, Any]:
@@ -947,7 +1011,7 @@ class ExistingCluster(Cluster):
 
 
 def _cmd_up(args) -> int:
-    cp = ControlPlane(Path(args.dir))
+    cp = ControlPlane(Path(args.dir), audit=args.audit)
     if not args.fresh and cp.status()["ready"]:
         cp = ControlPlane.attach(args.dir)
         print(f"already running in {cp.dir} (use --fresh to restart)")
@@ -980,6 +1044,8 @@ def _print_access(cp: ControlPlane) -> None:
     except _assets.AssetError:
         pass
     print(f"logs:       {cp.log_path('etcd')}, {cp.log_path('kube-apiserver')}")
+    if cp.audit:
+        print(f"audit log:  {cp.audit_log} (requests by ServiceAccounts)")
     print(f"export KUBECONFIG={cp.kubeconfig}")
 
 
@@ -1019,6 +1085,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--dir", default=".cluster", help="state folder (default: .cluster)")
         if name == "up":
             p.add_argument("--fresh", action="store_true", help="restart even if one is running")
+            p.add_argument("--audit", action="store_true",
+                           help="log every request made by a ServiceAccount to DIR/audit.log (level Metadata)")
         p.set_defaults(fn=fn)
     args = parser.parse_args(argv)
     return args.fn(args)
