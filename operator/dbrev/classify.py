@@ -45,10 +45,16 @@ class Effect:
     cascade: bool = False
     detail: str = ""
     where: str | None = None  # the condition of a DELETE, deparsed (archiving copies what it matches)
+    created_in_plan: bool = False  # the object was created by an earlier step of the same plan
+
+    @property
+    def key(self) -> tuple:
+        return (self.kind, self.schema, self.table, self.column, self.name)
 
     @property
     def destructive(self) -> bool:
-        return self.kind in DESTRUCTIVE_KINDS
+        """Loses data that existed before the run (what a run itself created holds only its own data)."""
+        return self.kind in DESTRUCTIVE_KINDS and not self.created_in_plan
 
     @property
     def object(self) -> str:
@@ -71,6 +77,7 @@ class Classification:
     heavy_locks: list[str] = field(default_factory=list)
     touched_tables: set[str] = field(default_factory=set)
     created_tables: set[str] = field(default_factory=set)
+    created_columns: set[str] = field(default_factory=set)  # "table.column" added by ADD COLUMN
     notes: list[str] = field(default_factory=list)
     reads_data: bool = False
     statements: int = 0
@@ -84,14 +91,17 @@ class Classification:
         return bool(self.autocommit_reasons)
 
     def merge(self, other: "Classification") -> None:
+        have = {e.key for e in self.effects}
         for e in other.effects:
-            if e not in self.effects:
+            if e.key not in have:  # the SQL and the source may describe the same drop twice
                 self.effects.append(e)
+                have.add(e.key)
         for attr in ("autocommit_reasons", "heavy_locks", "notes"):
             mine = getattr(self, attr)
             mine.extend(x for x in getattr(other, attr) if x not in mine)
         self.touched_tables |= other.touched_tables
         self.created_tables |= other.created_tables
+        self.created_columns |= other.created_columns
         self.reads_data = self.reads_data or other.reads_data
         self.statements += other.statements
 
@@ -278,7 +288,9 @@ def _classify_stmt(st, out: Classification, version_table: str) -> None:  # noqa
                 elif ctype in (CT.CONSTR_PRIMARY, CT.CONSTR_UNIQUE) and not getattr(con, "indexname", None):
                     out.heavy_locks.append(f"ALTER TABLE {key} ADD {ctype.name[7:]}: builds an index "
                                            "under ACCESS EXCLUSIVE")
-            elif sub == AT.AT_AddColumn and not new:
+            elif sub == AT.AT_AddColumn:
+                out.created_columns.add(f"{key}.{cmd.def_.colname}")
+            if sub == AT.AT_AddColumn and not new:
                 coldef = cmd.def_
                 if getattr(coldef, "constraints", None):
                     from pglast.enums import ConstrType as CT
@@ -370,6 +382,16 @@ def classify_source(source: str, function: str, version_table: str = "alembic_ve
                 out.effects.append(Effect("alter_column_type", schema, args[0], args[1],
                                           detail=f"op.alter_column({args[0]!r}, {args[1]!r}, type_=...)"))
                 out.touched_tables.add(_key(schema, args[0] or "?"))
+            elif fname == "rename_table" and len(args) >= 2 and args[0]:
+                out.effects.append(Effect("rename", schema, args[0], detail=f"op.rename_table({args[0]!r}, "
+                                                                             f"{args[1]!r})"))
+                out.touched_tables.add(_key(schema, args[0]))
+            elif fname == "create_table" and args and isinstance(args[0], str):
+                out.created_tables.add(_key(schema, args[0]))
+            elif fname == "add_column" and args and isinstance(args[0], str) and len(node.args) >= 2:
+                col = node.args[1]
+                if isinstance(col, ast.Call) and col.args and isinstance(col.args[0], ast.Constant):
+                    out.created_columns.add(f"{_key(schema, args[0])}.{col.args[0].value}")
             elif fname in ("create_index", "drop_index") and _truthy(kwraw.get("postgresql_concurrently")):
                 out.autocommit_reasons.append(f"op.{fname}(..., postgresql_concurrently=True)")
             elif fname in ("execute", "exec_driver_sql") or (fname == "text" and node.args):

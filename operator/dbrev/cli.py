@@ -20,7 +20,7 @@ from typing import Any
 from . import __version__
 from . import errors as E
 from . import log as L
-from .db import DbOptions
+from .options import DbOptions
 from .redact import redact, redact_obj
 
 RESULT_EXIT = {"applied": 0, "noop": 0, "rolled_back": 1, "failed": 1, "refused": 3, "busy": 4}
@@ -133,7 +133,7 @@ def _migrations(args) -> str:
 
 
 def _checks(text: str | None):
-    from .integrity import ALL_CHECKS
+    from .options import ALL_CHECKS
 
     if not text:
         return ALL_CHECKS
@@ -273,8 +273,7 @@ class _Progress:
 
 def cmd_apply(args) -> int:
     from .engine import apply
-    from .policy import Policy
-    from .runner import RunRequest
+    from .options import Policy, RunRequest
 
     db = db_options(args)
     data_loss = "Archive" if args.archive else ("Allow" if args.allow_data_loss else "Deny")

@@ -13,7 +13,6 @@ import logging
 import random
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Iterator
 
 import sqlalchemy as sa
@@ -24,29 +23,9 @@ from sqlalchemy.pool import NullPool
 from . import conditions as C
 from .errors import Busy, DatabaseConfigError, DatabaseUnavailable
 from .log import logger, timed
+from .options import DEFAULT_CONNECT_TIMEOUT, STATE_SCHEMA, DbOptions, advisory_key  # noqa: F401
 from .redact import redact, register_secret
 
-DEFAULT_CONNECT_TIMEOUT = 60.0
-STATE_SCHEMA = "dbrev"
-
-
-@dataclass(frozen=True)
-class DbOptions:
-    url: str
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT  # total, across retries (cold starts)
-    lock_timeout: float = 10.0  # seconds to wait for the advisory lock and for table locks
-    statement_timeout: float = 0.0  # 0 = none
-    version_table: str = "alembic_version"
-    version_table_schema: str | None = None
-    state_schema: str = STATE_SCHEMA
-
-    @property
-    def lock_key(self) -> int:
-        return advisory_key(self.version_table_schema or "public", self.version_table)
-
-    @property
-    def safe_url(self) -> str:
-        return safe_url(self.url)
 
 
 def normalize_url(url: str) -> sa.URL:
@@ -69,8 +48,16 @@ def normalize_url(url: str) -> sa.URL:
     if backend != "postgresql":
         raise DatabaseConfigError(f"dbrev supports PostgreSQL only, not {backend!r}",
                                   hint="use a postgresql:// URL", reason=C.INVALID_DATABASE_URL)
-    if u.get_driver_name() in ("", "psycopg2", "psycopg"):
-        u = u.set(drivername="postgresql+psycopg")
+    # dbrev speaks psycopg 3 whatever driver the application's URL names (asyncpg, psycopg2, pg8000):
+    # host, port, user, password and database mean the same to all of them.
+    if u.get_driver_name() != "psycopg":
+        query = dict(u.query)
+        if "ssl" in query and "sslmode" not in query:  # asyncpg spells it ssl=require
+            query["sslmode"] = query.pop("ssl")
+        for key in ("prepared_statement_cache_size", "prepared_statement_name_func", "timeout",
+                    "command_timeout", "server_settings"):
+            query.pop(key, None)
+        u = u.set(drivername="postgresql+psycopg", query=query)
     if not u.database:
         raise DatabaseConfigError("the database URL names no database",
                                   hint="append /dbname to the URL", reason=C.INVALID_DATABASE_URL)
@@ -82,11 +69,6 @@ def safe_url(url: str) -> str:
         return normalize_url(url).render_as_string(hide_password=True)
     except DatabaseConfigError:
         return redact(url)
-
-
-def advisory_key(schema: str, table: str) -> int:
-    digest = hashlib.sha256(f"dbrev:{schema}.{table}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def make_engine(opts: DbOptions, attempt_timeout: float = 10.0) -> Engine:

@@ -15,7 +15,7 @@ from . import log as L
 from .db import DbOptions, connection, read_heads
 from .errors import DbrevError
 from .planning import Plan, build_plan
-from .runner import RunRequest
+from .options import RunRequest
 from .scripts import ScriptSet, load_folder, render
 
 

@@ -110,6 +110,11 @@ class Plan:
         return out
 
     @property
+    def renamed_tables(self) -> set[str]:
+        return {f"{e.schema}.{e.table}" if e.schema else e.table
+                for s in self.steps for e in s.effects if e.kind == "rename" and e.table and not e.column}
+
+    @property
     def declared_loss_tables(self) -> set[str]:
         return {f"{e.schema}.{e.table}" if e.schema else e.table
                 for s in self.steps for e in s.effects if e.destructive and e.table}
@@ -160,6 +165,7 @@ def build_plan(graph: Graph, infos: dict[str, ScriptInfo], sources: dict[str, st
         steps.append(_step(graph, infos[rev], sources[rev], False, render, version_table))
     for rev in apply:
         steps.append(_step(graph, infos[rev], sources[rev], True, render, version_table))
+    _mark_created_in_plan(steps)
     plan = Plan(
         target=target_spec or (",".join(target) or "base"),
         from_revisions=current,
@@ -185,6 +191,25 @@ def build_plan(graph: Graph, infos: dict[str, ScriptInfo], sources: dict[str, st
                                  f"{s.render_error}; classified from its source")
     plan.hash = plan_hash(plan)
     return plan
+
+
+def _mark_created_in_plan(steps: list[PlanStep]) -> None:
+    """A drop of what an earlier step of this plan created loses only the run's own data (e.g. a fresh
+    install that creates, then replaces, a table): not destructive."""
+    from dataclasses import replace
+
+    tables: set[str] = set()
+    columns: set[str] = set()
+    for s in steps:
+        c = s.classification
+        for i, e in enumerate(c.effects):
+            if not e.table:
+                continue
+            key = f"{e.schema}.{e.table}" if e.schema else e.table
+            if key in tables or (e.column and f"{key}.{e.column}" in columns):
+                c.effects[i] = replace(e, created_in_plan=True)
+        tables |= c.created_tables
+        columns |= c.created_columns
 
 
 def _step(graph: Graph, info: ScriptInfo, source: str, upgrade: bool, render: Renderer,

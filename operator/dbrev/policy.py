@@ -8,32 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import conditions as C
+from .options import ALLOW, ARCHIVE, DATA_LOSS_VALUES, DENY, DOWNGRADE_VALUES, REQUIRE_APPROVAL, Policy  # noqa: F401
 from .planning import DOWNGRADE, MIXED, Plan, hash_matches
-
-ALLOW = "Allow"
-DENY = "Deny"
-REQUIRE_APPROVAL = "RequireApproval"
-ARCHIVE = "Archive"
-
-DOWNGRADE_VALUES = (ALLOW, DENY, REQUIRE_APPROVAL)
-DATA_LOSS_VALUES = (DENY, ARCHIVE, ALLOW, REQUIRE_APPROVAL)
 
 # What the Archive policy can preserve; other destructive effects are refused under it.
 ARCHIVABLE = frozenset({"drop_table", "drop_column", "truncate", "delete_rows", "alter_column_type"})
-
-
-@dataclass(frozen=True)
-class Policy:
-    downgrade: str = ALLOW
-    data_loss: str = DENY
-    rollback_on_failure: bool = True
-    verify: tuple[str, ...] = ("constraints", "indexes", "sequences", "orphans", "rowCounts", "fingerprint")
-
-    def __post_init__(self):
-        if self.downgrade not in DOWNGRADE_VALUES:
-            raise ValueError(f"downgrade policy must be one of {', '.join(DOWNGRADE_VALUES)}")
-        if self.data_loss not in DATA_LOSS_VALUES:
-            raise ValueError(f"dataLoss policy must be one of {', '.join(DATA_LOSS_VALUES)}")
 
 
 @dataclass

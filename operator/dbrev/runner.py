@@ -28,33 +28,20 @@ from . import log as L
 from .db import DbOptions, acquire_lock, connect, is_lock_timeout, quote_ident, read_heads, server_info, unlock
 from .errors import BadInput, Busy, DbrevError, MigrationFailed, PlanChanged, PolicyRefused, ScriptConflict
 from .planning import Plan, build_plan, hash_matches
+from .options import RunRequest  # noqa: F401
 from .policy import Decision, Policy, evaluate
 from .scripts import ScriptSet, load_folder, render
 
 Emit = Callable[[dict], None]
 
-RESULT_APPLIED = "applied"
-RESULT_NOOP = "noop"
-RESULT_ROLLED_BACK = "rolled_back"
-RESULT_FAILED = "failed"
-RESULT_REFUSED = "refused"
-RESULT_BUSY = "busy"
-
-
-@dataclass
-class RunRequest:
-    db: DbOptions
-    migrations: str
-    target: str
-    policy: Policy = field(default_factory=Policy)
-    approval: str | None = None  # a plan hash approving a plan that needs approval
-    expected_hash: str | None = None  # refuse unless the plan has exactly this hash
-    exact_counts: bool = False
-    actor: str = "cli"
-    pythonpath: tuple[str, ...] = ()
-    use_stored_scripts: bool = True
-    use_env_py: bool = False  # run through the project's env.py instead of dbrev's built-in environment
-    rollback_of: dict | None = None  # set when this run returns a failed run to its start
+from .options import (  # noqa: E402,F401
+    RESULT_APPLIED,
+    RESULT_BUSY,
+    RESULT_FAILED,
+    RESULT_NOOP,
+    RESULT_REFUSED,
+    RESULT_ROLLED_BACK,
+)
 
 
 class _StepFailed(Exception):
@@ -292,8 +279,10 @@ class Runner:
                 after = integrity.table_stats(conn, exclude_schemas=self._exclude_schemas(),
                                               exclude_tables=self._exclude_tables())
                 exact_after = integrity.exact_counts(conn, after.keys()) if self.req.exact_counts else None
+                # dropped by a step, or renamed away (its rows live on under the new name)
                 dropped_ok = {f"{e.schema}.{e.table}" if e.schema else e.table
                               for s in plan.steps for e in s.effects if e.kind == "drop_table"}
+                dropped_ok |= plan.renamed_tables
                 # a downgrade that undoes a CREATE TABLE drops it: declared by construction
                 findings += integrity.row_count_findings(
                     snap["tables"], after, deleted, plan.declared_loss_tables, dropped_ok,
@@ -351,8 +340,9 @@ class Runner:
             info = scripts.infos[rev]
             if direction == "upgrade":
                 state.store_script(conn, self.schema, self.vt, info, scripts.sources[rev].source)
-            per_step_deleted.append(integrity.xact_row_changes(
-                conn, exclude_schemas=self._exclude_schemas(), exclude_tables=self._exclude_tables()))
+            if per_step_deleted is not None:  # per-step transactions: each step's own counters, summed later
+                per_step_deleted.append(integrity.xact_row_changes(
+                    conn, exclude_schemas=self._exclude_schemas(), exclude_tables=self._exclude_tables()))
             dur = time.monotonic() - self._step_t0
             rec = {"revision": rev, "direction": direction, "duration_seconds": round(dur, 3), "status": "applied"}
             self.result["steps"].append(rec)
@@ -438,15 +428,16 @@ class Runner:
         self.graph = scripts.graph
         conn.commit()
         start, target = plan.from_revisions, plan.to_revisions
-        deleted_steps: list = []
         trans = conn.begin()
         try:
             self._ensure_version_schema(conn)
             snap = self._snapshot(conn, plan)
             steps = self._steps_for(scripts, plan, journal, None)
             with L.timed("migrate", from_revision=L._rev(start), to_revision=L._rev(target)):
-                self._execute(scripts, steps, self._on_step_done(scripts, plan, deleted_steps), False, conn)
-            deleted = {t: v[2] for t, v in (deleted_steps[-1] if deleted_steps else {}).items()}
+                self._execute(scripts, steps, self._on_step_done(scripts, plan, None), False, conn)
+            # one transaction: its counters cover every step
+            deleted = {t: v[2] for t, v in integrity.xact_row_changes(
+                conn, exclude_schemas=self._exclude_schemas(), exclude_tables=self._exclude_tables()).items()}
             report, new_errors = self._post_verify(conn, plan, snap, deleted, target)
         except BaseException as e:  # noqa: BLE001
             trans.rollback()

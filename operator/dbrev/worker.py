@@ -22,11 +22,9 @@ from dataclasses import asdict
 from typing import Callable
 
 from . import log as L
-from .db import DbOptions, connection, read_heads
 from .errors import DbrevError, WorkerTimeout
-from .policy import Policy
+from .options import RESULT_FAILED, RESULT_ROLLED_BACK, DbOptions, Policy, RunRequest
 from .redact import redact, register_secret
-from .runner import RESULT_FAILED, RESULT_ROLLED_BACK, RunRequest, run
 
 _ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "TMPDIR",
              "PGSSLROOTCERT", "PGSSLMODE", "PGAPPNAME")
@@ -79,6 +77,8 @@ def main() -> int:
     def emit(event: dict) -> None:
         out.write(redact(json.dumps(event, default=str)) + "\n")
         out.flush()
+
+    from .runner import run
 
     try:
         result = run(req, emit)
@@ -199,6 +199,8 @@ def _terminate_backend(db: DbOptions, pid: int | None) -> None:
         return
     import sqlalchemy as sa
 
+    from .db import connection
+
     try:
         with connection(DbOptions(**{**asdict(db), "connect_timeout": 10})) as conn:
             conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
@@ -225,6 +227,8 @@ def _after_timeout(req, state, timeout, elapsed, on_event, log_level, log_contex
 def _after_death(req: RunRequest, state: dict, message: str, elapsed: float, on_event, log_level, log_context,
                  stderr_sink, timeout, rollback: bool, reason: str = "MigrationFailed") -> dict:
     """The worker is gone: stop its session, look where the database is, return it to the start if needed."""
+    from .db import connection, read_heads
+
     _terminate_backend(req.db, state.get("backend_pid"))
     plan = state.get("plan")
     try:

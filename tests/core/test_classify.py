@@ -102,3 +102,23 @@ def test_source_analysis_follows_helpers_and_constants():
 def test_unparseable_sql_is_noted_not_raised():
     c = classify_sql("THIS IS NOT SQL")
     assert c.notes and not c.effects
+
+
+def test_source_rename_and_created_objects():
+    src = '''
+from alembic import op
+import sqlalchemy as sa
+def upgrade():
+    op.create_table("tmp_a", sa.Column("id", sa.Integer))
+    op.add_column("users", sa.Column("nick", sa.Text))
+    op.rename_table("old_events", "events")
+'''
+    c = classify_source(src, "upgrade")
+    assert ("rename", "old_events") in {(e.kind, e.object) for e in c.effects}
+    assert "tmp_a" in c.created_tables and "users.nick" in c.created_columns
+
+
+def test_merge_does_not_list_the_same_drop_twice():
+    a = classify_sql("DROP TABLE t")
+    a.merge(classify_source("from alembic import op\ndef upgrade():\n    op.drop_table('t')\n", "upgrade"))
+    assert [e.kind for e in a.effects] == ["drop_table"]

@@ -126,3 +126,18 @@ def test_irreversible_step_is_refused_whatever_the_policy():
 def test_invalid_policy_values():
     with pytest.raises(ValueError):
         Policy(downgrade="Sometimes")
+
+
+def test_dropping_what_the_same_plan_created_is_not_data_loss():
+    nodes = [Node("a1", ()), Node("b2", ("a1",)), Node("c3", ("b2",))]
+    sql = {("a1", True): "CREATE TABLE staging (id int)", ("b2", True): "ALTER TABLE users ADD COLUMN nick text",
+           ("c3", True): "DROP TABLE staging; ALTER TABLE users DROP COLUMN nick; ALTER TABLE users DROP COLUMN old"}
+    graph = graph_from_nodes(nodes)
+    infos_ = {n.id: ScriptInfo(n.id, n.parents, (), (), "", f"{n.id}.py", "0" * 64, "files") for n in nodes}
+    p = build_plan(graph, infos_, {n.id: "" for n in nodes}, (), ("c3",), lambda r, up: Rendered(sql[(r, up)], True))
+    effects = {e.object: e.destructive for e in p.steps[-1].effects}
+    assert effects == {"staging": False, "users.nick": False, "users.old": True}
+    # from b2 on, staging existed before the run: dropping it is data loss
+    p2 = build_plan(graph, infos_, {n.id: "" for n in nodes}, ("b2",), ("c3",),
+                    lambda r, up: Rendered(sql[(r, up)], True))
+    assert {e.object: e.destructive for e in p2.steps[-1].effects}["staging"] is True

@@ -365,3 +365,39 @@ def test_an_import_inside_upgrade_that_fails_is_bad_input(database_url, tmp_path
     assert r.code == 2 and r.json["error"]["reason"] == "InvalidScripts"
     assert "not_installed_pkg_xyz" in r.json["error"]["message"] and ".py:" in r.json["error"]["message"]
     assert heads(database_url) == []
+
+
+def test_a_table_rename_is_not_row_loss(database_url, tmp_path):
+    d = tmp_path / "m"
+    write_script(d, "n001aaaa", None, 'op.create_table("a", sa.Column("id", sa.Integer, primary_key=True))',
+                 'op.drop_table("a")')
+    write_script(d, "n002aaaa", "n001aaaa", 'op.rename_table("a", "b")', 'op.rename_table("b", "a")')
+    assert dbrev("apply", "--migrations", str(d), "-r", "n001aaaa", url=database_url).code == 0
+    q(database_url, "INSERT INTO a DEFAULT VALUES")
+    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    assert r.code == 0 and r.json["result"] == "applied", r.stdout
+    r = dbrev("apply", "--migrations", str(d), "-r", "n001aaaa", "--allow-downgrade", url=database_url)
+    assert r.code == 0 and q(database_url, "SELECT count(*) FROM a")[0][0] == 1
+
+
+def test_a_fresh_install_that_replaces_its_own_tables_is_not_data_loss(database_url, tmp_path):
+    d = tmp_path / "m"
+    write_script(d, "f001aaaa", None, 'op.create_table("tmp_import", sa.Column("id", sa.Integer, primary_key=True))',
+                 'op.drop_table("tmp_import")')
+    write_script(d, "f002aaaa", "f001aaaa", 'op.drop_table("tmp_import")',
+                 'op.create_table("tmp_import", sa.Column("id", sa.Integer, primary_key=True))')
+    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    assert r.code == 0, r.stdout
+    # once the table existed before the run, dropping it is data loss again
+    assert dbrev("apply", "--migrations", str(d), "-r", "f001aaaa", "--allow-downgrade",
+                 url=database_url).code == 0
+    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    assert r.code == 3 and r.json["error"]["reason"] == "DataLossDenied"
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg2", ""])
+def test_application_urls_with_other_drivers_work(database_url, tmp_path, driver):
+    url = database_url.replace("postgresql+psycopg://", f"postgresql{'+' + driver if driver else ''}://")
+    r = dbrev("current", url=url + ("?ssl=disable" if driver == "asyncpg" else ""))
+    assert r.code == 0, r.stdout + r.stderr
+    assert r.json["revisions"] == []

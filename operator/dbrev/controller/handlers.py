@@ -22,7 +22,7 @@ from .. import metrics as M
 from ..crd import APPROVE_ANNOTATION, GROUP, PLURAL, RECONCILE_ANNOTATION, VERSION
 from ..db import DbOptions
 from ..errors import DbrevError
-from ..runner import RunRequest
+from ..options import RunRequest
 from ..status import initial_conditions, is_ready, now_iso, revisions_text, status_patch
 from . import decide, kube
 from .inputs import Inputs, gather

@@ -1,0 +1,87 @@
+"""Plain option records shared by the CLI, the worker and the operator.
+
+Kept free of heavy imports (SQLAlchemy, Alembic, pglast) so that the CLI's
+parent process and the operator can build a request without loading them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+DEFAULT_CONNECT_TIMEOUT = 60.0
+STATE_SCHEMA = "dbrev"
+
+ALLOW = "Allow"
+DENY = "Deny"
+REQUIRE_APPROVAL = "RequireApproval"
+ARCHIVE = "Archive"
+
+DOWNGRADE_VALUES = (ALLOW, DENY, REQUIRE_APPROVAL)
+DATA_LOSS_VALUES = (DENY, ARCHIVE, ALLOW, REQUIRE_APPROVAL)
+
+# What a run ends as (apply --json "result").
+RESULT_APPLIED = "applied"
+RESULT_NOOP = "noop"
+RESULT_ROLLED_BACK = "rolled_back"
+RESULT_FAILED = "failed"
+RESULT_REFUSED = "refused"
+RESULT_BUSY = "busy"
+
+ALL_CHECKS = ("constraints", "indexes", "sequences", "orphans", "rowCounts", "fingerprint")
+
+
+def advisory_key(schema: str, table: str) -> int:
+    digest = hashlib.sha256(f"dbrev:{schema}.{table}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@dataclass(frozen=True)
+class DbOptions:
+    url: str
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT  # total, across retries (cold starts)
+    lock_timeout: float = 10.0  # seconds to wait for the advisory lock and for table locks
+    statement_timeout: float = 0.0  # 0 = none
+    version_table: str = "alembic_version"
+    version_table_schema: str | None = None
+    state_schema: str = STATE_SCHEMA
+
+    @property
+    def lock_key(self) -> int:
+        return advisory_key(self.version_table_schema or "public", self.version_table)
+
+    @property
+    def safe_url(self) -> str:
+        from .db import safe_url
+
+        return safe_url(self.url)
+
+
+@dataclass(frozen=True)
+class Policy:
+    downgrade: str = ALLOW
+    data_loss: str = DENY
+    rollback_on_failure: bool = True
+    verify: tuple[str, ...] = ALL_CHECKS
+
+    def __post_init__(self):
+        if self.downgrade not in DOWNGRADE_VALUES:
+            raise ValueError(f"downgrade policy must be one of {', '.join(DOWNGRADE_VALUES)}")
+        if self.data_loss not in DATA_LOSS_VALUES:
+            raise ValueError(f"dataLoss policy must be one of {', '.join(DATA_LOSS_VALUES)}")
+
+
+@dataclass
+class RunRequest:
+    db: DbOptions
+    migrations: str
+    target: str
+    policy: Policy = field(default_factory=Policy)
+    approval: str | None = None  # a plan hash approving a plan that needs approval
+    expected_hash: str | None = None  # refuse unless the plan has exactly this hash
+    exact_counts: bool = False
+    actor: str = "cli"
+    pythonpath: tuple[str, ...] = ()
+    use_stored_scripts: bool = True
+    use_env_py: bool = False  # run through the project's env.py instead of dbrev's built-in environment
+    rollback_of: dict | None = None  # set when this run returns a failed run to its start
