@@ -71,7 +71,7 @@ def test_archive_keeps_a_dropped_column_and_table_and_restores_them_row_by_row(d
     entries = lst.json["archives"]
     assert {(e["kind"], e["source_table"], e["source_column"]) for e in entries} == {
         ("drop_table", "notes", None), ("drop_column", "customers", "phone")}
-    assert all(e["checksum_ok"] and e["checksum"].startswith("sum64:") for e in entries)
+    assert all(e["checksum_ok"] and e["checksum"].startswith("xor64:") for e in entries)
     assert all(e["revision"] == "s002aaaa" for e in entries)
 
     # restoring before the schema has the objects again is refused, and changes nothing
