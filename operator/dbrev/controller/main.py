@@ -6,6 +6,7 @@ import logging
 import os
 
 import kopf
+from kubernetes.client.rest import ApiException
 
 from .. import metrics as M
 from ..crd import GROUP, PLURAL, VERSION
@@ -13,6 +14,8 @@ from ..log import log_context, logger
 from . import handlers, kube
 
 KOPF_PREFIX = f"operator.{GROUP}"
+# What run() was asked to serve; read by _startup (Kopf runs startup handlers after run() began).
+_serving: dict = {"globs": False, "clusterwide": False, "peering": None}
 
 
 @kopf.on.startup()
@@ -32,6 +35,35 @@ def _startup(settings: kopf.OperatorSettings, **_) -> None:
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 30
     settings.peering.mandatory = False
+    # Kopf's "scanning" lists and watches CustomResourceDefinitions and Namespaces cluster-wide, only to
+    # follow CRDs installed after the start and namespaces matching a glob in -n.  Exact names and -A
+    # need neither, and without it the operator needs no cluster-wide read access to CRDs or namespaces
+    # (manifests/ grants none).  Kopf then serves what exists at start: check that, and fail fast.
+    settings.scanning.disabled = not _serving["globs"]
+    if settings.scanning.disabled:
+        _require_served()
+
+
+def _require_served() -> None:
+    """Refuse to start (the pod restarts) rather than idle when a CRD dbrev needs is not served."""
+    needed = [[(GROUP, VERSION, PLURAL)]]
+    if _serving["peering"]:
+        plural = "clusterkopfpeerings" if _serving["clusterwide"] else "kopfpeerings"
+        needed.append([("kopf.dev", "v1", plural), ("zalando.org", "v1", plural)])  # Kopf accepts either
+    for alternatives in needed:
+        if not any(_served(*gvr) for gvr in alternatives):
+            group, version, plural = alternatives[0]
+            raise kopf.PermanentError(f"the cluster does not serve {plural}.{group}/{version}: install the CRDs "
+                                      f"(kubectl apply -k crds/, or manifests/) and restart the operator")
+
+
+def _served(group: str, version: str, plural: str) -> bool:
+    try:  # discovery: every authenticated user may read it
+        return any(r.name == plural for r in kube.custom().get_api_resources(group, version).resources)
+    except ApiException as e:
+        if e.status == 404:
+            return False
+        raise
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -103,6 +135,9 @@ def run(*, namespaces: list[str], all_namespaces: bool, standalone: bool, peerin
         metrics_address: str, metrics_port: int, liveness_address: str, liveness_port: int) -> None:
     from prometheus_client import start_http_server
 
+    clusterwide = all_namespaces or not namespaces  # Kopf serves the whole cluster when given no namespace
+    _serving.update(globs=not clusterwide and any(set(ns) & set("*?!,") for ns in namespaces),
+                    clusterwide=clusterwide, peering=None if standalone else peering)
     if metrics_port:
         start_http_server(metrics_port, addr=metrics_address, registry=M.REGISTRY)
         logger.info("Serving metrics", extra={"address": metrics_address, "port": metrics_port})
