@@ -601,7 +601,13 @@ class Runner:
                 inverse = self._plan(scripts, heads, start)
                 rollback["transaction"] = inverse.transaction
                 rollback["steps"] = [{"revision": s.revision, "direction": s.direction} for s in inverse.steps]
-                sub = Runner(self.req, self.emit)
+                def emit_rollback(ev: dict) -> None:
+                    # the inverse steps report as rollback_step_*, not as a new apply
+                    if str(ev.get("event", "")).startswith("step_"):
+                        ev = {**ev, "event": "rollback_" + ev["event"]}
+                    self.emit(ev)
+
+                sub = Runner(self.req, emit_rollback)
                 sub.graph = self.graph
                 steps = sub._steps_for(scripts, inverse, self.journal, None)
                 callback = sub._on_step_done(scripts, inverse, [])
