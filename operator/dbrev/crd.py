@@ -111,6 +111,13 @@ def spec_schema() -> dict:
                                      "normally public).", minLength=1, maxLength=63),
         },
         required=["configMapRefs"],
+        **{"x-kubernetes-validations": [{
+            "rule": "self.versionTable == oldSelf.versionTable && has(self.versionTableSchema) == "
+                    "has(oldSelf.versionTableSchema) && (!has(self.versionTableSchema) || "
+                    "self.versionTableSchema == oldSelf.versionTableSchema)",
+            "message": "migrations.versionTable and versionTableSchema cannot change: they name the history this "
+                       "resource manages; create another DatabaseRevision instead",
+        }]},
     )
     policy = _o(
         "What dbrev may do without a human (every field has a default).",
@@ -141,7 +148,11 @@ def spec_schema() -> dict:
         {
             "revision": _s("Target Alembic revision: a full id or unique prefix, head, heads, base, a branch label "
                            "or label@head. A GitOps revert of this field is a rollback.", minLength=1, maxLength=64,
-                           pattern=REVISION_PATTERN),
+                           **{"x-kubernetes-validations": [{
+                               "rule": f"self.matches('{REVISION_PATTERN}')",
+                               "message": "spec.revision must be a revision id or unique prefix (letters, digits, "
+                                          "_; at most 32), head, heads, base, a branch label or label@head",
+                           }]}),
             "database": database,
             "migrations": migrations,
             "policy": policy,

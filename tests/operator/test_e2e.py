@@ -319,7 +319,11 @@ def test_kubectl_get_and_explain_read_well(kube, shop, start_operator):
                                                        "passwordSecretRef": {"name": "p"}}})))
     assert code != 0 and "exactly one of database.urlSecretRef or database.credentials" in err
     code, _, err = kube("apply", "-f", "-", check=False, input=json.dumps(dbrev_resource(shop, "bad", "not a rev!")))
-    assert code != 0 and "spec.revision" in err
+    assert code != 0 and "spec.revision must be a revision id" in err
+    # the version table names the history: it cannot be changed under a live resource
+    code, _, err = kube("patch", "dbrev", "orders", "-n", shop, "--type", "merge", "-p",
+                        json.dumps({"spec": {"migrations": {"versionTable": "other_version"}}}), check=False)
+    assert code != 0 and "cannot change" in err
 
 
 def test_drift_found_by_the_timer(kube, shop, database_url, start_operator):
