@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 CLUSTER_DIR ?= $(CURDIR)/.cluster
 
 .PHONY: setup test test-fast demo bench cluster-assets cluster-up cluster-down crds clean
+.PHONY: kind-up image kind-load deploy undeploy e2e-kind
 
 setup: $(STAMP)
 
@@ -24,8 +25,9 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not cluster" tests/core $(PYTEST_ARGS)
 
-## The main job on a fresh machine.
+## The main job on a fresh machine: control plane + PostgreSQL + operator, upgrade and rollback.
 demo: setup
+	.ci/install-deps --demo
 	$(PY) -m dbrev.demo
 
 bench: setup
@@ -48,3 +50,73 @@ clean:
 ## Regenerate crds/ from operator/dbrev/crd.py (the one source of truth; a test fails when stale).
 crds: setup
 	$(PY) -m dbrev.crd .
+
+# ---------------------------------------------------------------------------------------------------
+# With Docker: an image, a kind cluster, the manifests. These need docker (with a running daemon),
+# kind and kubectl, and stop with a clear message on machines without them; `make test` needs none of
+# them. See docs/install.md.
+#   make kind-up image kind-load deploy     # the operator running in kind, from this checkout
+#   make e2e-kind                           # that, then the end-to-end tests against kind
+IMG ?= dbrev:dev
+KIND_CLUSTER ?= dbrev
+KUBECTL ?= kubectl
+KUBECTL_FLAGS ?=
+OVERLAY ?= cluster-wide
+KIND_KUBECONFIG ?= $(CLUSTER_DIR)/kind-$(KIND_CLUSTER).kubeconfig
+K := $(KUBECTL) $(KUBECTL_FLAGS)
+
+# $(call need,TOOLS): stop unless every tool is on PATH (and, for docker, a daemon answers).
+need = @for t in $(1); do \
+	  command -v $$t >/dev/null 2>&1 || { echo "error: 'make $@' needs $$t, which is not on PATH (these targets are for machines with Docker, kind and kubectl: see docs/install.md)" >&2; exit 1; }; \
+	  if [ $$t = docker ] && ! docker info >/dev/null 2>&1; then echo "error: 'make $@' needs a running Docker daemon ('docker info' failed)" >&2; exit 1; fi; \
+	done
+
+## Create the kind cluster $(KIND_CLUSTER) (kept if it exists); kubectl's context becomes kind-$(KIND_CLUSTER).
+kind-up:
+	$(call need,docker kind)
+	@if kind get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)'; then echo "kind cluster $(KIND_CLUSTER) already exists"; \
+	else kind create cluster --name $(KIND_CLUSTER) --wait 120s; fi
+
+## Build the operator image $(IMG) (Dockerfile: multi-stage, non-root, no build tools).
+image:
+	$(call need,docker)
+	docker build -t $(IMG) .
+
+## Build $(IMG) and load it into the kind cluster's nodes (no registry needed).
+kind-load: image
+	$(call need,docker kind)
+	kind load docker-image $(IMG) --name $(KIND_CLUSTER)
+
+## Install the CRDs and manifests/overlays/$(OVERLAY) (cluster-wide or namespaced) with image $(IMG)
+## into kubectl's current context.
+deploy:
+	$(call need,$(KUBECTL))
+	$(K) apply -k crds
+	$(K) wait --for=condition=Established --timeout=60s crd/databaserevisions.dbrev.io \
+	  crd/kopfpeerings.kopf.dev crd/clusterkopfpeerings.kopf.dev
+	$(K) kustomize manifests/overlays/$(OVERLAY) | sed 's|image: ghcr.io/dbrev/dbrev:.*|image: $(IMG)|' | $(K) apply -f -
+
+## Remove the operator of manifests/overlays/$(OVERLAY) (Deployment, Service, RBAC, peering object). The
+## CRDs, the namespace and your DatabaseRevisions stay (deleting the CRDs would delete every
+## DatabaseRevision; the databases themselves are never touched).
+undeploy:
+	$(call need,$(KUBECTL))
+	$(K) kustomize manifests/overlays/$(OVERLAY) | $(K) delete --ignore-not-found -l app.kubernetes.io/component=operator -f -
+	@echo "kept: the CRDs (kubectl delete -k crds) and the namespace dbrev-system"
+
+## kind: deploy this checkout's image and wait until the operator pod is Ready on a real kubelet (image,
+## non-root user, read-only root filesystem, probes); stop it; then run the manifest and end-to-end
+## tests against kind. The e2e tests start the operator as a local process (with the manifests'
+## ServiceAccount token): their PostgreSQL runs on this machine, out of the pods' reach.
+e2e-kind: kind-up kind-load setup
+	$(call need,docker kind $(KUBECTL))
+	$(MAKE) --no-print-directory deploy KUBECTL_FLAGS=--context=kind-$(KIND_CLUSTER)
+	$(KUBECTL) --context=kind-$(KIND_CLUSTER) -n dbrev-system rollout status deployment/dbrev-operator --timeout=180s
+	$(KUBECTL) --context=kind-$(KIND_CLUSTER) -n dbrev-system scale deployment/dbrev-operator --replicas=0
+	$(KUBECTL) --context=kind-$(KIND_CLUSTER) -n dbrev-system wait --for=delete pod \
+	  -l app.kubernetes.io/component=operator --timeout=120s
+	@mkdir -p $(dir $(KIND_KUBECONFIG))
+	kind get kubeconfig --name $(KIND_CLUSTER) > $(KIND_KUBECONFIG)
+	DBREV_TEST_KUBECONFIG=$(KIND_KUBECONFIG) $(PY) -m pytest -q tests/ship tests/operator $(PYTEST_ARGS)
+	@echo "the in-cluster operator is scaled to 0; start it again with:"
+	@echo "  $(KUBECTL) --context=kind-$(KIND_CLUSTER) -n dbrev-system scale deployment/dbrev-operator --replicas=1"
