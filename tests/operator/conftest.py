@@ -1,14 +1,27 @@
-"""Operator end-to-end fixtures: the real control plane, real PostgreSQL, the operator as a process."""
+"""Operator end-to-end fixtures: the real control plane, real PostgreSQL, the operator as a process.
+
+The operator runs as the ServiceAccount of manifests/ with exactly the RBAC of
+``manifests/overlays/cluster-wide`` (a real TokenRequest token), so a verb the manifests miss fails
+these tests.  ``DBREV_TEST_OPERATOR_AS=admin`` runs it as the cluster admin instead (to tell an
+RBAC problem from another one).
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from opharness import Kube, Operator
 
 ROOT = Path(__file__).resolve().parents[2]
+OVERLAY = ROOT / "manifests" / "overlays" / "cluster-wide"
+# What the operator's identity is made of; the Deployment, Service, CRDs and peering object are not
+# needed here (there is no kubelet, and the tests run the operator standalone as a local process).
+RBAC_KINDS = ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
 
 
 @pytest.fixture(scope="session")
@@ -20,9 +33,24 @@ def crd_installed(control_plane):
 
 
 @pytest.fixture(scope="session")
-def operator_kubeconfig(control_plane, crd_installed) -> str:
-    """The identity the operator runs as (admin here; manifests' ServiceAccount where RBAC is tested)."""
-    return str(control_plane.kubeconfig)
+def operator_identity(control_plane, crd_installed) -> tuple[str, str] | None:
+    """(namespace, name) of the manifests' ServiceAccount, its RBAC applied; None when running as admin."""
+    if os.environ.get("DBREV_TEST_OPERATOR_AS") == "admin":
+        return None
+    built = subprocess.run([str(control_plane.kubectl_path), "kustomize", str(OVERLAY)], capture_output=True,
+                           text=True, check=True).stdout
+    objs = [o for o in yaml.safe_load_all(built) if o and o["kind"] in RBAC_KINDS]
+    Kube(control_plane).apply("---\n".join(yaml.safe_dump(o) for o in objs))
+    (sa,) = [o["metadata"] for o in objs if o["kind"] == "ServiceAccount"]
+    return sa["namespace"], sa["name"]
+
+
+@pytest.fixture
+def operator_kubeconfig(control_plane, operator_identity) -> str:
+    """The kubeconfig the operator runs with: a fresh token of the manifests' ServiceAccount."""
+    if operator_identity is None:
+        return str(control_plane.kubeconfig)
+    return str(control_plane.service_account_kubeconfig(*operator_identity, expiration_seconds=3600))
 
 
 @pytest.fixture
