@@ -8,6 +8,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from dbhelp import json_lines
+
 
 @dataclass
 class CliResult:
@@ -21,15 +23,7 @@ class CliResult:
 
     @property
     def logs(self) -> list[dict]:
-        out = []
-        for line in self.stderr.splitlines():
-            line = line.strip()
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    pass
-        return out
+        return json_lines(self.stderr)
 
 
 def dbrev(*args: str, url: str | None = None, env: dict | None = None, timeout: float = 300,

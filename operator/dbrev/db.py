@@ -8,7 +8,6 @@ No message ever carries the password.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import time
@@ -23,7 +22,7 @@ from sqlalchemy.pool import NullPool
 from . import conditions as C
 from .errors import Busy, DatabaseConfigError, DatabaseUnavailable
 from .log import logger, timed
-from .options import DEFAULT_CONNECT_TIMEOUT, STATE_SCHEMA, DbOptions, advisory_key  # noqa: F401
+from .options import DbOptions
 from .redact import redact, register_secret
 
 

@@ -12,7 +12,8 @@ from typing import Callable, Iterable
 
 from . import integrity, state
 from . import log as L
-from .db import DbOptions, connection, read_heads
+from .db import connection, read_heads
+from .options import DbOptions
 from .errors import DbrevError
 from .planning import Plan, build_plan
 from .options import RunRequest

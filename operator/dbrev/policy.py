@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import conditions as C
-from .options import ALLOW, ARCHIVE, DATA_LOSS_VALUES, DENY, DOWNGRADE_VALUES, REQUIRE_APPROVAL, Policy  # noqa: F401
+from .options import ARCHIVE, DENY, REQUIRE_APPROVAL, Policy
 from .planning import DOWNGRADE, MIXED, Plan, hash_matches
 
 # What the Archive policy can preserve; other destructive effects are refused under it.

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import sqlalchemy as sa
@@ -25,11 +23,11 @@ from sqlalchemy.engine import Connection
 
 from . import integrity, state
 from . import log as L
-from .db import DbOptions, acquire_lock, connect, is_lock_timeout, quote_ident, read_heads, server_info, unlock
+from .db import acquire_lock, connect, is_lock_timeout, quote_ident, read_heads, server_info, unlock
 from .errors import BadInput, Busy, DbrevError, MigrationFailed, PlanChanged, PolicyRefused, ScriptConflict
 from .planning import Plan, build_plan, hash_matches
 from .options import RunRequest  # noqa: F401
-from .policy import Decision, Policy, evaluate
+from .policy import Decision, evaluate
 from .scripts import ScriptSet, load_folder, render
 
 Emit = Callable[[dict], None]

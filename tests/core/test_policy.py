@@ -5,7 +5,8 @@ import pytest
 from dbrev import conditions as C
 from dbrev.graph import Node, graph_from_nodes
 from dbrev.planning import build_plan, hash_matches
-from dbrev.policy import Policy, evaluate
+from dbrev.options import Policy
+from dbrev.policy import evaluate
 from dbrev.scripts import Rendered, ScriptInfo
 
 NODES = [Node("a1", ()), Node("b2", ("a1",)), Node("c3", ("b2",))]

@@ -5,31 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 import time
 
 import pytest
 import sqlalchemy as sa
 
+from dbhelp import heads, q
 from clihelp import dbrev, popen
 from scriptgen import linear_history, write_script
-
-
-def q(url, sql, **params):
-    eng = sa.create_engine(url)
-    try:
-        with eng.begin() as c:
-            res = c.execute(sa.text(sql), params)
-            return res.fetchall() if res.returns_rows else None
-    finally:
-        eng.dispose()
-
-
-def heads(url):
-    try:
-        return sorted(r[0] for r in q(url, "SELECT version_num FROM alembic_version"))
-    except sa.exc.ProgrammingError:
-        return []
 
 
 def test_examples_upgrade_to_head_then_back_one_step(database_url, examples_dir):

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import textwrap
 
 import pytest
-import sqlalchemy as sa
 
+from dbhelp import q
 from clihelp import dbrev
 from dbrev.envtest.postgres import PostgresServer, create_database
 from scriptgen import linear_history, write_script
 
 PASSWORD = "Sup3r-S3cret-pw%/@x"
-
-
-def q(url, sql, **params):
-    eng = sa.create_engine(url)
-    try:
-        with eng.begin() as c:
-            res = c.execute(sa.text(sql), params)
-            return res.fetchall() if res.returns_rows else None
-    finally:
-        eng.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +103,8 @@ def test_broken_scripts_are_reported_with_file_and_line(database_url, tmp_path, 
     linear_history(d, 2)
     if case == "syntax":
         p = write_script(d, "b003aaaa", "r002aaaa", "op.execute('x'", name="b003_syntax.py")
-        expect = ("b003_syntax.py:", "syntax error")
+        line = p.read_text().splitlines().index("    op.execute('x'") + 1
+        expect = (f"b003_syntax.py:{line}:", "syntax error", "never closed")
     elif case == "import":
         write_script(d, "b003aaaa", "r002aaaa", extra="import definitely_not_installed_xyz", name="b003_imp.py")
         expect = ("b003_imp.py:9", "definitely_not_installed_xyz")

@@ -5,25 +5,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-import sqlalchemy as sa
-
+from dbhelp import heads, q
 from clihelp import dbrev
 from dbrev.envtest.postgres import PostgresServer, create_database, find_bindir
 from scriptgen import write_script
-
-
-def q(url, sql, **params):
-    eng = sa.create_engine(url)
-    try:
-        with eng.begin() as c:
-            res = c.execute(sa.text(sql), params)
-            return res.fetchall() if res.returns_rows else None
-    finally:
-        eng.dispose()
-
-
-def heads(url):
-    return sorted(r[0] for r in q(url, "SELECT version_num FROM alembic_version"))
 
 
 def history(folder):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from dbhelp import json_lines
 from dbrev.envtest.postgres import free_port
 
 
@@ -82,14 +83,7 @@ class Operator:
         return total if found else 0.0
 
     def logs(self) -> list[dict]:
-        out = []
-        for line in self.log_path.read_text().splitlines():
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    pass
-        return out
+        return json_lines(self.log_path.read_text())
 
     def tail(self, n: int = 60) -> str:
         return "\n".join(self.log_path.read_text().splitlines()[-n:])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import sqlalchemy as sa
 
+from dbhelp import q
 from opharness import dbrev_resource, is_state, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -14,16 +14,6 @@ pytestmark = pytest.mark.cluster
 HEAD = "f1a2b3c4d5e6"
 MERGE = "e5f6a7b8c9d0"
 NEWER = ("0a1b2c3d4e5f", "f1a2b3c4d5e6")
-
-
-def q(url, sql):
-    eng = sa.create_engine(url)
-    try:
-        with eng.begin() as c:
-            res = c.execute(sa.text(sql))
-            return res.fetchall() if res.returns_rows else None
-    finally:
-        eng.dispose()
 
 
 def ready_at(kube, ns, name, rev, timeout=90):

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
+from dbhelp import heads, q
 from opharness import condition, dbrev_resource, is_state, wait_for
 from scriptgen import write_script
 
@@ -18,23 +18,6 @@ pytestmark = pytest.mark.cluster
 
 HEAD = "f1a2b3c4d5e6"
 MERGE = "e5f6a7b8c9d0"
-
-
-def q(url, sql, **params):
-    eng = sa.create_engine(url)
-    try:
-        with eng.begin() as c:
-            res = c.execute(sa.text(sql), params)
-            return res.fetchall() if res.returns_rows else None
-    finally:
-        eng.dispose()
-
-
-def heads(url):
-    try:
-        return sorted(r[0] for r in q(url, "SELECT version_num FROM alembic_version"))
-    except sa.exc.ProgrammingError:
-        return []
 
 
 @pytest.fixture

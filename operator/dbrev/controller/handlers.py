@@ -19,8 +19,8 @@ import kopf
 from .. import conditions as C
 from .. import log as L
 from .. import metrics as M
-from ..crd import APPROVE_ANNOTATION, GROUP, PLURAL, RECONCILE_ANNOTATION, VERSION
-from ..db import DbOptions
+from ..crd import APPROVE_ANNOTATION, GROUP, RECONCILE_ANNOTATION, VERSION
+from ..options import DbOptions
 from ..errors import DbrevError
 from ..options import RunRequest
 from ..status import initial_conditions, is_ready, now_iso, revisions_text, status_patch

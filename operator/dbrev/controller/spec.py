@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..integrity import ALL_CHECKS
-from ..policy import Policy
+from ..options import Policy
 
 
 @dataclass(frozen=True)
