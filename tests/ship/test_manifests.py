@@ -112,13 +112,22 @@ def test_base_builds_and_is_accepted(control_plane, crds_and_namespace, tool):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_installing_into_another_namespace_with_a_wrapper_overlay(control_plane, crds_and_namespace, tool,
                                                                   namespace, tmp_path, overlay):
-    """docs/install.md: `namespace: X` in your own kustomization moves every namespaced object and binding."""
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": namespace,
-        "resources": [os.path.relpath(MANIFESTS / "overlays" / overlay, tmp_path)]}))
+    """docs/install.md: `namespace: X` in your own kustomization moves every namespaced object and binding.
+
+    For the namespaced overlay, as docs/install.md shows it: into an existing (application's) namespace,
+    whose Namespace object is left out."""
+    wrapper = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": namespace,
+               "resources": [os.path.relpath(MANIFESTS / "overlays" / overlay, tmp_path)]}
+    if overlay == "namespaced":
+        wrapper["patches"] = [{"patch": "$patch: delete\napiVersion: v1\nkind: Namespace\n"
+                                        "metadata: {name: dbrev-system}\n"}]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(wrapper))
     objs = kustomize(tool, tmp_path)
     server_dry_run(control_plane, objs)
-    assert one(objs, "Namespace")["metadata"]["name"] == namespace
+    if overlay == "namespaced":
+        assert not [o for o in objs if o["kind"] == "Namespace"]
+    else:
+        assert one(objs, "Namespace")["metadata"]["name"] == namespace
     for o in objs:
         for s in o.get("subjects") or []:
             assert s["namespace"] == namespace, o
