@@ -53,6 +53,8 @@ class _StepFailed(Exception):
 
 class Runner:
     def __init__(self, req: RunRequest, emit: Emit):
+        self._single = False  # set while a single-transaction run executes
+        self._to_store: list = []
         self.req = req
         self.emit = emit
         self.db = req.db
@@ -306,7 +308,8 @@ class Runner:
             def fn(_orig=orig, _i=i, _ps=ps, **kw):
                 self._current_step = (_ps.revision, _ps.direction)
                 self._step_t0 = time.monotonic()
-                journal.step(_i, _ps.revision, _ps.direction)
+                if not self._single:  # one transaction: nothing of it survives a crash, no step to record
+                    journal.step(_i, _ps.revision, _ps.direction)
                 self.emit({"event": "step_started", "index": _i, "total": total, "revision": _ps.revision,
                            "direction": _ps.direction, "doc": _ps.doc})
                 L.logger.debug("Starting migration step", extra={
@@ -337,7 +340,10 @@ class Runner:
             rev, direction = self._current_step
             info = scripts.infos[rev]
             if direction == "upgrade":
-                state.store_script(conn, self.schema, self.vt, info, scripts.sources[rev].source)
+                if self._single:
+                    self._to_store.append((info, scripts.sources[rev].source))  # one INSERT at the end
+                else:
+                    state.store_script(conn, self.schema, self.vt, [(info, scripts.sources[rev].source)])
             if per_step_deleted is not None:  # per-step transactions: each step's own counters, summed later
                 per_step_deleted.append(integrity.xact_row_changes(
                     conn, exclude_schemas=self._exclude_schemas(), exclude_tables=self._exclude_tables()))
@@ -424,6 +430,7 @@ class Runner:
     # -- single transaction --------------------------------------------------------
     def _run_single(self, conn: Connection, scripts: ScriptSet, plan: Plan, decision: Decision, journal) -> dict:
         self.graph = scripts.graph
+        self._single = True
         conn.commit()
         start, target = plan.from_revisions, plan.to_revisions
         trans = conn.begin()
@@ -433,6 +440,7 @@ class Runner:
             steps = self._steps_for(scripts, plan, journal, None)
             with L.timed("migrate", from_revision=L._rev(start), to_revision=L._rev(target)):
                 self._execute(scripts, steps, self._on_step_done(scripts, plan, None), False, conn)
+            state.store_script(conn, self.schema, self.vt, self._to_store)
             # one transaction: its counters cover every step
             deleted = {t: v[2] for t, v in integrity.xact_row_changes(
                 conn, exclude_schemas=self._exclude_schemas(), exclude_tables=self._exclude_tables()).items()}

@@ -207,15 +207,18 @@ def record_fingerprint(conn: Connection, schema: str, vt: str, revs, fingerprint
 
 # -- stored scripts -----------------------------------------------------------
 
-def store_script(conn: Connection, schema: str, vt: str, info, source: str) -> None:
+def store_script(conn: Connection, schema: str, vt: str, scripts: list) -> None:
+    """Keep the source of applied scripts ([(ScriptInfo, source)]), in the caller's transaction."""
+    if not scripts:
+        return
     s = quote_ident(schema)
     conn.execute(sa.text(
         f"INSERT INTO {s}.scripts (version_table, revision, down_revisions, name, source, sha256) "
         f"VALUES (:vt, :r, :d, :n, :src, :h) ON CONFLICT (version_table, revision) DO UPDATE SET "
         f"down_revisions=EXCLUDED.down_revisions, name=EXCLUDED.name, source=EXCLUDED.source, "
         f"sha256=EXCLUDED.sha256, applied_at=now()"),
-        {"vt": vt, "r": info.revision, "d": list(info.down_revisions), "n": info.name, "src": source,
-         "h": info.sha256})
+        [{"vt": vt, "r": info.revision, "d": list(info.down_revisions), "n": info.name, "src": source,
+          "h": info.sha256} for info, source in scripts])
 
 
 def stored_scripts(conn: Connection, schema: str, vt: str) -> list[dict]:
