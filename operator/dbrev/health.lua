@@ -14,6 +14,9 @@
 --   Ready reason AwaitingApproval                  -> Suspended (not a failure: approve the plan)
 --   anything else (Reconciling=True, retrying...)  -> Progressing
 -- Degraded is only ever reported for a failure of the generation the operator observed.
+--
+-- Argo CD runs custom health checks without Lua's string, math and io libraries (unless
+-- resource.customizations.useOpenLibs.<group>_<Kind> is set): this script uses only base Lua.
 
 local hs = {}
 
@@ -93,15 +96,9 @@ if ready ~= nil and ready.status == "True" then
 end
 
 if ready ~= nil and ready.reason == "AwaitingApproval" then
+  -- dbrev's message names the plan hash and the command that approves it.
   hs.status = "Suspended"
   hs.message = describe(ready)
-  local hash = nil
-  if obj.status.plan ~= nil then
-    hash = obj.status.plan.hash
-  end
-  if hash ~= nil and string.find(hs.message, hash, 1, true) == nil then
-    hs.message = hs.message .. " (plan " .. hash .. ")"
-  end
   return hs
 end
 

@@ -14,6 +14,7 @@ Tools (promtool, lua5.1, go) are required: a missing one fails with what to inst
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -107,3 +108,25 @@ def install_crds(control_plane, files: list[Path]) -> None:
             if d.get("kind") == "CustomResourceDefinition":
                 control_plane.kubectl("wait", "--for=condition=Established", f"crd/{d['metadata']['name']}",
                                       "--timeout=120s")
+
+
+def go_tool(src: Path, name: str) -> Path:
+    """Build the Go program in ``src`` (main.go + go.mod + go.sum) once, into the cache outside the
+    repository, keyed by a hash of its sources; later sessions reuse the binary."""
+    from dbrev.envtest.assets import cache_root
+
+    h = hashlib.sha256()
+    for f in ("go.mod", "go.sum", "main.go"):
+        h.update(f.encode() + b"\0" + (src / f).read_bytes())
+    out = cache_root() / f"{name}-{h.hexdigest()[:12]}" / name
+    if out.is_file():
+        return out
+    go = require_tool("go", "install Go (it also builds the control plane)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{name}.{os.getpid()}")
+    proc = subprocess.run([go, "build", "-mod=readonly", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp), "."],
+                          cwd=src, env=go_env(), capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        pytest.fail(f"building {src.relative_to(ROOT)} failed:\n{proc.stderr[-4000:]}", pytrace=False)
+    tmp.replace(out)  # atomic: a concurrent session sees no binary or a whole one
+    return out

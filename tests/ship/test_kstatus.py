@@ -3,16 +3,15 @@
 tests/ship/kstatus/ is a tiny Go program over sigs.k8s.io/cli-utils/pkg/kstatus/status (kstatus),
 github.com/fluxcd/cli-utils (Flux's fork, what kustomize-controller's wait uses) and
 github.com/fluxcd/pkg/runtime/cel (Flux's healthCheckExprs evaluator). It is built once, through
-the Go module proxy, into a cache folder outside the repository (keyed by the hash of its sources).
+the Go module proxy, into a cache folder outside the repository (keyed by the hash of its sources:
+~/.cache/dbrev/kstatus-<cli-utils version>-<hash>/).
 The objects come from dbrev's own status functions (dbrev_states.py); the CEL expressions come from
 examples/flux/shop-database.yaml, so neither can drift from what ships.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -21,8 +20,7 @@ import pytest
 import yaml
 
 import dbrev_states
-from dbrev.envtest.assets import cache_root
-from shiptools import ROOT, SHIP, go_env, in_namespace, kustomize, load_docs, require_tool, server_dry_run
+from shiptools import ROOT, SHIP, go_tool, in_namespace, kustomize, load_docs, server_dry_run
 
 SRC = SHIP / "kstatus"
 FLUX = ROOT / "examples" / "flux"
@@ -48,28 +46,10 @@ EXPECTED = {
 }
 
 
-def _source_hash() -> str:
-    h = hashlib.sha256()
-    for name in ("go.mod", "go.sum", "main.go"):
-        h.update(name.encode() + b"\0" + (SRC / name).read_bytes())
-    return h.hexdigest()[:12]
-
-
 @pytest.fixture(scope="session")
 def kstatus_bin() -> Path:
-    cli_utils = re.search(r"sigs\.k8s\.io/cli-utils (v\S+)", (SRC / "go.mod").read_text()).group(1)
-    out = cache_root() / f"kstatus-{cli_utils}-{_source_hash()}" / "kstatus-compute"
-    if out.is_file():
-        return out
-    go = require_tool("go", "install Go (it also builds the control plane)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".kstatus-compute.{os.getpid()}")
-    proc = subprocess.run([go, "build", "-mod=readonly", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp), "."],
-                          cwd=SRC, env=go_env(), capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0:
-        pytest.fail(f"building tests/ship/kstatus failed:\n{proc.stderr[-4000:]}", pytrace=False)
-    tmp.replace(out)  # atomic: a concurrent session sees the old or the new binary, never half of one
-    return out
+    version = re.search(r"sigs\.k8s\.io/cli-utils (v\S+)", (SRC / "go.mod").read_text()).group(1)
+    return go_tool(SRC, f"kstatus-{version}")
 
 
 def flux_exprs() -> dict:

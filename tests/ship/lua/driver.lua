@@ -1,6 +1,7 @@
 -- Runs an Argo CD health.lua against test objects, the way Argo CD does: the script is a chunk,
 -- the object is the global `obj`, the chunk returns a table {status, message}.
--- Only the libraries Argo CD's Lua VM opens are visible (base, table, string, math; no io/os).
+-- Only what Argo CD's Lua VM opens for a custom (argocd-cm) health check is visible: base and table
+-- (util/lua/lua.go: package, base, table and a safe os, with SkipOpenLibs; no string, math or io).
 --
 -- Usage: lua5.1 driver.lua HEALTH_LUA CASES_LUA
 -- CASES_LUA is a chunk returning a list of objects (Lua table literals).
@@ -15,7 +16,7 @@ local function sandbox(o)
     obj = o,
     assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs, pcall = pcall,
     select = select, tonumber = tonumber, tostring = tostring, type = type, unpack = unpack,
-    string = string, table = table, math = math,
+    table = table,
   }
 end
 
