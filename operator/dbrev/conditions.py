@@ -18,9 +18,6 @@ CONDITION_TYPES = (READY, RECONCILING, STALLED)
 # Reasons: success and progress
 AT_REVISION = "AtRevision"
 PROGRESSING = "Progressing"
-PLANNED = "Planned"
-APPLIED = "Applied"
-RECONCILED = "Reconciled"
 INITIALIZING = "Initializing"
 
 # Reasons: waiting (not failures)
@@ -39,7 +36,6 @@ ROLLED_BACK = "RolledBack"
 MIGRATION_FAILED = "MigrationFailed"
 ROLLBACK_FAILED = "RollbackFailed"
 INTEGRITY_CHECK_FAILED = "IntegrityCheckFailed"
-DRIFT_DETECTED = "DriftDetected"
 REVISION_NOT_FOUND = "RevisionNotFound"
 AMBIGUOUS_REVISION = "AmbiguousRevision"
 MULTIPLE_HEADS = "MultipleHeads"
@@ -56,4 +52,3 @@ SECRET_NOT_FOUND = "SecretNotFound"
 CONFIGMAP_NOT_FOUND = "ConfigMapNotFound"
 CONFLICT = "Conflict"
 INVALID_SPEC = "InvalidSpec"
-INTERRUPTED_RUN = "InterruptedRun"

@@ -39,8 +39,10 @@ migration_steps_total = Counter(
     "dbrev_migration_steps_total", "Migration steps run, by direction and result.", ["direction", "result"],
     registry=REGISTRY)
 rollbacks_total = Counter(
-    "dbrev_rollbacks_total", "Automatic rollbacks, by what triggered them and whether they succeeded.",
-    ["trigger", "result"], registry=REGISTRY)
+    "dbrev_rollbacks_total", "Automatic rollbacks, by resource, what triggered them and whether they succeeded.",
+    ["namespace", "name", "trigger", "result"], registry=REGISTRY)
+ROLLBACK_TRIGGERS = ("migration_failure", "integrity_check_failure", "timeout", "worker_died")
+ROLLBACK_RESULTS = ("success", "failure")
 integrity_findings = Gauge(
     "dbrev_integrity_findings", "Findings of the last verification, by check.", ["namespace", "name", "check"],
     registry=REGISTRY)
@@ -50,6 +52,9 @@ drift_detected = Gauge(
 ready = Gauge(
     "dbrev_ready", "1 when the DatabaseRevision is Ready (at its revision and verified).", ["namespace", "name"],
     registry=REGISTRY)
+waiting = Gauge(
+    "dbrev_waiting", "1 when the DatabaseRevision waits on purpose (an approval, or spec.suspend): not Ready, "
+    "but nothing is wrong.", ["namespace", "name"], registry=REGISTRY)
 stalled = Gauge(
     "dbrev_stalled", "1 when the DatabaseRevision is Stalled (a human must act).", ["namespace", "name"],
     registry=REGISTRY)
@@ -68,7 +73,7 @@ build_info.labels(version=__version__, python=platform.python_version()).set(1)
 NAMES = (
     "dbrev_reconcile_total", "dbrev_reconcile_errors_total", "dbrev_reconcile_duration_seconds",
     "dbrev_migration_steps_total", "dbrev_rollbacks_total", "dbrev_integrity_findings", "dbrev_drift_detected",
-    "dbrev_ready", "dbrev_stalled", "dbrev_revision_info", "dbrev_last_applied_timestamp_seconds",
+    "dbrev_ready", "dbrev_waiting", "dbrev_stalled", "dbrev_revision_info", "dbrev_last_applied_timestamp_seconds",
     "dbrev_active_workers", "dbrev_build_info",
 )
 
@@ -84,10 +89,17 @@ _revision_labels: dict[tuple[str, str], tuple[str, str]] = {}
 
 
 def set_resource(namespace: str, name: str, *, is_ready: bool, is_stalled: bool, current: str | None,
-                 target: str | None, findings: dict[str, int] | None = None, drift: bool | None = None) -> None:
+                 target: str | None, findings: dict[str, int] | None = None, drift: bool | None = None,
+                 is_waiting: bool = False) -> None:
     ready.labels(namespace, name).set(1 if is_ready else 0)
     stalled.labels(namespace, name).set(1 if is_stalled else 0)
+    waiting.labels(namespace, name).set(1 if is_waiting else 0)
     key = (namespace, name)
+    if key not in _revision_labels:
+        # every rollback series exists from the start at 0, so increase() sees the first rollback
+        for trig in ROLLBACK_TRIGGERS:
+            for res in ROLLBACK_RESULTS:
+                rollbacks_total.labels(namespace, name, trig, res)
     new = (current or "", target or "")
     old = _revision_labels.get(key)
     if old != new:
@@ -106,7 +118,7 @@ def set_resource(namespace: str, name: str, *, is_ready: bool, is_stalled: bool,
 
 def forget_resource(namespace: str, name: str) -> None:
     """Drop every series of a deleted resource."""
-    for g in (ready, stalled, drift_detected, last_applied_timestamp_seconds):
+    for g in (ready, waiting, stalled, drift_detected, last_applied_timestamp_seconds):
         try:
             g.remove(namespace, name)
         except KeyError:
@@ -124,3 +136,9 @@ def forget_resource(namespace: str, name: str) -> None:
             integrity_findings.remove(namespace, name, check)
         except KeyError:
             pass
+    for trig in ROLLBACK_TRIGGERS:
+        for res in ROLLBACK_RESULTS:
+            try:
+                rollbacks_total.remove(namespace, name, trig, res)
+            except KeyError:
+                pass

@@ -104,6 +104,7 @@ def test_approval_flow_with_a_stale_approval(kube, shop, database_url, start_ope
     st = wait_for(lambda: (s := kube.status(shop, "orders")) and is_state(s, "False", "AwaitingApproval") and s,
                   60, "AwaitingApproval")
     assert condition(st, "Stalled")["status"] == "False" and condition(st, "Reconciling")["status"] == "False"
+    assert f"kubectl annotate databaserevision orders" in condition(st, "Ready")["message"]
     plan_a = st["plan"]["hash"]
     assert plan_a in condition(st, "Ready")["message"]
     assert heads(database_url) == [HEAD]
@@ -160,7 +161,9 @@ def test_failing_migration_is_rolled_back_stalled_with_events_and_metrics(kube, 
     reasons = kube.reasons(namespace, "acct")
     for r in ("MigrationFailed", "RollbackTriggered", "RollbackExecuted"):
         assert r in reasons, reasons
-    assert op.metric("dbrev_rollbacks_total", trigger="migration_failure", result="success") == 1
+    assert op.metric("dbrev_rollbacks_total", namespace=namespace, name="acct", trigger="migration_failure",
+                     result="success") == 1
+    assert op.metric("dbrev_rollbacks_total", namespace=namespace, name="acct", result="failure") == 0
     assert op.metric("dbrev_reconcile_total", result="rolled_back") == 1
     assert op.metric("dbrev_stalled", namespace=namespace, name="acct") == 1
     logs = op.logs()

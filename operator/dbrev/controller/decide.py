@@ -164,7 +164,7 @@ def from_error(err: dict, prev: dict, generation: int, now: str, retry: int = 0,
 
 
 def from_result(result: dict, prev: dict, generation: int, now: str, trigger: str, started_at: str,
-                plan: dict | None, retry: int = 0) -> Verdict:
+                plan: dict | None, retry: int = 0, name: str = "<name>") -> Verdict:
     """A run's result (``engine.apply``) to the resource's status, events and metrics."""
     res = result.get("result")
     err = result.get("error") or {}
@@ -219,8 +219,8 @@ def from_result(result: dict, prev: dict, generation: int, now: str, trigger: st
         if decision.get("awaiting_approval"):
             h = (plan or {}).get("hash", "")
             out = Outcome(WAITING_KIND, C.AWAITING_APPROVAL,
-                          f"{message}. To approve: kubectl annotate databaserevision <name> --overwrite "
-                          f"dbrev.io/approve={h} (or: dbrev approve <name>)")
+                          f"{message}. To approve: kubectl annotate databaserevision {name} --overwrite "
+                          f"dbrev.io/approve={h} (or: dbrev approve {name})")
             if prev_hash != h or not _was(prev, C.READY, C.AWAITING_APPROVAL):
                 events.append((NORMAL, EV_AWAITING_APPROVAL, out.message))
             return Verdict(out, _finish(out, prev, generation, now, st), events, None, M.RESULT_WAITING,

@@ -79,11 +79,13 @@ def carry_out(body, prev: dict, verdict: decide.Verdict, started: float, extra: 
     for direction, result in verdict.steps:
         M.migration_steps_total.labels(direction=direction, result=result).inc()
     if verdict.rollback:
-        M.rollbacks_total.labels(trigger=verdict.rollback[0], result=verdict.rollback[1]).inc()
+        M.rollbacks_total.labels(namespace=ns, name=name, trigger=verdict.rollback[0],
+                                 result=verdict.rollback[1]).inc()
     merged = {**prev, **new}
     M.set_resource(ns, name, is_ready=verdict.outcome.kind == "ready", is_stalled=verdict.outcome.kind == "stalled",
                    current=merged.get("currentRevision"), target=merged.get("targetRevision"),
-                   findings=verdict.findings, drift=verdict.drift)
+                   findings=verdict.findings, drift=verdict.drift,
+                   is_waiting=verdict.outcome.kind in ("waiting", "suspended"))
     if new.get("lastAppliedTime") and patch.get("lastAppliedTime"):
         M.last_applied_timestamp_seconds.labels(ns, name).set(time.time())
     level = L.logger.warning if verdict.outcome.kind in ("stalled", "transient") else L.logger.info
@@ -244,7 +246,8 @@ def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, start
         result = apply(req, timeout=spec.timeout, on_event=on_event,
                        log_level=os.environ.get("DBREV_LOG_LEVEL", "INFO"),
                        log_context={"namespace": ns, "name": name})
-        verdict = decide.from_result(result, prev, gen, now_iso(), trigger, started_at, seen.get("plan"), retry)
+        verdict = decide.from_result(result, prev, gen, now_iso(), trigger, started_at, seen.get("plan"), retry,
+                                     name=name)
     except DbrevError as e:
         verdict = decide.from_error(e.to_dict(), prev, gen, now_iso(), retry, transient=e.transient)
     finally:
