@@ -33,7 +33,8 @@ def _startup(settings: kopf.OperatorSettings, **_) -> None:
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 30
-    settings.peering.mandatory = False
+    # (settings.peering.mandatory is left as kopf.run sets it: with --peering the operator waits for its
+    # peering object rather than running unpeered next to another replica.)
     # Kopf's "scanning" lists and watches CustomResourceDefinitions and Namespaces cluster-wide, only to
     # follow CRDs installed after the start and namespaces matching a glob in -n.  Exact names and -A
     # need neither, and without it the operator needs no cluster-wide read access to CRDs or namespaces
