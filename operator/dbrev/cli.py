@@ -283,7 +283,8 @@ def cmd_apply(args) -> int:
                      expected_hash=args.plan_hash, exact_counts=args.exact_counts, actor="cli",
                      pythonpath=tuple(os.path.abspath(p) for p in args.pythonpath), use_env_py=args.env_py)
     try:
-        result = apply(req, timeout=args.timeout, on_event=_Progress(not args.json), log_level=args.log_level)
+        result = apply(req, timeout=args.timeout, on_event=_Progress(not args.json), log_level=args.log_level,
+                       isolate=False)
     except E.Busy as e:
         result = {"result": "busy", "error": e.to_dict()}
     except E.PolicyRefused as e:

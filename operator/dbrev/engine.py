@@ -84,8 +84,13 @@ def plan(migrations: str, target: str, db: DbOptions | None = None, from_revisio
 
 def apply(req: RunRequest, *, timeout: float | None = 3600.0, on_event: Callable[[dict], None] | None = None,
           log_level: str = "INFO", log_context: dict | None = None,
-          stderr_sink: Callable[[str], None] | None = None, in_process: bool = False) -> dict:
-    """Bring the database to ``req.target``.  Runs in a worker process with a hard timeout."""
+          stderr_sink: Callable[[str], None] | None = None, in_process: bool = False,
+          isolate: bool = True) -> dict:
+    """Bring the database to ``req.target``.  Runs in a worker process with a hard timeout.
+
+    ``isolate`` (the operator): a fresh interpreter that gets only the request; otherwise (the CLI) a
+    fork of this process, which saves a second interpreter start and import of the engine.
+    """
     if in_process:
         from .runner import run
 
@@ -93,7 +98,7 @@ def apply(req: RunRequest, *, timeout: float | None = 3600.0, on_event: Callable
     from .worker import run_in_worker
 
     return run_in_worker(req, timeout=timeout, on_event=on_event, log_level=log_level, log_context=log_context,
-                         stderr_sink=stderr_sink)
+                         stderr_sink=stderr_sink, isolate=isolate)
 
 
 def verify(db: DbOptions, checks: Iterable[str] = integrity.ALL_CHECKS, migrations: str | None = None,

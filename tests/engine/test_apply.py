@@ -384,3 +384,25 @@ def test_application_urls_with_other_drivers_work(database_url, tmp_path, driver
     r = dbrev("current", url=url + ("?ssl=disable" if driver == "asyncpg" else ""))
     assert r.code == 0, r.stdout + r.stderr
     assert r.json["revisions"] == []
+
+
+def test_isolated_worker_gets_a_minimal_environment_and_still_times_out(database_url, tmp_path, monkeypatch):
+    """The operator's path: a fresh interpreter with only the request, killed on timeout."""
+    from dbrev.engine import apply
+    from dbrev.options import DbOptions, Policy, RunRequest
+
+    d = tmp_path / "m"
+    write_script(d, "z001aaaa", None, 'import os\nassert "KUBECONFIG" not in os.environ and '
+                 '"DBREV_SECRET_TOKEN" not in os.environ\n'
+                 'op.create_table("z", sa.Column("id", sa.Integer, primary_key=True))', 'op.drop_table("z")')
+    write_script(d, "z002aaaa", "z001aaaa", 'op.execute("SELECT pg_sleep(60)")', "pass")
+    monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
+    monkeypatch.setenv("DBREV_SECRET_TOKEN", "operator-only")
+    req = RunRequest(db=DbOptions(url=database_url), migrations=str(d), target="z001aaaa", policy=Policy())
+    assert apply(req, timeout=60, isolate=True)["result"] == "applied"
+    req = RunRequest(db=DbOptions(url=database_url), migrations=str(d), target="head", policy=Policy())
+    t0 = time.monotonic()
+    result = apply(req, timeout=3, isolate=True)
+    assert time.monotonic() - t0 < 30
+    assert result["result"] == "rolled_back" and result["error"]["reason"] == "TimedOut"
+    assert heads(database_url) == ["z001aaaa"]
