@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -129,4 +130,14 @@ def go_tool(src: Path, name: str) -> Path:
     if proc.returncode != 0:
         pytest.fail(f"building {src.relative_to(ROOT)} failed:\n{proc.stderr[-4000:]}", pytrace=False)
     tmp.replace(out)  # atomic: a concurrent session sees no binary or a whole one
+    return out
+
+
+def anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lowercase, punctuation dropped, spaces to dashes."""
+    out = set()
+    for line in markdown.splitlines():
+        m = re.match(r"^#{1,6}\s+(.*?)\s*$", line)
+        if m:
+            out.add(re.sub(r"[^\w\- ]", "", m.group(1).lower()).replace(" ", "-"))
     return out

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shiptools import ROOT, SHIP, in_namespace, kustomize, require_tool, server_dry_run
+from shiptools import ROOT, SHIP, anchors, in_namespace, kustomize, require_tool, server_dry_run
 from dbrev import metrics as M
 
 MONITORING = ROOT / "manifests" / "monitoring"
@@ -101,7 +101,7 @@ def test_every_alert_has_firing_and_quiet_cases():
 
 
 def test_alerts_have_severity_and_runbook_style_annotations():
-    anchors = _anchors(OPERATIONS.read_text())
+    known = anchors(OPERATIONS.read_text())
     for name, rule in alerts().items():
         assert rule["labels"]["severity"] in ("warning", "critical"), name
         ann = rule["annotations"]
@@ -109,7 +109,7 @@ def test_alerts_have_severity_and_runbook_style_annotations():
         assert "First:" in ann["description"] and "kubectl" in ann["description"], f"{name}: no first commands"
         url = ann["runbook_url"]
         assert url.startswith("https://github.com/dbrev/dbrev/blob/main/docs/operations.md#"), url
-        assert url.split("#", 1)[1] in anchors, f"{name}: docs/operations.md has no anchor #{url.split('#')[1]}"
+        assert url.split("#", 1)[1] in known, f"{name}: docs/operations.md has no anchor #{url.split('#')[1]}"
         for text in ann.values():
             # Only {{ $labels.x }}: the promtool tests render them exactly (see with_expected_annotations).
             assert "{{" not in LABEL_TEMPLATE.sub("", text), f"{name}: a template the tests cannot render"
@@ -124,16 +124,6 @@ def test_alert_expressions_read_only_metrics_dbrev_exports():
     assert ratio["for"] == "10m" and "> 0.1" in ratio["expr"] and ratio["labels"]["severity"] == "warning"
     assert alerts()["DbrevNotReady"]["for"] == "15m"
     assert 'check!="drift"' in alerts()["DbrevIntegrityFindings"]["expr"]
-
-
-def _anchors(markdown: str) -> set[str]:
-    """GitHub's heading anchors: lowercase, punctuation dropped, spaces to dashes."""
-    out = set()
-    for line in markdown.splitlines():
-        m = re.match(r"^#{1,6}\s+(.*?)\s*$", line)
-        if m:
-            out.add(re.sub(r"[^\w\- ]", "", m.group(1).lower()).replace(" ", "-"))
-    return out
 
 
 @pytest.mark.cluster

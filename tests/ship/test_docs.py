@@ -18,7 +18,7 @@ import yaml
 from dbrev import conditions as C
 from dbrev import crd, docs
 from dbrev import metrics as M
-from shiptools import ROOT, in_namespace, load_docs, server_dry_run
+from shiptools import ROOT, anchors, in_namespace, load_docs, server_dry_run
 
 OPERATIONS = ROOT / "docs" / "operations.md"
 DOC_FILES = [ROOT / "docs" / n for n in ("operations.md", "crd-reference.md", "walkthrough.md")] + [
@@ -34,15 +34,6 @@ def section(markdown: str, title: str) -> str:
     m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", markdown, re.S | re.M)
     assert m, f"no section '## {title}'"
     return m.group(1)
-
-
-def anchors(markdown: str) -> set[str]:
-    out = set()
-    for line in markdown.splitlines():
-        m = re.match(r"^#{1,6}\s+(.*?)\s*$", line)
-        if m:
-            out.add(re.sub(r"[^\w\- ]", "", m.group(1).lower()).replace(" ", "-"))
-    return out
 
 
 def test_generated_files_are_current():
