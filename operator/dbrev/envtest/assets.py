@@ -141,7 +141,7 @@ def build_kubernetes(dest: Path, version: str = KUBERNETES_VERSION) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for name, pkg in (("kube-apiserver", "cmd/kube-apiserver"), ("kubectl", "cmd/kubectl")):
         t0 = time.monotonic()
-        _log(f"building {name} {version} (first build takes 10-25 min on 2 cores)")
+        _log(f"building {name} {version} (cold: about 5 min on 2 cores, module downloads included)")
         tmp = dest / f".{name}.tmp"
         _run(
             ["go", "build", "-p", str(os.cpu_count() or 2), "-trimpath",
