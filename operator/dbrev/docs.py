@@ -283,8 +283,8 @@ def operations(root: Path) -> str:
 def generated(root: Path) -> dict[Path, str]:
     """Every generated file under ``root`` (a checkout) -> its content."""
     out = {CRD_REFERENCE: crd_reference() + "\n", OPERATIONS: operations(root), ARGOCD_CM: argocd_cm()}
-    for path, annotations in MIGRATIONS_CONFIGMAPS.items():
-        out[path] = migrations_configmap(root / MIGRATIONS, annotations)
+    for path, meta_annotations in MIGRATIONS_CONFIGMAPS.items():
+        out[path] = migrations_configmap(root / MIGRATIONS, meta_annotations)
     return out
 
 

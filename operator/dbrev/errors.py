@@ -10,7 +10,6 @@ from __future__ import annotations
 from . import conditions as C
 from .redact import redact
 
-EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_REFUSED = 3
@@ -80,10 +79,6 @@ class MultipleHeads(BadInput):
 
 class UnknownDatabaseRevision(BadInput):
     reason = C.UNKNOWN_DATABASE_REVISION
-
-
-class IrreversibleStep(BadInput):
-    reason = C.IRREVERSIBLE_STEP
 
 
 class ScriptConflict(BadInput):

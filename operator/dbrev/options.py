@@ -84,4 +84,3 @@ class RunRequest:
     pythonpath: tuple[str, ...] = ()
     use_stored_scripts: bool = True
     use_env_py: bool = False  # run through the project's env.py instead of dbrev's built-in environment
-    rollback_of: dict | None = None  # set when this run returns a failed run to its start

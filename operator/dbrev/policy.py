@@ -5,7 +5,7 @@ Pure: a :class:`Plan` and a :class:`Policy` in, a :class:`Decision` out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import conditions as C
 from .options import ARCHIVE, DENY, REQUIRE_APPROVAL, Policy
@@ -22,7 +22,6 @@ class Decision:
     message: str
     awaiting_approval: bool = False
     archive: bool = False
-    needs_approval_for: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"allowed": self.allowed, "reason": self.reason, "message": self.message,
@@ -70,13 +69,12 @@ def evaluate(plan: Plan, policy: Policy, approval: str | None = None) -> Decisio
             needs_approval.append("data loss")
     if needs_approval:
         if hash_matches(plan.hash, approval):
-            return Decision(True, C.PROGRESSING, f"approved plan {plan.hash}", archive=archive,
-                            needs_approval_for=needs_approval)
+            return Decision(True, C.PROGRESSING, f"approved plan {plan.hash}", archive=archive)
         what = " and ".join(needs_approval)
         stale = f" (the approval {approval} is for a different plan)" if approval else ""
         return Decision(False, C.AWAITING_APPROVAL,
                         f"the plan involves {what} and needs an approval of {plan.hash}{stale}",
-                        awaiting_approval=True, archive=archive, needs_approval_for=needs_approval)
+                        awaiting_approval=True, archive=archive)
     return Decision(True, C.PROGRESSING, f"{plan.direction} of {len(plan.steps)} step(s) allowed",
                     archive=archive)
 

@@ -42,15 +42,6 @@ from .options import (  # noqa: E402,F401
 )
 
 
-class _StepFailed(Exception):
-    def __init__(self, step: str, direction: str, exc: BaseException, location: str | None):
-        super().__init__(f"{direction} {step} failed: {type(exc).__name__}: {exc}")
-        self.step = step
-        self.direction = direction
-        self.exc = exc
-        self.location = location
-
-
 class Runner:
     def __init__(self, req: RunRequest, emit: Emit):
         self._single = False  # set while a single-transaction run executes
@@ -294,7 +285,7 @@ class Runner:
         report["passed"] = not new_errors
         return report, new_errors
 
-    def _steps_for(self, scripts: ScriptSet, plan: Plan, journal, on_deleted: Callable[[dict], None]):
+    def _steps_for(self, scripts: ScriptSet, plan: Plan, journal):
         from alembic.runtime.migration import RevisionStep
 
         sd = scripts.script_directory()
@@ -437,7 +428,7 @@ class Runner:
         try:
             self._ensure_version_schema(conn)
             snap = self._snapshot(conn, plan)
-            steps = self._steps_for(scripts, plan, journal, None)
+            steps = self._steps_for(scripts, plan, journal)
             with L.timed("migrate", from_revision=L._rev(start), to_revision=L._rev(target)):
                 self._execute(scripts, steps, self._on_step_done(scripts, plan, None), False, conn)
             state.store_script(conn, self.schema, self.vt, self._to_store)
@@ -537,7 +528,7 @@ class Runner:
             self._ensure_version_schema(conn)
             snap = self._snapshot(conn, plan)
         deleted_steps: list = []
-        steps = self._steps_for(scripts, plan, journal, None)
+        steps = self._steps_for(scripts, plan, journal)
         failure = None
         try:
             with L.timed("migrate", from_revision=L._rev(start), to_revision=L._rev(target)):
@@ -615,7 +606,7 @@ class Runner:
 
                 sub = Runner(self.req, emit_rollback)
                 sub.graph = self.graph
-                steps = sub._steps_for(scripts, inverse, self.journal, None)
+                steps = sub._steps_for(scripts, inverse, self.journal)
                 callback = sub._on_step_done(scripts, inverse, [])
                 conn.commit()
                 with L.timed("rollback", from_revision=L._rev(heads), to_revision=L._rev(start)):

@@ -77,13 +77,6 @@ class ScriptSet:
             self._graph = graph_from_nodes(i.node() for i in self.infos.values())
         return self._graph
 
-    def content_hash(self, revisions: Iterable[str] | None = None) -> str:
-        revs = sorted(self.infos if revisions is None else revisions)
-        h = hashlib.sha256()
-        for r in revs:
-            h.update(f"{r}:{self.infos[r].sha256}\n".encode())
-        return h.hexdigest()
-
     def script_directory(self):
         """An Alembic ScriptDirectory over exactly these scripts."""
         if self._script_directory is None:
@@ -99,9 +92,6 @@ class ScriptSet:
             base = str(self.env_py.parent) if self.env_py else versions
             self._script_directory = _Loaded(base, version_locations=[versions])
         return self._script_directory
-
-    def alembic_script(self, revision: str):
-        return self.script_directory().revision_map.get_revision(revision)
 
     def with_extra(self, extra: Iterable[ScriptSource]) -> "ScriptSet":
         """A new set adding scripts (e.g. from the database) for revisions not declared here."""
@@ -151,10 +141,6 @@ def load_folder(directory: Path | str, extra: Iterable[ScriptSource] = (),
     declared = {s.name for s in sources}
     extra = [s for s in extra if s.name not in declared]
     return _build(sources + list(extra), versions, env)
-
-
-def load_sources(sources: Iterable[ScriptSource]) -> ScriptSet:
-    return _build(list(sources), None, None)
 
 
 def _build(sources: list[ScriptSource], location: Path | None, env: Path | None,

@@ -329,7 +329,7 @@ def _after_death(req: RunRequest, state: dict, message: str, elapsed: float, tim
     back = RunRequest(db=req.db, migrations=req.migrations, target=",".join(start) or "base",
                       policy=Policy(downgrade="Allow", data_loss="Allow", rollback_on_failure=False,
                                     verify=req.policy.verify),
-                      actor=f"{req.actor} (rollback)", pythonpath=req.pythonpath, rollback_of={"reason": reason})
+                      actor=f"{req.actor} (rollback)", pythonpath=req.pythonpath)
     try:
         sub = run_in_worker(back, timeout=timeout, _rollback=False, **passthrough)
         ok = sub.get("result") in ("applied", "noop")

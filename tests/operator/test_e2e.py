@@ -104,7 +104,7 @@ def test_approval_flow_with_a_stale_approval(kube, shop, database_url, start_ope
     st = wait_for(lambda: (s := kube.status(shop, "orders")) and is_state(s, "False", "AwaitingApproval") and s,
                   60, "AwaitingApproval")
     assert condition(st, "Stalled")["status"] == "False" and condition(st, "Reconciling")["status"] == "False"
-    assert f"kubectl annotate databaserevision orders" in condition(st, "Ready")["message"]
+    assert "kubectl annotate databaserevision orders" in condition(st, "Ready")["message"]
     plan_a = st["plan"]["hash"]
     assert plan_a in condition(st, "Ready")["message"]
     assert heads(database_url) == [HEAD]

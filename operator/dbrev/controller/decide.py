@@ -21,6 +21,7 @@ from ..status import (
     WAITING_KIND,
     Outcome,
     compute_conditions,
+    findings_by_check,
     history_entry,
     integrity_status,
     plan_status,
@@ -187,9 +188,7 @@ def from_result(result: dict, prev: dict, generation: int, now: str, trigger: st
         rollback = (rb.get("reason", "migration_failure"), "success" if rb.get("success") else "failure")
     if res in ("applied", "rolled_back", "failed"):
         st["history"] = push_history(prev.get("history"), history_entry(result, trigger, started_at))
-    findings = {}
-    for f in (result.get("integrity") or {}).get("findings", []):
-        findings[f["check"]] = findings.get(f["check"], 0) + 1
+    findings = findings_by_check(result.get("integrity"))
     drift = bool(findings.get("drift"))
 
     if res in ("applied", "noop"):
@@ -280,9 +279,7 @@ def from_check(report: dict, heads, prev: dict, generation: int, now: str) -> Ve
     st = _base(prev, generation)
     st["integrity"] = integrity_status(report)
     st["lastCheckedTime"] = now
-    findings: dict[str, int] = {}
-    for f in report.get("findings", []):
-        findings[f["check"]] = findings.get(f["check"], 0) + 1
+    findings = findings_by_check(report)
     drift = bool(findings.get("drift"))
     events = []
     prev_findings = {(f.get("check"), f.get("object")) for f in (prev.get("integrity") or {}).get("findings", [])}

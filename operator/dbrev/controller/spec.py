@@ -42,12 +42,6 @@ class Spec:
     drift_check_interval: float
     verify: tuple[str, ...] = field(default=ALL_CHECKS)
 
-    @property
-    def referenced_secrets(self) -> tuple[str, ...]:
-        if self.url_secret:
-            return (self.url_secret.name,)
-        return (self.credentials.password.name,) if self.credentials else ()
-
 
 class SpecError(ValueError):
     pass
