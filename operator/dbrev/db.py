@@ -8,15 +8,15 @@ No message ever carries the password.
 
 from __future__ import annotations
 
-import logging
 import random
+import re
 import time
 from contextlib import contextmanager
 from typing import Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, ProgrammingError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from . import conditions as C
@@ -82,22 +82,24 @@ def make_engine(opts: DbOptions, attempt_timeout: float = 10.0) -> Engine:
     return sa.create_engine(u, poolclass=NullPool, connect_args=connect_args)
 
 
-_AUTH_MARKERS = ("password authentication failed", "no password supplied", "authentication failed",
-                 "pg_hba.conf", "role \"")
-_NODB_MARKERS = ("does not exist",)
+_AUTH_FAILED = re.compile(r"password authentication failed|no password supplied|authentication failed|pg_hba\.conf")
+_NO_ROLE = re.compile(r'role "[^"]*" does not exist')
+_NO_DATABASE = re.compile(r'database "[^"]*" does not exist')
 
 
 def classify_connect_error(exc: BaseException, opts: DbOptions) -> Exception:
-    text = redact(str(getattr(exc, "orig", None) or exc)).strip().splitlines()[0] if str(exc) else type(exc).__name__
+    """What a human must fix (DatabaseConfigError) vs what clears by itself (DatabaseUnavailable)."""
+    raw = str(getattr(exc, "orig", None) or exc)
+    text = redact(raw).strip().splitlines()[0] if raw.strip() else type(exc).__name__
     lower = text.lower()
     where = opts.safe_url
-    if any(m in lower for m in _AUTH_MARKERS) and "database" not in lower.split("does not exist")[0][-20:]:
-        if "does not exist" in lower and "role" in lower:
-            return DatabaseConfigError(f"cannot log in to {where}: {text}", reason=C.DATABASE_AUTH_FAILED,
-                                       hint="check the user name in the URL")
+    if _AUTH_FAILED.search(lower):
         return DatabaseConfigError(f"cannot log in to {where}: {text}", reason=C.DATABASE_AUTH_FAILED,
                                    hint="check the user and password in the database URL (or its Secret)")
-    if "database" in lower and any(m in lower for m in _NODB_MARKERS):
+    if _NO_ROLE.search(lower):
+        return DatabaseConfigError(f"cannot log in to {where}: {text}", reason=C.DATABASE_AUTH_FAILED,
+                                   hint="check the user name in the URL")
+    if _NO_DATABASE.search(lower):
         return DatabaseConfigError(f"{text} (at {where})", reason=C.DATABASE_NOT_FOUND,
                                    hint="create the database first, or fix the name in the URL")
     return DatabaseUnavailable(f"cannot connect to {where}: {text}",
@@ -224,9 +226,3 @@ def server_info(conn: Connection) -> dict:
                                "current_database() AS db, current_user AS usr, pg_backend_pid() AS pid")).mappings().one()
     return dict(row)
 
-
-__all__ = [
-    "DbOptions", "normalize_url", "safe_url", "connect", "connection", "read_heads", "acquire_lock",
-    "unlock", "quote_ident", "is_lock_timeout", "is_permission_error", "server_info", "ProgrammingError",
-    "logging",
-]

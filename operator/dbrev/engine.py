@@ -147,9 +147,7 @@ def verify(db: DbOptions, checks: Iterable[str] = integrity.ALL_CHECKS, migratio
                     elif rec is None:
                         state.record_fingerprint(conn, db.state_schema, vt, heads, fp, facts)
             conn.commit()
-    from .runner import _report
-
-    report = _report(findings, fp)
+    report = integrity.IntegrityReport.of(findings, fp).to_dict()
     report["revisions"] = list(heads)
     return report
 

@@ -117,8 +117,3 @@ class PlanChanged(PolicyRefused):
 class MigrationFailed(DbrevError):
     exit_code = EXIT_FAILED
     reason = C.MIGRATION_FAILED
-
-
-class WorkerTimeout(DbrevError):
-    exit_code = EXIT_FAILED
-    reason = C.TIMED_OUT

@@ -114,6 +114,12 @@ class IntegrityReport:
     #: the facts behind ``fingerprint`` (not in to_dict: use diff_facts on them)
     facts: list[str] = field(default_factory=list, repr=False, compare=False)
 
+    @classmethod
+    def of(cls, findings: list[Finding], fingerprint: str | None = None) -> "IntegrityReport":
+        """Passed when no finding is an error; checked now."""
+        return cls(passed=not any(f.severity == ERROR for f in findings), findings=list(findings),
+                   checked_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), fingerprint=fingerprint)
+
     @property
     def errors(self) -> list[Finding]:
         return [f for f in self.findings if f.severity == ERROR]

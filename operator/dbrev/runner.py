@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from . import integrity, state
 from . import log as L
 from .db import acquire_lock, connect, is_lock_timeout, quote_ident, read_heads, server_info, unlock
-from .errors import BadInput, Busy, DbrevError, MigrationFailed, PlanChanged, PolicyRefused, ScriptConflict
+from .errors import BadInput, Busy, DbrevError, PlanChanged, ScriptConflict
 from .planning import Plan, build_plan, hash_matches
 from .options import RunRequest  # noqa: F401
 from .policy import Decision, evaluate
@@ -34,7 +34,6 @@ Emit = Callable[[dict], None]
 
 from .options import (  # noqa: E402,F401
     RESULT_APPLIED,
-    RESULT_BUSY,
     RESULT_FAILED,
     RESULT_NOOP,
     RESULT_REFUSED,
@@ -234,7 +233,7 @@ class Runner:
                 findings += self._drift(conn, heads, fp, facts)
                 if record:
                     state.record_fingerprint(conn, self.schema, self.vt, heads, fp, facts)
-        return _report(findings, fp)
+        return integrity.IntegrityReport.of(findings, fp).to_dict()
 
     # -- protecting, running, verifying ------------------------------------------
     def _snapshot(self, conn: Connection, plan: Plan) -> dict:
@@ -280,7 +279,7 @@ class Runner:
                     exact_before=snap.get("exact"), exact_after=exact_after)
         new = integrity.new_findings(snap["findings"], findings)
         new_errors = [f for f in new if f.severity == "error"]
-        report = _report(findings, fp)
+        report = integrity.IntegrityReport.of(findings, fp).to_dict()
         report["new_findings"] = [f.to_dict() for f in new]
         report["passed"] = not new_errors
         return report, new_errors
@@ -647,18 +646,8 @@ class Runner:
             return self._verify_now(conn, heads, record=False)
 
 
-def _report(findings: list, fp: str | None) -> dict:
-    from datetime import datetime, timezone
-
-    errors = [f for f in findings if f.severity == "error"]
-    return {"passed": not errors, "findings": [f.to_dict() for f in findings], "fingerprint": fp,
-            "checked_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-
 
 def run(req: RunRequest, emit: Emit) -> dict:
     """Run one apply; errors that are the user's (bad input, busy, refused) raise DbrevError."""
     return Runner(req, emit).run()
 
-
-__all__ = ["RunRequest", "run", "Runner", "RESULT_APPLIED", "RESULT_NOOP", "RESULT_ROLLED_BACK", "RESULT_FAILED",
-           "RESULT_REFUSED", "RESULT_BUSY", "PolicyRefused", "MigrationFailed"]

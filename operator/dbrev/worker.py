@@ -22,7 +22,7 @@ from dataclasses import asdict
 from typing import Callable
 
 from . import log as L
-from .errors import DbrevError, WorkerTimeout
+from .errors import DbrevError
 from .options import RESULT_FAILED, RESULT_ROLLED_BACK, DbOptions, Policy, RunRequest
 from .redact import redact, register_secret
 
@@ -347,5 +347,3 @@ def _after_death(req: RunRequest, state: dict, message: str, elapsed: float, tim
 
 if __name__ == "__main__":
     sys.exit(main())
-
-__all__ = ["run_in_worker", "WorkerTimeout"]
