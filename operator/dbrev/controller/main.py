@@ -33,6 +33,8 @@ def _startup(settings: kopf.OperatorSettings, **_) -> None:
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 30
+    # how long a silent peer is still believed alive (Kopf's default: 60 s)
+    settings.peering.lifetime = int(os.environ.get("DBREV_PEERING_LIFETIME", "60"))
     # (settings.peering.mandatory is left as kopf.run sets it: with --peering the operator waits for its
     # peering object rather than running unpeered next to another replica.)
     # Kopf's "scanning" lists and watches CustomResourceDefinitions and Namespaces cluster-wide, only to
