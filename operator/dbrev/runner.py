@@ -362,9 +362,10 @@ class Runner:
         cfg.set_main_option("script_location", sd.dir)
         if not self.req.use_env_py:
             env = EnvironmentContext(cfg, sd, fn=lambda heads, ctx: steps)
-            env.configure(connection=conn, **ours)
-            with env.begin_transaction():
-                env.run_migrations()
+            with env:  # as Alembic runs env.py: `alembic.context` is this environment
+                env.configure(connection=conn, **ours)
+                with env.begin_transaction():
+                    env.run_migrations()
             return
         if scripts.env_py is None:
             raise BadInput("--env-py was asked for, but there is no env.py next to the versions folder",

@@ -228,15 +228,39 @@ def _static_parse(src: ScriptSource) -> dict:
     return out
 
 
-def _exec_module(src: ScriptSource) -> types.ModuleType:
-    modname = "dbrev_script_" + hashlib.sha1(f"{src.filename}:{src.sha256}".encode()).hexdigest()[:16]
-    module = types.ModuleType(modname)
+def module_id_for(filename: str) -> str:
+    """The module name Alembic gives a script (``alembic.util.pyfiles.load_python_file``)."""
+    import re
+
+    return re.sub(r"\W", "_", Path(filename.replace("dbrev-db://", "", 1)).name)
+
+
+def _new_module(src: ScriptSource) -> types.ModuleType:
+    """A module object as ``alembic.util.pyfiles.load_module_py`` makes it (not put in sys.modules)."""
+    import importlib.util
+
+    module_id = module_id_for(src.filename)
+    if src.origin == ORIGIN_FILES and os.path.isabs(src.filename):
+        spec = importlib.util.spec_from_file_location(module_id, src.filename)
+        if spec is not None:
+            return importlib.util.module_from_spec(spec)
+    module = types.ModuleType(module_id)
     module.__file__ = src.filename
+    return module
+
+
+def compile_script(source: str, filename: str):
+    """Compile like importlib's source loader does: none of dbrev's own ``__future__`` flags leak in."""
+    return compile(source, filename, "exec", dont_inherit=True)
+
+
+def _exec_module(src: ScriptSource) -> types.ModuleType:
+    module = _new_module(src)
     module.__dbrev_sha256__ = src.sha256  # type: ignore[attr-defined]
     lines = src.source.splitlines(keepends=True)
     linecache.cache[src.filename] = (len(src.source), None, lines, src.filename)
     try:
-        code = compile(src.source, src.filename, "exec")
+        code = compile_script(src.source, src.filename)
         exec(code, module.__dict__)  # noqa: S102 - running migration scripts is the job
     except SyntaxError as e:
         raise ScriptError(f"syntax error: {e.msg}", path=src.name, line=e.lineno) from None
@@ -249,6 +273,12 @@ def _exec_module(src: ScriptSource) -> types.ModuleType:
         raise ScriptError(f"cannot import: {type(e).__name__}: {e}", path=src.name, line=line,
                           hint=hint) from None
     return module
+
+
+def raised_in(exc: BaseException, filename: str) -> bool:
+    """Whether ``exc`` was raised by the code of ``filename`` itself (its innermost frame)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and frames[-1].filename == filename
 
 
 def _line_in(exc: BaseException, filename: str) -> int | None:
@@ -273,38 +303,63 @@ class Rendered:
 
 def render(scripts: ScriptSet, revision: str, upgrade: bool, version_table: str = "alembic_version",
            version_table_schema: str | None = None) -> Rendered:
-    """The SQL one step would run, from Alembic's offline mode (no database)."""
-    from alembic.operations import Operations
-    from alembic.runtime.migration import MigrationContext
+    """The SQL one step would run, from Alembic's offline mode (no database).
 
-    buf = io.StringIO()
-    ctx = MigrationContext.configure(
-        dialect_name="postgresql",
-        opts={"as_sql": True, "output_buffer": buf, "literal_binds": True,
-              "version_table": version_table, "version_table_schema": version_table_schema},
-    )
+    The step runs inside an offline ``EnvironmentContext`` (``with env:``, as ``alembic upgrade --sql``
+    does), so ``alembic.context`` works: ``is_offline_mode()`` is true, ``get_bind()`` is Alembic's
+    mock connection that only writes SQL.  No URL and no connection are reachable from it: a script
+    that needs a result from the database cannot render, and nothing it does reaches the server.
+    Its Python side effects (files written, prints) do happen.
+    """
+    from alembic.config import Config
+    from alembic.operations import Operations
+    from alembic.runtime.environment import EnvironmentContext
+
+    kind = "upgrade" if upgrade else "downgrade"
     module = scripts.modules[revision]
-    fn = getattr(module, "upgrade" if upgrade else "downgrade", None)
+    fn = getattr(module, kind, None)
     src = scripts.sources[revision]
-    if fn is None:
-        return Rendered("", False, f"{src.name} has no {'upgrade' if upgrade else 'downgrade'}() function",
-                        irreversible=not upgrade)
+    if not callable(fn):
+        return Rendered("", False, f"{src.name} has no {kind}() function", irreversible=not upgrade)
+    buf = io.StringIO()
+    sd = scripts.script_directory()
+    cfg = Config()  # no sqlalchemy.url: offline rendering must not be able to find the database
+    cfg.set_main_option("script_location", sd.dir)
+    env = EnvironmentContext(cfg, sd, as_sql=True, fn=lambda heads, ctx: [])
     try:
-        with Operations.context(ctx):
-            fn()
+        with env:
+            env.configure(dialect_name="postgresql", output_buffer=buf, literal_binds=True,
+                          version_table=version_table, version_table_schema=version_table_schema)
+            with Operations.context(env.get_context()):
+                fn()
     except NotImplementedError as e:
-        return Rendered(buf.getvalue(), False, f"{'upgrade' if upgrade else 'downgrade'}() raises "
+        return Rendered(buf.getvalue(), False, f"{kind}() raises "
                         f"NotImplementedError{': ' + str(e) if str(e) else ''} ({src.name}:"
                         f"{_line_in(e, src.filename)})", irreversible=True)
     except ImportError as e:
         raise ScriptError(f"cannot import: {type(e).__name__}: {e}", path=src.name, line=_line_in(e, src.filename),
                           hint="the script imports a module that is not installed where dbrev runs: install the "
                                "application package, or add its folder with --pythonpath") from None
+    except (SystemExit, KeyboardInterrupt) as e:
+        line = _line_in(e, src.filename)
+        if isinstance(e, KeyboardInterrupt) and not raised_in(e, src.filename):
+            raise  # a Ctrl-C from the user, not one the script raised
+        return Rendered(buf.getvalue(), False,
+                        f"cannot render offline at {src.name}:{line}: {kind}() {describe_exit(e)}")
     except Exception as e:  # noqa: BLE001
         line = _line_in(e, src.filename)
         return Rendered(buf.getvalue(), False,
                         f"cannot render offline at {src.name}:{line}: {type(e).__name__}: {e}")
     return Rendered(buf.getvalue(), True)
+
+
+def describe_exit(e: BaseException) -> str:
+    """Words for a SystemExit / KeyboardInterrupt a script raised (their str() is "0", "3" or "")."""
+    if isinstance(e, SystemExit):
+        return f"called sys.exit({e.code!r})"
+    if isinstance(e, KeyboardInterrupt):
+        return "raised KeyboardInterrupt"
+    return f"{type(e).__name__}: {e}"
 
 
 def materialize(files: dict[str, str], root: Path) -> Path:
