@@ -97,8 +97,51 @@ def apply(req: RunRequest, *, timeout: float | None = 3600.0, on_event: Callable
         return run(req, on_event or (lambda e: None))
     from .worker import run_in_worker
 
-    return run_in_worker(req, timeout=timeout, on_event=on_event, log_level=log_level, log_context=log_context,
-                         stderr_sink=stderr_sink, isolate=isolate)
+    progress = _Progress(on_event)
+    result = run_in_worker(req, timeout=timeout, on_event=progress, log_level=log_level, log_context=log_context,
+                           stderr_sink=stderr_sink, isolate=isolate)
+    return progress.name_lost_step(result)
+
+
+class _Progress:
+    """Follows the worker's events: which step (and script file) was running when the worker vanished.
+
+    A script that calls ``os._exit()`` or is killed leaves no traceback; the step it was in is the best
+    location there is, so a dead worker's error names it.
+    """
+
+    def __init__(self, on_event: Callable[[dict], None] | None):
+        self.on_event = on_event
+        self.workers = 0
+        self.scripts: dict[tuple[str, str], str] = {}
+        self.running: dict | None = None
+
+    def __call__(self, ev: dict) -> None:
+        kind = ev.get("event")
+        if kind == "backend":
+            self.workers += 1
+        elif self.workers <= 1:  # the first worker; a rollback run after its death is another
+            if kind == "plan":
+                self.scripts = {(s.get("revision"), s.get("direction")): s.get("script")
+                                for s in ev["plan"].get("steps", [])}
+            elif kind in ("step_started", "rollback_step_started"):
+                self.running = ev
+            elif kind in ("step_done", "rollback_step_done"):
+                self.running = None
+        if self.on_event:
+            self.on_event(ev)
+
+    def name_lost_step(self, result: dict) -> dict:
+        err = result.get("error") if isinstance(result, dict) else None
+        ev = self.running
+        if not err or ev is None or err.get("error_type") not in ("WorkerDied", "WorkerTimeout") or err.get("step"):
+            return result
+        script = self.scripts.get((ev.get("revision"), ev.get("direction")))
+        where = f"{ev.get('direction')} {ev.get('revision')}" + (f", {script}" if script else "")
+        phase = "rollback step" if str(ev.get("event")).startswith("rollback_") else "step"
+        err["message"] = f"{err.get('message', '')} during {phase} {ev.get('index')}/{ev.get('total')} ({where})"
+        err.update({"step": ev.get("revision"), "direction": ev.get("direction"), "location": script})
+        return result
 
 
 def verify(db: DbOptions, checks: Iterable[str] = integrity.ALL_CHECKS, migrations: str | None = None,

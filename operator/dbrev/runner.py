@@ -28,7 +28,7 @@ from .errors import BadInput, Busy, DbrevError, PlanChanged, ScriptConflict
 from .planning import Plan, build_plan, hash_matches
 from .options import RunRequest  # noqa: F401
 from .policy import Decision, evaluate
-from .scripts import ScriptSet, load_folder, render
+from .scripts import ScriptSet, load_folder, render, revision_step
 
 Emit = Callable[[dict], None]
 
@@ -285,14 +285,13 @@ class Runner:
         return report, new_errors
 
     def _steps_for(self, scripts: ScriptSet, plan: Plan, journal):
-        from alembic.runtime.migration import RevisionStep
-
         sd = scripts.script_directory()
         rm = sd.revision_map
         total = len(plan.steps)
         steps = []
         for i, ps in enumerate(plan.steps, 1):
-            rstep = RevisionStep(rm, sd.get_revision(ps.revision), ps.direction == "upgrade")
+            rstep = revision_step(rm, sd.get_revision(ps.revision), ps.direction == "upgrade",
+                                  scripts.sources[ps.revision])
             orig = rstep.migration_fn
 
             def fn(_orig=orig, _i=i, _ps=ps, **kw):

@@ -289,6 +289,56 @@ def _line_in(exc: BaseException, filename: str) -> int | None:
     return line
 
 
+class ScriptAborted(Exception):
+    """A script stopped the run itself (sys.exit, KeyboardInterrupt) or lacks upgrade()/downgrade().
+
+    An ordinary exception, so the run treats it as the step's failure (rolled back, file and line named)
+    instead of letting it end the worker with an exit code for a message.
+    """
+
+
+def revision_step(revision_map, script, is_upgrade: bool, src: ScriptSource):
+    """An Alembic ``RevisionStep`` whose ``migration_fn`` is :func:`guarded_migration_fn`.
+
+    Built without ``RevisionStep.__init__``, which fails at once (naming an internal module) when the
+    script lacks the function; the step then fails when it runs, naming the file.
+    """
+    from alembic.runtime.migration import RevisionStep
+
+    step = RevisionStep.__new__(RevisionStep)
+    step.revision_map = revision_map
+    step.revision = script
+    step.is_upgrade = is_upgrade
+    step.migration_fn = guarded_migration_fn(step, src)
+    return step
+
+
+def guarded_migration_fn(step, src: ScriptSource):
+    """The function an Alembic RevisionStep runs, failing as the script's own error.
+
+    A missing ``upgrade()``/``downgrade()`` names the script file (Alembic's AttributeError names an
+    internal module); ``sys.exit(n)`` and a KeyboardInterrupt the script raised become a
+    :class:`ScriptAborted` with the script's traceback, so the failure's file and line are found.
+    """
+    kind = "upgrade" if step.is_upgrade else "downgrade"
+    fn = getattr(step.revision.module, kind, None)
+
+    def run(**kw):
+        if not callable(fn):
+            raise ScriptAborted(f"{src.name} has no {kind}() function")
+        try:
+            return fn(**kw)
+        except SystemExit as e:
+            raise ScriptAborted(f"{kind}() {describe_exit(e)}").with_traceback(e.__traceback__) from None
+        except KeyboardInterrupt as e:
+            if not raised_in(e, src.filename):
+                raise
+            raise ScriptAborted(f"{kind}() {describe_exit(e)}").with_traceback(e.__traceback__) from None
+
+    run.__name__ = kind
+    return run
+
+
 # ---------------------------------------------------------------------------
 # Offline rendering
 

@@ -144,3 +144,80 @@ def test_alembic_context_is_established_online_and_offline(database_url, pg_admi
     a = dbrev("apply", "--migrations", str(d), "-r", "head", "--allow-data-loss", url=database_url)
     assert a.code == 0, a.stdout + a.stderr
     assert q(database_url, "SELECT n FROM items") == [(41,)]
+
+
+def _script_line(path: Path, text: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip() == text)
+
+
+def test_sys_exit_and_keyboard_interrupt_in_upgrade_are_the_scripts_failure(database_url, tmp_path):
+    for n, (stmt, words) in enumerate([("sys.exit(0)", "sys.exit(0)"), ("sys.exit(3)", "sys.exit(3)"),
+                                        ("raise KeyboardInterrupt", "KeyboardInterrupt")]):
+        d = tmp_path / f"m{n}"
+        write_script(d, "x001aaaa", None, 'op.create_table("t", sa.Column("id", sa.Integer))',
+                     'op.drop_table("t")')
+        bad = write_script(d, "x002aaaa", "x001aaaa", 'op.add_column("t", sa.Column("y", sa.Integer))\n' + stmt,
+                           'op.drop_column("t", "y")', extra="import sys")
+        line = _script_line(bad, stmt)
+        p = dbrev("plan", "--migrations", str(d), "-r", "head", url=database_url)
+        assert p.code == 0, p.stdout + p.stderr
+        step = p.json["steps"][1]
+        assert step["renderable"] is False
+        assert f"{bad.name}:{line}" in step["render_error"] and words in step["render_error"], step
+        a = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+        assert a.code == 1, a.stdout + a.stderr
+        doc = a.json
+        assert doc["result"] == "rolled_back" and doc["current_revisions"] == []
+        assert doc["error"]["step"] == "x002aaaa" and doc["error"]["location"] == f"{bad.name}:{line}"
+        assert words in doc["error"]["message"], doc["error"]
+        assert heads(database_url) == []
+
+
+def test_a_script_without_upgrade_is_named(database_url, tmp_path):
+    d = tmp_path / "m"
+    write_script(d, "u001aaaa", None, 'op.create_table("t", sa.Column("id", sa.Integer))', 'op.drop_table("t")')
+    bad = write_script(d, "u002aaaa", "u001aaaa")
+    bad.write_text(bad.read_text().replace("def upgrade():", "def upgrade_():"))
+    a = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    assert a.code in (1, 2), a.stdout + a.stderr
+    text = a.json["error"]["message"]
+    assert bad.name in text and "upgrade()" in text, a.json["error"]
+    assert "u002aaaa_" not in text.replace(bad.name, ""), text  # no internal module name
+    assert heads(database_url) == []
+
+
+def test_os_exit_in_a_script_names_the_step_and_file(database_url, tmp_path):
+    d = tmp_path / "m"
+    write_script(d, "k001aaaa", None, 'op.create_table("t", sa.Column("id", sa.Integer))', 'op.drop_table("t")')
+    bad = write_script(d, "k002aaaa", "k001aaaa",
+                       'from alembic import context\nif not context.is_offline_mode():\n    os._exit(7)',
+                       extra="import os")
+    a = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    assert a.code == 1, a.stdout + a.stderr
+    err = a.json["error"]
+    assert "k002aaaa" in err["message"] and bad.name in err["message"], err
+    assert err.get("step") == "k002aaaa"
+    assert heads(database_url) == []
+
+
+def test_offline_rendering_never_reaches_the_database(database_url, tmp_path):
+    d = tmp_path / "m"
+    write_script(d, "n001aaaa", None, 'op.create_table("marks", sa.Column("id", sa.Integer))',
+                 'op.drop_table("marks")')
+    write_script(d, "n002aaaa", "n001aaaa", '''
+from alembic import context
+assert context.config.get_main_option("sqlalchemy.url") is None or not context.is_offline_mode()
+n = op.get_bind().execute(sa.text("SELECT count(*) FROM marks")).scalar()
+op.execute(f"INSERT INTO marks VALUES ({n})")
+''')
+    assert dbrev("apply", "--migrations", str(d), "-r", "n001aaaa", url=database_url).code == 0
+    q(database_url, "INSERT INTO marks VALUES (5)")
+    p = dbrev("plan", "--migrations", str(d), "-r", "head", url=database_url)
+    assert p.code == 0, p.stdout + p.stderr
+    step = p.json["steps"][0]
+    assert step["renderable"] is False and "cannot render offline" in step["render_error"], step
+    assert q(database_url, "SELECT id FROM marks") == [(5,)]
+    # online, the same script reads and writes the database
+    a = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    assert a.code == 0, a.stdout + a.stderr
+    assert sorted(q(database_url, "SELECT id FROM marks")) == [(1,), (5,)]
