@@ -83,9 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated checks (default: constraints,indexes,sequences,orphans,rowCounts,fingerprint)")
     p.add_argument("--exact-counts", action="store_true",
                    help="also compare exact row counts of every table (slow on big tables)")
-    p.add_argument("--env-py", action="store_true",
-                   help="run through the project's env.py (next to versions/) instead of dbrev's built-in "
-                        "environment; env.py should use config.attributes['connection'] when it is set")
+    env = p.add_mutually_exclusive_group()
+    env.add_argument("--env-py", dest="env_py", action="store_const", const=True, default=None,
+                     help="run through the project's env.py even when --migrations is not a script location "
+                          "(the default for a folder holding env.py and versions/, as with Alembic); env.py "
+                          "should use config.attributes['connection'] when it is set")
+    env.add_argument("--builtin-env", dest="env_py", action="store_const", const=False,
+                     help="run through dbrev's built-in environment even when the folder has an env.py "
+                          "(no target_metadata, naming convention or search_path of the project's)")
 
     p = sub.add_parser("current", help="show the revision(s) the database is at")
     _add_common(p)

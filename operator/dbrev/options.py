@@ -83,4 +83,6 @@ class RunRequest:
     actor: str = "cli"
     pythonpath: tuple[str, ...] = ()
     use_stored_scripts: bool = True
-    use_env_py: bool = False  # run through the project's env.py instead of dbrev's built-in environment
+    # the project's env.py (True), dbrev's built-in environment (False), or as Alembic would (None): a
+    # script location (env.py next to versions/) runs through its env.py, a bare versions folder built-in
+    use_env_py: bool | None = None

@@ -349,8 +349,30 @@ class Runner:
                                                               "operation": direction, "revision": rev})
         return callback
 
+    def _uses_env_py(self, scripts: ScriptSet) -> bool:
+        """The project's env.py (a script location holds one; ``--env-py``), or the built-in environment."""
+        choice = self.req.use_env_py
+        if choice is None:  # like Alembic: a script location runs through its env.py
+            return scripts.env_py is not None and scripts.location is not None \
+                and scripts.location.parent == scripts.env_py.parent and scripts.location != scripts.env_py.parent
+        if choice and scripts.env_py is None:
+            raise BadInput("--env-py was asked for, but there is no env.py next to the versions folder",
+                           hint="point --migrations at the folder holding env.py and versions/")
+        return bool(choice)
+
+    def _warn_once(self, text: str) -> None:
+        if text not in self.result["warnings"]:
+            self.result["warnings"].append(text)
+
     def _execute(self, scripts: ScriptSet, steps, callback, per_step: bool, conn: Connection) -> None:
-        """Run ``steps`` through Alembic: dbrev's built-in environment, or the project's env.py."""
+        """Run ``steps`` through Alembic: dbrev's built-in environment, or the project's env.py.
+
+        Either way the steps run inside ``with env:``, as Alembic runs env.py, so ``alembic.context``
+        is established.  What env.py does with dbrev's connection is watched: a connection of its own
+        makes dbrev end its snapshot transaction at once (it must hold no locks while another session
+        migrates) and recover from failures by inverse steps; ending dbrev's transaction is found
+        after the run (:meth:`_env_transaction`).
+        """
         from alembic.config import Config
         from alembic.runtime.environment import EnvironmentContext
 
@@ -359,27 +381,33 @@ class Runner:
         cfg = Config()
         sd = scripts.script_directory()
         cfg.set_main_option("script_location", sd.dir)
-        if not self.req.use_env_py:
+        if not self._uses_env_py(scripts):
             env = EnvironmentContext(cfg, sd, fn=lambda heads, ctx: steps)
             with env:  # as Alembic runs env.py: `alembic.context` is this environment
                 env.configure(connection=conn, **ours)
                 with env.begin_transaction():
                     env.run_migrations()
             return
-        if scripts.env_py is None:
-            raise BadInput("--env-py was asked for, but there is no env.py next to the versions folder",
-                           hint="point --migrations at the folder holding env.py and versions/")
         runner = self
+        self._env_py_ran = True
 
         env = EnvironmentContext(cfg, sd, fn=lambda heads, ctx: steps)
         project_configure = env.configure
 
         def configure(connection=None, url=None, **kw):
-            if connection is not conn:
+            if connection is not None and connection is not conn:
                 runner.external_connection = True
+                runner._warn_once(
+                    "env.py opened its own database connection instead of using config.attributes['connection']: "
+                    "the steps ran in a transaction that is not dbrev's, so a failed check is undone by inverse "
+                    "steps (not ROLLBACK), and the row-count check cannot see that transaction's deletes")
+                if conn.in_transaction():
+                    # dbrev's snapshot transaction may hold locks (catalog reads, orphan scans) that the
+                    # other session's DDL would wait for while dbrev waits for env.py: end it now.
+                    conn.commit()
             for key in ("version_table", "version_table_schema"):
                 if kw.get(key) not in (None, ours[key]):
-                    runner.result["warnings"].append(f"env.py configures {key}={kw[key]!r}; dbrev uses {ours[key]!r}")
+                    runner._warn_once(f"env.py configures {key}={kw[key]!r}; dbrev uses {ours[key]!r}")
             kw.update(ours)
             return project_configure(connection=connection, url=url, **kw)
 
@@ -387,14 +415,81 @@ class Runner:
         env.configure = configure  # type: ignore[method-assign]
         # the cookbook's "sharing a connection" pattern: env.py should use config.attributes["connection"]
         cfg.attributes["connection"] = conn
-        cfg.set_main_option("sqlalchemy.url", self.db.url.replace("%", "%%"))
+        cfg.set_main_option("sqlalchemy.url", self._env_url().replace("%", "%%"))
         with env:
             sd.run_env()
-        if getattr(self, "external_connection", False):
-            self.result["warnings"].append(
-                "env.py opened its own database connection instead of config.attributes['connection']: its "
-                "transaction is not dbrev's, so a failed check is undone by inverse steps and the row-count "
-                "check cannot see its deletes")
+
+    def _env_url(self) -> str:
+        """The URL env.py gets as sqlalchemy.url: the run's, with dbrev's lock and statement timeouts.
+
+        A session env.py opens itself then waits for table locks no longer than dbrev's own would.
+        """
+        from sqlalchemy.engine import make_url
+
+        try:
+            u = make_url(self.db.url)
+        except Exception:  # noqa: BLE001 - dbrev connected with it already; leave it as given
+            return self.db.url
+        if u.get_driver_name() not in ("psycopg", "psycopg2") or "options" in u.query:
+            return self.db.url
+        opts = f"-c lock_timeout={int(self.db.lock_timeout * 1000)}"
+        if self.db.statement_timeout:
+            opts += f" -c statement_timeout={int(self.db.statement_timeout * 1000)}"
+        return u.update_query_dict({"options": opts}).render_as_string(hide_password=False)
+
+    def _committed_heads(self, conn: Connection):
+        """The revisions other sessions see now (what is committed), or None when that cannot be read."""
+        if not conn.in_transaction():
+            try:
+                heads = self._heads(conn)
+                conn.commit()
+                return heads
+            except Exception:  # noqa: BLE001
+                return None
+        journal = getattr(self, "journal", None)
+        if journal is None:
+            return None
+        try:
+            return self._heads(journal.conn)
+        except Exception:  # noqa: BLE001 - e.g. a lock env.py's open transaction holds on the version table
+            return None
+
+    def _env_transaction(self, conn: Connection, trans, start):
+        """After the steps of a single-transaction run: the transaction to verify and finish in.
+
+        dbrev's own transaction unless env.py ended it.  Then the transaction env.py left open on
+        dbrev's connection (or a new one) is used, and if the steps were already committed the run
+        continues as one whose failures are undone by inverse steps, as with a connection of env.py's own.
+        """
+        if trans.is_active and conn.in_transaction() and conn.get_transaction() is trans:
+            return trans
+        if not getattr(self, "external_connection", False):
+            committed = self._committed_heads(conn)
+            if committed is None or not self.graph.same_state(committed, start):
+                self.external_connection = True
+                self._warn_once(
+                    "env.py ended dbrev's transaction (it committed it) and the steps were committed as env.py "
+                    "ran them: a failed check is undone by inverse steps, not ROLLBACK")
+            else:
+                self._warn_once("env.py ended dbrev's transaction and began its own; dbrev verified and finished "
+                                "the run in env.py's transaction")
+        return conn.get_transaction() if conn.in_transaction() else conn.begin()
+
+    def _env_failed(self, conn: Connection, start) -> None:
+        """A single-transaction run failed after env.py ran: roll back what it left open, see what it committed."""
+        if not getattr(self, "_env_py_ran", False):
+            return
+        try:
+            if conn.in_transaction():
+                conn.rollback()
+            if not getattr(self, "external_connection", False):
+                committed = self._committed_heads(conn)
+                if committed is None or not self.graph.same_state(committed, start):
+                    self.external_connection = True
+                    self._warn_once("env.py committed part of the run before it failed: the committed steps "
+                                    "are undone by inverse steps")
+        except Exception:  # noqa: BLE001 - the caller reports the original failure
+            pass
 
     def _ensure_version_schema(self, conn: Connection) -> None:
         if self.db.version_table_schema:
@@ -430,6 +525,7 @@ class Runner:
             steps = self._steps_for(scripts, plan, journal)
             with L.timed("migrate", from_revision=L._rev(start), to_revision=L._rev(target)):
                 self._execute(scripts, steps, self._on_step_done(scripts, plan, None), False, conn)
+            trans = self._env_transaction(conn, trans, start)
             state.store_script(conn, self.schema, self.vt, self._to_store)
             # one transaction: its counters cover every step
             deleted = {t: v[2] for t, v in integrity.xact_row_changes(
@@ -437,6 +533,7 @@ class Runner:
             report, new_errors = self._post_verify(conn, plan, snap, deleted, target)
         except BaseException as e:  # noqa: BLE001
             trans.rollback()
+            self._env_failed(conn, start)
             if getattr(self, "external_connection", False) and not isinstance(e, DbrevError):
                 self.result["error"] = self._error(e, scripts)
                 return self._undo_per_step(conn, scripts, start, target, "migration_failure", None)

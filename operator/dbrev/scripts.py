@@ -413,18 +413,27 @@ def describe_exit(e: BaseException) -> str:
 
 
 def materialize(files: dict[str, str], root: Path) -> Path:
-    """Write ConfigMap-style {file name: text} into a folder keyed by content hash."""
+    """Write ConfigMap-style {file name: text} into a folder keyed by content hash.
+
+    With an ``env.py`` key the folder is an Alembic script location (``env.py`` beside ``versions/``
+    holding the other scripts), so the run goes through the project's env.py, as Alembic's would.
+    """
     h = hashlib.sha256()
+    script_location = "env.py" in files
+    if script_location:
+        h.update(b"script-location\0")
     for name in sorted(files):
         h.update(name.encode() + b"\0" + files[name].encode() + b"\0")
     folder = root / h.hexdigest()[:24]
     if not folder.is_dir():
         tmp = root / f".tmp-{os.getpid()}-{h.hexdigest()[:8]}"
         tmp.mkdir(parents=True, exist_ok=True)
+        versions = tmp / "versions" if script_location else tmp
+        versions.mkdir(exist_ok=True)
         for name, text in files.items():
             if "/" in name or name.startswith("."):
                 raise ScriptError(f"invalid script name {name!r}", path=name)
-            (tmp / name).write_text(text, encoding="utf-8")
+            (tmp if name == "env.py" else versions).joinpath(name).write_text(text, encoding="utf-8")
         try:
             tmp.rename(folder)
         except OSError:

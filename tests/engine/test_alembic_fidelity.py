@@ -221,3 +221,170 @@ op.execute(f"INSERT INTO marks VALUES ({n})")
     a = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
     assert a.code == 0, a.stdout + a.stderr
     assert sorted(q(database_url, "SELECT id FROM marks")) == [(1,), (5,)]
+
+
+# -- the project's env.py ---------------------------------------------------------------------------
+
+# Alembic's own "generic" template, with a naming convention: it opens its own connection from
+# sqlalchemy.url and never looks at config.attributes.
+TEMPLATE_ENV_PY = textwrap.dedent('''
+    from logging.config import fileConfig
+
+    from alembic import context
+    from sqlalchemy import MetaData, engine_from_config, pool
+
+    config = context.config
+    if config.config_file_name is not None:
+        fileConfig(config.config_file_name)
+
+    target_metadata = MetaData(naming_convention={
+        "ix": "ix_%(column_0_label)s", "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s", "pk": "pk_%(table_name)s"})
+
+    def run_migrations_offline():
+        url = config.get_main_option("sqlalchemy.url")
+        context.configure(url=url, target_metadata=target_metadata, literal_binds=True,
+                          dialect_opts={"paramstyle": "named"})
+        with context.begin_transaction():
+            context.run_migrations()
+
+    def run_migrations_online():
+        connectable = engine_from_config(config.get_section(config.config_ini_section, {}),
+                                         prefix="sqlalchemy.", poolclass=pool.NullPool)
+        with connectable.connect() as connection:
+            context.configure(connection=connection, target_metadata=target_metadata)
+            with context.begin_transaction():
+                context.run_migrations()
+
+    if context.is_offline_mode():
+        run_migrations_offline()
+    else:
+        run_migrations_online()
+''')
+
+# The "shared connection" pattern of code that calls Alembic from a transaction of its own: end the
+# caller's transaction, run Alembic in a fresh one, commit.
+COMMITTING_ENV_PY = textwrap.dedent('''
+    from alembic import context
+    from sqlalchemy import MetaData
+
+    config = context.config
+    target_metadata = MetaData(naming_convention={"uq": "uq_%(table_name)s_%(column_0_name)s",
+                                                  "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s"})
+
+    connection = config.attributes["connection"]
+    if connection.in_transaction():
+        connection.commit()
+    context.configure(connection=connection, target_metadata=target_metadata)
+    with context.begin_transaction():
+        context.run_migrations()
+    connection.commit()
+''')
+
+
+ENV_FLAG: tuple[str, ...] = ()  # the default: a script location runs through its env.py
+
+
+def _project(tmp_path: Path, env_py: str, name: str = "alembic") -> Path:
+    loc = tmp_path / name
+    v = loc / "versions"
+    v.mkdir(parents=True)
+    (loc / "env.py").write_text(env_py)
+    write_script(v, "p001aaaa", None,
+                 'op.create_table("owners", sa.Column("id", sa.Integer, primary_key=True), '
+                 'sa.Column("code", sa.Text, nullable=False), sa.UniqueConstraint("code"))\n'
+                 'op.create_table("pets", sa.Column("id", sa.Integer, primary_key=True), '
+                 'sa.Column("owner_id", sa.Integer, sa.ForeignKey("owners.id")))\n'
+                 'op.execute("INSERT INTO owners (code) VALUES (\'a\'), (\'b\')")\n'
+                 'op.execute("INSERT INTO pets (owner_id) SELECT id FROM owners")',
+                 'op.drop_table("pets")\nop.drop_table("owners")')
+    # drops the constraints by the names the project's naming convention gave them
+    write_script(v, "p002aaaa", "p001aaaa",
+                 'op.drop_constraint("uq_owners_code", "owners", type_="unique")\n'
+                 'op.drop_constraint("fk_pets_owner_id_owners", "pets", type_="foreignkey")\n'
+                 'op.add_column("owners", sa.Column("note", sa.Text))',
+                 'op.drop_column("owners", "note")\n'
+                 'op.create_foreign_key(None, "pets", "owners", ["owner_id"], ["id"])\n'
+                 'op.create_unique_constraint(None, "owners", ["code"])')
+    return loc
+
+
+def _constraints(url: str) -> list[str]:
+    return sorted(r[0] for r in q(url, "SELECT conname FROM pg_constraint c JOIN pg_namespace n "
+                                       "ON n.oid = c.connamespace WHERE nspname = 'public'"))
+
+
+def test_a_script_location_runs_through_its_env_py_by_default(database_url, pg_admin_url, tmp_path):
+    loc = _project(tmp_path, TEMPLATE_ENV_PY)
+    other = second_database(pg_admin_url)
+    ref = plain_alembic(loc, other, "upgrade", "p001aaaa")
+    assert ref.returncode == 0, ref.stderr
+    r = dbrev("apply", "--migrations", str(loc), "-r", "p001aaaa", "--lock-timeout", "3", *ENV_FLAG, url=database_url)
+    assert r.code == 0, r.stdout + r.stderr
+    assert _constraints(database_url) == _constraints(other)
+    assert "uq_owners_code" in _constraints(database_url)
+    assert any("env.py" in w for w in r.json["warnings"])  # it said which guarantee its env.py costs
+    ref = plain_alembic(loc, other, "upgrade", "head")
+    assert ref.returncode == 0, ref.stderr
+    r = dbrev("apply", "--migrations", str(loc), "-r", "head", "--lock-timeout", "3", *ENV_FLAG, url=database_url)
+    assert r.code == 0 and r.json["result"] == "applied", r.stdout + r.stderr
+    assert heads(database_url) == ["p002aaaa"] and _constraints(database_url) == _constraints(other)
+    # and back: the downgrade re-creates the constraints under the convention's names
+    ref = plain_alembic(loc, other, "downgrade", "p001aaaa")
+    assert ref.returncode == 0, ref.stderr
+    r = dbrev("apply", "--migrations", str(loc), "-r", "p001aaaa", "--allow-downgrade", "--allow-data-loss",
+              "--lock-timeout", "3", *ENV_FLAG, url=database_url)
+    assert r.code == 0 and r.json["result"] == "applied", r.stdout + r.stderr
+    assert _constraints(database_url) == _constraints(other)
+    assert q(database_url, "SELECT status FROM dbrev.runs ORDER BY id DESC LIMIT 1") == [("applied",)]
+
+
+def test_builtin_env_forces_dbrevs_environment(database_url, tmp_path):
+    loc = _project(tmp_path, TEMPLATE_ENV_PY)
+    r = dbrev("apply", "--migrations", str(loc), "-r", "p001aaaa", "--builtin-env", url=database_url)
+    assert r.code == 0, r.stdout + r.stderr
+    assert "owners_code_key" in _constraints(database_url)  # PostgreSQL's own name: no convention
+    assert not any("env.py" in w for w in r.json["warnings"])
+    h = dbrev("apply", "--help", json_out=False)
+    assert "--builtin-env" in h.stdout
+
+
+def test_env_py_that_commits_the_callers_transaction(database_url, pg_admin_url, tmp_path):
+    loc = _project(tmp_path, COMMITTING_ENV_PY)
+    r = dbrev("apply", "--migrations", str(loc), "-r", "head", *ENV_FLAG, url=database_url)
+    assert r.code == 0, r.stdout + r.stderr
+    doc = r.json
+    assert doc["result"] == "applied" and doc["current_revisions"] == ["p002aaaa"]
+    assert doc["integrity"]["passed"] is True
+    assert any("env.py" in w and "transaction" in w for w in doc["warnings"]), doc["warnings"]
+    assert heads(database_url) == ["p002aaaa"]
+    runs = q(database_url, "SELECT status FROM dbrev.runs ORDER BY id")
+    assert runs[-1] == ("applied",), runs
+    # a failing step after such an env.py committed: dbrev still returns to the start
+    write_script(loc / "versions", "p003aaaa", "p002aaaa", 'op.add_column("owners", sa.Column("z", sa.Integer))\n'
+                 'op.execute("SELECT 1/0")', 'op.drop_column("owners", "z")')
+    r = dbrev("apply", "--migrations", str(loc), "-r", "head", *ENV_FLAG, url=database_url)
+    assert r.code == 1, r.stdout + r.stderr
+    assert r.json["result"] == "rolled_back" and r.json["current_revisions"] == ["p002aaaa"]
+    assert heads(database_url) == ["p002aaaa"]
+    assert q(database_url, "SELECT status FROM dbrev.runs ORDER BY id DESC LIMIT 1") == [("rolled_back",)]
+
+
+def test_configmap_scripts_with_an_env_py_run_through_it(database_url, tmp_path):
+    from dbrev.scripts import load_folder, materialize
+
+    loc = _project(tmp_path, TEMPLATE_ENV_PY)
+    files = {p.name: p.read_text() for p in (loc / "versions").glob("*.py")}
+    files["env.py"] = (loc / "env.py").read_text()
+    folder = materialize(files, tmp_path / "cm")
+    assert (folder / "env.py").is_file() and (folder / "versions").is_dir()
+    ss = load_folder(folder)
+    assert ss.env_py == folder / "env.py" and set(ss.infos) == {"p001aaaa", "p002aaaa"}
+    r = dbrev("apply", "--migrations", str(folder), "-r", "head", url=database_url)
+    assert r.code == 0 and r.json["result"] == "applied", r.stdout + r.stderr
+    assert "pk_owners" in _constraints(database_url)  # the env.py's naming convention
+    # without env.py the folder stays flat and runs built-in
+    del files["env.py"]
+    flat = materialize(files, tmp_path / "cm")
+    assert not (flat / "versions").exists() and load_folder(flat).env_py is None

@@ -222,9 +222,9 @@ def test_project_env_py_mode(database_url, tmp_path):
     r = dbrev("apply", "--migrations", str(loc), "-r", "head", "--env-py", url=database_url)
     assert r.code == 1 and r.json["result"] == "rolled_back" and r.json["rollback"]["method"] == "transaction"
     assert q(database_url, "SELECT version_num FROM app.alembic_version")[0][0] == "e001aaaa"
-    # the built-in environment ignores env.py
+    # the built-in environment (--builtin-env) ignores env.py
     r = dbrev("apply", "--migrations", str(loc), "-r", "base", "--allow-downgrade", "--allow-data-loss",
-              "--version-table-schema", "app", url=database_url)
+              "--version-table-schema", "app", "--builtin-env", url=database_url)
     # widgets is in schema app; without env.py's search_path the downgrade cannot see it
     assert r.code == 1 and r.json["result"] == "rolled_back"
     assert "widgets" in r.json["error"]["message"]
