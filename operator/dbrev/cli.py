@@ -58,7 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dbrev {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("plan", help="show what reaching a revision would do, without changing anything")
+    p = sub.add_parser("plan", help="show what reaching a revision would do, without changing anything",
+                       description="Show what reaching a revision would do, without changing the database. Each "
+                                   "step's upgrade()/downgrade() runs in Alembic's offline mode in this process to "
+                                   "render its SQL, so a script's Python side effects (prints, files it writes) "
+                                   "happen; no database connection is reachable from it, and a step that needs "
+                                   "query results is reported as not renderable.")
     _add_common(p)
     p.add_argument("--revision", "-r", required=True, metavar="TARGET",
                    help="full id, unique prefix, head, heads, base, label, label@head, -N, +N")
