@@ -388,3 +388,54 @@ def test_configmap_scripts_with_an_env_py_run_through_it(database_url, tmp_path)
     del files["env.py"]
     flat = materialize(files, tmp_path / "cm")
     assert not (flat / "versions").exists() and load_folder(flat).env_py is None
+
+
+# ends the caller's transaction and begins one of its own that it leaves to the caller to commit
+# (what code running Alembic inside `engine.begin()` expects)
+OWN_TRANSACTION_ENV_PY = textwrap.dedent('''
+    from alembic import context
+
+    connection = context.config.attributes["connection"]
+    connection.commit()
+    connection.begin()
+    context.configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+''')
+
+
+def test_env_py_that_begins_its_own_transaction_keeps_the_run_atomic(database_url, tmp_path):
+    loc = _project(tmp_path, OWN_TRANSACTION_ENV_PY)
+    r = dbrev("apply", "--migrations", str(loc), "-r", "p001aaaa", url=database_url)
+    assert r.code == 0 and r.json["result"] == "applied", r.stdout + r.stderr
+    assert heads(database_url) == ["p001aaaa"]
+    assert any("began its own" in w for w in r.json["warnings"]), r.json["warnings"]
+    # a failed verification is still a ROLLBACK of the whole run (an explicit id leaves the sequence behind)
+    write_script(loc / "versions", "p003aaaa", "p001aaaa", 'op.add_column("owners", sa.Column("z", sa.Integer))\n'
+                 'op.execute("INSERT INTO owners (id, code) VALUES (100, \'z\')")', 'op.drop_column("owners", "z")',
+                 name="p003aaaa_import.py")
+    (loc / "versions" / next(p.name for p in (loc / "versions").glob("p002*"))).unlink()
+    r = dbrev("apply", "--migrations", str(loc), "-r", "head", url=database_url)
+    doc = r.json
+    assert r.code == 1 and doc["result"] == "rolled_back", r.stdout + r.stderr
+    assert doc["rollback"]["method"] == "transaction"
+    assert heads(database_url) == ["p001aaaa"] and q(database_url, "SELECT count(*) FROM owners") == [(2,)]
+    assert "z" not in {c for (c,) in q(database_url, "SELECT column_name FROM information_schema.columns "
+                                                     "WHERE table_name = 'owners'")}
+    assert q(database_url, "SELECT status FROM dbrev.runs ORDER BY id DESC LIMIT 1") == [("rolled_back",)]
+
+
+def test_env_py_with_its_own_connection_fails_cleanly(database_url, tmp_path):
+    loc = _project(tmp_path, TEMPLATE_ENV_PY)
+    assert dbrev("apply", "--migrations", str(loc), "-r", "head", url=database_url).code == 0
+    write_script(loc / "versions", "p003aaaa", "p002aaaa", 'op.add_column("owners", sa.Column("z", sa.Integer))\n'
+                 'op.execute("SELECT 1/0")', 'op.drop_column("owners", "z")')
+    r = dbrev("apply", "--migrations", str(loc), "-r", "head", "--lock-timeout", "3", url=database_url)
+    doc = r.json
+    assert r.code == 1 and doc["result"] == "rolled_back", r.stdout + r.stderr
+    assert doc["error"]["step"] == "p003aaaa" and "division by zero" in doc["error"]["message"]
+    assert doc["rollback"]["success"] is True and heads(database_url) == ["p002aaaa"]
+    cols = {c for (c,) in q(database_url, "SELECT column_name FROM information_schema.columns "
+                                          "WHERE table_name = 'owners'")}
+    assert "z" not in cols
+    assert q(database_url, "SELECT status FROM dbrev.runs ORDER BY id DESC LIMIT 1") == [("rolled_back",)]
