@@ -14,7 +14,7 @@ from . import integrity, state
 from . import log as L
 from .db import connection, read_heads
 from .options import DbOptions
-from .errors import DbrevError
+from .errors import DbrevError, ScriptConflict
 from .planning import Plan, build_plan
 from .options import RunRequest
 from .scripts import ScriptSet, load_folder, render
@@ -62,6 +62,7 @@ def plan(migrations: str, target: str, db: DbOptions | None = None, from_revisio
     scripts = open_scripts(migrations, pythonpath)
     if db is not None:
         version_table, version_table_schema = db.version_table, db.version_table_schema
+    conflicts: list[str] = []
     if from_revisions is None:
         if db is None:
             raise DbrevError("planning needs the current revision: give a database URL or --from")
@@ -69,6 +70,11 @@ def plan(migrations: str, target: str, db: DbOptions | None = None, from_revisio
             current = read_heads(conn, db.version_table, db.version_table_schema)
             stored = _stored(conn, db)
             conn.commit()
+        # as the run does (runner._with_stored/_plan): stored copies for revisions no file declares,
+        # and declared scripts that differ from the copy that was applied are conflicts
+        conflicts = [r["revision"] for r in stored
+                     if r["revision"] in scripts.infos and scripts.infos[r["revision"]].sha256 != r["sha256"]]
+        stored = [r for r in stored if r["revision"] not in scripts.infos]
         scripts = scripts.with_extra(state.stored_sources(stored))
     else:
         g0 = scripts.graph
@@ -77,9 +83,23 @@ def plan(migrations: str, target: str, db: DbOptions | None = None, from_revisio
     g.check_live(current)
     target_revs = g.resolve(target, current)
     with L.timed("plan", from_revision=L._rev(current), to_revision=L._rev(target_revs)):
-        return build_plan(g, scripts.infos, {r: s.source for r, s in scripts.sources.items()}, current,
-                          target_revs, lambda rev, up: render(scripts, rev, up, version_table, version_table_schema),
-                          target_spec=target, version_table=version_table, version_table_schema=version_table_schema)
+        p = build_plan(g, scripts.infos, {r: s.source for r, s in scripts.sources.items()}, current,
+                       target_revs, lambda rev, up: render(scripts, rev, up, version_table, version_table_schema),
+                       target_spec=target, version_table=version_table, version_table_schema=version_table_schema)
+    return _check_conflicts(p, conflicts)
+
+
+def _check_conflicts(p: Plan, conflicts: list[str]) -> Plan:
+    """The runner's rule, word for word: a changed script warns; a downgrade through one is refused."""
+    if conflicts:
+        used = [s.revision for s in p.steps if s.revision in conflicts and s.direction == "downgrade"]
+        p.warnings.append(f"scripts {', '.join(conflicts)} differ from the copies stored when they were applied")
+        if used:
+            raise ScriptConflict(
+                f"the downgrade would run {', '.join(used)}, whose declared script differs from the one "
+                f"that was applied (stored in the database)",
+                hint="restore the original script, or remove the changed file so the stored copy is used")
+    return p
 
 
 def apply(req: RunRequest, *, timeout: float | None = 3600.0, on_event: Callable[[dict], None] | None = None,

@@ -439,3 +439,23 @@ def test_env_py_with_its_own_connection_fails_cleanly(database_url, tmp_path):
                                           "WHERE table_name = 'owners'")}
     assert "z" not in cols
     assert q(database_url, "SELECT status FROM dbrev.runs ORDER BY id DESC LIMIT 1") == [("rolled_back",)]
+
+
+def test_plan_refuses_what_apply_refuses_when_a_script_differs_from_its_stored_copy(database_url, tmp_path):
+    d = tmp_path / "m"
+    write_script(d, "s001aaaa", None, 'op.create_table("t", sa.Column("id", sa.Integer))', 'op.drop_table("t")')
+    changed = write_script(d, "s002aaaa", "s001aaaa", 'op.add_column("t", sa.Column("x", sa.Integer))',
+                           'op.drop_column("t", "x")')
+    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    changed.write_text(changed.read_text().replace('op.drop_column("t", "x")', 'op.execute("SELECT 1")'))
+    a = dbrev("apply", "--migrations", str(d), "-r", "s001aaaa", "--allow-downgrade", "--allow-data-loss",
+              url=database_url)
+    assert a.code == 2 and a.json["error"]["error_type"] == "ScriptConflict", a.stdout + a.stderr
+    p = dbrev("plan", "--migrations", str(d), "-r", "s001aaaa", url=database_url)
+    assert p.code == 2 and p.json["error"]["error_type"] == "ScriptConflict", p.stdout + p.stderr
+    assert p.json["error"]["message"] == a.json["error"]["message"]
+    # an upgrade past the changed script is no conflict: plan warns, as apply does
+    write_script(d, "s003aaaa", "s002aaaa", 'op.add_column("t", sa.Column("y", sa.Integer))',
+                 'op.drop_column("t", "y")')
+    p = dbrev("plan", "--migrations", str(d), "-r", "head", url=database_url)
+    assert p.code == 0 and any("s002aaaa" in w and "stored" in w for w in p.json["warnings"]), p.stdout
