@@ -459,3 +459,30 @@ def test_plan_refuses_what_apply_refuses_when_a_script_differs_from_its_stored_c
                  'op.drop_column("t", "y")')
     p = dbrev("plan", "--migrations", str(d), "-r", "head", url=database_url)
     assert p.code == 0 and any("s002aaaa" in w and "stored" in w for w in p.json["warnings"]), p.stdout
+
+
+# opens a second connection from the engine of the one dbrev shares
+ENGINE_ENV_PY = textwrap.dedent('''
+    from alembic import context
+    from sqlalchemy import MetaData
+
+    target_metadata = MetaData(naming_convention={"uq": "uq_%(table_name)s_%(column_0_name)s",
+                                                  "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s"})
+    shared = context.config.attributes["connection"]
+    with shared.engine.connect() as connection:
+        context.configure(connection=connection, target_metadata=target_metadata)
+        with context.begin_transaction():
+            context.run_migrations()
+''')
+
+
+def test_env_py_connecting_from_the_shared_engine_does_not_deadlock_with_dbrevs_snapshot(database_url, tmp_path):
+    loc = _project(tmp_path, ENGINE_ENV_PY)
+    r = dbrev("apply", "--migrations", str(loc), "-r", "p001aaaa", url=database_url)
+    assert r.code == 0, r.stdout + r.stderr
+    # the snapshot's orphan scan reads pets and owners; p002 alters both from env.py's own session
+    r = dbrev("apply", "--migrations", str(loc), "-r", "head", "--lock-timeout", "3", url=database_url)
+    assert r.code == 0 and r.json["result"] == "applied", r.stdout + r.stderr
+    assert heads(database_url) == ["p002aaaa"]
+    assert any("own database connection" in w for w in r.json["warnings"])
+    assert q(database_url, "SELECT status FROM dbrev.runs ORDER BY id DESC LIMIT 1") == [("applied",)]
