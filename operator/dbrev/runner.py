@@ -28,7 +28,7 @@ from .errors import BadInput, Busy, DbrevError, PlanChanged, ScriptConflict
 from .planning import Plan, build_plan, hash_matches
 from .options import RunRequest  # noqa: F401
 from .policy import Decision, evaluate
-from .scripts import ScriptSet, load_folder, render, revision_step
+from .scripts import EnvPyFailed, ScriptSet, env_py_failure, load_folder, render, revision_step
 
 Emit = Callable[[dict], None]
 
@@ -409,6 +409,7 @@ class Runner:
                 if kw.get(key) not in (None, ours[key]):
                     runner._warn_once(f"env.py configures {key}={kw[key]!r}; dbrev uses {ours[key]!r}")
             kw.update(ours)
+            runner._env_configured = True
             return project_configure(connection=connection, url=url, **kw)
 
         # An instance attribute, so the `alembic.context` proxy env.py sees hands out this one.
@@ -416,8 +417,14 @@ class Runner:
         # the cookbook's "sharing a connection" pattern: env.py should use config.attributes["connection"]
         cfg.attributes["connection"] = conn
         cfg.set_main_option("sqlalchemy.url", self._env_url().replace("%", "%%"))
-        with env:
-            sd.run_env()
+        self._env_configured = False
+        try:
+            with env:
+                sd.run_env()
+        except Exception as e:
+            if self._env_configured:
+                raise  # a step's failure (or env.py's after it configured Alembic): reported as such
+            raise EnvPyFailed(env_py_failure(e, str(scripts.env_py))).with_traceback(e.__traceback__) from None
 
     def _env_url(self) -> str:
         """The URL env.py gets as sqlalchemy.url: the run's, with dbrev's lock and statement timeouts.

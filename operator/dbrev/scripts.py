@@ -297,6 +297,18 @@ class ScriptAborted(Exception):
     """
 
 
+class EnvPyFailed(Exception):
+    """The project's env.py failed before it configured Alembic (no step ran)."""
+
+
+def env_py_failure(exc: BaseException, env_py: str) -> str:
+    line = _line_in(exc, env_py)
+    hint = ("install the application package or add its folder with --pythonpath"
+            if isinstance(exc, ImportError) else "fix env.py")
+    return (f"env.py failed before configuring Alembic (env.py:{line}): {type(exc).__name__}: {exc}; {hint}, "
+            f"or run through dbrev's built-in environment with --builtin-env")
+
+
 def revision_step(revision_map, script, is_upgrade: bool, src: ScriptSource):
     """An Alembic ``RevisionStep`` whose ``migration_fn`` is :func:`guarded_migration_fn`.
 

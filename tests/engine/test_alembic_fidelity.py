@@ -486,3 +486,14 @@ def test_env_py_connecting_from_the_shared_engine_does_not_deadlock_with_dbrevs_
     assert heads(database_url) == ["p002aaaa"]
     assert any("own database connection" in w for w in r.json["warnings"])
     assert q(database_url, "SELECT status FROM dbrev.runs ORDER BY id DESC LIMIT 1") == [("applied",)]
+
+
+def test_an_env_py_that_cannot_import_its_application_says_so(database_url, tmp_path):
+    loc = _project(tmp_path, "import shop_models_not_installed\n" + STOCK_ENV_PY)
+    r = dbrev("apply", "--migrations", str(loc), "-r", "p001aaaa", url=database_url)
+    assert r.code == 1, r.stdout + r.stderr
+    msg = r.json["error"]["message"]
+    assert "env.py" in msg and "shop_models_not_installed" in msg and "--builtin-env" in msg, msg
+    assert heads(database_url) == []
+    r = dbrev("apply", "--migrations", str(loc), "-r", "p001aaaa", "--builtin-env", url=database_url)
+    assert r.code == 0, r.stdout + r.stderr
