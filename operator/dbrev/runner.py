@@ -435,9 +435,9 @@ class Runner:
 
         try:
             u = make_url(self.db.url)
-        except Exception:  # noqa: BLE001 - dbrev connected with it already; leave it as given
-            return self.db.url
-        if u.get_driver_name() not in ("psycopg", "psycopg2") or "options" in u.query:
+            if u.get_driver_name() not in ("psycopg", "psycopg2") or "options" in u.query:
+                return self.db.url
+        except Exception:  # noqa: BLE001 - a URL only dbrev understands (postgres://): leave it as given
             return self.db.url
         opts = f"-c lock_timeout={int(self.db.lock_timeout * 1000)}"
         if self.db.statement_timeout:

@@ -497,3 +497,27 @@ def test_an_env_py_that_cannot_import_its_application_says_so(database_url, tmp_
     assert heads(database_url) == []
     r = dbrev("apply", "--migrations", str(loc), "-r", "p001aaaa", "--builtin-env", url=database_url)
     assert r.code == 0, r.stdout + r.stderr
+
+
+def test_env_pys_own_connection_gets_dbrevs_lock_timeout(database_url, tmp_path):
+    import time
+
+    loc = _project(tmp_path, TEMPLATE_ENV_PY)
+    assert dbrev("apply", "--migrations", str(loc), "-r", "p001aaaa", url=database_url).code == 0
+    eng = sa.create_engine(database_url)
+    try:
+        with eng.connect() as holder:
+            holder.execute(sa.text("LOCK TABLE owners IN ACCESS SHARE MODE"))  # an application's long read
+            t0 = time.monotonic()
+            r = dbrev("apply", "--migrations", str(loc), "-r", "head", "--lock-timeout", "2", "--timeout", "60",
+                      url=database_url)
+            took = time.monotonic() - t0
+            holder.rollback()
+    finally:
+        eng.dispose()
+    assert took < 30, (took, r.stdout)
+    doc = r.json
+    assert r.code in (1, 4), r.stdout + r.stderr
+    assert "lock timeout" in (doc.get("error") or {}).get("message", ""), doc
+    assert doc.get("result") in ("rolled_back", "busy", "error")
+    assert heads(database_url) == ["p001aaaa"]
