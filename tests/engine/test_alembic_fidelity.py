@@ -310,6 +310,18 @@ def _project(tmp_path: Path, env_py: str, name: str = "alembic") -> Path:
     return loc
 
 
+def _schema(url: str) -> list[str]:
+    """The catalog facts dbrev fingerprints (constraint and index names included), dbrev's schemas aside."""
+    from dbrev import integrity
+
+    eng = sa.create_engine(url)
+    try:
+        with eng.connect() as c:
+            return integrity.fingerprint_facts(c, exclude_schemas=("dbrev", "dbrev_archive"))
+    finally:
+        eng.dispose()
+
+
 def _constraints(url: str) -> list[str]:
     return sorted(r[0] for r in q(url, "SELECT conname FROM pg_constraint c JOIN pg_namespace n "
                                        "ON n.oid = c.connamespace WHERE nspname = 'public'"))
@@ -330,6 +342,7 @@ def test_a_script_location_runs_through_its_env_py_by_default(database_url, pg_a
     r = dbrev("apply", "--migrations", str(loc), "-r", "head", "--lock-timeout", "3", *ENV_FLAG, url=database_url)
     assert r.code == 0 and r.json["result"] == "applied", r.stdout + r.stderr
     assert heads(database_url) == ["p002aaaa"] and _constraints(database_url) == _constraints(other)
+    assert _schema(database_url) == _schema(other)
     # and back: the downgrade re-creates the constraints under the convention's names
     ref = plain_alembic(loc, other, "downgrade", "p001aaaa")
     assert ref.returncode == 0, ref.stderr
@@ -337,6 +350,7 @@ def test_a_script_location_runs_through_its_env_py_by_default(database_url, pg_a
               "--lock-timeout", "3", *ENV_FLAG, url=database_url)
     assert r.code == 0 and r.json["result"] == "applied", r.stdout + r.stderr
     assert _constraints(database_url) == _constraints(other)
+    assert _schema(database_url) == _schema(other)
     assert q(database_url, "SELECT status FROM dbrev.runs ORDER BY id DESC LIMIT 1") == [("applied",)]
 
 
