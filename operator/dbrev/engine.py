@@ -86,6 +86,10 @@ def plan(migrations: str, target: str, db: DbOptions | None = None, from_revisio
         p = build_plan(g, scripts.infos, {r: s.source for r, s in scripts.sources.items()}, current,
                        target_revs, lambda rev, up: render(scripts, rev, up, version_table, version_table_schema),
                        target_spec=target, version_table=version_table, version_table_schema=version_table_schema)
+    if scripts.is_script_location:
+        p.warnings.append("apply runs the steps through env.py (use --builtin-env for dbrev's own environment); "
+                          "the SQL shown is rendered without it, so names that its naming convention gives "
+                          "constraints and indexes may differ")
     return _check_conflicts(p, conflicts)
 
 

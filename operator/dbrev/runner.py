@@ -353,8 +353,7 @@ class Runner:
         """The project's env.py (a script location holds one; ``--env-py``), or the built-in environment."""
         choice = self.req.use_env_py
         if choice is None:  # like Alembic: a script location runs through its env.py
-            return scripts.env_py is not None and scripts.location is not None \
-                and scripts.location.parent == scripts.env_py.parent and scripts.location != scripts.env_py.parent
+            return scripts.is_script_location
         if choice and scripts.env_py is None:
             raise BadInput("--env-py was asked for, but there is no env.py next to the versions folder",
                            hint="point --migrations at the folder holding env.py and versions/")

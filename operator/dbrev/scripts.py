@@ -72,6 +72,12 @@ class ScriptSet:
     _script_directory: object | None = field(default=None, repr=False)
 
     @property
+    def is_script_location(self) -> bool:
+        """An Alembic script_location (env.py beside versions/): Alembic would run it through env.py."""
+        return self.env_py is not None and self.location is not None \
+            and self.location.parent == self.env_py.parent and self.location != self.env_py.parent
+
+    @property
     def graph(self) -> Graph:
         if self._graph is None:
             self._graph = graph_from_nodes(i.node() for i in self.infos.values())

@@ -356,6 +356,8 @@ def test_a_script_location_runs_through_its_env_py_by_default(database_url, pg_a
 
 def test_builtin_env_forces_dbrevs_environment(database_url, tmp_path):
     loc = _project(tmp_path, TEMPLATE_ENV_PY)
+    p = dbrev("plan", "--migrations", str(loc), "-r", "p001aaaa", url=database_url)
+    assert p.code == 0 and any("through env.py" in w for w in p.json["warnings"]), p.stdout
     r = dbrev("apply", "--migrations", str(loc), "-r", "p001aaaa", "--builtin-env", url=database_url)
     assert r.code == 0, r.stdout + r.stderr
     assert "owners_code_key" in _constraints(database_url)  # PostgreSQL's own name: no convention
@@ -509,6 +511,8 @@ def test_an_env_py_that_cannot_import_its_application_says_so(database_url, tmp_
     msg = r.json["error"]["message"]
     assert "env.py" in msg and "shop_models_not_installed" in msg and "--builtin-env" in msg, msg
     assert heads(database_url) == []
+    p = dbrev("plan", "--migrations", str(loc), "-r", "p001aaaa", url=database_url)
+    assert p.code == 0 and any("through env.py" in w for w in p.json["warnings"]), p.stdout
     r = dbrev("apply", "--migrations", str(loc), "-r", "p001aaaa", "--builtin-env", url=database_url)
     assert r.code == 0, r.stdout + r.stderr
 
