@@ -204,6 +204,9 @@ def test_a_stalled_outcome_stands_across_a_restart(trigger, stands):
     assert conds(st2)["Stalled"] == ("True", "TimedOut") and decide.previous_outcome_stands(st2, 2, "sha256:i", "resume")
     ready = {**decide.from_result(APPLIED, {}, 2, NOW, "spec", NOW, PLAN).status, "inputsHash": "sha256:i"}
     assert not decide.previous_outcome_stands(ready, 2, "sha256:i", "resume")
+    conflict = {**decide.from_error({"reason": C.CONFLICT, "message": "ns/a manages it"}, {}, 2, NOW).status,
+                "inputsHash": "sha256:i"}
+    assert not decide.previous_outcome_stands(conflict, 2, "sha256:i", "resume")  # the rival may be gone
 
 
 def test_a_run_stopped_by_an_exception_is_in_history_with_an_event():

@@ -93,6 +93,9 @@ TRANSIENT_REASONS = frozenset({C.DATABASE_UNAVAILABLE, C.LOCK_BUSY, C.KUBERNETES
 # timer, or someone asking (`dbrev.io/reconcile-requested-at`).  A restart of the operator ("resume")
 # or an unrelated edit ("update": labels, other annotations) is none of these.
 NOT_A_RETRY = frozenset({"resume", "update"})
+# Outcomes of a run that changed (or tried to change) the database: running the same plan again would
+# repeat it.  Other Stalled reasons (a Conflict whose rival is gone, a refusal, bad input) are re-checked.
+STANDING_REASONS = frozenset({C.ROLLED_BACK, C.TIMED_OUT, C.MIGRATION_FAILED, C.ROLLBACK_FAILED})
 
 
 @dataclass
@@ -140,7 +143,8 @@ def previous_outcome_stands(prev: dict, generation: int, inputs_hash: str, trigg
     """
     if trigger not in NOT_A_RETRY:
         return False
-    stalled = any(c.get("type") == C.STALLED and c.get("status") == "True" for c in prev.get("conditions") or [])
+    stalled = any(c.get("type") == C.STALLED and c.get("status") == "True" and c.get("reason") in STANDING_REASONS
+                  for c in prev.get("conditions") or [])
     return (stalled and prev.get("observedGeneration") == generation and bool(inputs_hash)
             and prev.get("inputsHash") == inputs_hash)
 
