@@ -360,3 +360,31 @@ def test_postgres_restarting_mid_run_is_retried_and_recovers(kube, namespace, st
         assert op.metric("dbrev_reconcile_total", result="transient_error") >= 1
     finally:
         server.cleanup()
+
+
+def test_a_run_stopped_by_an_error_mid_run_is_in_history_with_an_event(kube, namespace, start_operator, tmp_path):
+    """15.12: whatever the error that ended a run that had started, status.history and the Events have it."""
+    from dbrev.envtest.postgres import PostgresServer, create_database
+
+    server = PostgresServer().start()
+    try:
+        url = create_database(server.url())
+        d = tmp_path / "m"
+        write_script(d, "h001aaaa", None, 'op.create_table("t1", sa.Column("id", sa.Integer, primary_key=True))\n'
+                     'op.execute("SELECT pg_sleep(8)")', 'op.drop_table("t1")', doc="slow")
+        kube.secret_url(namespace, "db", url)
+        kube.configmap_from(namespace, "migrations", d)
+        start_operator([namespace])
+        kube.apply(dbrev_resource(namespace, "h", "head", database={
+            "urlSecretRef": {"name": "db"}, "connectTimeoutSeconds": 5}))
+        wait_for(lambda: q(url, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(8)%' "
+                                "AND pid <> pg_backend_pid()")[0][0], 60, "the slow step to start")
+        server.stop("fast")
+        server.start()
+        st = wait_for(lambda: (s := kube.status(namespace, "h")) and any(
+            h.get("result") == "failed" for h in s.get("history") or []) and s, 60, "the stopped run in history")
+        failed = [h for h in st["history"] if h["result"] == "failed"][0]
+        assert failed["to"] == "h001aaaa" and failed["trigger"] == "create" and failed["planHash"].startswith("sha256:")
+        assert "MigrationFailed" in kube.reasons(namespace, "h")
+    finally:
+        server.cleanup()
