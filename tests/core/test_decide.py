@@ -284,3 +284,15 @@ def test_a_kubernetes_api_outage_is_not_a_database_outage():
     assert conds(v.status)["Reconciling"] == ("True", "KubernetesAPIUnavailable") and v.retry_in == 5
     assert "DatabaseReachable" not in conds(v.status)
     assert _api_error(ApiException(status=404), "Secret", "ns", "db").reason == C.SECRET_NOT_FOUND
+
+
+def test_only_an_absent_api_server_keeps_an_outcome_for_later():
+    """15.12: an outage (5xx, 429, no answer) keeps the record; a refusal (422, 404) is not retried forever."""
+    from kubernetes.client.rest import ApiException
+    from urllib3.exceptions import MaxRetryError
+
+    from dbrev.controller.handlers import _api_unreachable
+
+    assert _api_unreachable(ApiException(status=503)) and _api_unreachable(ApiException(status=429))
+    assert _api_unreachable(MaxRetryError(None, "/apis", "refused")) and _api_unreachable(ConnectionRefusedError())
+    assert not _api_unreachable(ApiException(status=422)) and not _api_unreachable(ApiException(status=404))

@@ -82,6 +82,20 @@ def _remember(ns: str, name: str, body, fields: dict, events: list) -> None:
                                 "events": old["events"] + list(events)}
 
 
+def _api_unreachable(e: BaseException) -> bool:
+    """An error that says the API server is not there (or not coping), not that the request was wrong."""
+    from kubernetes.client.rest import ApiException
+
+    if isinstance(e, ApiException):
+        return e.status is None or e.status >= 500 or e.status in (408, 429)
+    return True  # urllib3 / socket errors: no answer at all
+
+
+def forget_pending(ns: str, name: str) -> None:
+    with _locks_guard:
+        _pending.pop((ns, name), None)
+
+
 def flush_pending(ns: str, name: str) -> bool:
     """Write a remembered outcome (status, then its Events).  True when nothing is left to write."""
     with _locks_guard:
@@ -91,6 +105,11 @@ def flush_pending(ns: str, name: str) -> bool:
     try:
         kube.patch_status(ns, name, p["fields"])
     except Exception as e:  # noqa: BLE001
+        if not _api_unreachable(e):  # gone (404) or refused: there is nothing left to write it to
+            L.logger.error("Dropping the status of a run the API server refused", extra={
+                "error_type": type(e).__name__, "error_message": L.redact(str(e))[:300]})
+            forget_pending(ns, name)
+            return True
         L.logger.warning("Still cannot write the status of the last run; keeping it", extra={
             "error_type": type(e).__name__, "error_message": L.redact(str(e))[:300]})
         return False
@@ -133,6 +152,8 @@ def carry_out(body, prev: dict, verdict: decide.Verdict, started: float, extra: 
         try:
             kube.patch_status(ns, name, patch)
         except Exception as e:  # noqa: BLE001 - the record must survive an API outage
+            if not _api_unreachable(e):
+                raise
             unwritten = True
             _remember(ns, name, body, new, verdict.events)
             L.logger.error("Could not write the status; keeping the outcome to write it when the API answers",
