@@ -14,6 +14,10 @@ READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
 CONDITION_TYPES = (READY, RECONCILING, STALLED)
+# A detail condition (kstatus, Flux and Argo CD ignore it): can dbrev reach the database right now?
+DATABASE_REACHABLE = "DatabaseReachable"
+DETAIL_CONDITION_TYPES = (DATABASE_REACHABLE,)
+DATABASE_REACHABLE_REASON = DATABASE_REACHABLE  # its reason while True; while False: DatabaseUnavailable
 
 # Reasons: success and progress
 AT_REVISION = "AtRevision"
@@ -28,6 +32,7 @@ SUSPENDED = "Suspended"
 DATABASE_UNAVAILABLE = "DatabaseUnavailable"
 LOCK_BUSY = "LockBusy"
 TIMED_OUT = "TimedOut"
+KUBERNETES_UNAVAILABLE = "KubernetesAPIUnavailable"  # reading a Secret/ConfigMap got a 5xx or no answer
 
 # Reasons: failures that need a human (Stalled)
 DOWNGRADE_DENIED = "DowngradeDenied"

@@ -167,7 +167,8 @@ def spec_schema() -> dict:
 
 def status_schema() -> dict:
     condition = _o("A condition (Kubernetes API conventions).", {
-        "type": _s("Ready, Reconciling or Stalled.", maxLength=316),
+        "type": _s("Ready, Reconciling or Stalled; or the detail condition DatabaseReachable (whether dbrev "
+                   "can reach the database now; added with the first outage it sees).", maxLength=316),
         "status": _s("True, False or Unknown.", enum=["True", "False", "Unknown"]),
         "reason": _s("CamelCase cause, e.g. AtRevision, Progressing, DowngradeDenied, RolledBack.",
                      maxLength=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"),
@@ -209,7 +210,8 @@ def status_schema() -> dict:
                            maxItems=50),
             "computedAt": _s("When it was computed.", format="date-time"),
         }),
-        "conditions": _a("Ready, Reconciling and Stalled.", condition, maxItems=8,
+        "conditions": _a("Ready, Reconciling and Stalled (and DatabaseReachable once an outage was seen).",
+                         condition, maxItems=8,
                          **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}),
         "integrity": _o("The last verification.", {
             "checkedAt": _s("When.", format="date-time"),
@@ -235,8 +237,10 @@ def status_schema() -> dict:
             "durationSeconds": {"type": "number", "description": "How long it took."},
         }), maxItems=10),
         "lastAppliedTime": _s("When the database last changed.", format="date-time"),
-        "databaseKey": _s("Hash of host, port, database and version table (no secret): two DatabaseRevisions "
-                          "with the same key manage the same history, and the younger one is Stalled (Conflict)."),
+        "databaseKey": _s("Hash of the database server's identity (its system identifier, the database's oid) "
+                          "and the version table (no secret), whatever host name the URL uses: two "
+                          "DatabaseRevisions with the same key manage the same history, and the younger one is "
+                          "Stalled (Conflict)."),
         "inputsHash": _s("Hash of the scripts and the Secret version this status describes; unchanged inputs and "
                          "an unchanged database make a pass free."),
         "lastCheckedTime": _s("When the database was last observed.", format="date-time"),

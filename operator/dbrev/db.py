@@ -226,3 +226,18 @@ def server_info(conn: Connection) -> dict:
                                "current_database() AS db, current_user AS usr, pg_backend_pid() AS pid")).mappings().one()
     return dict(row)
 
+
+
+def database_identity(conn: Connection, version_table: str = "alembic_version",
+                      version_table_schema: str | None = None) -> str:
+    """Which history this is, by the server's identity, not the URL: the cluster's system identifier,
+    the database's oid, and the version table (schema resolved on the server), as one string.
+
+    Two URLs that reach the same database (127.0.0.1 and localhost, a Service and a Pod IP) give the same
+    string; two databases on one server, or two version tables in one database, differ.
+    """
+    row = conn.execute(sa.text(
+        "SELECT (SELECT system_identifier FROM pg_control_system())::text AS sysid, "
+        "(SELECT oid FROM pg_database WHERE datname = current_database())::text AS dboid, "
+        "coalesce(:schema, current_schema()) AS schema"), {"schema": version_table_schema}).mappings().one()
+    return f"{row['sysid']}/{row['dboid']}|{row['schema']}.{version_table}"

@@ -58,6 +58,9 @@ waiting = Gauge(
 stalled = Gauge(
     "dbrev_stalled", "1 when the DatabaseRevision is Stalled (a human must act).", ["namespace", "name"],
     registry=REGISTRY)
+database_reachable = Gauge(
+    "dbrev_database_reachable", "1 when dbrev reached the DatabaseRevision's database on its last try, 0 when it "
+    "could not (it retries by itself).", ["namespace", "name"], registry=REGISTRY)
 revision_info = Gauge(
     "dbrev_revision_info", "Current and target revision of each DatabaseRevision (value 1).",
     ["namespace", "name", "current", "target"], registry=REGISTRY)
@@ -73,7 +76,7 @@ build_info.labels(version=__version__, python=platform.python_version()).set(1)
 NAMES = (
     "dbrev_reconcile_total", "dbrev_reconcile_errors_total", "dbrev_reconcile_duration_seconds",
     "dbrev_migration_steps_total", "dbrev_rollbacks_total", "dbrev_integrity_findings", "dbrev_drift_detected",
-    "dbrev_ready", "dbrev_waiting", "dbrev_stalled", "dbrev_revision_info", "dbrev_last_applied_timestamp_seconds",
+    "dbrev_ready", "dbrev_waiting", "dbrev_stalled", "dbrev_database_reachable", "dbrev_revision_info", "dbrev_last_applied_timestamp_seconds",
     "dbrev_active_workers", "dbrev_build_info",
 )
 
@@ -90,8 +93,10 @@ _revision_labels: dict[tuple[str, str], tuple[str, str]] = {}
 
 def set_resource(namespace: str, name: str, *, is_ready: bool, is_stalled: bool, current: str | None,
                  target: str | None, findings: dict[str, int] | None = None, drift: bool | None = None,
-                 is_waiting: bool = False) -> None:
+                 is_waiting: bool = False, reachable: bool | None = None) -> None:
     ready.labels(namespace, name).set(1 if is_ready else 0)
+    if reachable is not None:
+        database_reachable.labels(namespace, name).set(1 if reachable else 0)
     stalled.labels(namespace, name).set(1 if is_stalled else 0)
     waiting.labels(namespace, name).set(1 if is_waiting else 0)
     key = (namespace, name)
@@ -118,7 +123,7 @@ def set_resource(namespace: str, name: str, *, is_ready: bool, is_stalled: bool,
 
 def forget_resource(namespace: str, name: str) -> None:
     """Drop every series of a deleted resource."""
-    for g in (ready, waiting, stalled, drift_detected, last_applied_timestamp_seconds):
+    for g in (ready, waiting, stalled, database_reachable, drift_detected, last_applied_timestamp_seconds):
         try:
             g.remove(namespace, name)
         except KeyError:

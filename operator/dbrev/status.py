@@ -95,7 +95,37 @@ def compute_conditions(outcome: Outcome, generation: int, previous: list[dict] |
     out = []
     for ctype, (status, r, m) in ((C.READY, ready), (C.RECONCILING, reconciling), (C.STALLED, stalled)):
         out.append(_cond(ctype, status, r, m, generation, prev.get(ctype), now))
+    # detail conditions (DatabaseReachable) are kept as they were: only what observes them changes them
+    out.extend(c for c in (previous or []) if c.get("type") not in C.CONDITION_TYPES)
     return out
+
+
+def set_detail(conditions: list[dict] | None, ctype: str, status: str, reason: str, message: str,
+               generation: int, now: str) -> list[dict]:
+    """The conditions with one detail condition set (added, or updated in place)."""
+    conditions = list(conditions or [])
+    for i, c in enumerate(conditions):
+        if c.get("type") == ctype:
+            conditions[i] = _cond(ctype, status, reason, message, generation, c, now)
+            return conditions
+    return conditions + [_cond(ctype, status, reason, message, generation, None, now)]
+
+
+def with_reachability(conditions: list[dict] | None, reachable: bool | None, generation: int, now: str,
+                      message: str = "") -> list[dict]:
+    """Record whether the database answered.  The condition appears with the first outage and then stays.
+
+    Ready keeps saying whether the database is at its revision; ``DatabaseReachable`` says whether dbrev
+    can see it now (kstatus and Argo CD ignore detail conditions, so an outage does not flip health).
+    """
+    have = condition({"conditions": conditions}, C.DATABASE_REACHABLE)
+    if reachable is None or (reachable and not have):
+        return list(conditions or [])
+    if reachable:
+        return set_detail(conditions, C.DATABASE_REACHABLE, "True", C.DATABASE_REACHABLE_REASON,
+                          message or "the database answers", generation, now)
+    return set_detail(conditions, C.DATABASE_REACHABLE, "False", C.DATABASE_UNAVAILABLE,
+                      message or "the database does not answer", generation, now)
 
 
 def initial_conditions(generation: int, now: str | None = None) -> list[dict]:

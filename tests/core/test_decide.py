@@ -107,8 +107,9 @@ def test_transient_errors_retry_with_capped_backoff():
     v = decide.from_error({"reason": C.DATABASE_UNAVAILABLE, "message": "cannot connect"}, {}, 1, NOW, retry=2)
     assert conds(v.status) == {"Ready": ("False", "DatabaseUnavailable"), "Reconciling": ("True",
                                                                                          "DatabaseUnavailable"),
-                               "Stalled": ("False", "DatabaseUnavailable")}
-    assert v.retry_in == 20 and v.metric_result == "transient_error"
+                               "Stalled": ("False", "DatabaseUnavailable"),
+                               "DatabaseReachable": ("False", "DatabaseUnavailable")}
+    assert v.retry_in == 20 and v.metric_result == "transient_error" and v.reachable is False
 
 
 def test_bad_input_is_stalled():
@@ -165,3 +166,133 @@ def test_spec_parsing_and_durations():
         parse_duration("10 minutes")
     with pytest.raises(SpecError, match="exactly one"):
         parse_spec({"revision": "head", "database": {}, "migrations": {"configMapRefs": [{"name": "m"}]}})
+
+
+# --- issue 15 -----------------------------------------------------------------------------------------
+
+APPLIED = {"result": "applied", "from_revisions": ["a1"], "to_revisions": ["b2"], "current_revisions": ["b2"],
+           "direction": "downgrade", "steps": [{"revision": "b2", "direction": "downgrade", "status": "applied"}],
+           "plan_hash": PLAN["hash"], "duration_seconds": 0.3}
+
+
+def test_heal_only_conditions_that_claim_a_pass():
+    prog = decide.progressing({}, 1, NOW, "applying")
+    assert decide.needs_heal(prog, 1)
+    assert decide.needs_heal({"conditions": initial_conditions(1, NOW)}, 1)
+    ready = decide.from_result(APPLIED, {}, 1, NOW, "spec", NOW, PLAN).status
+    assert not decide.needs_heal(ready, 1)
+    transient = decide.from_error({"reason": C.DATABASE_UNAVAILABLE, "message": "down"}, {}, 1, NOW).status
+    assert not decide.needs_heal(transient, 1)  # Kopf retries it; nothing to heal
+
+
+ROLLED_BACK = {"result": "rolled_back", "from_revisions": ["a1"], "to_revisions": ["c3"], "current_revisions": ["a1"],
+               "direction": "upgrade", "steps": [], "error": {"reason": "MigrationFailed", "message": "boom"},
+               "rollback": {"triggered": True, "reason": "migration_failure", "method": "transaction",
+                            "success": True}}
+
+
+@pytest.mark.parametrize("trigger,stands", [("resume", True), ("update", True), ("spec", False), ("approval", False),
+                                            ("configmap/m", False), ("drift", False), ("requested", False)])
+def test_a_stalled_outcome_stands_across_a_restart(trigger, stands):
+    """15.11: same generation + same inputs + Stalled: no new run unless something a human did asks for one."""
+    st = {**decide.from_result(ROLLED_BACK, {}, 2, NOW, "spec", NOW, PLAN).status, "inputsHash": "sha256:i"}
+    assert decide.previous_outcome_stands(st, 2, "sha256:i", trigger) is stands
+    assert not decide.previous_outcome_stands(st, 3, "sha256:i", "resume")  # a new spec
+    assert not decide.previous_outcome_stands(st, 2, "sha256:j", "resume")  # new scripts or Secret
+    timed_out = {**ROLLED_BACK, "error": {"reason": C.TIMED_OUT, "message": "took too long"}}
+    st2 = {**decide.from_result(timed_out, {}, 2, NOW, "spec", NOW, PLAN).status, "inputsHash": "sha256:i"}
+    assert conds(st2)["Stalled"] == ("True", "TimedOut") and decide.previous_outcome_stands(st2, 2, "sha256:i", "resume")
+    ready = {**decide.from_result(APPLIED, {}, 2, NOW, "spec", NOW, PLAN).status, "inputsHash": "sha256:i"}
+    assert not decide.previous_outcome_stands(ready, 2, "sha256:i", "resume")
+    conflict = {**decide.from_error({"reason": C.CONFLICT, "message": "ns/a manages it"}, {}, 2, NOW).status,
+                "inputsHash": "sha256:i"}
+    assert not decide.previous_outcome_stands(conflict, 2, "sha256:i", "resume")  # the rival may be gone
+
+
+def test_a_run_stopped_by_an_exception_is_in_history_with_an_event():
+    """15.12: an error that ended a started run still leaves its record."""
+    run = {"plan": PLAN, "trigger": "spec", "started_at": NOW, "duration_seconds": 2.0}
+    v = decide.from_error({"reason": C.MIGRATION_FAILED, "message": "worker crashed"}, {}, 1, LATER, run=run)
+    h = v.status["history"][0]
+    assert (h["from"], h["to"], h["result"], h["trigger"], h["planHash"]) == ("a1", "b2", "failed", "spec",
+                                                                              PLAN["hash"])
+    assert [e[1] for e in v.events] == ["MigrationFailed"] and conds(v.status)["Stalled"][0] == "True"
+    t = decide.from_error({"reason": C.DATABASE_UNAVAILABLE, "message": "connection lost"}, {}, 1, LATER, run=run)
+    assert t.status["history"][0]["result"] == "failed" and [e[1] for e in t.events] == ["MigrationFailed",
+                                                                                         "Retrying"]
+    assert t.retry_in == 5
+
+
+def test_a_lost_connection_mid_run_is_transient_and_says_where_the_database_is():
+    """15.3: DatabaseUnavailable in a result: retried with backoff, never Stalled; the message says where it is."""
+    lost = {"result": "failed", "from_revisions": ["a1"], "to_revisions": ["c3"], "current_revisions": ["b2"],
+            "direction": "upgrade", "steps": [{"revision": "b2", "direction": "upgrade", "status": "applied"}],
+            "error": {"reason": C.DATABASE_UNAVAILABLE, "message": "the connection to the database was lost",
+                      "step": "c3"}}
+    v = decide.from_result(lost, {}, 1, NOW, "spec", NOW, PLAN, retry=1)
+    assert conds(v.status)["Stalled"][0] == "False" and conds(v.status)["Reconciling"] == ("True",
+                                                                                          "DatabaseUnavailable")
+    assert v.retry_in == 10 and "the database is at b2" in v.outcome.message and "undone" not in v.outcome.message
+    assert v.status["currentRevision"] == "b2" and v.reachable is False
+    unknown = decide.from_result({**lost, "current_revisions": None}, {}, 1, NOW, "spec", NOW, PLAN)
+    assert "read on the next try" in unknown.outcome.message
+
+
+def test_an_outage_while_ready_is_a_detail_condition_an_event_once_and_clears():
+    """15.13: Ready stays (the revision did not change); DatabaseReachable says the rest; no flapping Events."""
+    ready = decide.from_result(APPLIED, {}, 1, NOW, "spec", NOW, PLAN).status
+    assert decide.database_reachable_again(ready, 1, NOW, "fine") is None  # no outage, nothing to say
+    down = decide.database_unreachable(ready, 1, LATER, "cannot connect")
+    st = {**ready, **down.status}
+    assert conds(st)["Ready"] == ("True", "AtRevision")
+    assert conds(st)["DatabaseReachable"] == ("False", "DatabaseUnavailable")
+    assert [e[1] for e in down.events] == ["DatabaseUnreachable"] and down.reachable is False
+    again = decide.database_unreachable(st, 1, "2026-11-25T12:00:00Z", "cannot connect")
+    assert not again.events and status_patch(st, again.status) == {}  # a lasting outage writes nothing new
+    # a later pass keeps the detail condition; the timer clears it
+    back = decide.database_reachable_again(st, 1, "2026-11-25T13:00:00Z", "answers again")
+    st2 = {**st, **back.status}
+    assert conds(st2)["DatabaseReachable"] == ("True", "DatabaseReachable") and conds(st2)["Ready"][0] == "True"
+    assert [e[1] for e in back.events] == ["DatabaseReachable"] and back.reachable is True
+    kept = compute_conditions(Outcome("progressing", C.PROGRESSING, "x"), 1, st["conditions"], LATER)
+    assert [c["type"] for c in kept] == ["Ready", "Reconciling", "Stalled", "DatabaseReachable"]
+    # a run that reaches the database marks it reachable again
+    ran = decide.from_result(APPLIED, st, 1, LATER, "drift", LATER, PLAN)
+    assert conds(ran.status)["DatabaseReachable"][0] == "True" and ran.reachable is True
+
+
+def test_metrics_follow_the_conditions_while_suspended():
+    """15.13: a suspended resource whose Ready is True counts as ready."""
+    from dbrev.controller.handlers import _readiness
+
+    ready = decide.from_result(APPLIED, {}, 1, NOW, "spec", NOW, PLAN).status
+    sus = decide.suspended(ready, 2, LATER).status
+    assert conds(sus)["Ready"] == ("True", "AtRevision") and _readiness(sus["conditions"]) == (True, False, False)
+    fresh = decide.suspended({}, 1, NOW).status
+    assert _readiness(fresh["conditions"]) == (False, False, True)
+
+
+def test_a_kubernetes_api_outage_is_not_a_database_outage():
+    """Issue 11: a 5xx from the API server reading a Secret is transient, and names the API, not the database."""
+    from kubernetes.client.rest import ApiException
+
+    from dbrev.controller.inputs import _api_error
+
+    err = _api_error(ApiException(status=503, reason="Service Unavailable"), "Secret", "ns", "db")
+    assert err.transient and err.reason == C.KUBERNETES_UNAVAILABLE and "Kubernetes API" in err.message
+    v = decide.from_error(err.to_dict(), {}, 1, NOW, transient=err.transient)
+    assert conds(v.status)["Reconciling"] == ("True", "KubernetesAPIUnavailable") and v.retry_in == 5
+    assert "DatabaseReachable" not in conds(v.status)
+    assert _api_error(ApiException(status=404), "Secret", "ns", "db").reason == C.SECRET_NOT_FOUND
+
+
+def test_only_an_absent_api_server_keeps_an_outcome_for_later():
+    """15.12: an outage (5xx, 429, no answer) keeps the record; a refusal (422, 404) is not retried forever."""
+    from kubernetes.client.rest import ApiException
+    from urllib3.exceptions import MaxRetryError
+
+    from dbrev.controller.handlers import _api_unreachable
+
+    assert _api_unreachable(ApiException(status=503)) and _api_unreachable(ApiException(status=429))
+    assert _api_unreachable(MaxRetryError(None, "/apis", "refused")) and _api_unreachable(ConnectionRefusedError())
+    assert not _api_unreachable(ApiException(status=422)) and not _api_unreachable(ApiException(status=404))

@@ -270,7 +270,7 @@ def test_two_resources_for_one_database_conflict(kube, shop, database_url, start
 
 
 def test_suspend_and_delete_never_touch_the_database(kube, shop, database_url, start_operator):
-    start_operator([shop])
+    op = start_operator([shop])
     kube.apply(dbrev_resource(shop, "orders", MERGE))
     ready_at(kube, shop, "orders", MERGE)
     kube("patch", "dbrev", "orders", "-n", shop, "--type", "merge", "-p",
@@ -278,6 +278,7 @@ def test_suspend_and_delete_never_touch_the_database(kube, shop, database_url, s
     st = wait_for(lambda: (s := kube.status(shop, "orders")) and condition(s, "Reconciling").get("reason")
                   == "Suspended" and s, 60, "Suspended")
     assert condition(st, "Ready")["status"] == "True"  # unchanged while suspended
+    assert op.metric("dbrev_ready", namespace=shop, name="orders") == 1  # and the metric agrees
     assert heads(database_url) == [MERGE]
     kube("delete", "dbrev", "orders", "-n", shop, "--wait=true", "--timeout=30s")
     assert heads(database_url) == [MERGE]

@@ -27,6 +27,7 @@ from ..status import (
     plan_status,
     push_history,
     revisions_text,
+    with_reachability,
 )
 
 MAX_BACKOFF = 300.0
@@ -51,6 +52,8 @@ EV_INVALID = "InvalidInput"
 EV_DRIFT = "DriftDetected"
 EV_RECOVERED = "Recovered"
 EV_ARCHIVED = "Archived"
+EV_DATABASE_UNREACHABLE = "DatabaseUnreachable"
+EV_DATABASE_REACHABLE = "DatabaseReachable"
 
 # What a human should do, by reason (appended to the condition message).
 TODO = {
@@ -83,7 +86,16 @@ TODO = {
     C.TIMED_OUT: "raise spec.policy.timeoutSeconds, or make the migration faster (e.g. batch it)",
 }
 
-TRANSIENT_REASONS = frozenset({C.DATABASE_UNAVAILABLE, C.LOCK_BUSY})
+TRANSIENT_REASONS = frozenset({C.DATABASE_UNAVAILABLE, C.LOCK_BUSY, C.KUBERNETES_UNAVAILABLE})
+
+# What started a pass that may run a plan again although the last run's outcome needs a human:
+# a changed spec (a new generation), an approval, a changed ConfigMap/Secret (new inputs), the drift
+# timer, or someone asking (`dbrev.io/reconcile-requested-at`).  A restart of the operator ("resume")
+# or an unrelated edit ("update": labels, other annotations) is none of these.
+NOT_A_RETRY = frozenset({"resume", "update"})
+# Outcomes of a run that changed (or tried to change) the database: running the same plan again would
+# repeat it.  Other Stalled reasons (a Conflict whose rival is gone, a refusal, bad input) are re-checked.
+STANDING_REASONS = frozenset({C.ROLLED_BACK, C.TIMED_OUT, C.MIGRATION_FAILED, C.ROLLBACK_FAILED})
 
 
 @dataclass
@@ -97,6 +109,7 @@ class Verdict:
     rollback: tuple[str, str] | None = None
     findings: dict[str, int] | None = None
     drift: bool | None = None
+    reachable: bool | None = None  # whether this pass reached the database (None: it did not try)
 
 
 def backoff(retry: int) -> float:
@@ -113,10 +126,57 @@ def _base(prev: dict, generation: int) -> dict:
     return {"observedGeneration": generation}
 
 
-def _finish(outcome: Outcome, prev: dict, generation: int, now: str, status: dict) -> dict:
-    status["conditions"] = compute_conditions(outcome, generation, prev.get("conditions"), now)
+def _finish(outcome: Outcome, prev: dict, generation: int, now: str, status: dict,
+            reachable: bool | None = None, reach_message: str = "") -> dict:
+    conds = compute_conditions(outcome, generation, prev.get("conditions"), now)
+    status["conditions"] = with_reachability(conds, reachable, generation, now, reach_message)
     status.setdefault("observedGeneration", generation)
     return status
+
+
+def previous_outcome_stands(prev: dict, generation: int, inputs_hash: str, trigger: str) -> bool:
+    """True when a pass must not run the plan again: the last run needs a human and nothing changed.
+
+    Same generation, same inputs (scripts, Secret, database) and a Stalled outcome: running it again
+    would repeat what failed (a RolledBack or TimedOut plan would be applied and undone once more).
+    A spec change, an approval, changed inputs, drift or an explicit request still run.
+    """
+    if trigger not in NOT_A_RETRY:
+        return False
+    stalled = any(c.get("type") == C.STALLED and c.get("status") == "True" and c.get("reason") in STANDING_REASONS
+                  for c in prev.get("conditions") or [])
+    return (stalled and prev.get("observedGeneration") == generation and bool(inputs_hash)
+            and prev.get("inputsHash") == inputs_hash)
+
+
+def needs_heal(status: dict, generation: int) -> bool:
+    """Conditions that say a pass is under way (Progressing/Initializing) when none is: a pass must finish them."""
+    rec = [c for c in status.get("conditions") or [] if c.get("type") == C.RECONCILING]
+    return bool(rec) and rec[0].get("status") == "True" and rec[0].get("reason") in (C.PROGRESSING, C.INITIALIZING)
+
+
+def database_unreachable(prev: dict, generation: int, now: str, message: str) -> Verdict | None:
+    """The timer could not reach a database whose resource has nothing to do.
+
+    Ready keeps describing the revision; the detail condition, one Warning Event (on the change only,
+    so an outage that lasts does not repeat it) and ``dbrev_database_reachable`` report the outage.
+    """
+    was = [c for c in prev.get("conditions") or [] if c.get("type") == C.DATABASE_REACHABLE]
+    conds = with_reachability(prev.get("conditions"), False, generation, now, message)
+    events = [] if was and was[0].get("status") == "False" else [(WARNING, EV_DATABASE_UNREACHABLE, message)]
+    out = Outcome(TRANSIENT_KIND, C.DATABASE_UNAVAILABLE, message)
+    return Verdict(out, {"conditions": conds}, events, None, M.RESULT_TRANSIENT, reachable=False)
+
+
+def database_reachable_again(prev: dict, generation: int, now: str, message: str) -> Verdict | None:
+    """The timer reached the database after it had reported an outage (None when there was none)."""
+    was = [c for c in prev.get("conditions") or [] if c.get("type") == C.DATABASE_REACHABLE]
+    if not was or was[0].get("status") == "True":
+        return None
+    conds = with_reachability(prev.get("conditions"), True, generation, now, message)
+    out = Outcome(READY_KIND, C.DATABASE_REACHABLE_REASON, message)
+    return Verdict(out, {"conditions": conds}, [(NORMAL, EV_DATABASE_REACHABLE, message)], None, M.RESULT_NOOP,
+                   reachable=True)
 
 
 def planned_event(plan: dict, prev: dict) -> tuple[str, str, str] | None:
@@ -143,30 +203,58 @@ def suspended(prev: dict, generation: int, now: str) -> Verdict:
 
 
 def from_error(err: dict, prev: dict, generation: int, now: str, retry: int = 0,
-               transient: bool | None = None) -> Verdict:
-    """A pass stopped by an error before or instead of a run (bad input, unavailable, busy...)."""
+               transient: bool | None = None, run: dict | None = None) -> Verdict:
+    """A pass stopped by an error before or instead of a run (bad input, unavailable, busy...).
+
+    ``run`` (``{"plan", "trigger", "started_at", "duration_seconds"}``) when the error ended a run that had
+    begun: it is recorded in status.history and a MigrationFailed Event like any failed run.
+    """
     reason = err.get("reason") or C.MIGRATION_FAILED
     message = err.get("message") or "failed"
     if err.get("hint"):
         message = f"{message} ({err['hint']})"
     is_transient = reason in TRANSIENT_REASONS if transient is None else transient
     st = _base(prev, generation)
+    reachable = False if reason == C.DATABASE_UNAVAILABLE else None
+    run_events: list[tuple[str, str, str]] = []
+    if run and run.get("plan"):
+        plan = run["plan"]
+        entry = history_entry({"from_revisions": plan.get("from_revisions"), "to_revisions": plan.get("to_revisions"),
+                               "direction": plan.get("direction"), "result": "failed", "plan_hash": plan.get("hash"),
+                               "duration_seconds": run.get("duration_seconds")},
+                              run.get("trigger") or "", run.get("started_at") or now)
+        st["history"] = push_history(prev.get("history"), entry)
+        st["plan"] = plan_status(plan, now)
+        run_events.append((WARNING, EV_MIGRATION_FAILED, f"the run of plan {str(plan.get('hash', ''))[:19]} "
+                                                         f"stopped: {message}"))
     if is_transient:
         delay = backoff(retry)
         out = Outcome(TRANSIENT_KIND, reason, f"{message}; retrying in {delay:g}s")
-        v = Verdict(out, _finish(out, prev, generation, now, st), retry_in=delay, metric_result=M.RESULT_TRANSIENT)
+        v = Verdict(out, _finish(out, prev, generation, now, st, reachable, message), retry_in=delay,
+                    metric_result=M.RESULT_TRANSIENT, reachable=reachable)
+        v.events.extend(run_events)
         v.events.append((WARNING, EV_RETRYING, out.message))
         return v
     st["lastError"] = {"reason": reason, "message": message[:4096], "time": now}
     out = Outcome(STALLED_KIND, reason, _with_todo(reason, message))
     v = Verdict(out, _finish(out, prev, generation, now, st), metric_result=M.RESULT_ERROR)
-    v.events.append((WARNING, EV_INVALID if reason not in (C.CONFLICT,) else C.CONFLICT, out.message))
+    v.events.extend(run_events)
+    if not run_events:
+        v.events.append((WARNING, EV_INVALID if reason not in (C.CONFLICT,) else C.CONFLICT, out.message))
     return v
 
 
 def from_result(result: dict, prev: dict, generation: int, now: str, trigger: str, started_at: str,
                 plan: dict | None, retry: int = 0, name: str = "<name>") -> Verdict:
     """A run's result (``engine.apply``) to the resource's status, events and metrics."""
+    v = _from_result(result, prev, generation, now, trigger, started_at, plan, retry, name)
+    if v.reachable is None:
+        v.reachable = True  # a result came back: the database answered
+    return v
+
+
+def _from_result(result: dict, prev: dict, generation: int, now: str, trigger: str, started_at: str,
+                 plan: dict | None, retry: int, name: str) -> Verdict:
     res = result.get("result")
     err = result.get("error") or {}
     st = _base(prev, generation)
@@ -208,8 +296,9 @@ def from_result(result: dict, prev: dict, generation: int, now: str, trigger: st
             events.append((WARNING, EV_DRIFT, d["message"]))
         st["lastError"] = None
         out = Outcome(READY_KIND, C.AT_REVISION, msg)
-        return Verdict(out, _finish(out, prev, generation, now, st), events, None,
-                       M.RESULT_APPLIED if res == "applied" else M.RESULT_NOOP, steps, rollback, findings, drift)
+        return Verdict(out, _finish(out, prev, generation, now, st, True), events, None,
+                       M.RESULT_APPLIED if res == "applied" else M.RESULT_NOOP, steps, rollback, findings, drift,
+                       reachable=True)
 
     if res == "refused":
         decision = result.get("decision") or {}
@@ -222,13 +311,13 @@ def from_result(result: dict, prev: dict, generation: int, now: str, trigger: st
                           f"dbrev.io/approve={h} (or: dbrev approve {name})")
             if prev_hash != h or not _was(prev, C.READY, C.AWAITING_APPROVAL):
                 events.append((NORMAL, EV_AWAITING_APPROVAL, out.message))
-            return Verdict(out, _finish(out, prev, generation, now, st), events, None, M.RESULT_WAITING,
+            return Verdict(out, _finish(out, prev, generation, now, st, True), events, None, M.RESULT_WAITING,
                            steps, rollback, findings or None, None)
         st["lastError"] = {"reason": reason, "message": message[:4096], "time": now}
         out = Outcome(STALLED_KIND, reason, _with_todo(reason, message))
         if not _was(prev, C.STALLED, reason) or prev_hash != (plan or {}).get("hash"):
             events.append((WARNING, EV_BLOCKED, out.message))
-        return Verdict(out, _finish(out, prev, generation, now, st), events, None, M.RESULT_REFUSED,
+        return Verdict(out, _finish(out, prev, generation, now, st, True), events, None, M.RESULT_REFUSED,
                        steps, rollback, findings or None, None)
 
     # rolled_back or failed
@@ -256,9 +345,13 @@ def from_result(result: dict, prev: dict, generation: int, now: str, trigger: st
                        "location": err.get("location") or "", "time": now}
     if reason in TRANSIENT_REASONS:
         delay = backoff(retry)
-        out = Outcome(TRANSIENT_KIND, reason, f"{what}; the run was undone; retrying in {delay:g}s")
-        return Verdict(out, _finish(out, prev, generation, now, st), events, delay, M.RESULT_TRANSIENT, steps,
-                       rollback, findings or None, drift)
+        cur = result.get("current_revisions")
+        where = (f"the database is at {revisions_text(cur)}" if cur is not None
+                 else "where the database is will be read on the next try")
+        out = Outcome(TRANSIENT_KIND, reason, f"{what}; {where}; retrying in {delay:g}s")
+        lost = reason == C.DATABASE_UNAVAILABLE
+        return Verdict(out, _finish(out, prev, generation, now, st, False if lost else True, what), events, delay,
+                       M.RESULT_TRANSIENT, steps, rollback, findings or None, drift, reachable=not lost)
     if res == "rolled_back":
         cond_reason = C.TIMED_OUT if reason == C.TIMED_OUT else C.ROLLED_BACK
         msg = (f"{what}; rolled back to {revisions_text(result.get('current_revisions'))}"
@@ -270,7 +363,7 @@ def from_result(result: dict, prev: dict, generation: int, now: str, trigger: st
         msg = f"{what}; the database is at {revisions_text(result.get('current_revisions'))}"
         out = Outcome(STALLED_KIND, cond_reason, _with_todo(cond_reason, msg))
         metric = M.RESULT_FAILED
-    return Verdict(out, _finish(out, prev, generation, now, st), events, None, metric, steps, rollback,
+    return Verdict(out, _finish(out, prev, generation, now, st, True), events, None, metric, steps, rollback,
                    findings or None, drift)
 
 
@@ -297,7 +390,8 @@ def from_check(report: dict, heads, prev: dict, generation: int, now: str) -> Ve
         st["lastError"] = {"reason": C.INTEGRITY_CHECK_FAILED, "message": msg[:4096], "time": now}
         out = Outcome(STALLED_KIND, C.INTEGRITY_CHECK_FAILED, _with_todo(C.INTEGRITY_CHECK_FAILED, msg))
         result = M.RESULT_FAILED
-    return Verdict(out, _finish(out, prev, generation, now, st), events, None, result, [], None, findings, drift)
+    return Verdict(out, _finish(out, prev, generation, now, st, True), events, None, result, [], None, findings,
+                   drift, reachable=True)
 
 
 def _was(prev: dict, ctype: str, reason: str) -> bool:

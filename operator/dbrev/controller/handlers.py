@@ -8,6 +8,7 @@ query when nothing is due and verifies integrity every driftCheckInterval.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import threading
@@ -21,14 +22,18 @@ from .. import log as L
 from .. import metrics as M
 from ..crd import APPROVE_ANNOTATION, GROUP, RECONCILE_ANNOTATION, VERSION
 from ..options import DbOptions
-from ..errors import DbrevError
+from ..errors import DatabaseUnavailable, DbrevError
 from ..options import RunRequest
-from ..status import initial_conditions, is_ready, now_iso, revisions_text, status_patch
+from ..status import condition, initial_conditions, is_ready, now_iso, revisions_text, status_patch
 from . import decide, kube
-from .inputs import Inputs, gather
+from .inputs import Inputs, gather, identity_key
 from .spec import Spec, SpecError, parse_spec
 
 TIMER_INTERVAL = float(os.environ.get("DBREV_TIMER_INTERVAL", "30"))
+# The timer's cheap check gives up connecting after this long (spec.database.connectTimeoutSeconds is for
+# runs, which may wait for a cold start): an outage is reported within a tick, not after a minute.
+TIMER_CONNECT_TIMEOUT = float(os.environ.get("DBREV_TIMER_CONNECT_TIMEOUT", "5"))
+STATUS_RETRY_DELAY = 5.0
 
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -42,7 +47,7 @@ def _object_lock(namespace: str, name: str) -> threading.Lock:
 # ---------------------------------------------------------------------------
 # Events (core/v1, posted directly so they work from any thread)
 
-def post_event(body, etype: str, reason: str, message: str) -> None:
+def post_event(body, etype: str, reason: str, message: str) -> bool:
     meta = body["metadata"]
     now = datetime.now(timezone.utc)
     event = {
@@ -58,41 +63,126 @@ def post_event(body, etype: str, reason: str, message: str) -> None:
     }
     try:
         kube.core().create_namespaced_event(meta["namespace"], event)
+        return True
     except Exception as e:  # noqa: BLE001 - an Event is never worth failing a pass for
         L.logger.warning("Could not post an Event", extra={"reason": reason, "error_type": type(e).__name__})
+        return False
+
+
+# ---------------------------------------------------------------------------
+# Outcomes whose status write failed (the API server was down): kept, and written when it answers
+
+_pending: dict[tuple[str, str], dict] = {}
+
+
+def _remember(ns: str, name: str, body, fields: dict, events: list) -> None:
+    with _locks_guard:
+        old = _pending.get((ns, name)) or {"fields": {}, "events": []}
+        _pending[(ns, name)] = {"body": body, "fields": {**old["fields"], **fields},
+                                "events": old["events"] + list(events)}
+
+
+def _api_unreachable(e: BaseException) -> bool:
+    """An error that says the API server is not there (or not coping), not that the request was wrong."""
+    from kubernetes.client.rest import ApiException
+
+    if isinstance(e, ApiException):
+        return e.status is None or e.status >= 500 or e.status in (408, 429)
+    return True  # urllib3 / socket errors: no answer at all
+
+
+def forget_pending(ns: str, name: str) -> None:
+    with _locks_guard:
+        _pending.pop((ns, name), None)
+
+
+def flush_pending(ns: str, name: str) -> bool:
+    """Write a remembered outcome (status, then its Events).  True when nothing is left to write."""
+    with _locks_guard:
+        p = _pending.get((ns, name))
+    if not p:
+        return True
+    try:
+        kube.patch_status(ns, name, p["fields"])
+    except Exception as e:  # noqa: BLE001
+        if not _api_unreachable(e):  # gone (404) or refused: there is nothing left to write it to
+            L.logger.error("Dropping the status of a run the API server refused", extra={
+                "error_type": type(e).__name__, "error_message": L.redact(str(e))[:300]})
+            forget_pending(ns, name)
+            return True
+        L.logger.warning("Still cannot write the status of the last run; keeping it", extra={
+            "error_type": type(e).__name__, "error_message": L.redact(str(e))[:300]})
+        return False
+    with _locks_guard:
+        _pending.pop((ns, name), None)
+    for ev in p["events"]:
+        post_event(p["body"], *ev)
+    L.logger.info("Wrote the status of a run the API server missed",
+                  extra={"events": [e[1] for e in p["events"]], "fields": sorted(p["fields"])})
+    return True
+
+
+def _readiness(conditions) -> tuple[bool, bool, bool]:
+    """(ready, stalled, waiting) as the conditions say, so the metrics always agree with them."""
+    st = {"conditions": conditions}
+    ready = bool((condition(st, C.READY) or {}).get("status") == "True")
+    stalled = bool((condition(st, C.STALLED) or {}).get("status") == "True")
+    rec = condition(st, C.RECONCILING) or {}
+    waiting = not ready and not stalled and rec.get("reason") in (C.AWAITING_APPROVAL, C.SUSPENDED)
+    return ready, stalled, waiting
 
 
 # ---------------------------------------------------------------------------
 # Carrying out a verdict
 
-def carry_out(body, prev: dict, verdict: decide.Verdict, started: float, extra: dict | None = None) -> dict:
+def carry_out(body, prev: dict, verdict: decide.Verdict, started: float, extra: dict | None = None,
+              count: bool = True, raise_unwritten: bool = True) -> dict:
+    """Write the verdict: status (what differs from ``prev``, the status as last written), Events, metrics.
+
+    When the API server does not take the status, the outcome and its Events are remembered and written
+    by the next pass or timer tick (:func:`flush_pending`); a reconcile pass then asks Kopf to retry.
+    """
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     new = dict(verdict.status)
     new.update(extra or {})
     patch = status_patch(prev, new)
+    unwritten = False
     if patch:
-        kube.patch_status(ns, name, patch)
-    for etype, reason, message in verdict.events:
-        post_event(body, etype, reason, message)
-    M.observe_reconcile(verdict.metric_result, time.monotonic() - started)
+        try:
+            kube.patch_status(ns, name, patch)
+        except Exception as e:  # noqa: BLE001 - the record must survive an API outage
+            if not _api_unreachable(e):
+                raise
+            unwritten = True
+            _remember(ns, name, body, new, verdict.events)
+            L.logger.error("Could not write the status; keeping the outcome to write it when the API answers",
+                           extra={"error_type": type(e).__name__, "error_message": L.redact(str(e))[:300],
+                                  "reason": verdict.outcome.reason})
+    if not unwritten:
+        for etype, reason, message in verdict.events:
+            post_event(body, etype, reason, message)
+    if count:
+        M.observe_reconcile(verdict.metric_result, time.monotonic() - started)
     for direction, result in verdict.steps:
         M.migration_steps_total.labels(direction=direction, result=result).inc()
     if verdict.rollback:
         M.rollbacks_total.labels(namespace=ns, name=name, trigger=verdict.rollback[0],
                                  result=verdict.rollback[1]).inc()
     merged = {**prev, **new}
-    M.set_resource(ns, name, is_ready=verdict.outcome.kind == "ready", is_stalled=verdict.outcome.kind == "stalled",
+    ready, stalled, waiting = _readiness(merged.get("conditions"))
+    M.set_resource(ns, name, is_ready=ready, is_stalled=stalled,
                    current=merged.get("currentRevision"), target=merged.get("targetRevision"),
-                   findings=verdict.findings, drift=verdict.drift,
-                   is_waiting=verdict.outcome.kind in ("waiting", "suspended"))
+                   findings=verdict.findings, drift=verdict.drift, is_waiting=waiting, reachable=verdict.reachable)
     if new.get("lastAppliedTime") and patch.get("lastAppliedTime"):
         M.last_applied_timestamp_seconds.labels(ns, name).set(time.time())
     level = L.logger.warning if verdict.outcome.kind in ("stalled", "transient") else L.logger.info
     level(f"Reconcile outcome: {verdict.outcome.reason}",
           extra={"status": verdict.outcome.kind, "reason": verdict.outcome.reason,
                  "from_revision": prev.get("currentRevision"), "to_revision": merged.get("currentRevision"),
-                 "result": verdict.metric_result, "wrote_status": bool(patch)})
+                 "result": verdict.metric_result, "wrote_status": bool(patch) and not unwritten})
+    if unwritten and raise_unwritten:
+        raise kopf.TemporaryError("the status could not be written; retrying", delay=STATUS_RETRY_DELAY)
     return merged
 
 
@@ -157,6 +247,8 @@ def reconcile(body, cause: str, retry: int = 0, diff=None, index=None) -> None:
     trigger = _trigger(cause, diff)
     with L.log_context(namespace=ns, name=name, trigger=trigger), _object_lock(ns, name):
         started = time.monotonic()
+        if not flush_pending(ns, name):
+            raise kopf.TemporaryError("the status of the last run is not written yet", delay=STATUS_RETRY_DELAY)
         prev = dict(kube.get(ns, name) or body).get("status") or {}
         now = now_iso()
         if not prev.get("conditions"):
@@ -174,6 +266,7 @@ def reconcile(body, cause: str, retry: int = 0, diff=None, index=None) -> None:
             return
         try:
             inputs = gather(kube.core(), ns, spec)
+            inputs, live = _probe(spec, inputs)
         except DbrevError as e:
             verdict = decide.from_error(e.to_dict(), prev, gen, now, retry, transient=e.transient)
             carry_out(body, prev, verdict, started)
@@ -187,23 +280,44 @@ def reconcile(body, cause: str, retry: int = 0, diff=None, index=None) -> None:
                                                     f"version table"}
             carry_out(body, prev, decide.from_error(err, prev, gen, now), started, extra)
             return
-        if _nothing_to_do(prev, gen, inputs, spec):
+        if decide.previous_outcome_stands(prev, gen, inputs.inputs_hash, trigger):
+            stalled = condition(prev, C.STALLED) or {}
+            L.logger.info("The last outcome stands: same spec, same inputs; not running the plan again", extra={
+                "reason": stalled.get("reason"), "status": "stalled",
+                "hint": "change the spec or the scripts, or annotate dbrev.io/reconcile-requested-at to retry"})
+            M.observe_reconcile(M.RESULT_NOOP, time.monotonic() - started)
+            return
+        if _nothing_to_do(prev, gen, inputs, live):
             M.observe_reconcile(M.RESULT_NOOP, time.monotonic() - started)
             return
         approval = (meta.get("annotations") or {}).get(APPROVE_ANNOTATION)
         _run(body, prev, spec, inputs, approval, trigger, retry, started, extra)
 
 
-def _nothing_to_do(prev: dict, gen: int, inputs: Inputs, spec: Spec) -> bool:
-    """The one cheap query: same spec, same inputs, and the database still where status says."""
+def _probe(spec: Spec, inputs: Inputs) -> tuple[Inputs, tuple[str, ...]]:
+    """One connection: which database this is (by the server's identity, not the URL) and its live revision."""
+    from sqlalchemy.exc import DBAPIError
+
+    from ..db import connection, database_identity, read_heads
+
+    with connection(_db_options(spec, inputs.url)) as conn:
+        heads = read_heads(conn, spec.version_table, spec.version_table_schema)
+        conn.commit()
+        try:
+            ident = database_identity(conn, spec.version_table, spec.version_table_schema)
+            conn.commit()
+        except DBAPIError as e:
+            conn.rollback()
+            L.logger.warning("Cannot read the server's identity; telling databases apart by their URL", extra={
+                "error_message": L.redact(str(getattr(e, "orig", e))).splitlines()[0][:300]})
+            return inputs, heads
+    return dataclasses.replace(inputs, database_key=identity_key(ident)), heads
+
+
+def _nothing_to_do(prev: dict, gen: int, inputs: Inputs, live) -> bool:
+    """The one cheap query (made by :func:`_probe`): same spec, same inputs, the database still where status says."""
     if not (is_ready({"conditions": prev.get("conditions")}) and prev.get("observedGeneration") == gen
             and prev.get("inputsHash") == inputs.inputs_hash):
-        return False
-    from ..engine import observe
-
-    try:
-        live = observe(_db_options(spec, inputs.url))["revisions"]
-    except DbrevError:
         return False
     return revisions_text(live) == prev.get("currentRevision")
 
@@ -215,6 +329,9 @@ def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, start
     ns, name, gen = meta["namespace"], meta["name"], meta.get("generation") or 0
     started_at = now_iso()
     seen: dict = {}
+    # What the status says now: the final write is diffed against this, not against what the pass read
+    # (a progress write in between would otherwise hide a final status equal to the old one).
+    written = dict(prev)
 
     def on_event(ev: dict) -> None:
         kind = ev.get("event")
@@ -233,11 +350,18 @@ def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, start
                    f"{revisions_text(plan.get('from_revisions'))} -> {revisions_text(plan.get('to_revisions'))}, "
                    f"{ev['total']} step(s)")
             try:
-                kube.patch_status(ns, name, status_patch(prev, {**decide.progressing(prev, gen, now_iso(), msg,
-                                                                                    plan), **extra}))
+                patch = status_patch(written, {**decide.progressing(written, gen, now_iso(), msg, plan), **extra})
+                kube.patch_status(ns, name, patch)
+                written.update(patch)
             except Exception as e:  # noqa: BLE001
                 L.logger.warning("Could not write progress", extra={"error_type": type(e).__name__})
             post_event(body, decide.NORMAL, decide.EV_APPLYING, msg)
+
+    def run_info() -> dict | None:
+        if "plan" not in seen:
+            return None
+        return {"plan": seen["plan"], "trigger": trigger, "started_at": started_at,
+                "duration_seconds": time.monotonic() - started}
 
     req = RunRequest(db=_db_options(spec, inputs.url), migrations=str(inputs.migrations), target=spec.revision,
                      policy=spec.policy, approval=approval, actor=f"operator:{ns}/{name}")
@@ -246,17 +370,26 @@ def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, start
         result = apply(req, timeout=spec.timeout, on_event=on_event,
                        log_level=os.environ.get("DBREV_LOG_LEVEL", "INFO"),
                        log_context={"namespace": ns, "name": name})
-        verdict = decide.from_result(result, prev, gen, now_iso(), trigger, started_at, seen.get("plan"), retry,
+        verdict = decide.from_result(result, written, gen, now_iso(), trigger, started_at, seen.get("plan"), retry,
                                      name=name)
     except DbrevError as e:
-        verdict = decide.from_error(e.to_dict(), prev, gen, now_iso(), retry, transient=e.transient)
+        verdict = decide.from_error(e.to_dict(), written, gen, now_iso(), retry, transient=e.transient,
+                                    run=run_info())
+    except Exception as e:  # noqa: BLE001 - an unexpected failure is still a run with an outcome to report
+        L.logger.error("The run failed with an unexpected error", exc_info=True,
+                       extra={"error_type": type(e).__name__, "error_message": L.redact(str(e))[:500]})
+        verdict = decide.from_error({"reason": C.MIGRATION_FAILED,
+                                     "message": f"dbrev failed unexpectedly: {type(e).__name__}: "
+                                                f"{L.redact(str(e))[:500]}",
+                                     "hint": "the operator log has the stack trace"},
+                                    written, gen, now_iso(), retry, transient=False, run=run_info())
     finally:
         M.active_workers.dec()
     if "plan" in seen and verdict.status.get("plan") is None:
         from ..status import plan_status
 
         verdict.status["plan"] = plan_status(seen["plan"], now_iso())
-    carry_out(body, prev, verdict, started, extra)
+    carry_out(body, written, verdict, started, extra)
     if verdict.retry_in:
         raise kopf.TemporaryError(verdict.outcome.message, delay=verdict.retry_in)
 
@@ -273,6 +406,8 @@ def check(body) -> None:
         return  # a pass is running
     try:
         with L.log_context(namespace=ns, name=name, trigger="timer"):
+            if not flush_pending(ns, name):
+                return
             _check(body, ns, name, gen, status)
     finally:
         lock.release()
@@ -287,18 +422,43 @@ def _check(body, ns, name, gen, status) -> None:
         return
     if spec.suspend or status.get("observedGeneration") != gen:
         return
+    if decide.needs_heal(status, gen):
+        # No pass holds the lock, yet the conditions say one is under way: a final write went missing.
+        fresh = (kube.get(ns, name) or {}).get("status") or {}
+        if decide.needs_heal(fresh, gen) and fresh.get("observedGeneration") == gen:
+            L.logger.warning("The conditions say a pass is under way but none is; starting one",
+                             extra={"reason": (condition(fresh, C.RECONCILING) or {}).get("reason")})
+            kube.request_reconcile(ns, name, "heal")
+        return
     ready = is_ready(status)
     stalled_on_integrity = any(c.get("type") == C.STALLED and c.get("status") == "True"
                                and c.get("reason") == C.INTEGRITY_CHECK_FAILED
                                for c in status.get("conditions") or [])
     if not (ready or stalled_on_integrity):
         return
+    started = time.monotonic()
     try:
         url = gather_url(spec, ns)
-        db = _db_options(spec, url)
+        db = dataclasses.replace(_db_options(spec, url),
+                                 connect_timeout=min(spec.connect_timeout, TIMER_CONNECT_TIMEOUT))
         live = observe(db)["revisions"]
-    except DbrevError:
+    except DatabaseUnavailable as e:
+        verdict = decide.database_unreachable(status, gen, now_iso(), e.message)
+        was_down = (condition(status, C.DATABASE_REACHABLE) or {}).get("status") == "False"
+        (L.logger.info if was_down else L.logger.warning)(
+            "Drift check: the database does not answer", extra={"error_type": type(e).__name__,
+                                                                "error_message": e.message, "reason": e.reason})
+        carry_out(body, status, verdict, started, count=False, raise_unwritten=False)
         return
+    except DbrevError as e:
+        L.logger.warning("Drift check failed", extra={"error_type": type(e).__name__, "error_message": e.message,
+                                                      "reason": e.reason})
+        return
+    back = decide.database_reachable_again(status, gen, now_iso(), f"the database answers again at revision "
+                                                                   f"{revisions_text(live)}")
+    if back:
+        L.logger.info("Drift check: the database answers again")
+        status = carry_out(body, status, back, started, count=False, raise_unwritten=False)
     if revisions_text(live) != status.get("currentRevision"):
         L.logger.warning("The database changed outside dbrev", extra={
             "from_revision": status.get("currentRevision"), "to_revision": revisions_text(live)})
@@ -309,13 +469,14 @@ def _check(body, ns, name, gen, status) -> None:
         age = (datetime.now(timezone.utc) - datetime.fromisoformat(last.replace("Z", "+00:00"))).total_seconds()
         if age < spec.drift_check_interval and not stalled_on_integrity:
             return
-    started = time.monotonic()
     try:
         report = verify(db, spec.verify)
-    except DbrevError:
+    except DbrevError as e:
+        L.logger.warning("Drift check: verification could not run", extra={
+            "error_type": type(e).__name__, "error_message": e.message, "reason": e.reason})
         return
     verdict = decide.from_check(report, live, status, gen, now_iso())
-    carry_out(body, status, verdict, started)
+    carry_out(body, status, verdict, started, raise_unwritten=False)
 
 
 def gather_url(spec: Spec, namespace: str) -> str:

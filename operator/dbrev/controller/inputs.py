@@ -25,13 +25,21 @@ class InputError(BadInput):
     pass
 
 
+class KubernetesUnavailable(DbrevError):
+    """The Kubernetes API did not answer a read (5xx, timeout, connection refused): clears by itself."""
+
+    exit_code = DatabaseUnavailable.exit_code
+    reason = C.KUBERNETES_UNAVAILABLE
+    transient = True
+
+
 @dataclass(frozen=True)
 class Inputs:
     url: str
     migrations: Path
     scripts_hash: str  # over every script's name and content
     secret_version: str  # resourceVersion of the Secret(s) used
-    database_key: str  # identifies host/port/db + version table, without any secret
+    database_key: str  # identifies the history (URL-based here; the handler replaces it by the server's identity)
 
     @property
     def inputs_hash(self) -> str:
@@ -52,15 +60,25 @@ def _api_error(e: ApiException, kind: str, namespace: str, name: str) -> DbrevEr
     if e.status == 403:
         return InputError(f"dbrev may not read {kind} {namespace}/{name} (403 Forbidden)", reason=C.PERMISSION_DENIED,
                           hint="grant the operator's ServiceAccount get on it (see manifests/)")
-    return DatabaseUnavailable(f"reading {kind} {namespace}/{name} failed: HTTP {e.status}",
-                               reason=C.DATABASE_UNAVAILABLE)
+    return KubernetesUnavailable(f"reading {kind} {namespace}/{name} from the Kubernetes API failed: HTTP {e.status}",
+                                 hint="the API server is unavailable or overloaded; dbrev retries")
+
+
+def _read(what, kind: str, namespace: str, name: str):
+    """One API read: HTTP errors and lost connections sorted into what a user must fix and what clears."""
+    from urllib3.exceptions import HTTPError
+
+    try:
+        return what(name, namespace)
+    except ApiException as e:
+        raise _api_error(e, kind, namespace, name) from None
+    except (HTTPError, OSError) as e:
+        raise KubernetesUnavailable(f"reading {kind} {namespace}/{name}: the Kubernetes API did not answer "
+                                    f"({type(e).__name__})", hint="dbrev retries") from None
 
 
 def _secret_value(core, namespace: str, name: str, key: str) -> tuple[str, str]:
-    try:
-        sec = core.read_namespaced_secret(name, namespace)
-    except ApiException as e:
-        raise _api_error(e, "Secret", namespace, name) from None
+    sec = _read(core.read_namespaced_secret, "Secret", namespace, name)
     data = sec.data or {}
     if key not in data:
         keys = ", ".join(sorted(data)) or "none"
@@ -97,10 +115,7 @@ def read_scripts(core, namespace: str, spec: Spec) -> tuple[Path, str]:
     files: dict[str, str] = {}
     origin: dict[str, str] = {}
     for cm_name in spec.configmaps:
-        try:
-            cm = core.read_namespaced_config_map(cm_name, namespace)
-        except ApiException as e:
-            raise _api_error(e, "ConfigMap", namespace, cm_name) from None
+        cm = _read(core.read_namespaced_config_map, "ConfigMap", namespace, cm_name)
         for key, text in sorted((cm.data or {}).items()):
             if not key.endswith(".py"):
                 continue
@@ -121,8 +136,13 @@ def read_scripts(core, namespace: str, spec: Spec) -> tuple[Path, str]:
     return materialize(files, scripts_root()), h.hexdigest()
 
 
+def identity_key(identity: str) -> str:
+    """The databaseKey of a server identity (:func:`dbrev.db.database_identity`)."""
+    return "sha256:" + hashlib.sha256(identity.encode()).hexdigest()[:24]
+
+
 def database_key(url: str, spec: Spec) -> str:
-    """host:port/db + version table, hashed: equal for two resources managing the same history."""
+    """host:port/db + version table, hashed: the fallback when the server's identity cannot be read."""
     from ..db import normalize_url
 
     try:

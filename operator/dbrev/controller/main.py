@@ -129,6 +129,7 @@ def drift_check(body, **_):
 def forget(namespace, name, **_):
     """Deleting a DatabaseRevision never touches the database: only its metrics go."""
     M.forget_resource(namespace, name)
+    handlers.forget_pending(namespace, name)
     with log_context(namespace=namespace, name=name):
         logger.info("DatabaseRevision deleted; the database is left as it is")
 
