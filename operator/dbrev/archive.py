@@ -100,6 +100,8 @@ def preserve(conn: Connection, state_schema: str, vt: str, revision: str, direct
         rel = resolve(conn, e.schema, e.table)
         if rel is None:
             continue  # created earlier in this run, or already gone: nothing stored there yet
+        if e.kind in ("drop_column", "alter_column_type") and e.column not in _columns(conn, rel.sql):
+            continue  # added by this very step before it drops it: nothing stored there yet
         key = (e.kind, rel.text, e.column, e.where)
         if key in seen:
             continue

@@ -832,6 +832,35 @@ def exact_counts(conn: Connection, tables: Iterable) -> dict[str, int]:
     return {name: int(counts[i]) for i, (name, _) in enumerate(found)}
 
 
+def column_set(conn: Connection, exclude_schemas: Iterable[str] = DEFAULT_EXCLUDE_SCHEMAS) -> set[str]:
+    """Every column of every user table as ``schema.table.column`` (table quoted like
+    :func:`table_stats`, the column name raw).  Catalog only."""
+    sql = f"""
+        SELECT format('%I.%I', n.nspname, c.relname) || '.' || a.attname
+        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped AND {_ns_filter('n')}"""
+    return {r[0] for r in conn.execute(text(sql), _params(exclude_schemas))}
+
+
+def rollback_row_findings(before: Mapping[str, int], after: Mapping[str, int]) -> list[Finding]:
+    """After a rollback: every table counted before the run must be back with at least as many
+    rows (exact counts).  PURE.  A missing table or a missing row is an error."""
+    out = []
+    for t in sorted(before):
+        b = int(before[t])
+        if t not in after:
+            if b:
+                out.append(Finding("rowCounts", t, b, ERROR,
+                                   f"Table {t} had {b} rows before the run and does not exist after the rollback."))
+            continue
+        lost = b - int(after[t])
+        if lost > 0:
+            out.append(Finding("rowCounts", t, lost, ERROR,
+                               f"Table {t} had {b} rows before the run and has {after[t]} after the rollback: "
+                               f"{lost} row{'s are' if lost != 1 else ' is'} missing."))
+    return out
+
+
 def xact_row_changes(conn: Connection, exclude_schemas: Iterable[str] = DEFAULT_EXCLUDE_SCHEMAS,
                      exclude_tables: Iterable = DEFAULT_EXCLUDE_TABLES) -> dict[str, tuple[int, int, int]]:
     """Rows inserted, updated and deleted so far by the CURRENT transaction (its
@@ -957,5 +986,6 @@ def run_checks(conn: Connection, checks: Iterable[str] = ALL_CHECKS, version_tab
 __all__ = [
     "ALL_CHECKS", "CATALOG_CHECKS", "Finding", "IntegrityReport", "TableStat",
     "catalog_findings", "fingerprint", "fingerprint_facts", "fingerprint_of", "diff_facts",
-    "table_stats", "exact_counts", "xact_row_changes", "row_count_findings", "new_findings", "run_checks",
+    "table_stats", "exact_counts", "column_set", "rollback_row_findings", "xact_row_changes",
+    "row_count_findings", "new_findings", "run_checks",
 ]

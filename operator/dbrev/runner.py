@@ -27,7 +27,7 @@ from .db import acquire_lock, connect, is_lock_timeout, quote_ident, read_heads,
 from .errors import BadInput, Busy, DbrevError, PlanChanged, ScriptConflict
 from .planning import Plan, build_plan, hash_matches
 from .options import RunRequest  # noqa: F401
-from .policy import Decision, evaluate
+from .policy import Decision, Facts, effect_table_key, evaluate, lossless
 from .scripts import ScriptSet, load_folder, render
 
 Emit = Callable[[dict], None]
@@ -51,6 +51,8 @@ class Runner:
         self.vt = state.vt_key(req.db.version_table, req.db.version_table_schema)
         self.schema = req.db.state_schema
         self.result: dict = {"steps": [], "warnings": []}
+        self._undo_facts = None
+        self._undo_archive = False
 
     # -- helpers ---------------------------------------------------------------
     def _heads(self, conn: Connection) -> tuple[str, ...]:
@@ -129,9 +131,16 @@ class Runner:
             if req.expected_hash and not hash_matches(plan.hash, req.expected_hash):
                 raise PlanChanged(f"the plan is now {plan.hash}, not the expected {req.expected_hash}",
                                   hint="run `dbrev plan` again and review the new plan")
-            decision = evaluate(plan, req.policy, req.approval)
+            facts = self._facts(conn, plan)
+            conn.commit()
+            decision = evaluate(plan, req.policy, req.approval, facts)
             self.result["decision"] = decision.to_dict()
             self.archive = decision.archive
+            self._facts_of_plan = facts
+            if decision.archive_reason == "rollback":
+                self.result["warnings"].append(
+                    "the plan runs one transaction per step and removes data: dbrev archives what each "
+                    "destructive step removes, so that a rollback can put it back")
             if not decision.allowed:
                 return self._refused(decision, t0)
             if plan.is_noop:
@@ -139,14 +148,19 @@ class Runner:
             jengine, jconn = connect(self.db, autocommit=True)
             journal = self.journal = state.Journal(jconn, self.schema)
             run_id = journal.start(self.vt, plan, req.actor)
-            with L.log_context(run_id=run_id):
-                L.state_transition(plan.from_revisions, plan.to_revisions, "started",
-                                   direction=plan.direction, steps=len(plan.steps), transaction=plan.transaction,
-                                   plan_hash=plan.hash)
-                if plan.transaction == "single":
-                    out = self._run_single(conn, scripts, plan, decision, journal)
-                else:
-                    out = self._run_per_step(conn, scripts, plan, decision, journal)
+            try:
+                with L.log_context(run_id=run_id):
+                    L.state_transition(plan.from_revisions, plan.to_revisions, "started",
+                                       direction=plan.direction, steps=len(plan.steps),
+                                       transaction=plan.transaction, plan_hash=plan.hash)
+                    if plan.transaction == "single":
+                        out = self._run_single(conn, scripts, plan, decision, journal)
+                    else:
+                        out = self._run_per_step(conn, scripts, plan, decision, journal)
+            except BaseException as e:
+                # the run ends here (busy, bad input, an error of dbrev's): the journal says how, not "running"
+                journal.finish(state.outcome_of(e), L.redact(str(e).splitlines()[0] if str(e) else type(e).__name__))
+                raise
             journal.finish(out["result"], (out.get("error") or {}).get("message"))
             out["duration_seconds"] = round(time.monotonic() - t0, 3)
             return out
@@ -163,6 +177,43 @@ class Runner:
             if jconn is not None:
                 jconn.close()
                 jengine.dispose()
+
+    def _facts(self, conn: Connection, plan: Plan, before: dict | None = None) -> Facts:
+        """What the live catalog says about the tables the plan's destructive effects name (under the lock).
+
+        ``before``: the pre-run snapshot, when planning the undo of a run: objects it does not have were
+        created by the run, and tables it counted empty held only the run's rows."""
+        empty, types, new_t, new_c = set(), {}, set(), set()
+        from .archive import resolve
+
+        for s in plan.steps:
+            for e in s.effects:
+                if not e.destructive or not e.table:
+                    continue
+                key = effect_table_key(e)
+                rel = resolve(conn, e.schema, e.table)
+                if rel is None:
+                    continue  # made by an earlier step (created_in_plan) or missing: the step itself will tell
+                canon = conn.execute(sa.text("SELECT format('%I.%I', CAST(:s AS text), CAST(:t AS text))"),
+                                     {"s": rel.schema, "t": rel.table}).scalar()
+                if before is not None:
+                    if canon not in before["tables"]:
+                        new_t.add(key)
+                        continue
+                    if e.column and f"{canon}.{e.column}" not in before["columns"]:
+                        new_c.add(f"{key}.{e.column}")
+                    if before.get("touched_exact", {}).get(canon) == 0:
+                        empty.add(key)
+                    continue
+                if not conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {rel.sql})")).scalar():
+                    empty.add(key)
+                if e.kind == "alter_column_type" and e.column:
+                    t = conn.execute(sa.text(
+                        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
+                        "to_regclass(:t) AND attname = :c AND NOT attisdropped"), {"t": rel.sql, "c": e.column}).scalar()
+                    if t:
+                        types[f"{key}.{e.column}"] = t
+        return Facts(frozenset(empty), types, frozenset(new_t), frozenset(new_c))
 
     def _with_stored(self, conn: Connection, scripts: ScriptSet) -> ScriptSet:
         if not self.req.use_stored_scripts:
@@ -247,6 +298,11 @@ class Runner:
                 state.record_fingerprint(conn, self.schema, self.vt, plan.from_revisions, fp, facts)
             if self.req.exact_counts:
                 snap["exact"] = integrity.exact_counts(conn, snap["tables"].keys())
+            # what every rollback proves it put back: exact counts of the tables the plan touches
+            touched = plan.touched_tables | plan.declared_loss_tables
+            snap["touched_exact"] = integrity.exact_counts(conn, touched)
+            snap["columns"] = integrity.column_set(conn, exclude_schemas=self._exclude_schemas())
+        self._snap = snap
         return snap
 
     def _post_verify(self, conn: Connection, plan: Plan, snap: dict, deleted: dict, target) -> tuple[dict, list]:
@@ -307,6 +363,8 @@ class Runner:
                     "operation": _ps.direction, "step": _i})
                 if getattr(self, "archive", False) and _ps.destructive:
                     self._archive(_ps)
+                if self._online_classify(_ps):
+                    self._online_before(_ps)
                 return _orig(**kw)
 
             rstep.migration_fn = fn
@@ -319,7 +377,9 @@ class Runner:
 
         from . import archive
 
-        rows = archive.preserve(op.get_bind(), self.schema, self.vt, ps.revision, ps.direction, ps.effects)
+        facts = getattr(self, "_facts_of_plan", None)
+        effects = [e for e in ps.effects if lossless(e, facts) is None]
+        rows = archive.preserve(op.get_bind(), self.schema, self.vt, ps.revision, ps.direction, effects)
         self.result.setdefault("archived", []).extend(rows)
         for r in rows:
             self.emit({"event": "archived", **r})
@@ -396,6 +456,10 @@ class Runner:
                 "transaction is not dbrev's, so a failed check is undone by inverse steps and the row-count "
                 "check cannot see its deletes")
 
+    # -- online classification (steps that cannot render offline) -------------------------
+    def _online_classify(self, ps) -> bool:
+        return False
+
     def _ensure_version_schema(self, conn: Connection) -> None:
         if self.db.version_table_schema:
             conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.db.version_table_schema)}"))
@@ -462,6 +526,7 @@ class Runner:
                 "error": {"reason": "IntegrityCheckFailed", "error_type": "IntegrityCheckFailed",
                           "message": "verification failed after the migration: "
                                      + "; ".join(f.message for f in new_errors[:3])}})
+            self._rollback_verdict()
             conn.commit()
             return self.result
         if "fingerprint" in self._checks() and getattr(self, "_new_fp", None):
@@ -502,20 +567,47 @@ class Runner:
             "integrity": after,
             "rollback": {"triggered": True, "reason": "migration_failure", "method": "transaction",
                          "success": after["passed"], "integrity": after}})
+        self._rollback_verdict()
         conn.commit()
         return self.result
 
+    def _rollback_verdict(self) -> None:
+        """A ROLLBACK whose proof failed (rows missing, new errors: someone else's writes) is not a success."""
+        rb = self.result["rollback"]
+        if rb["success"]:
+            return
+        rb["message"] = self._rollback_message(rb, [])
+        self.result["result"] = RESULT_FAILED
+        self.result["error"] = {**(self.result.get("error") or {}), "reason": "RollbackFailed"}
+
     def _after_rollback(self, conn: Connection, start) -> dict:
+        """Verify the database after a rollback.  Only findings new since the pre-run snapshot count
+        (what was already there is reported, never blamed on the rollback), and the rows are proven
+        back: exact counts of the tables the plan touches against the snapshot's."""
         conn.commit()
+        snap = getattr(self, "_snap", None) or {"findings": [], "touched_exact": {}}
         with conn.begin():
             heads = self._heads(conn)
-            report = self._verify_now(conn, heads, record=False)
-            if not self.graph.same_state(heads, start):
-                report["findings"].append(integrity.Finding(
-                    "version", self.vt, 1, "error",
-                    f"after the rollback the version table holds {state.revisions_key(heads)}, not the starting "
-                    f"{state.revisions_key(start)}").to_dict())
-                report["passed"] = False
+            with L.timed("verify", from_revision=L._rev(heads), to_revision=L._rev(start)):
+                findings = self._catalog(conn)
+                fp = None
+                if "fingerprint" in self._checks():
+                    fp, facts = self._fingerprint(conn)
+                    findings += self._drift(conn, heads, fp, facts)
+                if not self.graph.same_state(heads, start):
+                    findings.append(integrity.Finding(
+                        "version", self.vt, 1, "error",
+                        f"after the rollback the version table holds {state.revisions_key(heads)}, not the "
+                        f"starting {state.revisions_key(start)}"))
+                before = snap.get("touched_exact") or {}
+                missing = integrity.rollback_row_findings(before, integrity.exact_counts(conn, before.keys()))
+                findings += missing
+        new = integrity.new_findings(snap["findings"], findings)
+        report = integrity.IntegrityReport.of(findings, fp).to_dict()
+        report["new_findings"] = [f.to_dict() for f in new]
+        report["passed"] = not any(f.severity == "error" for f in new)
+        report["rows_checked"] = len(before)
+        self._rows_missing = [f.object for f in missing]
         return report
 
     # -- one transaction per step -----------------------------------------------
@@ -583,6 +675,7 @@ class Runner:
         self.result["current_revisions"] = list(heads)
         if report is not None:
             self.result["integrity"] = report
+        self._settle_archived(conn)
         if not self.req.policy.rollback_on_failure:
             L.state_transition(start, heads, "failed", message="Migration failed; rollback disabled by policy")
             self.result["result"] = RESULT_FAILED
@@ -590,13 +683,20 @@ class Runner:
             return self.result
         L.rollback_triggered(reason, heads, start, failed_revision=(self.result.get("error") or {}).get("step"))
         rollback = {"triggered": True, "reason": reason, "method": "inverse_steps", "steps": []}
+        sub = None
+        restored: list[dict] = []
+        pending: dict[str, list[dict]] = {}
         if self.graph.same_state(heads, start):
             rollback["success"] = True
         else:
             try:
                 inverse = self._plan(scripts, heads, start)
                 rollback["transaction"] = inverse.transaction
-                rollback["steps"] = [{"revision": s.revision, "direction": s.direction} for s in inverse.steps]
+                refusal = self._undo_policy(conn, inverse)
+                if refusal is not None:
+                    raise refusal
+                pending = self._restorable(conn)
+
                 def emit_rollback(ev: dict) -> None:
                     # the inverse steps report as rollback_step_*, not as a new apply
                     if str(ev.get("event", "")).startswith("step_"):
@@ -605,8 +705,20 @@ class Runner:
 
                 sub = Runner(self.req, emit_rollback)
                 sub.graph = self.graph
+                sub.archive = self._undo_archive
+                sub._facts_of_plan = self._undo_facts
                 steps = sub._steps_for(scripts, inverse, self.journal)
-                callback = sub._on_step_done(scripts, inverse, [])
+                step_done = sub._on_step_done(scripts, inverse, [])
+
+                def callback(*args, **kw):
+                    step_done(*args, **kw)
+                    ctx = kw["ctx"] if "ctx" in kw else args[0]
+                    # put back what the forward step removed, in the transaction of the step that re-made it
+                    from . import archive
+
+                    for entry in pending.pop(sub._current_step[0], []):
+                        restored.append(archive.restore(ctx.connection, entry, self.schema))
+
                 conn.commit()
                 with L.timed("rollback", from_revision=L._rev(heads), to_revision=L._rev(start)):
                     if inverse.transaction == "single":
@@ -615,7 +727,6 @@ class Runner:
                     else:
                         sub._execute(scripts, steps, callback, True, conn)
                 conn.commit()
-                rollback["steps"] = sub.result["steps"]
                 rollback["success"] = True
             except BaseException as e:  # noqa: BLE001
                 try:
@@ -624,10 +735,27 @@ class Runner:
                     pass
                 L.log_error("Rollback failed", e, from_revision=L._rev(heads), to_revision=L._rev(start))
                 rollback["success"] = False
-                rollback["error"] = {"error_type": type(e).__name__, "message": L.redact(str(e).splitlines()[0])}
+                err = {"error_type": type(e).__name__, "message": L.redact(str(e).splitlines()[0] if str(e) else "")}
+                if isinstance(e, DbrevError):
+                    err["reason"] = e.reason
+                rollback["error"] = err
+                if sub is not None:
+                    cur = getattr(sub, "_current_step", None)
+                    done = [(s["revision"], s["direction"]) for s in sub.result["steps"]]
+                    if cur and cur not in done:
+                        sub.result["steps"].append({"revision": cur[0], "direction": cur[1], "status": "failed"})
+            if sub is not None:
+                rollback["steps"] = sub.result["steps"]  # what ran, not what was planned
+                if sub.result.get("archived"):
+                    rollback["archived"] = sub.result["archived"]
+        if restored:
+            rollback["restored"] = restored
+        left = [e for entries in pending.values() for e in entries]
         after = self._after_rollback(conn, start)
         rollback["integrity"] = after
-        rollback["success"] = bool(rollback.get("success")) and after["passed"]
+        rollback["success"] = bool(rollback.get("success")) and after["passed"] and not left
+        if not rollback["success"]:
+            rollback["message"] = self._rollback_message(rollback, left)
         now = self._heads(conn)
         conn.commit()
         L.rollback_executed(heads, start, rollback["success"], method="inverse_steps")
@@ -640,6 +768,69 @@ class Runner:
         if not rollback["success"]:
             self.result["error"] = {**(self.result.get("error") or {}), "reason": "RollbackFailed"}
         return self.result
+
+    def _rollback_message(self, rollback: dict, left: list[dict]) -> str:
+        parts = []
+        if rollback.get("error"):
+            parts.append(f"the inverse steps failed: {rollback['error']['message']}")
+        missing = getattr(self, "_rows_missing", [])
+        if missing:
+            parts.append(f"rows that existed before the run are missing from {', '.join(missing)}")
+        if left:
+            parts.append("archived data was not put back: " + ", ".join(
+                f"{e['archive_schema']}.{e['archive_table']} ({e['rows']} rows of {e['source_schema']}."
+                f"{e['source_table']})" for e in left))
+        errs = [f["message"] for f in rollback.get("integrity", {}).get("new_findings", [])
+                if f["severity"] == "error" and f["check"] != "rowCounts"]
+        if errs:
+            parts.append("verification after the rollback failed: " + "; ".join(errs[:3]))
+        return "; ".join(parts) or "the rollback did not reach the starting revision"
+
+    def _settle_archived(self, conn: Connection) -> None:
+        """Archives taken in a step whose transaction rolled back never existed: report only the others."""
+        if not self.result.get("archived"):
+            return
+        from . import archive
+
+        with conn.begin():
+            kept = {e["id"] for e in archive.list_archives(conn, self.schema, self.vt)}
+        self.result["archived"] = [a for a in self.result["archived"] if a["id"] in kept]
+        if not self.result["archived"]:
+            del self.result["archived"]
+
+    def _restorable(self, conn: Connection) -> dict[str, list[dict]]:
+        """This run's archives, by the revision whose inverse step re-makes what they hold (newest first)."""
+        ids = {a["id"] for a in self.result.get("archived", [])}
+        if not ids:
+            return {}
+        from . import archive
+
+        with conn.begin():
+            entries = [e for e in archive.list_archives(conn, self.schema, self.vt) if e["id"] in ids]
+        out: dict[str, list[dict]] = {}
+        for e in sorted(entries, key=lambda e: e["id"], reverse=True):
+            out.setdefault(e["revision"], []).append(e)
+        return out
+
+    def _undo_policy(self, conn: Connection, inverse: Plan) -> DbrevError | None:
+        """A rollback never escalates the data-loss policy: the inverse steps run under the run's own.
+        What they would remove that existed before the run is archived (Archive), or refused (Deny,
+        RequireApproval: a person decides; the database stays where it is)."""
+        from .errors import PolicyRefused
+        from .options import ALLOW, Policy
+
+        with conn.begin():
+            facts = self._facts(conn, inverse, before=self._snap)
+        pol = self.req.policy
+        d = evaluate(inverse, Policy(downgrade=ALLOW, data_loss=pol.data_loss, rollback_on_failure=False,
+                                     verify=pol.verify), None, facts)
+        self._undo_facts = facts
+        self._undo_archive = d.archive
+        if d.allowed:
+            return None
+        return PolicyRefused(f"the rollback would remove data that existed before the run ({d.message})",
+                             reason=d.reason,
+                             hint="the database is left where the failure left it; restore or allow by hand")
 
     def _after_rollback_report(self, conn: Connection, heads) -> dict:
         with conn.begin():

@@ -154,6 +154,19 @@ class Journal:
             {"s": status, "e": error, "id": self.run_id})
 
 
+def outcome_of(exc: BaseException) -> str:
+    """The journal status of a run that ended with ``exc`` (never "running")."""
+    from .errors import Busy, PolicyRefused
+
+    if isinstance(exc, Busy):
+        return "busy"
+    if isinstance(exc, PolicyRefused):
+        return "refused"
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return "interrupted"
+    return "failed"
+
+
 def interrupted_runs(conn: Connection, schema: str, vt: str) -> list[dict]:
     """Runs still marked running: called while holding the lock, so their runner is gone."""
     s = quote_ident(schema)

@@ -371,9 +371,10 @@ def test_a_fresh_install_that_replaces_its_own_tables_is_not_data_loss(database_
                  'op.create_table("tmp_import", sa.Column("id", sa.Integer, primary_key=True))')
     r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
     assert r.code == 0, r.stdout
-    # once the table existed before the run, dropping it is data loss again
+    # once the table existed before the run and holds rows, dropping it is data loss again
     assert dbrev("apply", "--migrations", str(d), "-r", "f001aaaa", "--allow-downgrade",
                  url=database_url).code == 0
+    q(database_url, "INSERT INTO tmp_import DEFAULT VALUES")
     r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
     assert r.code == 3 and r.json["error"]["reason"] == "DataLossDenied"
 
