@@ -571,7 +571,39 @@ def _sequence_findings(conn: Connection, p: dict, *, exact: bool, timeout_ms: in
                            f"Sequence {seq} is {gap} behind {kind} {colref}: its next value {nxt} is "
                            f"{'not above' if inc > 0 else 'not below'} {agg}({col}) = {m}, so inserts that use "
                            f"the default will collide with existing rows; run SELECT setval({_literal(seq)}, "
-                           f"(SELECT {agg}({col}) FROM {tbl}))."))
+                           f"(SELECT {agg}({col}) FROM {tbl})) (an apply does it itself with --repair-sequences "
+                           f"or policy.repairSequences)."))
+    return out
+
+
+def repair_sequences(conn: Connection, sequences: Iterable[str]) -> list[dict]:
+    """Move each named sequence (``schema.seq`` as findings name it) past its owning column's
+    maximum (minimum for descending ones), in the caller's transaction.  Returns what moved:
+    ``[{"sequence", "column", "from", "to"}]``; a sequence that is no longer behind is left alone."""
+    out = []
+    for seq in sequences:
+        row = conn.execute(text("""
+            SELECT format('%I.%I', tn.nspname, t.relname), quote_ident(a.attname), sq.seqincrement,
+                   t.relkind
+            FROM pg_depend d JOIN pg_sequence sq ON sq.seqrelid = d.objid
+            JOIN pg_class t ON t.oid = d.refobjid JOIN pg_namespace tn ON tn.oid = t.relnamespace
+            JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid
+            WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+              AND d.deptype IN ('a', 'i') AND d.objid = to_regclass(:s)"""), {"s": seq}).first()
+        if row is None:
+            continue
+        tbl, col, inc, kind = row
+        agg = "max" if int(inc) > 0 else "min"
+        only = "ONLY " if kind == "r" else ""
+        last, called = _raw(conn, f"SELECT last_value, is_called FROM {seq}").one()
+        m = _raw(conn, f"SELECT {agg}({col}) FROM {only}{tbl}").scalar()
+        if m is None:
+            continue
+        effective = int(last) if called else int(last) - int(inc)
+        if (int(inc) > 0 and effective >= int(m)) or (int(inc) < 0 and effective <= int(m)):
+            continue
+        _raw(conn, f"SELECT setval({_literal(seq)}, {int(m)})")
+        out.append({"sequence": seq, "column": f"{tbl}.{col}", "from": effective, "to": int(m)})
     return out
 
 
@@ -987,5 +1019,5 @@ __all__ = [
     "ALL_CHECKS", "CATALOG_CHECKS", "Finding", "IntegrityReport", "TableStat",
     "catalog_findings", "fingerprint", "fingerprint_facts", "fingerprint_of", "diff_facts",
     "table_stats", "exact_counts", "column_set", "rollback_row_findings", "xact_row_changes",
-    "row_count_findings", "new_findings", "run_checks",
+    "row_count_findings", "new_findings", "run_checks", "repair_sequences",
 ]

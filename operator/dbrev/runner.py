@@ -315,7 +315,17 @@ class Runner:
                     "version", self.vt, 1, "error",
                     f"the version table holds {state.revisions_key(heads)}, not the target "
                     f"{state.revisions_key(target)}"))
-            findings += self._catalog(conn)
+            catalog = self._catalog(conn)
+            behind = [f for f in integrity.new_findings(snap["findings"], catalog)
+                      if f.check == "sequences" and f.severity == "error"]
+            if behind and self.req.policy.repair_sequences:
+                repaired = integrity.repair_sequences(conn, [f.object for f in behind])
+                for r in repaired:
+                    L.logger.warning("Repaired a sequence the run left behind its column", extra={
+                        "sequence": r["sequence"], "column": r["column"], "from": r["from"], "to": r["to"]})
+                self.result["repaired_sequences"] = repaired
+                catalog = self._catalog(conn)
+            findings += catalog
             fp = None
             if "fingerprint" in self._checks():
                 fp, facts = self._fingerprint(conn)
