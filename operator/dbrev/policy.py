@@ -40,6 +40,7 @@ class Facts:
     column_types: dict = field(default_factory=dict)  # "t.c" -> format_type of the live column
     new_tables: frozenset = frozenset()
     new_columns: frozenset = frozenset()
+    missing_tables: frozenset = frozenset()  # named by an effect, absent from the live catalog
 
 
 def lossless(e: Effect, facts: Facts | None) -> str | None:
@@ -53,6 +54,8 @@ def lossless(e: Effect, facts: Facts | None) -> str | None:
     if facts is None or not e.table:
         return None
     key = effect_table_key(e)
+    if key in facts.missing_tables:
+        return f"{key} does not exist (a guarded drop): no rows to lose"
     if key in facts.new_tables:
         return f"{key} was created by this run"
     if e.column and f"{key}.{e.column}" in facts.new_columns:

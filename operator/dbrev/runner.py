@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from . import integrity, state
 from . import log as L
 from .db import acquire_lock, connect, is_lock_timeout, quote_ident, read_heads, server_info, unlock
-from .errors import BadInput, Busy, DbrevError, PlanChanged, ScriptConflict
+from .errors import BadInput, Busy, DbrevError, PlanChanged, PolicyRefused, ScriptConflict
 from .planning import Plan, build_plan, hash_matches
 from .options import RunRequest  # noqa: F401
 from .policy import Decision, Facts, effect_table_key, evaluate, lossless
@@ -41,6 +41,10 @@ from .options import (  # noqa: E402,F401
 )
 
 
+class OnlineDataLoss(PolicyRefused):
+    """A step classified online removed data the policy does not allow (raised before it commits)."""
+
+
 class Runner:
     def __init__(self, req: RunRequest, emit: Emit):
         self._single = False  # set while a single-transaction run executes
@@ -53,6 +57,8 @@ class Runner:
         self.result: dict = {"steps": [], "warnings": []}
         self._undo_facts = None
         self._undo_archive = False
+        self._online_declared: set[str] = set()
+        self._online_dropped: set[str] = set()
 
     # -- helpers ---------------------------------------------------------------
     def _heads(self, conn: Connection) -> tuple[str, ...]:
@@ -183,7 +189,7 @@ class Runner:
 
         ``before``: the pre-run snapshot, when planning the undo of a run: objects it does not have were
         created by the run, and tables it counted empty held only the run's rows."""
-        empty, types, new_t, new_c = set(), {}, set(), set()
+        empty, types, new_t, new_c, missing = set(), {}, set(), set(), set()
         from .archive import resolve
 
         for s in plan.steps:
@@ -193,7 +199,8 @@ class Runner:
                 key = effect_table_key(e)
                 rel = resolve(conn, e.schema, e.table)
                 if rel is None:
-                    continue  # made by an earlier step (created_in_plan) or missing: the step itself will tell
+                    missing.add(key)  # made by an earlier step of the run, or not there at all: no rows yet
+                    continue
                 canon = conn.execute(sa.text("SELECT format('%I.%I', CAST(:s AS text), CAST(:t AS text))"),
                                      {"s": rel.schema, "t": rel.table}).scalar()
                 if before is not None:
@@ -213,7 +220,7 @@ class Runner:
                         "to_regclass(:t) AND attname = :c AND NOT attisdropped"), {"t": rel.sql, "c": e.column}).scalar()
                     if t:
                         types[f"{key}.{e.column}"] = t
-        return Facts(frozenset(empty), types, frozenset(new_t), frozenset(new_c))
+        return Facts(frozenset(empty), types, frozenset(new_t), frozenset(new_c), frozenset(missing))
 
     def _with_stored(self, conn: Connection, scripts: ScriptSet) -> ScriptSet:
         if not self.req.use_stored_scripts:
@@ -339,9 +346,10 @@ class Runner:
                 dropped_ok = {f"{e.schema}.{e.table}" if e.schema else e.table
                               for s in plan.steps for e in s.effects if e.kind == "drop_table"}
                 dropped_ok |= plan.renamed_tables
+                dropped_ok |= self._online_dropped  # seen online and allowed by the policy
                 # a downgrade that undoes a CREATE TABLE drops it: declared by construction
                 findings += integrity.row_count_findings(
-                    snap["tables"], after, deleted, plan.declared_loss_tables, dropped_ok,
+                    snap["tables"], after, deleted, plan.declared_loss_tables | self._online_declared, dropped_ok,
                     exact_before=snap.get("exact"), exact_after=exact_after)
         new = integrity.new_findings(snap["findings"], findings)
         new_errors = [f for f in new if f.severity == "error"]
@@ -404,6 +412,7 @@ class Runner:
                     self._to_store.append((info, scripts.sources[rev].source))  # one INSERT at the end
                 else:
                     state.store_script(conn, self.schema, self.vt, [(info, scripts.sources[rev].source)])
+            self._online_after(conn, rev, direction)
             if per_step_deleted is not None:  # per-step transactions: each step's own counters, summed later
                 per_step_deleted.append(integrity.xact_row_changes(
                     conn, exclude_schemas=self._exclude_schemas(), exclude_tables=self._exclude_tables()))
@@ -468,7 +477,46 @@ class Runner:
 
     # -- online classification (steps that cannot render offline) -------------------------
     def _online_classify(self, ps) -> bool:
-        return False
+        """Steps that could not be rendered offline are classified by what they do, as they run."""
+        return not ps.renderable and not ps.irreversible
+
+    def _online_before(self, ps) -> None:
+        from alembic import op
+
+        self._online_state = (ps.revision, integrity.live_state(
+            op.get_bind(), exclude_schemas=self._exclude_schemas(), exclude_tables=self._exclude_tables()))
+
+    def _online_after(self, conn: Connection, rev: str, direction: str) -> None:
+        """Before the step commits: what did it remove that existed before the run?  Decide on that."""
+        pending = getattr(self, "_online_state", None)
+        if not pending or pending[0] != rev:
+            return
+        self._online_state = None
+        after = integrity.live_state(conn, exclude_schemas=self._exclude_schemas(),
+                                     exclude_tables=self._exclude_tables())
+        snap = getattr(self, "_snap", None) or {"tables": {}}
+        effects = integrity.live_effects(pending[1], after, snap["tables"].keys())
+        record = {"revision": rev, "direction": direction, "effects": [e.to_dict() for e in effects]}
+        self.result.setdefault("classified_online", []).append(record)
+        if not effects:
+            return
+        what = "; ".join(e.detail for e in effects)
+        pol = self.req.policy.data_loss
+        from .options import ALLOW
+
+        if pol == ALLOW:
+            self._online_declared |= {e.object for e in effects}
+            self._online_dropped |= {e.object for e in effects if e.kind == "drop_table"}
+            L.logger.warning("A step classified online removed data", extra={"revision": rev, "effects": what})
+            return
+        why = {"Archive": "it could not be archived first, because its offline rendering failed and so did not "
+                          "show it",
+               "RequireApproval": "the approved plan did not show it (its offline rendering failed)"}.get(
+            pol, "the dataLoss policy is Deny")
+        raise OnlineDataLoss(f"step {rev} ({direction}) removed data that existed before the run, and {why}: "
+                             f"{what}", reason="DataLossDenied",
+                             hint="allow the data loss (--allow-data-loss / dataLoss: Allow), or make the step "
+                                  "renderable offline so the plan shows what it removes")
 
     def _ensure_version_schema(self, conn: Connection) -> None:
         if self.db.version_table_schema:
@@ -639,7 +687,7 @@ class Runner:
                 conn.rollback()
             except Exception:  # noqa: BLE001
                 pass
-            if isinstance(e, DbrevError):
+            if isinstance(e, DbrevError) and not isinstance(e, OnlineDataLoss):
                 raise
             failure = e
         conn.commit()
@@ -647,6 +695,8 @@ class Runner:
             err = self._error(failure, scripts)
             if is_lock_timeout(failure):
                 err["reason"] = "LockBusy"
+            if isinstance(failure, OnlineDataLoss):
+                err.update(reason="DataLossDenied", error_type="PolicyRefused", hint=failure.hint)
             L.log_error("Migration failed", failure, from_revision=L._rev(start), to_revision=L._rev(target),
                         step=err["step"], location=err["location"])
             if err["step"]:
