@@ -154,6 +154,8 @@ class Runner:
             jengine, jconn = connect(self.db, autocommit=True)
             journal = self.journal = state.Journal(jconn, self.schema)
             run_id = journal.start(self.vt, plan, req.actor)
+            # whoever outlives this process (a timeout, a crash) closes the row with what happened
+            self.emit({"event": "journal", "run_id": run_id, "schema": self.schema})
             try:
                 with L.log_context(run_id=run_id):
                     L.state_transition(plan.from_revisions, plan.to_revisions, "started",

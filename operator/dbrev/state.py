@@ -154,6 +154,14 @@ class Journal:
             {"s": status, "e": error, "id": self.run_id})
 
 
+def close_run(conn: Connection, schema: str, run_id: int, status: str, error: str | None = None) -> bool:
+    """Close a run whose process is gone (killed at its timeout, died); False when it was already closed."""
+    n = conn.execute(sa.text(
+        f"UPDATE {quote_ident(schema)}.runs SET status=:s, error=:e, finished_at=now() "
+        f"WHERE id=:id AND status='running'"), {"s": status, "e": error, "id": run_id}).rowcount
+    return bool(n)
+
+
 def outcome_of(exc: BaseException) -> str:
     """The journal status of a run that ended with ``exc`` (never "running")."""
     from .errors import Busy, PolicyRefused

@@ -135,3 +135,36 @@ def test_busy_leaves_no_running_journal_row(database_url, tmp_path):
     assert q(database_url, "SELECT status FROM dbrev.runs ORDER BY id DESC LIMIT 1")[0][0] == "busy"
     again = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
     assert again.code == 0 and not [w for w in again.json["warnings"] if "interrupted" in w]
+
+
+def test_a_timed_out_run_closes_its_journal_row(database_url, tmp_path):
+    d = tmp_path / "m"
+    write_script(d, "t001aaaa", None, 'op.create_table("a", sa.Column("id", sa.Integer, primary_key=True))',
+                 'op.drop_table("a")')
+    write_script(d, "t002aaaa", "t001aaaa", 'op.execute("SELECT pg_sleep(120)")', "pass")
+    r = dbrev("apply", "--migrations", str(d), "-r", "head", "--timeout", "4", url=database_url)
+    assert r.json["error"]["reason"] == "TimedOut"
+    assert q(database_url, "SELECT status FROM dbrev.runs ORDER BY id DESC LIMIT 1")[0][0] == "timed_out"
+    write_script(d, "t002aaaa", "t001aaaa", "pass", "pass")
+    again = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    assert again.code == 0 and not [w for w in again.json["warnings"] if "interrupted" in w], again.json
+
+
+def test_the_undo_after_a_timeout_keeps_the_data_loss_policy(database_url, tmp_path):
+    d = tmp_path / "m"
+    write_script(d, "x001aaaa", None, 'op.create_table("keep", sa.Column("id", sa.Integer, primary_key=True), '
+                 'sa.Column("v", sa.Text))', 'op.drop_table("keep")')
+    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    q(database_url, "INSERT INTO keep (v) SELECT 'v' || g FROM generate_series(1, 10) g")
+    write_script(d, "x002aaaa", "x001aaaa", CONCURRENT_UP, CONCURRENT_DOWN)
+    write_script(d, "x003aaaa", "x002aaaa", 'op.add_column("keep", sa.Column("extra", sa.Text))\n'
+                 'op.execute("UPDATE keep SET extra = v")', 'op.drop_column("keep", "extra")')
+    write_script(d, "x004aaaa", "x003aaaa", 'op.execute("SELECT pg_sleep(120)")', "pass")
+    r = dbrev("apply", "--migrations", str(d), "-r", "head", "--timeout", "8", url=database_url)
+    doc = r.json
+    assert doc["error"]["reason"] == "TimedOut", doc
+    # dataLoss is Deny: the undo that would drop keep.extra (10 values) is refused, and says so
+    assert doc["rollback"]["success"] is False
+    assert doc["rollback"]["error"]["reason"] == "DataLossDenied", doc["rollback"]
+    assert heads(database_url) == ["x003aaaa"]
+    assert q(database_url, "SELECT count(extra) FROM keep")[0][0] == 10
