@@ -60,3 +60,23 @@ def test_guarded_drops_and_computed_alter_column_are_not_false_positives(databas
     assert r.code == 0 and r.json["result"] == "applied", r.stdout
     assert r.json["classified_online"][0]["effects"] == []  # widened varchar(20) -> text, dropped nothing
     assert q(database_url, "SELECT count(*) FROM keep")[0][0] == 2
+
+
+def test_a_per_step_run_refused_online_undoes_its_earlier_steps(database_url, tmp_path):
+    d = tmp_path / "m"
+    base(d)
+    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    q(database_url, "INSERT INTO old_a SELECT g FROM generate_series(1, 5) g")
+    write_script(d, "o002aaaa", "o001aaaa",
+                 'with op.get_context().autocommit_block():\n'
+                 '    op.create_index("ix_keep_v", "keep", ["v"], postgresql_concurrently=True)',
+                 'with op.get_context().autocommit_block():\n'
+                 '    op.drop_index("ix_keep_v", table_name="keep", postgresql_concurrently=True)')
+    write_script(d, "o003aaaa", "o002aaaa", LOOP_DROP, "pass")
+    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    doc = r.json
+    assert doc["transaction"] == "per-step"
+    assert doc["result"] == "rolled_back" and doc["error"]["reason"] == "DataLossDenied", doc
+    assert doc["rollback"]["success"] is True
+    assert heads(database_url) == ["o001aaaa"] and q(database_url, "SELECT count(*) FROM old_a")[0][0] == 5
+    assert q(database_url, "SELECT to_regclass('ix_keep_v')")[0][0] is None
