@@ -41,6 +41,7 @@ class Facts:
     new_tables: frozenset = frozenset()
     new_columns: frozenset = frozenset()
     missing_tables: frozenset = frozenset()  # named by an effect, absent from the live catalog
+    unused_objects: frozenset = frozenset()  # schemas without tables, types no column uses (by effect name)
 
 
 def lossless(e: Effect, facts: Facts | None) -> str | None:
@@ -51,7 +52,11 @@ def lossless(e: Effect, facts: Facts | None) -> str | None:
         # PostgreSQL refuses to drop a type a column still uses: its values went with those columns,
         # whose removal is an effect of its own (archived, restored or refused on its own)
         return "a type no column uses any more holds no rows"
-    if facts is None or not e.table:
+    if facts is None:
+        return None
+    if not e.table:
+        if e.name and e.name in facts.unused_objects:
+            return f"{e.name} holds no table or column"
         return None
     key = effect_table_key(e)
     if key in facts.missing_tables:

@@ -194,8 +194,17 @@ class Runner:
         empty, types, new_t, new_c, missing = set(), {}, set(), set(), set()
         from .archive import resolve
 
+        unused = set()
         for s in plan.steps:
             for e in s.effects:
+                if e.destructive and e.name and e.kind in ("drop_schema", "drop_type"):
+                    q = ("SELECT NOT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                         "WHERE n.nspname = :n AND c.relkind IN ('r', 'p'))" if e.kind == "drop_schema" else
+                         "SELECT to_regtype(:n) IS NULL OR NOT EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_class c "
+                         "ON c.oid = a.attrelid WHERE a.atttypid = to_regtype(:n) AND NOT a.attisdropped "
+                         "AND c.relkind IN ('r', 'p'))")
+                    if conn.execute(sa.text(q), {"n": e.name}).scalar():
+                        unused.add(e.name)
                 if not e.destructive or not e.table:
                     continue
                 key = effect_table_key(e)
@@ -212,9 +221,8 @@ class Runner:
                     if e.column and f"{canon}.{e.column}" not in before["columns"]:
                         new_c.add(f"{key}.{e.column}")
                     if before.get("touched_exact", {}).get(canon) == 0:
-                        empty.add(key)
-                    continue
-                if not conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {rel.sql})")).scalar():
+                        empty.add(key)  # whatever it holds now, the run put there
+                elif not conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {rel.sql})")).scalar():
                     empty.add(key)
                 if e.kind == "alter_column_type" and e.column:
                     t = conn.execute(sa.text(
@@ -222,7 +230,8 @@ class Runner:
                         "to_regclass(:t) AND attname = :c AND NOT attisdropped"), {"t": rel.sql, "c": e.column}).scalar()
                     if t:
                         types[f"{key}.{e.column}"] = t
-        return Facts(frozenset(empty), types, frozenset(new_t), frozenset(new_c), frozenset(missing))
+        return Facts(frozenset(empty), types, frozenset(new_t), frozenset(new_c), frozenset(missing),
+                     frozenset(unused))
 
     def _with_stored(self, conn: Connection, scripts: ScriptSet) -> ScriptSet:
         if not self.req.use_stored_scripts:
@@ -769,6 +778,7 @@ class Runner:
                 sub.graph = self.graph
                 sub.archive = self._undo_archive
                 sub._facts_of_plan = self._undo_facts
+                sub._snap = self._snap  # what existed before the run: the undo's online checks compare with it
                 steps = sub._steps_for(scripts, inverse, self.journal)
                 step_done = sub._on_step_done(scripts, inverse, [])
 

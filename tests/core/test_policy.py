@@ -206,3 +206,12 @@ def test_rollback_row_proof_and_online_effects_are_pure():
                         {"public.b": 4})
     kinds = [(e.kind, e.object) for e in I.live_effects(before, after, {"public.a", "public.b"})]
     assert kinds == [("drop_table", "public.a"), ("drop_column", "public.b.w"), ("delete_rows", "public.b")]
+
+
+def test_a_schema_or_type_that_holds_nothing_is_not_data_loss():
+    sql = {**SQL, ("a1", False): "DROP SCHEMA old CASCADE; DROP TYPE mood CASCADE"}
+    p = make(("a1",), (), sql=sql)
+    assert not evaluate(p, Policy(downgrade="Allow")).allowed
+    d = evaluate(p, Policy(downgrade="Allow"), facts=Facts(unused_objects=frozenset({"old", "mood"})))
+    assert d.allowed and {x["why"] for x in d.not_data_loss} == {"old holds no table or column",
+                                                                 "mood holds no table or column"}
