@@ -570,9 +570,9 @@ def _sequence_findings(conn: Connection, p: dict, *, exact: bool, timeout_ms: in
         out.append(Finding("sequences", seq, gap, ERROR,
                            f"Sequence {seq} is {gap} behind {kind} {colref}: its next value {nxt} is "
                            f"{'not above' if inc > 0 else 'not below'} {agg}({col}) = {m}, so inserts that use "
-                           f"the default will collide with existing rows; run SELECT setval({_literal(seq)}, "
-                           f"(SELECT {agg}({col}) FROM {tbl})) (an apply does it itself with --repair-sequences "
-                           f"or policy.repairSequences)."))
+                           f"the default will collide with existing rows (an apply repairs what it caused with "
+                           f"--repair-sequences or policy.repairSequences); run SELECT setval({_literal(seq)}, "
+                           f"(SELECT {agg}({col}) FROM {tbl}))."))
     return out
 
 

@@ -41,8 +41,16 @@ from .options import (  # noqa: E402,F401
 )
 
 
-class OnlineDataLoss(PolicyRefused):
-    """A step classified online removed data the policy does not allow (raised before it commits)."""
+def OnlineDataLoss(message: str, **kw) -> PolicyRefused:
+    """A step classified online removed data the policy does not allow (raised before it commits).
+    A plain PolicyRefused (so it crosses the worker boundary as one), marked ``online``."""
+    e = PolicyRefused(message, **kw)
+    e.online = True  # type: ignore[attr-defined]
+    return e
+
+
+def _online_refusal(e: BaseException) -> bool:
+    return isinstance(e, PolicyRefused) and getattr(e, "online", False)
 
 
 class Runner:
@@ -698,7 +706,7 @@ class Runner:
                 conn.rollback()
             except Exception:  # noqa: BLE001
                 pass
-            if isinstance(e, DbrevError) and not isinstance(e, OnlineDataLoss):
+            if isinstance(e, DbrevError) and not _online_refusal(e):
                 raise
             failure = e
         conn.commit()
@@ -706,7 +714,7 @@ class Runner:
             err = self._error(failure, scripts)
             if is_lock_timeout(failure):
                 err["reason"] = "LockBusy"
-            if isinstance(failure, OnlineDataLoss):
+            if _online_refusal(failure):
                 err.update(reason="DataLossDenied", error_type="PolicyRefused", hint=failure.hint)
             L.log_error("Migration failed", failure, from_revision=L._rev(start), to_revision=L._rev(target),
                         step=err["step"], location=err["location"])
