@@ -168,3 +168,28 @@ def test_the_undo_after_a_timeout_keeps_the_data_loss_policy(database_url, tmp_p
     assert doc["rollback"]["error"]["reason"] == "DataLossDenied", doc["rollback"]
     assert heads(database_url) == ["x003aaaa"]
     assert q(database_url, "SELECT count(extra) FROM keep")[0][0] == 10
+
+
+def test_a_transaction_rollback_proves_its_rows_too(database_url, tmp_path):
+    d = tmp_path / "m"
+    write_script(d, "y001aaaa", None, 'op.create_table("keep", sa.Column("id", sa.Integer, primary_key=True), '
+                 'sa.Column("v", sa.Text))', 'op.drop_table("keep")')
+    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    q(database_url, "INSERT INTO keep (v) SELECT 'v' || g FROM generate_series(1, 10) g")
+    # while the run's transaction is open, another session deletes rows (here: the script itself, through a
+    # connection of its own); ROLLBACK cannot bring them back, and the rollback must not claim it did
+    write_script(d, "y002aaaa", "y001aaaa",
+                 'if not op.get_context().as_sql:\n'
+                 '    eng = sa.create_engine(os.environ["DBREV_DATABASE_URL"])\n'
+                 '    with eng.begin() as c:\n'
+                 '        c.execute(sa.text("DELETE FROM keep WHERE id > 4"))\n'
+                 '    eng.dispose()\n'
+                 'op.add_column("keep", sa.Column("w", sa.Text))\n'
+                 'op.execute("SELECT 1/0")', "pass", extra="import os")
+    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    doc = r.json
+    assert doc["transaction"] == "single" and doc["rollback"]["method"] == "transaction"
+    assert doc["rollback"]["success"] is False, doc["rollback"]
+    assert doc["result"] == "failed" and doc["error"]["reason"] == "RollbackFailed"
+    assert "public.keep" in doc["rollback"]["message"]
+    assert heads(database_url) == ["y001aaaa"]
