@@ -67,6 +67,7 @@ class Runner:
         self._undo_archive = False
         self._online_declared: set[str] = set()
         self._online_dropped: set[str] = set()
+        self._run_inserted: set[str] = set()
 
     # -- helpers ---------------------------------------------------------------
     def _heads(self, conn: Connection) -> tuple[str, ...]:
@@ -398,6 +399,8 @@ class Runner:
                 L.logger.debug("Starting migration step", extra={
                     "from_revision": L._rev(_ps.from_revisions), "to_revision": L._rev(_ps.to_revisions),
                     "operation": _ps.direction, "step": _i})
+                if _ps.destructive:
+                    self._recheck_empty(_ps)
                 if getattr(self, "archive", False) and _ps.destructive:
                     self._archive(_ps)
                 if self._online_classify(_ps):
@@ -407,6 +410,37 @@ class Runner:
             rstep.migration_fn = fn
             steps.append(rstep)
         return steps
+
+    def _recheck_empty(self, ps) -> None:
+        """A table judged empty when the policy was decided must still be empty when its step runs
+        (rows may have arrived since): otherwise the step would lose them unseen."""
+        from .options import ALLOW
+
+        facts = getattr(self, "_facts_of_plan", None)
+        if facts is None or not facts.empty_tables or self.req.policy.data_loss == ALLOW:
+            return
+        from alembic import op
+
+        from .archive import resolve
+
+        conn = op.get_bind()
+        for e in ps.effects:
+            key = effect_table_key(e)
+            if not e.destructive or key not in facts.empty_tables:
+                continue
+            rel = resolve(conn, e.schema, e.table)
+            if rel is None:
+                continue
+            canon = conn.execute(sa.text("SELECT format('%I.%I', CAST(:s AS text), CAST(:t AS text))"),
+                                 {"s": rel.schema, "t": rel.table}).scalar()
+            if canon in self._run_inserted:
+                continue  # an earlier step of this run filled it: its rows are the run's own
+            if conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {rel.sql})")).scalar():
+                raise OnlineDataLoss(
+                    f"step {ps.revision} ({ps.direction}): {key} was empty when the plan was decided and holds rows "
+                    f"now, and the dataLoss policy ({self.req.policy.data_loss}) was not asked about them: "
+                    f"{e.detail or e.kind}", reason="DataLossDenied", hint="run the apply again: it decides on "
+                                                                           "the rows there are now")
 
     def _archive(self, ps) -> None:
         """Dataloss policy Archive: copy what the step removes, in the step's own transaction."""
@@ -432,9 +466,11 @@ class Runner:
                 else:
                     state.store_script(conn, self.schema, self.vt, [(info, scripts.sources[rev].source)])
             self._online_after(conn, rev, direction)
+            changes = integrity.xact_row_changes(conn, exclude_schemas=self._exclude_schemas(),
+                                                 exclude_tables=self._exclude_tables())
+            self._run_inserted |= {t for t, v in changes.items() if v[0] > 0}  # rows of the run's own
             if per_step_deleted is not None:  # per-step transactions: each step's own counters, summed later
-                per_step_deleted.append(integrity.xact_row_changes(
-                    conn, exclude_schemas=self._exclude_schemas(), exclude_tables=self._exclude_tables()))
+                per_step_deleted.append(changes)
             dur = time.monotonic() - self._step_t0
             rec = {"revision": rev, "direction": direction, "duration_seconds": round(dur, 3), "status": "applied"}
             self.result["steps"].append(rec)

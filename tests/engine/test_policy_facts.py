@@ -124,3 +124,31 @@ def test_a_rollback_never_escalates_the_data_loss_policy(database_url, tmp_path)
     assert r.json["result"] == "rolled_back" and r.json["rollback"]["success"], r.stdout
     assert [a["object"] for a in r.json["rollback"]["archived"]] == ["public.people.name"]
     assert heads(database_url) == ["u001aaaa"]
+
+
+def test_a_table_empty_at_plan_time_and_seeded_by_the_run_may_still_be_dropped(database_url, tmp_path):
+    d = tmp_path / "m"
+    people(d)
+    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    write_script(d, "w002aaaa", "w001aaaa", 'op.execute("INSERT INTO scratch DEFAULT VALUES")', "pass")
+    write_script(d, "w003aaaa", "w002aaaa", 'op.drop_table("scratch")', "pass")
+    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    assert r.code == 0 and r.json["result"] == "applied", r.stdout
+
+
+def test_rows_that_arrive_after_the_decision_are_not_dropped_unseen(database_url, tmp_path):
+    d = tmp_path / "m"
+    people(d)
+    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    # another session writes into the empty table while the run is under way
+    write_script(d, "w002aaaa", "w001aaaa",
+                 'if not op.get_context().as_sql:\n'
+                 '    eng = sa.create_engine(os.environ["DBREV_DATABASE_URL"])\n'
+                 '    with eng.begin() as c:\n'
+                 '        c.execute(sa.text("INSERT INTO scratch DEFAULT VALUES"))\n'
+                 '    eng.dispose()', "pass", extra="import os")
+    write_script(d, "w003aaaa", "w002aaaa", 'op.drop_table("scratch")', "pass")
+    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    assert r.code == 3 and r.json["error"]["reason"] == "DataLossDenied", r.stdout
+    assert "holds rows now" in r.json["error"]["message"]
+    assert q(database_url, "SELECT count(*) FROM scratch")[0][0] == 1 and heads(database_url) == ["w001aaaa"]
