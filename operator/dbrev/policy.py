@@ -153,8 +153,9 @@ def _evaluate(plan: Plan, policy: Policy, approval: str | None, facts: Facts | N
             if lost:
                 return Decision(False, C.DATA_LOSS_DENIED,
                                 "the plan runs one transaction per step, so a failure is undone by inverse steps, "
-                                "and these effects could not be put back by them: " + "; ".join(lost),
-                                )
+                                "and these effects could not be put back by them: " + "; ".join(lost)
+                                + "; to run it anyway turn rollbackOnFailure off (CLI --no-rollback-on-failure): "
+                                  "a failure then leaves the database where it stopped")
             archive, archive_reason = True, "rollback"
     if needs_approval:
         if hash_matches(plan.hash, approval):
