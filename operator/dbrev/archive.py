@@ -19,7 +19,10 @@ delete_rows                   the rows matching the DELETE's condition (or, when
 
 The copy is a ``CREATE TABLE ... AS`` (PostgreSQL's fastest); the checksum is
 order-independent (XOR of 64-bit row hashes) and computed by a parallel scan of
-the fresh copy.
+the fresh copy.  A copy never depends on an object the run may drop next: a
+column of a user-defined type (an enum, a domain, an extension's type, arrays
+of them) is stored as text, with ``dbrev type: <type>`` as the column's
+comment, and cast back to the live column's type on restore.
 """
 
 from __future__ import annotations
@@ -100,6 +103,8 @@ def preserve(conn: Connection, state_schema: str, vt: str, revision: str, direct
         rel = resolve(conn, e.schema, e.table)
         if rel is None:
             continue  # created earlier in this run, or already gone: nothing stored there yet
+        if e.kind in ("drop_column", "alter_column_type") and e.column not in _columns(conn, rel.sql):
+            continue  # added by this very step before it drops it: nothing stored there yet
         key = (e.kind, rel.text, e.column, e.where)
         if key in seen:
             continue
@@ -123,14 +128,23 @@ def _preserve_one(conn: Connection, state_schema: str, vt: str, revision: str, d
          "keys": keys, "as": ARCHIVE_SCHEMA}).scalar()
     name = _archive_name(mid, rel, column)
     target = f"{quote_ident(ARCHIVE_SCHEMA)}.{quote_ident(name)}"
+    types = _column_types(conn, rel.sql)
     if column and keys:
         cols = [k for k in keys if k != column] + [column]
-        select_list = ", ".join(quote_ident(c) for c in cols)
     else:
-        select_list = "*"  # whole rows: a table, deleted rows, or a column of a table with no key
+        cols = list(types)  # whole rows: a table, deleted rows, or a column of a table with no key
+    # a copy must not depend on what the run drops next (an enum type dropped after its table): columns of
+    # user-defined types are kept as text, their type recorded on the column, and cast back on restore
+    as_text = [c for c in cols if types[c][1]]
+    select_list = ", ".join(f"{quote_ident(c)}::text AS {quote_ident(c)}" if c in as_text else quote_ident(c)
+                            for c in cols)
     where = f" WHERE {e.where}" if e.kind == "delete_rows" and e.where else ""
     # CREATE TABLE AS is the fastest copy PostgreSQL has; the checksum is a second, parallel pass
     rows = conn.execute(sa.text(f"CREATE TABLE {target} AS SELECT {select_list} FROM {rel.sql}{where}")).rowcount
+    for c in as_text:
+        note = f"dbrev type: {types[c][0]}"
+        conn.exec_driver_sql(f"COMMENT ON COLUMN {target}.{quote_ident(c)} IS '{note.replace(chr(39), chr(39) * 2)}'",
+                             execution_options={"no_parameters": True})
     checksum = table_checksum(conn, target)
     conn.execute(sa.text(f"UPDATE {quote_ident(state_schema)}.archive_manifest SET archive_table=:n, rows=:rows, "
                          f"checksum=:c WHERE id=:id"), {"n": name, "rows": rows, "c": checksum, "id": mid})
@@ -188,6 +202,19 @@ def _columns(conn: Connection, relsql: str) -> dict[str, str]:
     return {r[0]: r[1] for r in rows}
 
 
+def _column_types(conn: Connection, relsql: str) -> dict[str, tuple[str, bool]]:
+    """column -> (format_type, user-defined: the type, or an array's element type, lives outside pg_catalog)."""
+    rows = conn.execute(sa.text("""
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod),
+               tn.nspname NOT IN ('pg_catalog', 'information_schema')
+        FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+        LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A'
+        JOIN pg_namespace tn ON tn.oid = coalesce(et.typnamespace, t.typnamespace)
+        WHERE a.attrelid = to_regclass(:t) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"""),
+        {"t": relsql}).all()
+    return {r[0]: (r[1], bool(r[2])) for r in rows}
+
+
 def restore(conn: Connection, entry: dict, state_schema: str, force: bool = False) -> dict:
     """Put one archive back; the caller commits.  Returns what happened."""
     if entry.get("restored_at") and not force:
@@ -229,8 +256,10 @@ def restore(conn: Connection, entry: dict, state_schema: str, force: bool = Fals
         live_keys = key_columns(conn, rel)
         if live_keys:
             conflict = f" ON CONFLICT ({', '.join(quote_ident(k) for k in live_keys)}) DO NOTHING"
+        # cast to the live column types (columns of user-defined types were archived as text)
+        casts = ", ".join(f"a.{quote_ident(c)}::{live[c]}" for c in cols)
         n = conn.execute(sa.text(
-            f"INSERT INTO {rel.sql} ({col_list}) SELECT {col_list} FROM {src}{conflict}")).rowcount
+            f"INSERT INTO {rel.sql} ({col_list}) SELECT {casts} FROM {src} a{conflict}")).rowcount
         result = {"updated": 0, "inserted": n, "skipped": entry["rows"] - n, "columns_not_restored": lost}
         _bump_sequences(conn, rel)
     conn.execute(sa.text(f"UPDATE {quote_ident(state_schema)}.archive_manifest SET restored_at = now() "

@@ -46,6 +46,7 @@ class Effect:
     detail: str = ""
     where: str | None = None  # the condition of a DELETE, deparsed (archiving copies what it matches)
     created_in_plan: bool = False  # the object was created by an earlier step of the same plan
+    new_type: str | None = None  # alter_column_type: the type the column gets, as the SQL spells it
 
     @property
     def key(self) -> tuple:
@@ -265,7 +266,7 @@ def _classify_stmt(st, out: Classification, version_table: str) -> None:  # noqa
                                           detail=f"ALTER TABLE {key} DROP COLUMN {cmd.name}"))
             elif sub == AT.AT_AlterColumnType:
                 newtype = _type_str(cmd.def_)
-                out.effects.append(Effect("alter_column_type", s, t, cmd.name,
+                out.effects.append(Effect("alter_column_type", s, t, cmd.name, new_type=newtype,
                                           detail=f"ALTER TABLE {key} ALTER COLUMN {cmd.name} TYPE {newtype}"))
                 if not new:
                     out.heavy_locks.append(f"ALTER TABLE {key} ALTER COLUMN {cmd.name} TYPE: "
@@ -299,6 +300,61 @@ def _classify_stmt(st, out: Classification, version_table: str) -> None:  # noqa
                             out.heavy_locks.append(f"ALTER TABLE {key} ADD COLUMN {coldef.colname} with a "
                                                    "volatile default: rewrites the table")
         return
+
+
+# ---------------------------------------------------------------------------
+# Type changes that never lose a value
+
+_INT_RANK = {"smallint": 1, "int2": 1, "integer": 2, "int": 2, "int4": 2, "bigint": 3, "int8": 3}
+_TEXTY = ("character varying", "varchar", "text", "character", "char", "bpchar")
+_TYPE_RE = __import__("re").compile(r"^\s*([a-z_ ]+?)\s*(?:\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\))?\s*$")
+
+
+def _parse_type(t: str | None) -> tuple[str, tuple[int, ...]] | None:
+    if not t:
+        return None
+    t = t.strip().lower().removeprefix("pg_catalog.").replace('"', "")
+    m = _TYPE_RE.match(t)
+    if not m:
+        return None
+    name = " ".join(m.group(1).split())
+    name = {"varchar": "character varying", "char": "character", "bpchar": "character", "int": "integer",
+            "int4": "integer", "int2": "smallint", "int8": "bigint", "decimal": "numeric",
+            "float8": "double precision", "float4": "real"}.get(name, name)
+    mods = tuple(int(x) for x in (m.group(2), m.group(3)) if x is not None)
+    return name, mods
+
+
+def is_widening(old: str | None, new: str | None) -> bool:
+    """Does every value of type ``old`` fit ``new`` unchanged?  PURE; ``old`` as PostgreSQL's
+    ``format_type`` prints it, ``new`` as the migration's SQL spells it.  Unknown pairs: False."""
+    a, b = _parse_type(old), _parse_type(new)
+    if a is None or b is None:
+        return False
+    (an, am), (bn, bm) = a, b
+    if an == bn and am == bm:
+        return True
+    if an in _INT_RANK and bn in _INT_RANK:
+        return _INT_RANK[bn] >= _INT_RANK[an]
+    if an in _INT_RANK and bn == "numeric":
+        return not bm or bm[0] - (bm[1] if len(bm) > 1 else 0) >= {1: 5, 2: 10, 3: 19}[_INT_RANK[an]]
+    if an == "character varying" and bn == "character varying":
+        return not bm or (bool(am) and bm[0] >= am[0])
+    if an in ("character varying", "character", "text") and bn == "text":
+        return an != "character"  # char(n) -> text drops the trailing blanks
+    if an == "numeric" and bn == "numeric":
+        if not bm:
+            return True
+        if not am:
+            return False
+        ap, asc = am[0], (am[1] if len(am) > 1 else 0)
+        bp, bsc = bm[0], (bm[1] if len(bm) > 1 else 0)
+        return bsc >= asc and bp - bsc >= ap - asc
+    if an == "real" and bn == "double precision":
+        return True
+    if an == "timestamp without time zone" and bn == "timestamp without time zone":
+        return not bm or (bool(am) and bm[0] >= am[0])
+    return False
 
 
 def _deparse(node) -> str | None:
@@ -379,9 +435,12 @@ def classify_source(source: str, function: str, version_table: str = "alembic_ve
                                           detail=f"op.drop_column({args[0]!r}, {args[1]!r})"))
                 out.touched_tables.add(_key(schema, args[0]))
             elif fname == "alter_column" and "type_" in kwraw and len(args) >= 2:
-                out.effects.append(Effect("alter_column_type", schema, args[0], args[1],
-                                          detail=f"op.alter_column({args[0]!r}, {args[1]!r}, type_=...)"))
-                out.touched_tables.add(_key(schema, args[0] or "?"))
+                if isinstance(args[0], str) and isinstance(args[1], str):
+                    out.effects.append(Effect("alter_column_type", schema, args[0], args[1],
+                                              detail=f"op.alter_column({args[0]!r}, {args[1]!r}, type_=...)"))
+                    out.touched_tables.add(_key(schema, args[0]))
+                else:  # names computed at run time: the online classification sees what it really does
+                    out.notes.append("op.alter_column(...) with names computed at run time: classified online")
             elif fname == "rename_table" and len(args) >= 2 and args[0]:
                 out.effects.append(Effect("rename", schema, args[0], detail=f"op.rename_table({args[0]!r}, "
                                                                              f"{args[1]!r})"))

@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", "-r", required=True, metavar="TARGET")
     p.add_argument("--allow-downgrade", action="store_true", help="permit a plan that downgrades")
     p.add_argument("--allow-data-loss", action="store_true", help="permit steps that drop or delete data")
+    p.add_argument("--repair-sequences", action="store_true",
+                   help="move sequences the run leaves behind their column (seed rows with explicit ids) past "
+                        "the column's maximum, in the same transaction, logged")
     p.add_argument("--archive", action="store_true",
                    help="copy what destructive steps would remove into the dbrev_archive schema first")
     p.add_argument("--no-rollback-on-failure", action="store_true",
@@ -288,7 +291,8 @@ def cmd_apply(args) -> int:
     db = db_options(args)
     data_loss = "Archive" if args.archive else ("Allow" if args.allow_data_loss else "Deny")
     policy = Policy(downgrade="Allow" if args.allow_downgrade else "Deny", data_loss=data_loss,
-                    rollback_on_failure=not args.no_rollback_on_failure, verify=_checks(args.verify))
+                    rollback_on_failure=not args.no_rollback_on_failure, verify=_checks(args.verify),
+                    repair_sequences=args.repair_sequences)
     req = RunRequest(db=db, migrations=os.path.abspath(_migrations(args)), target=args.revision, policy=policy,
                      expected_hash=args.plan_hash, exact_counts=args.exact_counts, actor="cli",
                      pythonpath=tuple(os.path.abspath(p) for p in args.pythonpath), use_env_py=args.env_py)

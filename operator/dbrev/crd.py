@@ -133,6 +133,9 @@ def spec_schema() -> dict:
                            enum=["Deny", "Archive", "Allow", "RequireApproval"], default="Deny"),
             "rollbackOnFailure": _b("When a step or a verification check fails, return the database to the "
                                     "revision the run started from.", default=True),
+            "repairSequences": _b("When the run leaves a sequence behind its column (a seed row inserted with "
+                                  "an explicit id), move it past the column's maximum with setval in the same "
+                                  "transaction (logged) instead of failing the run.", default=False),
             "verify": _a("Integrity checks after every change and on the drift timer.",
                          {"type": "string", "enum": list(ALL_CHECKS), "description": "A check name."},
                          default=list(ALL_CHECKS),

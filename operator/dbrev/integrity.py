@@ -570,8 +570,40 @@ def _sequence_findings(conn: Connection, p: dict, *, exact: bool, timeout_ms: in
         out.append(Finding("sequences", seq, gap, ERROR,
                            f"Sequence {seq} is {gap} behind {kind} {colref}: its next value {nxt} is "
                            f"{'not above' if inc > 0 else 'not below'} {agg}({col}) = {m}, so inserts that use "
-                           f"the default will collide with existing rows; run SELECT setval({_literal(seq)}, "
+                           f"the default will collide with existing rows (an apply repairs what it caused with "
+                           f"--repair-sequences or policy.repairSequences); run SELECT setval({_literal(seq)}, "
                            f"(SELECT {agg}({col}) FROM {tbl}))."))
+    return out
+
+
+def repair_sequences(conn: Connection, sequences: Iterable[str]) -> list[dict]:
+    """Move each named sequence (``schema.seq`` as findings name it) past its owning column's
+    maximum (minimum for descending ones), in the caller's transaction.  Returns what moved:
+    ``[{"sequence", "column", "from", "to"}]``; a sequence that is no longer behind is left alone."""
+    out = []
+    for seq in sequences:
+        row = conn.execute(text("""
+            SELECT format('%I.%I', tn.nspname, t.relname), quote_ident(a.attname), sq.seqincrement,
+                   t.relkind
+            FROM pg_depend d JOIN pg_sequence sq ON sq.seqrelid = d.objid
+            JOIN pg_class t ON t.oid = d.refobjid JOIN pg_namespace tn ON tn.oid = t.relnamespace
+            JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid
+            WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+              AND d.deptype IN ('a', 'i') AND d.objid = to_regclass(:s)"""), {"s": seq}).first()
+        if row is None:
+            continue
+        tbl, col, inc, kind = row
+        agg = "max" if int(inc) > 0 else "min"
+        only = "ONLY " if kind == "r" else ""
+        last, called = _raw(conn, f"SELECT last_value, is_called FROM {seq}").one()
+        m = _raw(conn, f"SELECT {agg}({col}) FROM {only}{tbl}").scalar()
+        if m is None:
+            continue
+        effective = int(last) if called else int(last) - int(inc)
+        if (int(inc) > 0 and effective >= int(m)) or (int(inc) < 0 and effective <= int(m)):
+            continue
+        _raw(conn, f"SELECT setval({_literal(seq)}, {int(m)})")
+        out.append({"sequence": seq, "column": f"{tbl}.{col}", "from": effective, "to": int(m)})
     return out
 
 
@@ -832,6 +864,105 @@ def exact_counts(conn: Connection, tables: Iterable) -> dict[str, int]:
     return {name: int(counts[i]) for i, (name, _) in enumerate(found)}
 
 
+def column_set(conn: Connection, exclude_schemas: Iterable[str] = DEFAULT_EXCLUDE_SCHEMAS) -> set[str]:
+    """Every column of every user table as ``schema.table.column`` (table quoted like
+    :func:`table_stats`, the column name raw).  Catalog only."""
+    sql = f"""
+        SELECT format('%I.%I', n.nspname, c.relname) || '.' || a.attname
+        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped AND {_ns_filter('n')}"""
+    return {r[0] for r in conn.execute(text(sql), _params(exclude_schemas))}
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """What a step could remove, read just before and just after it runs (in its transaction)."""
+    tables: dict  # oid -> (canonical name, relfilenode, holds rows)
+    columns: dict  # (oid, attnum) -> (column name, format_type)
+    deleted: dict  # canonical name -> rows this transaction deleted so far
+
+
+def live_state(conn: Connection, exclude_schemas: Iterable[str] = DEFAULT_EXCLUDE_SCHEMAS,
+               exclude_tables: Iterable = DEFAULT_EXCLUDE_TABLES) -> LiveState:
+    """Catalog facts plus one ``EXISTS`` probe per table (never a count): for steps that cannot be
+    rendered offline, classified by what they actually do."""
+    p = _params(exclude_schemas, exclude_tables)
+    rows = conn.execute(text(f"""
+        SELECT c.oid, format('%I.%I', n.nspname, c.relname), c.relfilenode
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p') AND {_ns_filter('n')} AND {_rel_filter('n', 'c')}"""), p).all()
+    has = {}
+    for i in range(0, len(rows), 200):
+        chunk = rows[i:i + 200]
+        q = " UNION ALL ".join(f"SELECT {int(oid)}::oid, EXISTS (SELECT 1 FROM {name})" for oid, name, _ in chunk)
+        has.update(dict(_raw(conn, q).all()))
+    tables = {int(oid): (name, int(node), bool(has.get(oid))) for oid, name, node in rows}
+    cols = conn.execute(text(f"""
+        SELECT a.attrelid, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod)
+        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
+          AND {_ns_filter('n')} AND {_rel_filter('n', 'c')}"""), p).all()
+    columns = {(int(r[0]), int(r[1])): (r[2], r[3]) for r in cols}
+    deleted = {t: v[2] for t, v in xact_row_changes(conn, exclude_schemas, exclude_tables).items()}
+    return LiveState(tables, columns, deleted)
+
+
+def live_effects(before: LiveState, after: LiveState, preexisting: Iterable[str]) -> list:
+    """What a step removed that existed before the run and held rows: ``classify.Effect``s.  PURE."""
+    from .classify import Effect, is_widening
+
+    pre = set(preexisting)
+    out = []
+    gone: set[str] = set()
+
+    def eff(kind, name, column=None, detail=""):
+        s, t = _split_name(name)
+        return Effect(kind, s, t, column, detail=detail + " (seen online)")
+
+    for oid, (name, node, rows) in sorted(before.tables.items()):
+        if name not in pre or not rows:
+            continue
+        if oid not in after.tables:
+            gone.add(name)
+            out.append(eff("drop_table", name, detail=f"DROP TABLE {name}"))
+        elif after.tables[oid][1] != node and not after.tables[oid][2]:
+            out.append(eff("truncate", name, detail=f"TRUNCATE {name}"))
+    for (oid, att), (col, typ) in sorted(before.columns.items()):
+        t = before.tables.get(oid)
+        if t is None or t[0] not in pre or not t[2] or oid not in after.tables:
+            continue
+        now = after.columns.get((oid, att))
+        if now is None:
+            out.append(eff("drop_column", t[0], col, f"ALTER TABLE {t[0]} DROP COLUMN {col}"))
+        elif now[1] != typ and not is_widening(typ, now[1]):
+            out.append(eff("alter_column_type", t[0], col, f"ALTER TABLE {t[0]} ALTER COLUMN {col} TYPE {now[1]} "
+                                                           f"(was {typ})"))
+    for name, n in sorted(after.deleted.items()):
+        d = int(n) - int(before.deleted.get(name, 0))
+        if d > 0 and name in pre and name not in gone:
+            out.append(eff("delete_rows", name, detail=f"DELETE FROM {name} ({d} rows)"))
+    return out
+
+
+def rollback_row_findings(before: Mapping[str, int], after: Mapping[str, int]) -> list[Finding]:
+    """After a rollback: every table counted before the run must be back with at least as many
+    rows (exact counts).  PURE.  A missing table or a missing row is an error."""
+    out = []
+    for t in sorted(before):
+        b = int(before[t])
+        if t not in after:
+            if b:
+                out.append(Finding("rowCounts", t, b, ERROR,
+                                   f"Table {t} had {b} rows before the run and does not exist after the rollback."))
+            continue
+        lost = b - int(after[t])
+        if lost > 0:
+            out.append(Finding("rowCounts", t, lost, ERROR,
+                               f"Table {t} had {b} rows before the run and has {after[t]} after the rollback: "
+                               f"{lost} row{'s are' if lost != 1 else ' is'} missing."))
+    return out
+
+
 def xact_row_changes(conn: Connection, exclude_schemas: Iterable[str] = DEFAULT_EXCLUDE_SCHEMAS,
                      exclude_tables: Iterable = DEFAULT_EXCLUDE_TABLES) -> dict[str, tuple[int, int, int]]:
     """Rows inserted, updated and deleted so far by the CURRENT transaction (its
@@ -957,5 +1088,7 @@ def run_checks(conn: Connection, checks: Iterable[str] = ALL_CHECKS, version_tab
 __all__ = [
     "ALL_CHECKS", "CATALOG_CHECKS", "Finding", "IntegrityReport", "TableStat",
     "catalog_findings", "fingerprint", "fingerprint_facts", "fingerprint_of", "diff_facts",
-    "table_stats", "exact_counts", "xact_row_changes", "row_count_findings", "new_findings", "run_checks",
+    "table_stats", "exact_counts", "column_set", "rollback_row_findings", "xact_row_changes",
+    "row_count_findings", "new_findings", "run_checks", "repair_sequences", "LiveState", "live_state",
+    "live_effects",
 ]

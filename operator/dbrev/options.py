@@ -63,6 +63,7 @@ class Policy:
     data_loss: str = DENY
     rollback_on_failure: bool = True
     verify: tuple[str, ...] = ALL_CHECKS
+    repair_sequences: bool = False  # move sequences the run left behind past their column's maximum
 
     def __post_init__(self):
         if self.downgrade not in DOWNGRADE_VALUES:

@@ -76,6 +76,9 @@ class PlanStep:
         }
         if self.render_error:
             d["render_error"] = self.render_error
+        if not self.renderable and not self.irreversible:
+            # what it removes is recorded as it runs, before it commits, and the policy decided on that
+            d["classified"] = "online"
         if include_sql:
             d["sql"] = self.sql
         return d
@@ -188,7 +191,8 @@ def build_plan(graph: Graph, infos: dict[str, ScriptInfo], sources: dict[str, st
     for s in steps:
         if not s.renderable and not s.irreversible:
             plan.warnings.append(f"step {s.revision} ({s.direction}) cannot be rendered offline: "
-                                 f"{s.render_error}; classified from its source")
+                                 f"{s.render_error}; classified from its source, and online as it runs "
+                                 f"(what it removes is checked against the policy before it commits)")
     plan.hash = plan_hash(plan)
     return plan
 

@@ -24,10 +24,10 @@ from sqlalchemy.engine import Connection
 from . import integrity, state
 from . import log as L
 from .db import acquire_lock, connect, is_lock_timeout, quote_ident, read_heads, server_info, unlock
-from .errors import BadInput, Busy, DbrevError, PlanChanged, ScriptConflict
+from .errors import BadInput, Busy, DbrevError, PlanChanged, PolicyRefused, ScriptConflict
 from .planning import Plan, build_plan, hash_matches
 from .options import RunRequest  # noqa: F401
-from .policy import Decision, evaluate
+from .policy import Decision, Facts, effect_table_key, evaluate, lossless
 from .scripts import EnvPyFailed, ScriptSet, env_py_failure, load_folder, render, revision_step
 
 Emit = Callable[[dict], None]
@@ -41,6 +41,18 @@ from .options import (  # noqa: E402,F401
 )
 
 
+def OnlineDataLoss(message: str, **kw) -> PolicyRefused:
+    """A step classified online removed data the policy does not allow (raised before it commits).
+    A plain PolicyRefused (so it crosses the worker boundary as one), marked ``online``."""
+    e = PolicyRefused(message, **kw)
+    e.online = True  # type: ignore[attr-defined]
+    return e
+
+
+def _online_refusal(e: BaseException) -> bool:
+    return isinstance(e, PolicyRefused) and getattr(e, "online", False)
+
+
 class Runner:
     def __init__(self, req: RunRequest, emit: Emit):
         self._single = False  # set while a single-transaction run executes
@@ -51,6 +63,11 @@ class Runner:
         self.vt = state.vt_key(req.db.version_table, req.db.version_table_schema)
         self.schema = req.db.state_schema
         self.result: dict = {"steps": [], "warnings": []}
+        self._undo_facts = None
+        self._undo_archive = False
+        self._online_declared: set[str] = set()
+        self._online_dropped: set[str] = set()
+        self._run_inserted: set[str] = set()
 
     # -- helpers ---------------------------------------------------------------
     def _heads(self, conn: Connection) -> tuple[str, ...]:
@@ -129,9 +146,16 @@ class Runner:
             if req.expected_hash and not hash_matches(plan.hash, req.expected_hash):
                 raise PlanChanged(f"the plan is now {plan.hash}, not the expected {req.expected_hash}",
                                   hint="run `dbrev plan` again and review the new plan")
-            decision = evaluate(plan, req.policy, req.approval)
+            facts = self._facts(conn, plan)
+            conn.commit()
+            decision = evaluate(plan, req.policy, req.approval, facts)
             self.result["decision"] = decision.to_dict()
             self.archive = decision.archive
+            self._facts_of_plan = facts
+            if decision.archive_reason == "rollback":
+                self.result["warnings"].append(
+                    "the plan runs one transaction per step and removes data: dbrev archives what each "
+                    "destructive step removes, so that a rollback can put it back")
             if not decision.allowed:
                 return self._refused(decision, t0)
             if plan.is_noop:
@@ -139,14 +163,21 @@ class Runner:
             jengine, jconn = connect(self.db, autocommit=True)
             journal = self.journal = state.Journal(jconn, self.schema)
             run_id = journal.start(self.vt, plan, req.actor)
-            with L.log_context(run_id=run_id):
-                L.state_transition(plan.from_revisions, plan.to_revisions, "started",
-                                   direction=plan.direction, steps=len(plan.steps), transaction=plan.transaction,
-                                   plan_hash=plan.hash)
-                if plan.transaction == "single":
-                    out = self._run_single(conn, scripts, plan, decision, journal)
-                else:
-                    out = self._run_per_step(conn, scripts, plan, decision, journal)
+            # whoever outlives this process (a timeout, a crash) closes the row with what happened
+            self.emit({"event": "journal", "run_id": run_id, "schema": self.schema})
+            try:
+                with L.log_context(run_id=run_id):
+                    L.state_transition(plan.from_revisions, plan.to_revisions, "started",
+                                       direction=plan.direction, steps=len(plan.steps),
+                                       transaction=plan.transaction, plan_hash=plan.hash)
+                    if plan.transaction == "single":
+                        out = self._run_single(conn, scripts, plan, decision, journal)
+                    else:
+                        out = self._run_per_step(conn, scripts, plan, decision, journal)
+            except BaseException as e:
+                # the run ends here (busy, bad input, an error of dbrev's): the journal says how, not "running"
+                journal.finish(state.outcome_of(e), L.redact(str(e).splitlines()[0] if str(e) else type(e).__name__))
+                raise
             journal.finish(out["result"], (out.get("error") or {}).get("message"))
             out["duration_seconds"] = round(time.monotonic() - t0, 3)
             return out
@@ -163,6 +194,53 @@ class Runner:
             if jconn is not None:
                 jconn.close()
                 jengine.dispose()
+
+    def _facts(self, conn: Connection, plan: Plan, before: dict | None = None) -> Facts:
+        """What the live catalog says about the tables the plan's destructive effects name (under the lock).
+
+        ``before``: the pre-run snapshot, when planning the undo of a run: objects it does not have were
+        created by the run, and tables it counted empty held only the run's rows."""
+        empty, types, new_t, new_c, missing = set(), {}, set(), set(), set()
+        from .archive import resolve
+
+        unused = set()
+        for s in plan.steps:
+            for e in s.effects:
+                if e.destructive and e.name and e.kind in ("drop_schema", "drop_type"):
+                    q = ("SELECT NOT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                         "WHERE n.nspname = :n AND c.relkind IN ('r', 'p'))" if e.kind == "drop_schema" else
+                         "SELECT to_regtype(:n) IS NULL OR NOT EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_class c "
+                         "ON c.oid = a.attrelid WHERE a.atttypid = to_regtype(:n) AND NOT a.attisdropped "
+                         "AND c.relkind IN ('r', 'p'))")
+                    if conn.execute(sa.text(q), {"n": e.name}).scalar():
+                        unused.add(e.name)
+                if not e.destructive or not e.table:
+                    continue
+                key = effect_table_key(e)
+                rel = resolve(conn, e.schema, e.table)
+                if rel is None:
+                    missing.add(key)  # made by an earlier step of the run, or not there at all: no rows yet
+                    continue
+                canon = conn.execute(sa.text("SELECT format('%I.%I', CAST(:s AS text), CAST(:t AS text))"),
+                                     {"s": rel.schema, "t": rel.table}).scalar()
+                if before is not None:
+                    if canon not in before["tables"]:
+                        new_t.add(key)
+                        continue
+                    if e.column and f"{canon}.{e.column}" not in before["columns"]:
+                        new_c.add(f"{key}.{e.column}")
+                    if before.get("touched_exact", {}).get(canon) == 0:
+                        empty.add(key)  # whatever it holds now, the run put there
+                elif not conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {rel.sql})")).scalar():
+                    empty.add(key)
+                if e.kind == "alter_column_type" and e.column:
+                    t = conn.execute(sa.text(
+                        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
+                        "to_regclass(:t) AND attname = :c AND NOT attisdropped"), {"t": rel.sql, "c": e.column}).scalar()
+                    if t:
+                        types[f"{key}.{e.column}"] = t
+        return Facts(frozenset(empty), types, frozenset(new_t), frozenset(new_c), frozenset(missing),
+                     frozenset(unused))
 
     def _with_stored(self, conn: Connection, scripts: ScriptSet) -> ScriptSet:
         if not self.req.use_stored_scripts:
@@ -247,6 +325,11 @@ class Runner:
                 state.record_fingerprint(conn, self.schema, self.vt, plan.from_revisions, fp, facts)
             if self.req.exact_counts:
                 snap["exact"] = integrity.exact_counts(conn, snap["tables"].keys())
+            # what every rollback proves it put back: exact counts of the tables the plan touches
+            touched = plan.touched_tables | plan.declared_loss_tables
+            snap["touched_exact"] = integrity.exact_counts(conn, touched)
+            snap["columns"] = integrity.column_set(conn, exclude_schemas=self._exclude_schemas())
+        self._snap = snap
         return snap
 
     def _post_verify(self, conn: Connection, plan: Plan, snap: dict, deleted: dict, target) -> tuple[dict, list]:
@@ -259,7 +342,17 @@ class Runner:
                     "version", self.vt, 1, "error",
                     f"the version table holds {state.revisions_key(heads)}, not the target "
                     f"{state.revisions_key(target)}"))
-            findings += self._catalog(conn)
+            catalog = self._catalog(conn)
+            behind = [f for f in integrity.new_findings(snap["findings"], catalog)
+                      if f.check == "sequences" and f.severity == "error"]
+            if behind and self.req.policy.repair_sequences:
+                repaired = integrity.repair_sequences(conn, [f.object for f in behind])
+                for r in repaired:
+                    L.logger.warning("Repaired a sequence the run left behind its column", extra={
+                        "sequence": r["sequence"], "column": r["column"], "from": r["from"], "to": r["to"]})
+                self.result["repaired_sequences"] = repaired
+                catalog = self._catalog(conn)
+            findings += catalog
             fp = None
             if "fingerprint" in self._checks():
                 fp, facts = self._fingerprint(conn)
@@ -273,9 +366,10 @@ class Runner:
                 dropped_ok = {f"{e.schema}.{e.table}" if e.schema else e.table
                               for s in plan.steps for e in s.effects if e.kind == "drop_table"}
                 dropped_ok |= plan.renamed_tables
+                dropped_ok |= self._online_dropped  # seen online and allowed by the policy
                 # a downgrade that undoes a CREATE TABLE drops it: declared by construction
                 findings += integrity.row_count_findings(
-                    snap["tables"], after, deleted, plan.declared_loss_tables, dropped_ok,
+                    snap["tables"], after, deleted, plan.declared_loss_tables | self._online_declared, dropped_ok,
                     exact_before=snap.get("exact"), exact_after=exact_after)
         new = integrity.new_findings(snap["findings"], findings)
         new_errors = [f for f in new if f.severity == "error"]
@@ -304,13 +398,48 @@ class Runner:
                 L.logger.debug("Starting migration step", extra={
                     "from_revision": L._rev(_ps.from_revisions), "to_revision": L._rev(_ps.to_revisions),
                     "operation": _ps.direction, "step": _i})
+                if _ps.destructive:
+                    self._recheck_empty(_ps)
                 if getattr(self, "archive", False) and _ps.destructive:
                     self._archive(_ps)
+                if self._online_classify(_ps):
+                    self._online_before(_ps)
                 return _orig(**kw)
 
             rstep.migration_fn = fn
             steps.append(rstep)
         return steps
+
+    def _recheck_empty(self, ps) -> None:
+        """A table judged empty when the policy was decided must still be empty when its step runs
+        (rows may have arrived since): otherwise the step would lose them unseen."""
+        from .options import ALLOW
+
+        facts = getattr(self, "_facts_of_plan", None)
+        if facts is None or not facts.empty_tables or self.req.policy.data_loss == ALLOW:
+            return
+        from alembic import op
+
+        from .archive import resolve
+
+        conn = op.get_bind()
+        for e in ps.effects:
+            key = effect_table_key(e)
+            if not e.destructive or key not in facts.empty_tables:
+                continue
+            rel = resolve(conn, e.schema, e.table)
+            if rel is None:
+                continue
+            canon = conn.execute(sa.text("SELECT format('%I.%I', CAST(:s AS text), CAST(:t AS text))"),
+                                 {"s": rel.schema, "t": rel.table}).scalar()
+            if canon in self._run_inserted:
+                continue  # an earlier step of this run filled it: its rows are the run's own
+            if conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {rel.sql})")).scalar():
+                raise OnlineDataLoss(
+                    f"step {ps.revision} ({ps.direction}): {key} was empty when the plan was decided and holds rows "
+                    f"now, and the dataLoss policy ({self.req.policy.data_loss}) was not asked about them: "
+                    f"{e.detail or e.kind}", reason="DataLossDenied", hint="run the apply again: it decides on "
+                                                                           "the rows there are now")
 
     def _archive(self, ps) -> None:
         """Dataloss policy Archive: copy what the step removes, in the step's own transaction."""
@@ -318,7 +447,9 @@ class Runner:
 
         from . import archive
 
-        rows = archive.preserve(op.get_bind(), self.schema, self.vt, ps.revision, ps.direction, ps.effects)
+        facts = getattr(self, "_facts_of_plan", None)
+        effects = [e for e in ps.effects if lossless(e, facts) is None]
+        rows = archive.preserve(op.get_bind(), self.schema, self.vt, ps.revision, ps.direction, effects)
         self.result.setdefault("archived", []).extend(rows)
         for r in rows:
             self.emit({"event": "archived", **r})
@@ -333,9 +464,12 @@ class Runner:
                     self._to_store.append((info, scripts.sources[rev].source))  # one INSERT at the end
                 else:
                     state.store_script(conn, self.schema, self.vt, [(info, scripts.sources[rev].source)])
+            self._online_after(conn, rev, direction)
+            changes = integrity.xact_row_changes(conn, exclude_schemas=self._exclude_schemas(),
+                                                 exclude_tables=self._exclude_tables())
+            self._run_inserted |= {t for t, v in changes.items() if v[0] > 0}  # rows of the run's own
             if per_step_deleted is not None:  # per-step transactions: each step's own counters, summed later
-                per_step_deleted.append(integrity.xact_row_changes(
-                    conn, exclude_schemas=self._exclude_schemas(), exclude_tables=self._exclude_tables()))
+                per_step_deleted.append(changes)
             dur = time.monotonic() - self._step_t0
             rec = {"revision": rev, "direction": direction, "duration_seconds": round(dur, 3), "status": "applied"}
             self.result["steps"].append(rec)
@@ -497,6 +631,49 @@ class Runner:
         except Exception:  # noqa: BLE001 - the caller reports the original failure
             pass
 
+    # -- online classification (steps that cannot render offline) -------------------------
+    def _online_classify(self, ps) -> bool:
+        """Steps that could not be rendered offline are classified by what they do, as they run."""
+        return not ps.renderable and not ps.irreversible
+
+    def _online_before(self, ps) -> None:
+        from alembic import op
+
+        self._online_state = (ps.revision, integrity.live_state(
+            op.get_bind(), exclude_schemas=self._exclude_schemas(), exclude_tables=self._exclude_tables()))
+
+    def _online_after(self, conn: Connection, rev: str, direction: str) -> None:
+        """Before the step commits: what did it remove that existed before the run?  Decide on that."""
+        pending = getattr(self, "_online_state", None)
+        if not pending or pending[0] != rev:
+            return
+        self._online_state = None
+        after = integrity.live_state(conn, exclude_schemas=self._exclude_schemas(),
+                                     exclude_tables=self._exclude_tables())
+        snap = getattr(self, "_snap", None) or {"tables": {}}
+        effects = integrity.live_effects(pending[1], after, snap["tables"].keys())
+        record = {"revision": rev, "direction": direction, "effects": [e.to_dict() for e in effects]}
+        self.result.setdefault("classified_online", []).append(record)
+        if not effects:
+            return
+        what = "; ".join(e.detail for e in effects)
+        pol = self.req.policy.data_loss
+        from .options import ALLOW
+
+        if pol == ALLOW:
+            self._online_declared |= {e.object for e in effects}
+            self._online_dropped |= {e.object for e in effects if e.kind == "drop_table"}
+            L.logger.warning("A step classified online removed data", extra={"revision": rev, "effects": what})
+            return
+        why = {"Archive": "it could not be archived first, because its offline rendering failed and so did not "
+                          "show it",
+               "RequireApproval": "the approved plan did not show it (its offline rendering failed)"}.get(
+            pol, "the dataLoss policy is Deny")
+        raise OnlineDataLoss(f"step {rev} ({direction}) removed data that existed before the run, and {why}: "
+                             f"{what}", reason="DataLossDenied",
+                             hint="allow the data loss (--allow-data-loss / dataLoss: Allow), or make the step "
+                                  "renderable offline so the plan shows what it removes")
+
     def _ensure_version_schema(self, conn: Connection) -> None:
         if self.db.version_table_schema:
             conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.db.version_table_schema)}"))
@@ -565,6 +742,7 @@ class Runner:
                 "error": {"reason": "IntegrityCheckFailed", "error_type": "IntegrityCheckFailed",
                           "message": "verification failed after the migration: "
                                      + "; ".join(f.message for f in new_errors[:3])}})
+            self._rollback_verdict()
             conn.commit()
             return self.result
         if "fingerprint" in self._checks() and getattr(self, "_new_fp", None):
@@ -605,20 +783,47 @@ class Runner:
             "integrity": after,
             "rollback": {"triggered": True, "reason": "migration_failure", "method": "transaction",
                          "success": after["passed"], "integrity": after}})
+        self._rollback_verdict()
         conn.commit()
         return self.result
 
+    def _rollback_verdict(self) -> None:
+        """A ROLLBACK whose proof failed (rows missing, new errors: someone else's writes) is not a success."""
+        rb = self.result["rollback"]
+        if rb["success"]:
+            return
+        rb["message"] = self._rollback_message(rb, [])
+        self.result["result"] = RESULT_FAILED
+        self.result["error"] = {**(self.result.get("error") or {}), "reason": "RollbackFailed"}
+
     def _after_rollback(self, conn: Connection, start) -> dict:
+        """Verify the database after a rollback.  Only findings new since the pre-run snapshot count
+        (what was already there is reported, never blamed on the rollback), and the rows are proven
+        back: exact counts of the tables the plan touches against the snapshot's."""
         conn.commit()
+        snap = getattr(self, "_snap", None) or {"findings": [], "touched_exact": {}}
         with conn.begin():
             heads = self._heads(conn)
-            report = self._verify_now(conn, heads, record=False)
-            if not self.graph.same_state(heads, start):
-                report["findings"].append(integrity.Finding(
-                    "version", self.vt, 1, "error",
-                    f"after the rollback the version table holds {state.revisions_key(heads)}, not the starting "
-                    f"{state.revisions_key(start)}").to_dict())
-                report["passed"] = False
+            with L.timed("verify", from_revision=L._rev(heads), to_revision=L._rev(start)):
+                findings = self._catalog(conn)
+                fp = None
+                if "fingerprint" in self._checks():
+                    fp, facts = self._fingerprint(conn)
+                    findings += self._drift(conn, heads, fp, facts)
+                if not self.graph.same_state(heads, start):
+                    findings.append(integrity.Finding(
+                        "version", self.vt, 1, "error",
+                        f"after the rollback the version table holds {state.revisions_key(heads)}, not the "
+                        f"starting {state.revisions_key(start)}"))
+                before = snap.get("touched_exact") or {}
+                missing = integrity.rollback_row_findings(before, integrity.exact_counts(conn, before.keys()))
+                findings += missing
+        new = integrity.new_findings(snap["findings"], findings)
+        report = integrity.IntegrityReport.of(findings, fp).to_dict()
+        report["new_findings"] = [f.to_dict() for f in new]
+        report["passed"] = not any(f.severity == "error" for f in new)
+        report["rows_checked"] = len(before)
+        self._rows_missing = [f.object for f in missing]
         return report
 
     # -- one transaction per step -----------------------------------------------
@@ -640,7 +845,7 @@ class Runner:
                 conn.rollback()
             except Exception:  # noqa: BLE001
                 pass
-            if isinstance(e, DbrevError):
+            if isinstance(e, DbrevError) and not _online_refusal(e):
                 raise
             failure = e
         conn.commit()
@@ -648,6 +853,8 @@ class Runner:
             err = self._error(failure, scripts)
             if is_lock_timeout(failure):
                 err["reason"] = "LockBusy"
+            if _online_refusal(failure):
+                err.update(reason="DataLossDenied", error_type="PolicyRefused", hint=failure.hint)
             L.log_error("Migration failed", failure, from_revision=L._rev(start), to_revision=L._rev(target),
                         step=err["step"], location=err["location"])
             if err["step"]:
@@ -686,6 +893,7 @@ class Runner:
         self.result["current_revisions"] = list(heads)
         if report is not None:
             self.result["integrity"] = report
+        self._settle_archived(conn)
         if not self.req.policy.rollback_on_failure:
             L.state_transition(start, heads, "failed", message="Migration failed; rollback disabled by policy")
             self.result["result"] = RESULT_FAILED
@@ -693,13 +901,20 @@ class Runner:
             return self.result
         L.rollback_triggered(reason, heads, start, failed_revision=(self.result.get("error") or {}).get("step"))
         rollback = {"triggered": True, "reason": reason, "method": "inverse_steps", "steps": []}
+        sub = None
+        restored: list[dict] = []
+        pending: dict[str, list[dict]] = {}
         if self.graph.same_state(heads, start):
             rollback["success"] = True
         else:
             try:
                 inverse = self._plan(scripts, heads, start)
                 rollback["transaction"] = inverse.transaction
-                rollback["steps"] = [{"revision": s.revision, "direction": s.direction} for s in inverse.steps]
+                refusal = self._undo_policy(conn, inverse)
+                if refusal is not None:
+                    raise refusal
+                pending = self._restorable(conn)
+
                 def emit_rollback(ev: dict) -> None:
                     # the inverse steps report as rollback_step_*, not as a new apply
                     if str(ev.get("event", "")).startswith("step_"):
@@ -708,8 +923,21 @@ class Runner:
 
                 sub = Runner(self.req, emit_rollback)
                 sub.graph = self.graph
+                sub.archive = self._undo_archive
+                sub._facts_of_plan = self._undo_facts
+                sub._snap = self._snap  # what existed before the run: the undo's online checks compare with it
                 steps = sub._steps_for(scripts, inverse, self.journal)
-                callback = sub._on_step_done(scripts, inverse, [])
+                step_done = sub._on_step_done(scripts, inverse, [])
+
+                def callback(*args, **kw):
+                    step_done(*args, **kw)
+                    ctx = kw["ctx"] if "ctx" in kw else args[0]
+                    # put back what the forward step removed, in the transaction of the step that re-made it
+                    from . import archive
+
+                    for entry in pending.pop(sub._current_step[0], []):
+                        restored.append(archive.restore(ctx.connection, entry, self.schema))
+
                 conn.commit()
                 with L.timed("rollback", from_revision=L._rev(heads), to_revision=L._rev(start)):
                     if inverse.transaction == "single":
@@ -718,7 +946,6 @@ class Runner:
                     else:
                         sub._execute(scripts, steps, callback, True, conn)
                 conn.commit()
-                rollback["steps"] = sub.result["steps"]
                 rollback["success"] = True
             except BaseException as e:  # noqa: BLE001
                 try:
@@ -727,10 +954,27 @@ class Runner:
                     pass
                 L.log_error("Rollback failed", e, from_revision=L._rev(heads), to_revision=L._rev(start))
                 rollback["success"] = False
-                rollback["error"] = {"error_type": type(e).__name__, "message": L.redact(str(e).splitlines()[0])}
+                err = {"error_type": type(e).__name__, "message": L.redact(str(e).splitlines()[0] if str(e) else "")}
+                if isinstance(e, DbrevError):
+                    err["reason"] = e.reason
+                rollback["error"] = err
+                if sub is not None:
+                    cur = getattr(sub, "_current_step", None)
+                    done = [(s["revision"], s["direction"]) for s in sub.result["steps"]]
+                    if cur and cur not in done:
+                        sub.result["steps"].append({"revision": cur[0], "direction": cur[1], "status": "failed"})
+            if sub is not None:
+                rollback["steps"] = sub.result["steps"]  # what ran, not what was planned
+                if sub.result.get("archived"):
+                    rollback["archived"] = sub.result["archived"]
+        if restored:
+            rollback["restored"] = restored
+        left = [e for entries in pending.values() for e in entries]
         after = self._after_rollback(conn, start)
         rollback["integrity"] = after
-        rollback["success"] = bool(rollback.get("success")) and after["passed"]
+        rollback["success"] = bool(rollback.get("success")) and after["passed"] and not left
+        if not rollback["success"]:
+            rollback["message"] = self._rollback_message(rollback, left)
         now = self._heads(conn)
         conn.commit()
         L.rollback_executed(heads, start, rollback["success"], method="inverse_steps")
@@ -743,6 +987,69 @@ class Runner:
         if not rollback["success"]:
             self.result["error"] = {**(self.result.get("error") or {}), "reason": "RollbackFailed"}
         return self.result
+
+    def _rollback_message(self, rollback: dict, left: list[dict]) -> str:
+        parts = []
+        if rollback.get("error"):
+            parts.append(f"the inverse steps failed: {rollback['error']['message']}")
+        missing = getattr(self, "_rows_missing", [])
+        if missing:
+            parts.append(f"rows that existed before the run are missing from {', '.join(missing)}")
+        if left:
+            parts.append("archived data was not put back: " + ", ".join(
+                f"{e['archive_schema']}.{e['archive_table']} ({e['rows']} rows of {e['source_schema']}."
+                f"{e['source_table']})" for e in left))
+        errs = [f["message"] for f in rollback.get("integrity", {}).get("new_findings", [])
+                if f["severity"] == "error" and f["check"] != "rowCounts"]
+        if errs:
+            parts.append("verification after the rollback failed: " + "; ".join(errs[:3]))
+        return "; ".join(parts) or "the rollback did not reach the starting revision"
+
+    def _settle_archived(self, conn: Connection) -> None:
+        """Archives taken in a step whose transaction rolled back never existed: report only the others."""
+        if not self.result.get("archived"):
+            return
+        from . import archive
+
+        with conn.begin():
+            kept = {e["id"] for e in archive.list_archives(conn, self.schema, self.vt)}
+        self.result["archived"] = [a for a in self.result["archived"] if a["id"] in kept]
+        if not self.result["archived"]:
+            del self.result["archived"]
+
+    def _restorable(self, conn: Connection) -> dict[str, list[dict]]:
+        """This run's archives, by the revision whose inverse step re-makes what they hold (newest first)."""
+        ids = {a["id"] for a in self.result.get("archived", [])}
+        if not ids:
+            return {}
+        from . import archive
+
+        with conn.begin():
+            entries = [e for e in archive.list_archives(conn, self.schema, self.vt) if e["id"] in ids]
+        out: dict[str, list[dict]] = {}
+        for e in sorted(entries, key=lambda e: e["id"], reverse=True):
+            out.setdefault(e["revision"], []).append(e)
+        return out
+
+    def _undo_policy(self, conn: Connection, inverse: Plan) -> DbrevError | None:
+        """A rollback never escalates the data-loss policy: the inverse steps run under the run's own.
+        What they would remove that existed before the run is archived (Archive), or refused (Deny,
+        RequireApproval: a person decides; the database stays where it is)."""
+        from .errors import PolicyRefused
+        from .options import ALLOW, Policy
+
+        with conn.begin():
+            facts = self._facts(conn, inverse, before=self._snap)
+        pol = self.req.policy
+        d = evaluate(inverse, Policy(downgrade=ALLOW, data_loss=pol.data_loss, rollback_on_failure=False,
+                                     verify=pol.verify), None, facts)
+        self._undo_facts = facts
+        self._undo_archive = d.archive
+        if d.allowed:
+            return None
+        return PolicyRefused(f"the rollback would remove data that existed before the run ({d.message})",
+                             reason=d.reason,
+                             hint="the database is left where the failure left it; restore or allow by hand")
 
     def _after_rollback_report(self, conn: Connection, heads) -> dict:
         with conn.begin():

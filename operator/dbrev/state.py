@@ -154,6 +154,27 @@ class Journal:
             {"s": status, "e": error, "id": self.run_id})
 
 
+def close_run(conn: Connection, schema: str, run_id: int, status: str, error: str | None = None) -> bool:
+    """Close a run whose process is gone (killed at its timeout, died); False when it was already closed."""
+    n = conn.execute(sa.text(
+        f"UPDATE {quote_ident(schema)}.runs SET status=:s, error=:e, finished_at=now() "
+        f"WHERE id=:id AND status='running'"), {"s": status, "e": error, "id": run_id}).rowcount
+    return bool(n)
+
+
+def outcome_of(exc: BaseException) -> str:
+    """The journal status of a run that ended with ``exc`` (never "running")."""
+    from .errors import Busy, PolicyRefused
+
+    if isinstance(exc, Busy):
+        return "busy"
+    if isinstance(exc, PolicyRefused):
+        return "refused"
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return "interrupted"
+    return "failed"
+
+
 def interrupted_runs(conn: Connection, schema: str, vt: str) -> list[dict]:
     """Runs still marked running: called while holding the lock, so their runner is gone."""
     s = quote_ident(schema)

@@ -41,7 +41,8 @@ def request_from_json(text: str) -> tuple[RunRequest, str, dict]:
     r = doc["request"]
     p = r.pop("policy")
     policy = Policy(downgrade=p["downgrade"], data_loss=p["data_loss"],
-                    rollback_on_failure=p["rollback_on_failure"], verify=tuple(p["verify"]))
+                    rollback_on_failure=p["rollback_on_failure"], verify=tuple(p["verify"]),
+                    repair_sequences=bool(p.get("repair_sequences", False)))
     db = DbOptions(**r.pop("db"))
     r["pythonpath"] = tuple(r.get("pythonpath") or ())
     return RunRequest(db=db, policy=policy, **r), doc.get("log_level", "INFO"), doc.get("log_context", {})
@@ -214,6 +215,8 @@ def run_in_worker(req: RunRequest, *, timeout: float | None, on_event: Callable[
                 state["backend_pid"] = ev.get("pid")
             if ev.get("event") == "plan":
                 state["plan"] = ev["plan"]
+            if ev.get("event") == "journal":
+                state["journal"] = ev
             if on_event:
                 on_event(ev)
 
@@ -303,6 +306,15 @@ def _after_death(req: RunRequest, state: dict, message: str, elapsed: float, tim
     try:
         with connection(req.db) as conn:
             heads = read_heads(conn, req.db.version_table, req.db.version_table_schema)
+            if state.get("journal"):  # the journal row says how the run ended, not "running"
+                from .state import close_run
+
+                try:
+                    close_run(conn, state["journal"]["schema"], state["journal"]["run_id"],
+                              "timed_out" if reason == "TimedOut" else "died", message)
+                    conn.commit()
+                except Exception:  # noqa: BLE001 - the next run then reports it as interrupted
+                    conn.rollback()
     except DbrevError:
         heads = None
     result = {"result": RESULT_FAILED, "current_revisions": list(heads) if heads is not None else None,
@@ -327,14 +339,17 @@ def _after_death(req: RunRequest, state: dict, message: str, elapsed: float, tim
         return result
     L.rollback_triggered("timeout" if reason == "TimedOut" else "worker_died", heads, start)
     back = RunRequest(db=req.db, migrations=req.migrations, target=",".join(start) or "base",
-                      policy=Policy(downgrade="Allow", data_loss="Allow", rollback_on_failure=False,
-                                    verify=req.policy.verify),
+                      # a rollback never escalates the data-loss policy
+                      policy=Policy(downgrade="Allow", data_loss=req.policy.data_loss, rollback_on_failure=False,
+                                    verify=req.policy.verify, repair_sequences=req.policy.repair_sequences),
                       actor=f"{req.actor} (rollback)", pythonpath=req.pythonpath)
     try:
         sub = run_in_worker(back, timeout=timeout, _rollback=False, **passthrough)
         ok = sub.get("result") in ("applied", "noop")
         result["rollback"] = {"triggered": True, "reason": reason, "method": "inverse_steps", "success": ok,
                               "steps": sub.get("steps", []), "integrity": sub.get("integrity")}
+        if not ok and sub.get("error"):
+            result["rollback"]["error"] = sub["error"]  # e.g. DataLossDenied: the undo would lose data
         result["current_revisions"] = sub.get("current_revisions")
         if ok:
             result["result"] = RESULT_ROLLED_BACK

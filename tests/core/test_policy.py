@@ -142,3 +142,76 @@ def test_dropping_what_the_same_plan_created_is_not_data_loss():
     p2 = build_plan(graph, infos_, {n.id: "" for n in nodes}, ("b2",), ("c3",),
                     lambda r, up: Rendered(sql[(r, up)], True))
     assert {e.object: e.destructive for e in p2.steps[-1].effects}["staging"] is True
+
+
+# -- data loss means rows: decisions on live facts (issue 9.8) ------------------------------
+
+from dbrev.classify import is_widening  # noqa: E402
+from dbrev.policy import Facts  # noqa: E402
+
+
+@pytest.mark.parametrize("old,new,widens", [
+    ("character varying(255)", "VARCHAR(500)", True), ("integer", "BIGINT", True), ("smallint", "int", True),
+    ("character varying(40)", "TEXT", True), ("numeric(10,2)", "numeric(12,2)", True),
+    ("character varying(500)", "varchar(255)", False), ("bigint", "integer", False),
+    ("numeric(10,3)", "numeric(10,0)", False), ("double precision", "integer", False),
+    ("timestamp with time zone", "date", False), ("text", "varchar(5)", False), ("character(3)", "text", False),
+    (None, "text", False), ("mood", "text", False),
+])
+def test_widenings_are_recognised_and_nothing_else(old, new, widens):
+    assert is_widening(old, new) is widens
+
+
+def test_a_drop_of_an_empty_table_is_allowed_and_the_decision_says_why():
+    p = make(("b2",), ("a1",))  # drops customers.phone
+    assert evaluate(p, Policy(downgrade="Allow")).reason == C.DATA_LOSS_DENIED
+    d = evaluate(p, Policy(downgrade="Allow"), facts=Facts(empty_tables=frozenset({"customers"})))
+    assert d.allowed and d.not_data_loss == [{"revision": "b2", "effect": "ALTER TABLE customers DROP COLUMN phone",
+                                              "why": "customers is empty"}]
+    assert evaluate(p, Policy(downgrade="Allow"), facts=Facts(missing_tables=frozenset({"customers"}))).allowed
+
+
+def test_a_per_step_plan_archives_for_its_rollback_or_refuses_what_it_could_not_restore():
+    sql = {**SQL, ("b2", False): "ALTER TABLE customers DROP COLUMN phone; DROP SCHEMA old CASCADE",
+           ("c3", False): "DROP INDEX CONCURRENTLY ix"}
+    p = make(("c3",), ("a1",))  # per-step (CONCURRENTLY), drops a column
+    d = evaluate(p, Policy(downgrade="Allow", data_loss="Allow"))
+    assert d.allowed and d.archive and d.archive_reason == "rollback"
+    assert not evaluate(p, Policy(downgrade="Allow", data_loss="Allow", rollback_on_failure=False)).archive
+    p = make(("c3",), ("a1",), sql=sql)
+    d = evaluate(p, Policy(downgrade="Allow", data_loss="Allow"))
+    assert not d.allowed and d.reason == C.DATA_LOSS_DENIED and "DROP SCHEMA old" in d.message
+
+
+def test_a_plain_drop_type_is_not_data_loss_but_a_cascading_one_is():
+    sql = {**SQL, ("a1", False): "DROP TABLE customers; DROP TYPE mood"}
+    p = make(("a1",), ())
+    d = evaluate(p, Policy(downgrade="Allow", data_loss="Archive"))
+    assert d.allowed and d.archive
+    sql = {**SQL, ("a1", False): "DROP TYPE mood CASCADE"}
+    d = evaluate(make(("a1",), (), sql=sql), Policy(downgrade="Allow", data_loss="Archive"))
+    assert not d.allowed and "cannot be archived" in d.message
+
+
+def test_rollback_row_proof_and_online_effects_are_pure():
+    from dbrev import integrity as I
+
+    f = I.rollback_row_findings({"public.big": 1000, "public.ok": 3, "public.gone": 2, "public.empty": 0},
+                                {"public.big": 400, "public.ok": 5})
+    assert [(x.object, x.count) for x in f] == [("public.big", 600), ("public.gone", 2)]
+    before = I.LiveState({1: ("public.a", 10, True), 2: ("public.b", 20, True), 3: ("public.new", 30, True)},
+                         {(2, 1): ("id", "integer"), (2, 2): ("v", "character varying(20)"),
+                          (2, 3): ("w", "text")}, {"public.b": 1})
+    after = I.LiveState({2: ("public.b", 20, True)}, {(2, 1): ("id", "bigint"), (2, 2): ("v", "text")},
+                        {"public.b": 4})
+    kinds = [(e.kind, e.object) for e in I.live_effects(before, after, {"public.a", "public.b"})]
+    assert kinds == [("drop_table", "public.a"), ("drop_column", "public.b.w"), ("delete_rows", "public.b")]
+
+
+def test_a_schema_or_type_that_holds_nothing_is_not_data_loss():
+    sql = {**SQL, ("a1", False): "DROP SCHEMA old CASCADE; DROP TYPE mood CASCADE"}
+    p = make(("a1",), (), sql=sql)
+    assert not evaluate(p, Policy(downgrade="Allow")).allowed
+    d = evaluate(p, Policy(downgrade="Allow"), facts=Facts(unused_objects=frozenset({"old", "mood"})))
+    assert d.allowed and {x["why"] for x in d.not_data_loss} == {"old holds no table or column",
+                                                                 "mood holds no table or column"}

@@ -202,3 +202,29 @@ def test_archive_runs_inside_the_step_transaction(database_url, tmp_path):
     assert q(database_url, "SELECT count(c) FROM t")[0][0] == 10
     assert dbrev("archive", "list", url=database_url).json["archives"] == []
     assert q(database_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'dbrev_archive'")[0][0] == 0
+
+
+def test_archive_of_a_table_dropped_with_its_enum_type_and_its_restore(database_url, tmp_path):
+    d = tmp_path / "m"
+    write_script(d, "m001aaaa", None,
+                 'op.execute("CREATE TYPE mood AS ENUM (\'sad\', \'ok\', \'happy\')")\n'
+                 'op.execute("CREATE TABLE person (id serial PRIMARY KEY, name text, mood mood, past mood[])")',
+                 'op.drop_table("person")\nop.execute("DROP TYPE mood")', doc="people and moods")
+    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    q(database_url, "INSERT INTO person (name, mood, past) SELECT 'p' || g, (ARRAY['sad','ok','happy'])[1 + g % 3]"
+                    "::mood, ARRAY['ok', 'sad']::mood[] FROM generate_series(1, 30) g")
+    before = q(database_url, "SELECT id, name, mood::text, past::text FROM person ORDER BY id")
+    r = dbrev("apply", "--migrations", str(d), "-r", "base", "--allow-downgrade", "--archive", url=database_url)
+    assert r.code == 0, r.stdout + r.stderr
+    assert [a["object"] for a in r.json["archived"]] == ["public.person"]
+    assert q(database_url, "SELECT to_regtype('mood')")[0][0] is None
+    # the copy keeps the values as text and says which type they had
+    comments = q(database_url, "SELECT a.attname, col_description(a.attrelid, a.attnum) FROM pg_attribute a "
+                               "WHERE a.attrelid = (SELECT oid FROM pg_class WHERE relname LIKE 'a%_person' AND "
+                               "relnamespace = 'dbrev_archive'::regnamespace) AND a.attname IN ('mood', 'past') "
+                               "ORDER BY 1")
+    assert comments == [("mood", "dbrev type: mood"), ("past", "dbrev type: mood[]")]
+    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    res = dbrev("archive", "restore", "--revision", "m001aaaa", url=database_url)
+    assert res.code == 0, res.stdout + res.stderr
+    assert q(database_url, "SELECT id, name, mood::text, past::text FROM person ORDER BY id") == before
