@@ -73,11 +73,19 @@ def identifier(text: str) -> str:
     """A PostgreSQL name as given (quoted by dbrev): not empty, no NUL, at most 63 bytes (never truncated)."""
     if not text or not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
-    if "\x00" in text:
-        raise argparse.ArgumentTypeError("must not contain a NUL character")
+    if any(ord(ch) < 32 for ch in text):
+        raise argparse.ArgumentTypeError("must not contain control characters (newline, tab, NUL)")
     if len(text.encode("utf-8")) > 63:
         raise argparse.ArgumentTypeError(f"{text[:20]}... is longer than PostgreSQL's 63-byte limit for names "
                                          "(it would be truncated)")
+    return text
+
+
+def schema_name(text: str) -> str:
+    """A schema dbrev may create or write to: an :func:`identifier` outside PostgreSQL's reserved ``pg_``."""
+    text = identifier(text)
+    if text.startswith("pg_") or text == "information_schema":
+        raise argparse.ArgumentTypeError(f"{text} is a system schema name (PostgreSQL reserves pg_*)")
     return text
 
 
@@ -91,7 +99,7 @@ def _add_common(p: argparse.ArgumentParser, db: bool = True, migrations: bool = 
                        help="wait this long for the migration lock and for table locks (default 10)")
         p.add_argument("--statement-timeout", type=_non_negative, default=0.0, metavar="SECONDS",
                        help="cancel any single statement running longer than this (default 0: no limit)")
-        p.add_argument("--state-schema", default="dbrev", metavar="NAME", type=identifier,
+        p.add_argument("--state-schema", default="dbrev", metavar="NAME", type=schema_name,
                        help="schema for dbrev's bookkeeping in the database (default dbrev)")
     if migrations:
         p.add_argument("--migrations", default=os.environ.get("DBREV_MIGRATIONS"), metavar="DIR",
@@ -100,7 +108,7 @@ def _add_common(p: argparse.ArgumentParser, db: bool = True, migrations: bool = 
         p.add_argument("--pythonpath", action="append", default=[], metavar="DIR",
                        help="add a folder to sys.path before loading the scripts (repeatable)")
     p.add_argument("--version-table", default="alembic_version", metavar="NAME", type=identifier)
-    p.add_argument("--version-table-schema", default=None, metavar="NAME", type=identifier)
+    p.add_argument("--version-table-schema", default=None, metavar="NAME", type=schema_name)
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--log-level", default=os.environ.get("DBREV_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"], type=str.lower,

@@ -279,7 +279,8 @@ def test_bad_flags_are_bad_input(database_url, tmp_path):
     d = tmp_path / "m"
     linear_history(d, 1)
     for args in (["--timeout", "0"], ["--timeout", "-5"], ["--version-table-schema", ""], ["--version-table", ""],
-                 ["--version-table", "v" * 64], ["--lock-timeout", "0"], ["--state-schema", " "]):
+                 ["--version-table", "v" * 64], ["--lock-timeout", "0"], ["--state-schema", " "],
+                 ["--state-schema", "pg_foo"], ["--version-table-schema", "pg_catalog"], ["--version-table", "a\nb"]):
         r = dbrev("apply", "--migrations", str(d), "-r", "head", *args, url=database_url)
         assert r.code == 2, (args, r.stdout, r.stderr)
         assert r.json["result"] == "error" and r.json["error"]["exit_code"] == 2, args
