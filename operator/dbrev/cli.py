@@ -592,9 +592,9 @@ def main(argv: list[str] | None = None) -> int:
             return _usage_error(args, f"cannot open the log file {args.log_file}: {e.strerror}")
     L.setup_logging(args.log_level, args.log_format, stream)
     fn = COMMANDS.get(args.command) or getattr(args, "func", None)
-    if args.command == "operator":
-        return fn(args)
     try:
+        if args.command == "operator":  # a long-running service: its stdout is its own
+            return _run_command(fn, args)
         with _scripts_print_to_stderr():
             return _run_command(fn, args)
     except KeyboardInterrupt:

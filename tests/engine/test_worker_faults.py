@@ -220,3 +220,19 @@ def test_a_killed_worker_says_why(database_url, tmp_path):
     assert "SIGKILL" in err["message"] and "OOM" in err["message"]
     assert any("allocating a lot" in ln for ln in err["details"]["output_tail"])
     assert "fix the" not in err["message"]
+
+
+def test_a_dead_worker_is_not_blamed_on_a_migration(database_url, tmp_path):
+    from dbrev.controller import decide
+
+    d = tmp_path / "m"
+    write_script(d, "o002aaaa", None, '''
+        import os, signal
+        if not op.get_context().as_sql:
+            op.create_table("t", sa.Column("id", sa.Integer, primary_key=True))
+            os.kill(os.getpid(), signal.SIGKILL)
+    ''', 'op.drop_table("t")')
+    result, _, _, _ = _run(database_url, d)
+    assert result["result"] == "rolled_back"
+    v = decide.from_result(result, {}, 1, "2026-01-01T00:00:00Z", "spec", "2026-01-01T00:00:00Z", None)
+    assert "OOM" in v.outcome.message and "fix the failing migration" not in v.outcome.message
