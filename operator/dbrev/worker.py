@@ -170,6 +170,21 @@ class _LinesToLog:
     def fileno(self) -> int:
         return 2
 
+    @property
+    def buffer(self):
+        """``sys.stdout.buffer.write(b"...")`` works too, and logs the same way."""
+        text = self
+
+        class _Binary:
+            def write(self, data) -> int:
+                text.write(bytes(data).decode("utf-8", "replace"))
+                return len(data)
+
+            def flush(self) -> None:
+                text.flush()
+
+        return _Binary()
+
 
 def _quiet_stdout() -> None:
     """Nothing a script writes reaches the protocol: fd 1 is fd 2, ``print()`` makes log records."""
