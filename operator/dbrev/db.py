@@ -8,9 +8,10 @@ and what clears by itself (server down, timeouts, a session lost mid-run:
 URLs: a password with raw ``@ : / % #`` is read the way its owner meant it when
 that is unambiguous (the host follows the last ``@`` that a host can follow),
 else refused with a hint to URL-encode it.  Drivers: the one the URL names
-(``+psycopg2``, ``+psycopg``) when it is installed, as SQLAlchemy and Alembic
-would; a bare ``postgresql://`` means psycopg2 when it is installed (SQLAlchemy's
-default), psycopg 3 otherwise; anything else (asyncpg, pg8000, ...) runs on
+(``+psycopg2``, ``+psycopg``; ``+asyncpg`` in the worker, through SQLAlchemy's
+async adapter: :func:`run_async_aware`) when it is installed, as SQLAlchemy and
+Alembic would; a bare ``postgresql://`` means psycopg2 when it is installed
+(SQLAlchemy's default), psycopg 3 otherwise; anything else (pg8000, ...) runs on
 psycopg 3 with a logged warning.
 
 A connection never reconnects silently: once its session is gone, using it
@@ -50,6 +51,37 @@ ENCODE_HINT = ("URL-encode the user and password: @ as %40, : as %3A, / as %2F, 
 
 _SYNC_DRIVERS = ("psycopg2", "psycopg")  # libpq-based: the connect arguments mean the same to both
 _warned_drivers: set[str] = set()
+# asyncpg runs through SQLAlchemy's async adapter, inside a greenlet (see run_async_aware): only the
+# worker, which runs the scripts, turns this on; the CLI's and the operator's own reads use psycopg.
+ASYNC_DRIVER_OK = False
+
+
+def async_driver_available() -> bool:
+    return _installed("asyncpg") and _installed("greenlet")
+
+
+def wants_asyncpg(url: str) -> bool:
+    """True when ``url`` names asyncpg and dbrev can run scripts on it (asyncpg and greenlet installed)."""
+    try:
+        return make_url(_readable(url.strip())).get_driver_name() == "asyncpg" and async_driver_available()
+    except Exception:  # noqa: BLE001 - normalize_url reports what is wrong
+        return False
+
+
+def run_async_aware(url: str, fn, *args):
+    """Call ``fn(*args)``; for an asyncpg URL inside SQLAlchemy's greenlet bridge, as Alembic's async env.py."""
+    global ASYNC_DRIVER_OK
+    if not wants_asyncpg(url):
+        return fn(*args)
+    import asyncio
+
+    from sqlalchemy.util import greenlet_spawn
+
+    ASYNC_DRIVER_OK = True
+    try:
+        return asyncio.run(greenlet_spawn(fn, *args))
+    finally:
+        ASYNC_DRIVER_OK = False
 
 
 def _split_userinfo(url: str) -> tuple[str, str | None, str | None, str] | None:
@@ -145,9 +177,15 @@ def normalize_url(url: str) -> sa.URL:
         pass
     elif named in _SYNC_DRIVERS:
         _warn_driver(named, "it is not installed")
-    else:
-        _warn_driver(named, "dbrev runs migrations on a libpq driver, synchronously")
-    if u.get_driver_name() not in _SYNC_DRIVERS or not _installed(u.get_driver_name()):
+    elif named == "asyncpg" and ASYNC_DRIVER_OK:
+        pass
+    elif named == "asyncpg" and not async_driver_available():
+        _warn_driver(named, "asyncpg (or greenlet) is not installed")
+    elif named != "asyncpg":
+        _warn_driver(named, "dbrev runs on psycopg2, psycopg or asyncpg only")
+    keep = u.get_driver_name() in _SYNC_DRIVERS and _installed(u.get_driver_name())
+    keep = keep or (u.get_driver_name() == "asyncpg" and ASYNC_DRIVER_OK)
+    if not keep:
         query = dict(u.query)
         if "ssl" in query and "sslmode" not in query:  # asyncpg spells it ssl=require
             query["sslmode"] = query.pop("ssl")
@@ -183,6 +221,13 @@ def make_engine(opts: DbOptions, attempt_timeout: float = 10.0) -> Engine:
     u = normalize_url(opts.url)
     settings = [f"-c lock_timeout={int(opts.lock_timeout * 1000)}",
                 f"-c statement_timeout={int(opts.statement_timeout * 1000)}"]
+    if u.get_driver_name() == "asyncpg":
+        engine = sa.create_engine(u, poolclass=NullPool, _is_async=True, connect_args={
+            "timeout": max(1, int(attempt_timeout)),
+            "server_settings": {"application_name": "dbrev", "lock_timeout": f"{int(opts.lock_timeout * 1000)}",
+                                "statement_timeout": f"{int(opts.statement_timeout * 1000)}"}})
+        engine._connection_cls = _OneSession  # type: ignore[attr-defined]
+        return engine
     connect_args = {
         "connect_timeout": max(1, int(attempt_timeout)),
         "application_name": "dbrev",
@@ -202,7 +247,7 @@ _BAD_CONNINFO = re.compile(r"invalid (sslmode|connection option|integer value|po
 # sqlstates that mean the session or the server went away (class 08, admin/crash shutdown, starting up)
 _LOST_STATES = ("57P01", "57P02", "57P03")
 _LOST_TEXT = re.compile(r"server closed the connection unexpectedly|terminating connection|connection already "
-                        r"closed|consuming input failed|connection is closed|the connection is lost|"
+                        r"closed|connection was closed in the middle of operation|ConnectionDoesNotExist|consuming input failed|connection is closed|the connection is lost|"
                         r"SSL connection has been closed|server conn crashed|no connection to the server")
 
 

@@ -206,8 +206,18 @@ def _serve(req: RunRequest, level: str, ctx: dict, out, key: bytes) -> None:
         if event.get("event") == "backend":
             _baseline(req, emit)
 
+    from .db import run_async_aware
     from .runner import run
 
+    run_async_aware(req.db.url, _run_and_report, req, emit, run)
+    try:
+        sys.stdout.flush()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _run_and_report(req: RunRequest, emit, run) -> None:
+    """Run, then emit the result or the error (an asyncpg URL: all of it inside the greenlet bridge)."""
     try:
         try:
             result = run(req, emit)
@@ -223,10 +233,6 @@ def _serve(req: RunRequest, level: str, ctx: dict, out, key: bytes) -> None:
         L.log_error("Worker failed", e)
         emit({"event": "error", "error": {"error_type": type(e).__name__, "message": redact(str(e)),
                                           "reason": "MigrationFailed", "exit_code": 1}})
-    try:
-        sys.stdout.flush()
-    except Exception:  # noqa: BLE001
-        pass
 
 
 def _thread_died(args) -> None:

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from dbhelp import q
+from dbhelp import heads, q
 from clihelp import dbrev
 from dbrev.envtest.postgres import PostgresServer, create_database
 from scriptgen import linear_history, write_script
@@ -378,5 +378,32 @@ def test_the_url_names_the_driver(database_url, tmp_path):
     bare = database_url.replace("postgresql+psycopg://", "postgresql://")
     r = dbrev("apply", "--migrations", str(d), "-r", "base", "--allow-downgrade", "--allow-data-loss", url=bare)
     assert r.code == 0, r.stdout + r.stderr
-    r = dbrev("current", url=database_url.replace("postgresql+psycopg://", "postgresql+asyncpg://"))
+    r = dbrev("current", url=database_url.replace("postgresql+psycopg://", "postgresql+pg8000://"))
     assert r.code == 0 and any("psycopg 3 instead" in rec.get("message", "") for rec in r.logs)
+
+
+def test_asyncpg_urls_run_scripts_on_asyncpg(database_url, tmp_path):
+    pytest.importorskip("asyncpg")
+    pytest.importorskip("greenlet")
+    d = tmp_path / "m"
+    write_script(d, "a001aaaa", None, '''
+        op.create_table("n", sa.Column("v", sa.Integer))
+        if not op.get_context().as_sql:
+            print("driver", op.get_bind().dialect.driver)
+            op.get_bind().execute(sa.text("INSERT INTO n (v) VALUES (1)"))
+    ''', 'op.drop_table("n")')
+    write_script(d, "a002aaaa", "a001aaaa", '''
+        with op.get_context().autocommit_block():
+            op.create_index("ix_n_v", "n", ["v"], postgresql_concurrently=True)
+    ''', '''
+        with op.get_context().autocommit_block():
+            op.drop_index("ix_n_v", "n", postgresql_concurrently=True)
+    ''')
+    url = database_url.replace("postgresql+psycopg://", "postgresql+asyncpg://")
+    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=url)
+    assert r.code == 0, r.stdout + r.stderr
+    assert "driver asyncpg" in r.stderr and r.json["transaction"] == "per-step"
+    assert q(database_url, "SELECT v FROM n")[0][0] == 1
+    r = dbrev("apply", "--migrations", str(d), "-r", "base", "--allow-downgrade", "--allow-data-loss", url=url)
+    assert r.code == 0, r.stdout + r.stderr
+    assert heads(database_url) == []
