@@ -1,8 +1,11 @@
 """``dbrev``: plan, apply, current, history, verify (and the operator's verbs).
 
-A stable interface.  ``--json`` prints exactly one JSON document on stdout;
-otherwise the output is for humans, with progress on long runs.  Logs are
-JSON lines on stderr (``--log-level``, default ``warning``).
+A stable interface.  ``--json`` prints exactly one JSON document on stdout
+(also for a mistyped command line); otherwise the output is for humans, with
+progress on long runs.  Logs go to stderr, or to ``--log-file``: JSON lines or
+text (``--log-format``), by default at ``info`` so that a run leaves its full
+record (state transitions, ``rollback_triggered`` / ``rollback_executed``).
+What migration scripts print becomes log records there too, never stdout.
 
 Exit codes: 0 success or nothing to do; 1 failed (rolled back where it
 could); 2 bad input; 3 refused by policy; 4 busy (lock held); 5 database
@@ -12,6 +15,9 @@ unavailable.
 from __future__ import annotations
 
 import argparse
+import builtins
+import contextlib
+import functools
 import json
 import os
 import sys
@@ -26,17 +32,74 @@ from .redact import redact, redact_obj
 RESULT_EXIT = {"applied": 0, "noop": 0, "rolled_back": 1, "failed": 1, "refused": 3, "busy": 4}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are a JSON error document (exit 2) when ``--json`` is on the line."""
+
+    def error(self, message: str):  # type: ignore[override]
+        if "--json" in _ARGV:
+            doc = {"result": "error", "error": {"error_type": "BadInput", "reason": "InvalidSpec",
+                                                "message": f"{self.prog}: {message}",
+                                                "hint": f"see `{self.prog} --help`", "exit_code": 2}}
+            sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+            sys.stdout.flush()
+            self.exit(2)
+        super().error(message)
+
+
+_ARGV: list[str] = []
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return v
+
+
+def _non_negative(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
+    return v
+
+
+def identifier(text: str) -> str:
+    """A PostgreSQL name as given (quoted by dbrev): not empty, no NUL, at most 63 bytes (never truncated)."""
+    if not text or not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    if any(ord(ch) < 32 for ch in text):
+        raise argparse.ArgumentTypeError("must not contain control characters (newline, tab, NUL)")
+    if len(text.encode("utf-8")) > 63:
+        raise argparse.ArgumentTypeError(f"{text[:20]}... is longer than PostgreSQL's 63-byte limit for names "
+                                         "(it would be truncated)")
+    return text
+
+
+def schema_name(text: str) -> str:
+    """A schema dbrev may create or write to: an :func:`identifier` outside PostgreSQL's reserved ``pg_``."""
+    text = identifier(text)
+    if text.startswith("pg_") or text == "information_schema":
+        raise argparse.ArgumentTypeError(f"{text} is a system schema name (PostgreSQL reserves pg_*)")
+    return text
+
+
 def _add_common(p: argparse.ArgumentParser, db: bool = True, migrations: bool = True) -> None:
     if db:
         p.add_argument("--database-url", default=None, metavar="URL",
                        help="SQLAlchemy URL of the database (default: $DBREV_DATABASE_URL)")
-        p.add_argument("--connect-timeout", type=float, default=60.0, metavar="SECONDS",
+        p.add_argument("--connect-timeout", type=_positive, default=60.0, metavar="SECONDS",
                        help="give up connecting after this long, retrying with backoff (default 60, for cold starts)")
-        p.add_argument("--lock-timeout", type=float, default=10.0, metavar="SECONDS",
+        p.add_argument("--lock-timeout", type=_positive, default=10.0, metavar="SECONDS",
                        help="wait this long for the migration lock and for table locks (default 10)")
-        p.add_argument("--statement-timeout", type=float, default=0.0, metavar="SECONDS",
+        p.add_argument("--statement-timeout", type=_non_negative, default=0.0, metavar="SECONDS",
                        help="cancel any single statement running longer than this (default 0: no limit)")
-        p.add_argument("--state-schema", default="dbrev", metavar="NAME",
+        p.add_argument("--state-schema", default="dbrev", metavar="NAME", type=schema_name,
                        help="schema for dbrev's bookkeeping in the database (default dbrev)")
     if migrations:
         p.add_argument("--migrations", default=os.environ.get("DBREV_MIGRATIONS"), metavar="DIR",
@@ -44,16 +107,19 @@ def _add_common(p: argparse.ArgumentParser, db: bool = True, migrations: bool = 
                             "(default: $DBREV_MIGRATIONS)")
         p.add_argument("--pythonpath", action="append", default=[], metavar="DIR",
                        help="add a folder to sys.path before loading the scripts (repeatable)")
-    p.add_argument("--version-table", default="alembic_version", metavar="NAME")
-    p.add_argument("--version-table-schema", default=None, metavar="NAME")
+    p.add_argument("--version-table", default="alembic_version", metavar="NAME", type=identifier)
+    p.add_argument("--version-table-schema", default=None, metavar="NAME", type=schema_name)
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    p.add_argument("--log-level", default=os.environ.get("DBREV_LOG_LEVEL", "warning"),
-                   choices=["debug", "info", "warning", "error"], type=str.lower)
+    p.add_argument("--log-level", default=os.environ.get("DBREV_LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warning", "error"], type=str.lower,
+                   help="default info: the run's full record (state transitions, rollbacks) on stderr")
     p.add_argument("--log-format", default=os.environ.get("DBREV_LOG_FORMAT", "json"), choices=["json", "text"])
+    p.add_argument("--log-file", default=os.environ.get("DBREV_LOG_FILE"), metavar="PATH",
+                   help="append the log there instead of stderr")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dbrev", description="Keep a PostgreSQL database at an Alembic revision, "
+    parser = _Parser(prog="dbrev", description="Keep a PostgreSQL database at an Alembic revision, "
                                      "safely: plan, policy, atomic apply, verification, automatic rollback.")
     parser.add_argument("--version", action="version", version=f"dbrev {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -83,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy what destructive steps would remove into the dbrev_archive schema first")
     p.add_argument("--no-rollback-on-failure", action="store_true",
                    help="leave the database where a failure stopped it instead of returning to the start")
-    p.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=_positive, default=3600.0, metavar="SECONDS",
                    help="kill the run after this long (default 3600)")
     p.add_argument("--plan-hash", default=None, metavar="HASH",
                    help="refuse unless the plan is exactly this one (from `dbrev plan`)")
@@ -99,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument("--builtin-env", dest="env_py", action="store_const", const=False,
                      help="run through dbrev's built-in environment even when the folder has an env.py "
                           "(no target_metadata, naming convention or search_path of the project's)")
+
+    p = sub.add_parser("show", help="one revision: its doc, parents, file, and its upgrade and downgrade SQL "
+                                    "with their classification")
+    _add_common(p)
+    p.add_argument("revision", metavar="REV", help="full id, unique prefix, head, label@head ...")
 
     p = sub.add_parser("current", help="show the revision(s) the database is at")
     _add_common(p)
@@ -145,6 +216,21 @@ def _migrations(args) -> str:
     return args.migrations
 
 
+def _empty_folder_warning(folder: str) -> str | None:
+    """A warning when the migrations folder holds no version script (a wrong path, an unmounted volume)."""
+    from pathlib import Path
+
+    root = Path(folder)
+    if not root.is_dir():
+        return None  # the engine says what is wrong
+    versions = root / "versions" if (root / "versions").is_dir() else root
+    if any(p.suffix == ".py" and p.name != "env.py" and not p.name.startswith("__") for p in versions.rglob("*.py")):
+        return None
+    msg = f"the migrations folder {folder} holds no version scripts: is it the right path?"
+    L.logger.warning("Empty migrations folder", extra={"migrations": str(folder)})
+    return msg
+
+
 def _checks(text: str | None):
     from .options import ALL_CHECKS
 
@@ -157,12 +243,21 @@ def _checks(text: str | None):
     return checks
 
 
+_DOC = None  # where dbrev's own output goes while sys.stdout is diverted (see main)
+
+
+def doc_stream():
+    """dbrev's own stdout: its documents and progress.  What scripts print goes to stderr instead."""
+    return _DOC or sys.stdout
+
+
 def _out(args, doc: dict, text: str) -> None:
+    out = doc_stream()
     if args.json:
-        sys.stdout.write(redact(json.dumps(redact_obj(doc), indent=2, default=str)) + "\n")
+        out.write(redact(json.dumps(redact_obj(doc), indent=2, default=str)) + "\n")
     else:
-        sys.stdout.write(redact(text).rstrip("\n") + "\n")
-    sys.stdout.flush()
+        out.write(redact(text).rstrip("\n") + "\n")
+    out.flush()
 
 
 def _revs(revs) -> str:
@@ -224,9 +319,95 @@ def cmd_plan(args) -> int:
     frm = None
     if args.from_revisions:
         frm = [x for part in args.from_revisions for x in part.split(",") if x and x != "base"]
+    empty = _empty_folder_warning(_migrations(args))
     p = make_plan(_migrations(args), args.revision, db, frm, args.pythonpath,
                   args.version_table, args.version_table_schema)
+    if empty:
+        p.warnings.append(empty)
     _out(args, p.to_dict(), _plan_text(p, args.sql))
+    return 0
+
+
+def show(migrations: str, target: str, db=None, pythonpath=(), version_table: str = "alembic_version",
+         version_table_schema: str | None = None) -> dict:
+    """One revision, as ``alembic show`` gives it, plus both directions' SQL and classification.
+
+    Rendering runs ``upgrade()`` and ``downgrade()`` offline (as ``dbrev plan`` does): their Python side
+    effects happen, their SQL is only printed.
+    """
+    from . import state
+    from .db import connection, read_heads
+    from .engine import _stored, open_scripts
+    from .planning import _step
+    from .scripts import render
+
+    scripts = open_scripts(migrations, pythonpath)
+    heads: tuple[str, ...] | None = None
+    stored_revs: set[str] | None = None
+    if db is not None:
+        version_table, version_table_schema = db.version_table, db.version_table_schema
+        with connection(db) as conn:
+            heads = read_heads(conn, version_table, version_table_schema)
+            stored = _stored(conn, db)
+            conn.commit()
+        stored_revs = {r["revision"] for r in stored}
+        scripts = scripts.with_extra(state.stored_sources(stored))
+    g = scripts.graph
+    revs = g.resolve(target, heads or ())
+    if len(revs) != 1:
+        raise E.AmbiguousRevision(f"{target} names {len(revs)} revisions ({', '.join(revs) or 'none'})",
+                                  hint="give one revision id")
+    rev = revs[0]
+    info = scripts.infos[rev]
+    src = scripts.sources[rev]
+
+    def rend(r, up):
+        return render(scripts, r, up, version_table, version_table_schema)
+
+    doc = {"revision": rev, "doc": info.doc, "down_revisions": list(info.down_revisions),
+           "depends_on": list(info.dependencies), "branch_labels": list(info.branch_labels),
+           "children": sorted(g.children[rev]), "is_head": rev in g.heads, "file": src.filename,
+           "script": info.name, "script_sha256": info.sha256, "origin": info.origin,
+           "stored_in_database": (rev in stored_revs) if stored_revs is not None else None,
+           "applied": (rev in g.closure(r for r in heads if r in g.nodes)) if heads is not None else None,
+           "current": (rev in heads) if heads is not None else None}
+    for key, up in (("upgrade", True), ("downgrade", False)):
+        doc[key] = _step(g, info, src.source, up, rend, version_table).to_dict(include_sql=True)
+    return doc
+
+
+def cmd_show(args) -> int:
+    db = db_options(args) if (args.database_url or os.environ.get("DBREV_DATABASE_URL")) else None
+    doc = show(_migrations(args), args.revision, db, args.pythonpath, args.version_table, args.version_table_schema)
+    lines = [f"revision {doc['revision']}: {doc['doc']}",
+             f"  parents: {', '.join(doc['down_revisions']) or '<base>'}"
+             + (f"; depends on: {', '.join(doc['depends_on'])}" if doc["depends_on"] else ""),
+             f"  children: {', '.join(doc['children']) or '-'}",
+             f"  file: {doc['file']} ({doc['origin']})"]
+    if doc["branch_labels"]:
+        lines.append(f"  branch labels: {', '.join(doc['branch_labels'])}")
+    if doc.get("stored_in_database") is not None:
+        lines.append(f"  the database keeps a copy: {'yes' if doc['stored_in_database'] else 'no'}"
+                     + (f"; applied: {'yes' if doc['applied'] else 'no'}" if doc.get("applied") is not None else ""))
+    for key in ("upgrade", "downgrade"):
+        st = doc[key]
+        flags = [f for f, on in (("DESTRUCTIVE", st["destructive"]), ("autocommit", st["needs_autocommit"]),
+                                 ("irreversible", st["irreversible"]), ("not renderable offline",
+                                                                        not st["renderable"])) if on]
+        lines.append(f"{key}(){'  [' + ', '.join(flags) + ']' if flags else ''}")
+        for e in st["effects"]:
+            lines.append(f"    {'!' if e['destructive'] else '-'} {e['kind']} {e['object']}"
+                         + (f": {e['detail']}" if e.get("detail") else ""))
+        for h in st["heavy_locks"]:
+            lines.append(f"    lock: {h}")
+        for r in st["autocommit_reasons"]:
+            lines.append(f"    autocommit: {r}")
+        for n in st["notes"]:
+            lines.append(f"    note: {n}")
+        if st.get("render_error"):
+            lines.append(f"    offline: {st['render_error']}")
+        lines.extend("    " + ln for ln in (st.get("sql") or "").strip().splitlines() or ["(no SQL)"])
+    _out(args, doc, "\n".join(lines))
     return 0
 
 
@@ -272,6 +453,7 @@ class _Progress:
     def __call__(self, ev: dict) -> None:
         if not self.enabled:
             return
+        print = functools.partial(builtins.print, file=doc_stream())  # noqa: A001
         kind = ev.get("event")
         if kind == "plan":
             p = ev["plan"]
@@ -293,6 +475,7 @@ def cmd_apply(args) -> int:
     policy = Policy(downgrade="Allow" if args.allow_downgrade else "Deny", data_loss=data_loss,
                     rollback_on_failure=not args.no_rollback_on_failure, verify=_checks(args.verify),
                     repair_sequences=args.repair_sequences)
+    empty = _empty_folder_warning(_migrations(args))
     req = RunRequest(db=db, migrations=os.path.abspath(_migrations(args)), target=args.revision, policy=policy,
                      expected_hash=args.plan_hash, exact_counts=args.exact_counts, actor="cli",
                      pythonpath=tuple(os.path.abspath(p) for p in args.pythonpath), use_env_py=args.env_py)
@@ -303,6 +486,8 @@ def cmd_apply(args) -> int:
         result = {"result": "busy", "error": e.to_dict()}
     except E.PolicyRefused as e:
         result = {"result": "refused", "error": e.to_dict()}
+    if empty:
+        result.setdefault("warnings", []).insert(0, empty)
     _out(args, _apply_doc(result), _apply_text(result, args))
     return RESULT_EXIT.get(result.get("result"), 1)
 
@@ -343,6 +528,8 @@ def _apply_text(r: dict, args) -> str:
         if err:
             loc = f" at {err['location']}" if err.get("location") else ""
             lines.append(f"error ({err.get('reason')}){loc}: {err.get('message')}")
+            if err.get("hint"):
+                lines.append(f"  hint: {err['hint']}")
         rb = r.get("rollback")
         if rb:
             lines.append(f"rollback ({rb.get('reason')}, {rb.get('method')}): "
@@ -371,14 +558,74 @@ def cmd_verify(args) -> int:
 
 
 COMMANDS = {"current": cmd_current, "history": cmd_history, "plan": cmd_plan, "apply": cmd_apply,
-            "verify": cmd_verify}
+            "verify": cmd_verify, "show": cmd_show}
+
+
+@contextlib.contextmanager
+def _scripts_print_to_stderr():
+    """While a command runs, stdout (``print()``, fd 1) belongs to nobody but dbrev.
+
+    Scripts run in this process too (``dbrev plan`` renders ``upgrade()`` offline): their ``print()``
+    becomes log records on stderr, and fd 1 points at stderr; dbrev writes its document to a copy
+    of the real stdout (:func:`doc_stream`).
+    """
+    global _DOC
+    from . import worker
+
+    sys.stdout.flush()
+    saved_fd = os.dup(1)
+    saved_stdout = sys.stdout
+    _DOC = os.fdopen(saved_fd, "w", buffering=1, encoding=getattr(saved_stdout, "encoding", None) or "utf-8")
+    worker.CHILD_CLOSE_FDS.add(saved_fd)
+    os.dup2(2, 1)
+    sys.stdout = worker._LinesToLog()  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        try:
+            sys.stdout.flush()
+        finally:
+            sys.stdout = saved_stdout
+            _DOC.flush()
+            os.dup2(saved_fd, 1)
+            worker.CHILD_CLOSE_FDS.discard(saved_fd)
+            _DOC.close()
+            _DOC = None
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _ARGV
+    _ARGV = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    L.setup_logging(args.log_level, args.log_format)
+    stream = None
+    if getattr(args, "log_file", None):
+        try:
+            stream = open(args.log_file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - for the process
+        except OSError as e:
+            return _usage_error(args, f"cannot open the log file {args.log_file}: {e.strerror}")
+    L.setup_logging(args.log_level, args.log_format, stream)
     fn = COMMANDS.get(args.command) or getattr(args, "func", None)
+    try:
+        if args.command == "operator":  # a long-running service: its stdout is its own
+            return _run_command(fn, args)
+        with _scripts_print_to_stderr():
+            return _run_command(fn, args)
+    except KeyboardInterrupt:
+        sys.stderr.write("dbrev: interrupted\n")
+        return 130
+
+
+def _usage_error(args, message: str) -> int:
+    err = E.BadInput(message)
+    if getattr(args, "json", False):
+        _out(args, {"result": "error", "error": err.to_dict()}, "")
+    else:
+        sys.stderr.write(f"dbrev: error: {err}\n")
+    return err.exit_code
+
+
+def _run_command(fn, args) -> int:
     try:
         return fn(args)
     except E.DbrevError as e:

@@ -36,7 +36,7 @@ def register(sub, add_common) -> None:
     p.add_argument("--hash", default=None, metavar="HASH",
                    help="approve only if the waiting plan has this hash (from status.plan.hash)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"], type=str.lower)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], type=str.lower)
     p.add_argument("--log-format", default="json", choices=["json", "text"])
     p.set_defaults(func=cmd_approve)
 
@@ -71,12 +71,15 @@ def _vt(args):
 def _emit(args, doc, text: str) -> None:
     import json
 
+    from .cli import doc_stream
     from .redact import redact
 
+    out = doc_stream()
     if args.json:
-        print(redact(json.dumps(doc, indent=2, default=str)))
+        out.write(redact(json.dumps(doc, indent=2, default=str)) + "\n")
     else:
-        print(redact(text))
+        out.write(redact(text) + "\n")
+    out.flush()
 
 
 def cmd_archive_list(args) -> int:
@@ -207,11 +210,13 @@ def cmd_approve(args) -> int:
     plan = status.get("plan") or {}
     doc = {"namespace": ns, "name": args.name, "approved": plan_hash, "direction": plan.get("direction"),
            "steps": [s.get("revision") for s in plan.get("steps", [])], "destructive": plan.get("destructive", [])}
+    from .cli import doc_stream
+
     if args.json:
-        print(json.dumps(doc, indent=2))
+        print(json.dumps(doc, indent=2), file=doc_stream())
     else:
         print(f"approved plan {plan_hash} for {ns}/{args.name}: {plan.get('direction')} "
               f"{plan.get('from')} -> {plan.get('to')}, {len(doc['steps'])} step(s)"
-              + (f", destructive: {', '.join(doc['destructive'])}" if doc["destructive"] else ""))
-    sys.stdout.flush()
+              + (f", destructive: {', '.join(doc['destructive'])}" if doc["destructive"] else ""), file=doc_stream())
+    doc_stream().flush()
     return 0

@@ -1,18 +1,33 @@
 """PostgreSQL at the edge: URLs, connections with retries, the version table, the lock.
 
 Errors are sorted into what a user must fix (wrong URL, wrong password,
-missing database or privilege: :class:`DatabaseConfigError`) and what
-clears by itself (server down, timeouts: :class:`DatabaseUnavailable`).
-No message ever carries the password.
+missing database or privilege, a bad ``sslmode``: :class:`DatabaseConfigError`)
+and what clears by itself (server down, timeouts, a session lost mid-run:
+:class:`DatabaseUnavailable`).  No message ever carries the password.
+
+URLs: a password with raw ``@ : / % #`` is read the way its owner meant it when
+that is unambiguous (the host follows the last ``@`` that a host can follow),
+else refused with a hint to URL-encode it.  Drivers: the one the URL names
+(``+psycopg2``, ``+psycopg``; ``+asyncpg`` in the worker, through SQLAlchemy's
+async adapter: :func:`run_async_aware`) when it is installed, as SQLAlchemy and
+Alembic would; a bare ``postgresql://`` means psycopg2 when it is installed
+(SQLAlchemy's default), psycopg 3 otherwise; anything else (pg8000, ...) runs on
+psycopg 3 with a logged warning.
+
+A connection never reconnects silently: once its session is gone, using it
+raises :class:`SessionLost` (a new session would not hold the run's advisory
+lock, nor its transaction).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import re
 import time
 from contextlib import contextmanager
 from typing import Iterator
+from urllib.parse import quote, unquote
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -20,11 +35,115 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from . import conditions as C
-from .errors import Busy, DatabaseConfigError, DatabaseUnavailable
+from .errors import Busy, DatabaseConfigError, DatabaseUnavailable, SessionLost
 from .log import logger, timed
 from .options import DbOptions
 from .redact import redact, register_secret
 
+_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<rest>.*)$", re.S)
+_HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._\-]+)"
+# what may follow the userinfo's "@": host[:port][,host[:port]...][/dbname][?query]
+_AFTER_USERINFO = re.compile(rf"^(?:{_HOST}?(?::\d*)?)(?:,{_HOST}(?::\d*)?)*(?:/[^/?#@]*)?(?:\?.*)?$", re.S)
+_UNRESERVED = r"A-Za-z0-9._~!$&'()*+,;=\-"
+_CLEAN_USERINFO = re.compile(rf"^(?:[{_UNRESERVED}]|%[0-9A-Fa-f]{{2}})*(?::(?:[{_UNRESERVED}:]|%[0-9A-Fa-f]{{2}})*)?$")
+ENCODE_HINT = ("URL-encode the user and password: @ as %40, : as %3A, / as %2F, % as %25, # as %23, ? as %3F "
+               "(python -c 'import urllib.parse,sys; print(urllib.parse.quote(sys.argv[1], safe=\"\"))' PASSWORD)")
+
+_SYNC_DRIVERS = ("psycopg2", "psycopg")  # libpq-based: the connect arguments mean the same to both
+_warned_drivers: set[str] = set()
+# asyncpg runs through SQLAlchemy's async adapter, inside a greenlet (see run_async_aware): only the
+# worker, which runs the scripts, turns this on; the CLI's and the operator's own reads use psycopg.
+ASYNC_DRIVER_OK = False
+
+
+def async_driver_available() -> bool:
+    return _installed("asyncpg") and _installed("greenlet")
+
+
+def wants_asyncpg(url: str) -> bool:
+    """True when ``url`` names asyncpg and dbrev can run scripts on it (asyncpg and greenlet installed)."""
+    try:
+        return make_url(_readable(url.strip())).get_driver_name() == "asyncpg" and async_driver_available()
+    except Exception:  # noqa: BLE001 - normalize_url reports what is wrong
+        return False
+
+
+def run_async_aware(url: str, fn, *args):
+    """Call ``fn(*args)``; for an asyncpg URL inside SQLAlchemy's greenlet bridge, as Alembic's async env.py."""
+    global ASYNC_DRIVER_OK
+    if not wants_asyncpg(url):
+        return fn(*args)
+    import asyncio
+
+    from sqlalchemy.util import greenlet_spawn
+
+    ASYNC_DRIVER_OK = True
+    try:
+        return asyncio.run(greenlet_spawn(fn, *args))
+    finally:
+        ASYNC_DRIVER_OK = False
+
+
+def _split_userinfo(url: str) -> tuple[str, str | None, str | None, str] | None:
+    """(scheme, user, password, rest-after-@) read as the URL's owner meant it, or None for no userinfo.
+
+    A userinfo made only of legal URL characters is standard: decoded as usual.  Otherwise the password
+    holds raw reserved characters: the userinfo ends at the one "@" a host can follow; if more than one
+    could, the URL is ambiguous and refused.
+    """
+    m = _SCHEME.match(url)
+    if not m or "@" not in m.group("rest"):
+        return None
+    scheme, rest = m.group("scheme"), m.group("rest")
+    ats = [i for i, ch in enumerate(rest) if ch == "@"]
+    first = ats[0]
+    if _CLEAN_USERINFO.match(rest[:first]) and _AFTER_USERINFO.match(rest[first + 1:]):
+        user, sep, pw = rest[:first].partition(":")
+        return scheme, unquote(user), unquote(pw) if sep else None, rest[first + 1:]
+    fits = [i for i in ats if _AFTER_USERINFO.match(rest[i + 1:])]
+    for i in ats:  # every reading's password is a secret, whichever turns out to be meant
+        register_secret(rest[:i].partition(":")[2])
+    if len(fits) != 1:
+        raise DatabaseConfigError("the database URL's user:password part holds characters that make it ambiguous "
+                                  "where the password ends" if fits else
+                                  "the database URL cannot be parsed: no host follows the user:password part",
+                                  hint=ENCODE_HINT, reason=C.INVALID_DATABASE_URL)
+    user, sep, pw = rest[:fits[0]].partition(":")
+    return scheme, user, pw if sep else None, rest[fits[0] + 1:]
+
+
+def url_password(url: str | None) -> str | None:
+    """The password in ``url`` as its owner meant it (None if none, or if the URL cannot be read)."""
+    try:
+        parts = _split_userinfo((url or "").strip())
+    except DatabaseConfigError:
+        return None
+    return parts[2] if parts else None
+
+
+def _readable(url: str) -> str:
+    """``url`` with its userinfo percent-encoded exactly once, so that SQLAlchemy parses what was meant."""
+    parts = _split_userinfo(url)
+    if parts is None:
+        return url
+    scheme, user, pw, rest = parts
+    register_secret(pw)
+    userinfo = quote(user or "", safe="") + (":" + quote(pw, safe="") if pw is not None else "")
+    return f"{scheme}://{userinfo}@{rest}"
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _warn_driver(driver: str, why: str) -> None:
+    if driver not in _warned_drivers:
+        _warned_drivers.add(driver)
+        logger.warning(f"The database URL names the {driver} driver; dbrev uses psycopg 3 instead: {why}",
+                       extra={"driver": driver})
 
 
 def normalize_url(url: str) -> sa.URL:
@@ -34,22 +153,39 @@ def normalize_url(url: str) -> sa.URL:
                                   hint="pass --database-url or set DBREV_DATABASE_URL",
                                   reason=C.INVALID_DATABASE_URL)
     try:
-        u = make_url(url.strip())
+        u = make_url(_readable(url.strip()))
+        _ = u.port  # a non-numeric port is an error now, not at connect time
     except (ArgumentError, ValueError) as e:
         raise DatabaseConfigError(f"the database URL cannot be parsed: {redact(str(e))}",
-                                  hint="expected postgresql+psycopg://user:password@host:5432/dbname",
-                                  reason=C.INVALID_DATABASE_URL) from None
+                                  hint="expected postgresql+psycopg://user:password@host:5432/dbname; "
+                                       + ENCODE_HINT, reason=C.INVALID_DATABASE_URL) from None
     register_secret(u.password)
     backend = u.get_backend_name()
     if backend == "postgres":
-        u = u.set(drivername="postgresql")
+        u = u.set(drivername="postgresql" + (f"+{u.get_driver_name()}" if "+" in u.drivername else ""))
         backend = "postgresql"
     if backend != "postgresql":
         raise DatabaseConfigError(f"dbrev supports PostgreSQL only, not {backend!r}",
                                   hint="use a postgresql:// URL", reason=C.INVALID_DATABASE_URL)
-    # dbrev speaks psycopg 3 whatever driver the application's URL names (asyncpg, psycopg2, pg8000):
-    # host, port, user, password and database mean the same to all of them.
-    if u.get_driver_name() != "psycopg":
+    # The driver the URL names, when dbrev can run on it, as Alembic would: scripts may rely on its
+    # parameter typing.  A bare postgresql:// means psycopg2 to SQLAlchemy; without psycopg2, psycopg 3.
+    named = u.drivername.partition("+")[2]
+    if not named:
+        driver = "psycopg2" if _installed("psycopg2") else "psycopg"
+        u = u.set(drivername=f"postgresql+{driver}")
+    elif named in _SYNC_DRIVERS and _installed(named):
+        pass
+    elif named in _SYNC_DRIVERS:
+        _warn_driver(named, "it is not installed")
+    elif named == "asyncpg" and ASYNC_DRIVER_OK:
+        pass
+    elif named == "asyncpg" and not async_driver_available():
+        _warn_driver(named, "asyncpg (or greenlet) is not installed")
+    elif named != "asyncpg":
+        _warn_driver(named, "dbrev runs on psycopg2, psycopg or asyncpg only")
+    keep = u.get_driver_name() in _SYNC_DRIVERS and _installed(u.get_driver_name())
+    keep = keep or (u.get_driver_name() == "asyncpg" and ASYNC_DRIVER_OK)
+    if not keep:
         query = dict(u.query)
         if "ssl" in query and "sslmode" not in query:  # asyncpg spells it ssl=require
             query["sslmode"] = query.pop("ssl")
@@ -70,21 +206,66 @@ def safe_url(url: str) -> str:
         return redact(url)
 
 
+class _OneSession(Connection):
+    """A Connection that never reconnects behind the caller's back (SQLAlchemy does after a disconnect)."""
+
+    def _revalidate_connection(self):
+        if self.invalidated and not self.closed:
+            raise SessionLost("the database session was lost (the server restarted, or the backend was "
+                              "terminated); dbrev does not continue a run on a new session",
+                              hint="the advisory lock and the open transaction died with the session")
+        return super()._revalidate_connection()
+
+
 def make_engine(opts: DbOptions, attempt_timeout: float = 10.0) -> Engine:
     u = normalize_url(opts.url)
     settings = [f"-c lock_timeout={int(opts.lock_timeout * 1000)}",
                 f"-c statement_timeout={int(opts.statement_timeout * 1000)}"]
+    if u.get_driver_name() == "asyncpg":
+        engine = sa.create_engine(u, poolclass=NullPool, _is_async=True, connect_args={
+            "timeout": max(1, int(attempt_timeout)),
+            "server_settings": {"application_name": "dbrev", "lock_timeout": f"{int(opts.lock_timeout * 1000)}",
+                                "statement_timeout": f"{int(opts.statement_timeout * 1000)}"}})
+        engine._connection_cls = _OneSession  # type: ignore[attr-defined]
+        return engine
     connect_args = {
         "connect_timeout": max(1, int(attempt_timeout)),
         "application_name": "dbrev",
         "options": " ".join(settings),
     }
-    return sa.create_engine(u, poolclass=NullPool, connect_args=connect_args)
+    engine = sa.create_engine(u, poolclass=NullPool, connect_args=connect_args)
+    engine._connection_cls = _OneSession  # type: ignore[attr-defined]
+    return engine
 
 
 _AUTH_FAILED = re.compile(r"password authentication failed|no password supplied|authentication failed|pg_hba\.conf")
 _NO_ROLE = re.compile(r'role "[^"]*" does not exist')
 _NO_DATABASE = re.compile(r'database "[^"]*" does not exist')
+_BAD_CONNINFO = re.compile(r"invalid (sslmode|connection option|integer value|port|target_session_attrs|gssencmode|"
+                           r"channel_binding|sslnegotiation)|invalid dsn|missing \"=\"|"
+                           r"unrecognized|invalid value for parameter")
+# sqlstates that mean the session or the server went away (class 08, admin/crash shutdown, starting up)
+_LOST_STATES = ("57P01", "57P02", "57P03")
+_LOST_TEXT = re.compile(r"server closed the connection unexpectedly|terminating connection|connection already "
+                        r"closed|connection was closed in the middle of operation|ConnectionDoesNotExist|consuming input failed|connection is closed|the connection is lost|"
+                        r"SSL connection has been closed|server conn crashed|no connection to the server")
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    orig = getattr(exc, "orig", exc)
+    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    """True when ``exc`` says the session is gone (a restart, a terminated backend), not a SQL error."""
+    if isinstance(exc, SessionLost) or isinstance(getattr(exc, "orig", None), SessionLost):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    code = sqlstate(exc) or ""
+    if code.startswith("08") or code in _LOST_STATES:
+        return True
+    return isinstance(exc, (OperationalError, DBAPIError)) and bool(_LOST_TEXT.search(str(exc)))
 
 
 def classify_connect_error(exc: BaseException, opts: DbOptions) -> Exception:
@@ -102,6 +283,10 @@ def classify_connect_error(exc: BaseException, opts: DbOptions) -> Exception:
     if _NO_DATABASE.search(lower):
         return DatabaseConfigError(f"{text} (at {where})", reason=C.DATABASE_NOT_FOUND,
                                    hint="create the database first, or fix the name in the URL")
+    if _BAD_CONNINFO.search(lower):
+        return DatabaseConfigError(f"the connection settings in the URL are invalid: {text} (at {where})",
+                                   reason=C.INVALID_DATABASE_URL,
+                                   hint="fix the query parameters of the database URL (e.g. sslmode=require)")
     return DatabaseUnavailable(f"cannot connect to {where}: {text}",
                                hint="dbrev retries; check that the server is up and reachable")
 
@@ -211,14 +396,20 @@ def acquire_lock(conn: Connection, opts: DbOptions) -> None:
 
 
 def is_lock_timeout(exc: BaseException) -> bool:
-    orig = getattr(exc, "orig", exc)
-    code = getattr(orig, "sqlstate", None)
-    return code == "55P03"  # lock_not_available
+    return sqlstate(exc) == "55P03"  # lock_not_available
 
 
 def is_permission_error(exc: BaseException) -> bool:
-    orig = getattr(exc, "orig", exc)
-    return getattr(orig, "sqlstate", None) == "42501"
+    return sqlstate(exc) == "42501"
+
+
+def invalid_indexes(conn: Connection) -> list[str]:
+    """schema.name of every INVALID index (what an interrupted CREATE INDEX CONCURRENTLY leaves)."""
+    rows = conn.execute(sa.text(
+        "SELECT n.nspname || '.' || c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT i.indisvalid "
+        "AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1")).scalars().all()
+    return list(rows)
 
 
 def server_info(conn: Connection) -> dict:

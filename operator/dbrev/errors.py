@@ -7,6 +7,8 @@ Exit codes (a stable interface, documented in README):
 
 from __future__ import annotations
 
+import re
+
 from . import conditions as C
 from .redact import redact
 
@@ -97,6 +99,10 @@ class DatabaseUnavailable(DbrevError):
     transient = True
 
 
+class SessionLost(DatabaseUnavailable):
+    """The run's database session went away mid-run (restart, terminated backend): transient, retried."""
+
+
 class Busy(DbrevError):
     exit_code = EXIT_BUSY
     reason = C.LOCK_BUSY
@@ -117,3 +123,30 @@ class PlanChanged(PolicyRefused):
 class MigrationFailed(DbrevError):
     exit_code = EXIT_FAILED
     reason = C.MIGRATION_FAILED
+
+
+_FK_DEPENDS = re.compile(r'constraint "?([^"\s]+)"? on table "?([^"\s]+)"? depends on table "?([^"\s]+)"?')
+_FK_VIOLATES = re.compile(r'(?:update or delete on|insert or update on) table "([^"]+)" violates foreign key '
+                          r'constraint "([^"]+)" on table "([^"]+)"')
+
+
+def fk_hint(exc: BaseException) -> str | None:
+    """What to do when a foreign key blocks a step: the constraint and the dependent table, by name."""
+    orig = getattr(exc, "orig", None) or exc
+    diag = getattr(orig, "diag", None)
+    text = f"{orig}\n{getattr(diag, 'message_detail', None) or ''}"
+    m = _FK_DEPENDS.search(text)
+    if m:
+        con, dependent, table = m.groups()
+        return (f"the foreign key {con} on table {dependent} still references {table}: downgrade (or drop) what "
+                f"depends on {table} first, e.g. the revision that added {con}, or drop that constraint")
+    m = _FK_VIOLATES.search(text)
+    if m:
+        table, con, dependent = m.groups()
+        if text.startswith("insert") or "insert or update on" in text:
+            return (f"rows of {table} point at rows that do not exist in {dependent} (foreign key {con}): insert "
+                    f"the referenced rows first")
+        return (f"rows in table {dependent} still reference the rows of {table} through the foreign key {con}: "
+                f"delete or re-point those rows of {dependent} first (or downgrade the revision that created "
+                f"{dependent})")
+    return None

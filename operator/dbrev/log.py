@@ -126,6 +126,43 @@ def setup_logging(level: str | int = "INFO", fmt: str = "json", stream=None) -> 
     return handler
 
 
+_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
+           "CRITICAL": logging.CRITICAL}
+_RECORD_KEYS = {"ts", "level", "logger", "message"}
+
+
+def relay(line: str, log: logging.Logger = logger) -> None:
+    """Re-log one line of a worker's output here, redacted, in this process's format.
+
+    The worker's own JSON log records keep their level, logger and fields; any other line (what a
+    script printed, a traceback, a C library's message) becomes an INFO record of ``dbrev.worker``
+    with ``stream: output``.
+    """
+    line = redact(line)
+    rec = None
+    if line.startswith("{"):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = None
+    if isinstance(rec, dict) and "message" in rec and "level" in rec:
+        levelno = _LEVELS.get(str(rec.get("level")).upper(), logging.INFO)
+        name = str(rec.get("logger") or LOGGER_NAME)
+        fields = {k: v for k, v in rec.items() if k not in _RECORD_KEYS}
+        msg = str(rec.get("message"))
+    else:
+        levelno, name, fields, msg = logging.INFO, f"{LOGGER_NAME}.worker", {"stream": "output"}, line
+    # what scripts printed shows at every level, like their own output would
+    if name not in (f"{LOGGER_NAME}.script", f"{LOGGER_NAME}.worker") and not log.isEnabledFor(levelno):
+        return
+    record = logging.LogRecord(name, levelno, "(worker)", 0, msg, (), None)
+    for k, v in fields.items():
+        if k not in _STANDARD_ATTRS and not k.startswith("_"):
+            setattr(record, k, v)
+    record._dbrev_context = {}  # the worker's record carries its own context fields
+    log.handle(record)
+
+
 @contextlib.contextmanager
 def timed(operation: str, log: logging.Logger = logger, **fields: Any) -> Iterator[dict[str, Any]]:
     """DEBUG entry/exit records; a WARNING when the operation took over 1 s.

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from . import integrity, state
 from . import log as L
 from .db import acquire_lock, connect, is_lock_timeout, quote_ident, read_heads, server_info, unlock
-from .errors import BadInput, Busy, DbrevError, PlanChanged, PolicyRefused, ScriptConflict
+from .errors import fk_hint, BadInput, Busy, DbrevError, PlanChanged, PolicyRefused, ScriptConflict
 from .planning import Plan, build_plan, hash_matches
 from .options import RunRequest  # noqa: F401
 from .policy import Decision, Facts, effect_table_key, evaluate, lossless
@@ -691,9 +691,12 @@ class Runner:
         loc = self._failure_location(exc, scripts)
         orig = getattr(exc, "orig", None)
         msg = str(orig or exc).strip()
-        return {"error_type": type(orig or exc).__name__, "message": L.redact(msg.splitlines()[0] if msg else ""),
-                "detail": L.redact(msg), "step": step[0], "direction": step[1], "location": loc,
-                "reason": "MigrationFailed"}
+        err = {"error_type": type(orig or exc).__name__, "message": L.redact(msg.splitlines()[0] if msg else ""),
+               "detail": L.redact(msg), "step": step[0], "direction": step[1], "location": loc,
+               "reason": "MigrationFailed"}
+        if fk_hint(exc):  # a foreign key blocks the step: name the constraint and the dependent table
+            err["hint"] = L.redact(fk_hint(exc))
+        return err
 
     # -- single transaction --------------------------------------------------------
     def _run_single(self, conn: Connection, scripts: ScriptSet, plan: Plan, decision: Decision, journal) -> dict:

@@ -31,6 +31,33 @@ def test_registered_secrets_are_masked_anywhere():
     assert "p%40ss%2Fw%3Ard" not in redact("url with p%40ss%2Fw%3Ard inside")
 
 
+def test_redaction_does_not_depend_on_how_a_url_splits():
+    # a raw password with "@" and "/" : masked whole, whatever a parser would make of it
+    for url in ("postgresql://app:Pa@ssWordXy@db:5432/x", "postgresql+psycopg://app:p@ss:w/rd%#x9Q@db/x"):
+        out = redact(f"cannot connect to {url}: boom")
+        assert out.startswith("cannot connect to postgresql") and "@db" in out
+        for frag in ("Pa@ss", "ssWordXy", "p@ss", "w/rd", "x9Q"):
+            assert frag not in out, (frag, out)
+
+
+def test_short_secrets_are_masked_where_they_stand_alone():
+    register_secret("Qz")
+    assert redact("password is Qz, again: 'Qz'") == "password is ***, again: '***'"
+    assert redact("Qzebra") == "Qzebra"  # not inside a longer word
+
+
+def test_worker_output_is_relayed_redacted():
+    buf = capture("INFO")
+    register_secret("relay-secret-77")
+    L.relay("a script printed relay-secret-77")
+    L.relay(json.dumps({"ts": "x", "level": "WARNING", "logger": "dbrev", "message": "from relay-secret-77",
+                        "run_id": 3}))
+    L.relay(json.dumps({"ts": "x", "level": "DEBUG", "logger": "dbrev", "message": "hidden"}))
+    raw, rec = records(buf)
+    assert raw["logger"] == "dbrev.worker" and raw["stream"] == "output" and raw["message"] == "a script printed ***"
+    assert rec["level"] == "WARNING" and rec["message"] == "from ***" and rec["run_id"] == 3
+
+
 def test_json_lines_carry_context_and_extras():
     buf = capture()
     with L.log_context(namespace="shop", name="orders"):

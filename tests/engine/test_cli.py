@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from dbhelp import q
+from dbhelp import heads, q
 from clihelp import dbrev
 from dbrev.envtest.postgres import PostgresServer, create_database
 from scriptgen import linear_history, write_script
@@ -228,3 +228,182 @@ def test_project_env_py_mode(database_url, tmp_path):
     # widgets is in schema app; without env.py's search_path the downgrade cannot see it
     assert r.code == 1 and r.json["result"] == "rolled_back"
     assert "widgets" in r.json["error"]["message"]
+
+
+# -- 15.8: passwords with raw reserved characters ------------------------------------------------
+
+@pytest.mark.parametrize("raw", ["Pa@ssWordXy", "p@ss:w/rd%#x9Q"])
+def test_raw_reserved_characters_in_a_password_are_read_as_meant(secret_server, tmp_path, raw):
+    role = "raw_" + str(abs(hash(raw)) % 10000)
+    q(_url(secret_server), f"DROP ROLE IF EXISTS {role}")
+    q(_url(secret_server), f"CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{raw}'")
+    dbname = create_database(_url(secret_server)).rsplit("/", 1)[1]
+    url = f"postgresql+psycopg://{role}:{raw}@127.0.0.1:{secret_server.port}/{dbname}"  # not URL-encoded
+    d = tmp_path / "m"
+    write_script(d, "w001aaaa", None, f'print("connected with {raw}")\n'
+                 'op.create_table("t", sa.Column("id", sa.Integer, primary_key=True))', 'op.drop_table("t")')
+    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=url)
+    assert r.code == 0, r.stdout + r.stderr
+    c = dbrev("current", url=url)
+    assert c.code == 0 and c.json["database"] == f"postgresql+psycopg://{role}:***@127.0.0.1:{secret_server.port}/{dbname}"
+    wrong = dbrev("current", url=url.replace(raw, raw[:-1] + "Z"), json_out=True)
+    assert wrong.code == 2 and wrong.json["error"]["reason"] == "DatabaseAuthFailed"
+    for out in (r.stdout + r.stderr, c.stdout + c.stderr, wrong.stdout + wrong.stderr):
+        for fragment in (raw, raw[1:], raw[3:], raw.split("@", 1)[1], raw[:-1] + "Z"):
+            assert fragment not in out, fragment
+
+
+def test_an_ambiguous_raw_password_is_refused_with_a_hint(tmp_path):
+    r = dbrev("current", url="postgresql+psycopg://u:a@b@c@127.0.0.1/db?application_name=x@y")
+    assert r.code == 2 and r.json["error"]["reason"] == "InvalidDatabaseURL"
+    assert "URL-encode" in r.json["error"]["hint"]
+    assert "a@b" not in r.stdout + r.stderr
+
+
+def test_a_two_character_password_is_masked(secret_server, tmp_path):
+    q(_url(secret_server), "DROP ROLE IF EXISTS shorty")
+    q(_url(secret_server), "CREATE ROLE shorty LOGIN SUPERUSER PASSWORD 'Qz'")
+    dbname = create_database(_url(secret_server)).rsplit("/", 1)[1]
+    url = f"postgresql+psycopg://shorty:Qz@127.0.0.1:{secret_server.port}/{dbname}"
+    d = tmp_path / "m"
+    write_script(d, "q001aaaa", None, 'print("the password: Qz")\nop.execute("SELECT 1")', "pass")
+    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=url)
+    assert r.code == 0, r.stdout + r.stderr
+    assert "the password: ***" in r.stderr
+    assert "Qz" not in r.stdout + r.stderr
+
+
+# -- 15.12: bad input is exit 2, and a JSON document under --json --------------------------------
+
+def test_bad_flags_are_bad_input(database_url, tmp_path):
+    d = tmp_path / "m"
+    linear_history(d, 1)
+    for args in (["--timeout", "0"], ["--timeout", "-5"], ["--version-table-schema", ""], ["--version-table", ""],
+                 ["--version-table", "v" * 64], ["--lock-timeout", "0"], ["--state-schema", " "],
+                 ["--state-schema", "pg_foo"], ["--version-table-schema", "pg_catalog"], ["--version-table", "a\nb"]):
+        r = dbrev("apply", "--migrations", str(d), "-r", "head", *args, url=database_url)
+        assert r.code == 2, (args, r.stdout, r.stderr)
+        assert r.json["result"] == "error" and r.json["error"]["exit_code"] == 2, args
+    r = dbrev("apply", "--migrations", str(d), "-r", "head", "--no-such-flag", url=database_url)
+    assert r.code == 2 and "--no-such-flag" in r.json["error"]["message"]
+    r = dbrev("apply", "--migrations", str(d), "-r", "head", "--timeout", "0", url=database_url, json_out=False)
+    assert r.code == 2 and "positive" in r.stderr
+    assert q(database_url, "SELECT to_regclass('alembic_version')")[0][0] is None
+
+
+def test_bad_sslmode_is_bad_input(pg_admin_url):
+    r = dbrev("current", "--connect-timeout", "3", url=pg_admin_url + "?sslmode=bogus")
+    assert r.code == 2, r.stdout + r.stderr
+    assert r.json["error"]["reason"] == "InvalidDatabaseURL" and "sslmode" in r.json["error"]["message"]
+
+
+def test_empty_migrations_folder_warns(database_url, tmp_path):
+    d = tmp_path / "empty"
+    d.mkdir()
+    r = dbrev("apply", "--migrations", str(d), "-r", "heads", url=database_url)
+    assert r.code == 0
+    assert any("holds no version scripts" in w for w in r.json["warnings"])
+    assert any(rec.get("message") == "Empty migrations folder" for rec in r.logs)
+
+
+# -- 15.14: the run's full record by default; dbrev show; foreign-key hints ------------------------
+
+def test_default_log_keeps_the_runbook_record(database_url, tmp_path):
+    d = tmp_path / "m"
+    linear_history(d, 1)
+    write_script(d, "r002aaaa", "r001aaaa", 'op.create_table("x", sa.Column("id", sa.Integer))\n'
+                 'op.execute("SELECT 1/0")', 'op.drop_table("x")')
+    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    assert r.code == 1 and r.json["result"] == "rolled_back"
+    statuses = [rec.get("status") for rec in r.logs if rec.get("message", "").startswith("Migration state")]
+    assert "started" in statuses
+    events = [rec.get("event") for rec in r.logs]
+    assert "rollback_triggered" in events and "rollback_executed" in events
+    log = tmp_path / "run.log"
+    r = dbrev("apply", "--migrations", str(d), "-r", "r001aaaa", "--log-file", str(log), "--log-format", "text",
+              url=database_url)
+    assert r.code == 0 and r.stderr == ""
+    assert "info: Migration state transition: started" in log.read_text()
+
+
+def test_show_prints_a_revision_with_its_sql_and_classification(database_url, tmp_path):
+    d = tmp_path / "m"
+    linear_history(d, 2)
+    assert dbrev("apply", "--migrations", str(d), "-r", "r001aaaa", url=database_url).code == 0
+    r = dbrev("show", "r002", "--migrations", str(d), url=database_url)
+    assert r.code == 0, r.stdout + r.stderr
+    doc = r.json
+    assert doc["revision"] == "r002aaaa" and doc["down_revisions"] == ["r001aaaa"] and doc["doc"] == "create t2"
+    assert doc["file"].endswith(".py") and doc["stored_in_database"] is False and doc["applied"] is False
+    assert "CREATE TABLE t2" in doc["upgrade"]["sql"] and not doc["upgrade"]["destructive"]
+    assert "DROP TABLE t2" in doc["downgrade"]["sql"] and doc["downgrade"]["destructive"]
+    assert dbrev("show", "r001aaaa", "--migrations", str(d), url=database_url).json["stored_in_database"] is True
+    t = dbrev("show", "r002aaaa", "--migrations", str(d), json_out=False)
+    assert t.code == 0 and "parents: r001aaaa" in t.stdout and "DROP TABLE t2" in t.stdout
+    assert "! drop_table t2" in t.stdout or "DESTRUCTIVE" in t.stdout
+
+
+def test_a_downgrade_blocked_by_a_foreign_key_names_it(database_url, tmp_path):
+    d = tmp_path / "m"
+    write_script(d, "k001aaaa", None, 'op.create_table("parent", sa.Column("id", sa.Integer, primary_key=True))',
+                 'op.execute("DROP TABLE parent")')
+    write_script(d, "k002aaaa", "k001aaaa", "pass", "pass")
+    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    q(database_url, "CREATE TABLE child (id int, parent_id int CONSTRAINT child_parent_fk REFERENCES parent(id))")
+    r = dbrev("apply", "--migrations", str(d), "-r", "base", "--allow-downgrade", "--allow-data-loss",
+              url=database_url)
+    assert r.code == 1 and r.json["result"] == "rolled_back"
+    hint = r.json["error"]["hint"]
+    assert "child_parent_fk" in hint and "child" in hint
+
+
+# -- 9.4: the driver the URL names ----------------------------------------------------------------
+
+def test_the_url_names_the_driver(database_url, tmp_path):
+    pytest.importorskip("psycopg2")
+    d = tmp_path / "m"
+    write_script(d, "d001aaaa", None, '''
+        op.create_table("n", sa.Column("v", sa.Integer))
+        if not op.get_context().as_sql:
+            # psycopg2 sends '0' untyped and PostgreSQL casts it; on psycopg 3 it is bound as ::VARCHAR
+            n = sa.table("n", sa.column("v"))
+            op.get_bind().execute(n.insert().values(v=sa.literal("0")))
+            print("driver", op.get_bind().dialect.driver)
+    ''', 'op.drop_table("n")')
+    url = database_url.replace("postgresql+psycopg://", "postgresql+psycopg2://")
+    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=url)
+    assert r.code == 0, r.stdout + r.stderr
+    assert "driver psycopg2" in r.stderr
+    assert q(database_url, "SELECT v FROM n")[0][0] == 0
+    bare = database_url.replace("postgresql+psycopg://", "postgresql://")
+    r = dbrev("apply", "--migrations", str(d), "-r", "base", "--allow-downgrade", "--allow-data-loss", url=bare)
+    assert r.code == 0, r.stdout + r.stderr
+    r = dbrev("current", url=database_url.replace("postgresql+psycopg://", "postgresql+pg8000://"))
+    assert r.code == 0 and any("psycopg 3 instead" in rec.get("message", "") for rec in r.logs)
+
+
+def test_asyncpg_urls_run_scripts_on_asyncpg(database_url, tmp_path):
+    pytest.importorskip("asyncpg")
+    pytest.importorskip("greenlet")
+    d = tmp_path / "m"
+    write_script(d, "a001aaaa", None, '''
+        op.create_table("n", sa.Column("v", sa.Integer))
+        if not op.get_context().as_sql:
+            print("driver", op.get_bind().dialect.driver)
+            op.get_bind().execute(sa.text("INSERT INTO n (v) VALUES (1)"))
+    ''', 'op.drop_table("n")')
+    write_script(d, "a002aaaa", "a001aaaa", '''
+        with op.get_context().autocommit_block():
+            op.create_index("ix_n_v", "n", ["v"], postgresql_concurrently=True)
+    ''', '''
+        with op.get_context().autocommit_block():
+            op.drop_index("ix_n_v", "n", postgresql_concurrently=True)
+    ''')
+    url = database_url.replace("postgresql+psycopg://", "postgresql+asyncpg://")
+    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=url)
+    assert r.code == 0, r.stdout + r.stderr
+    assert "driver asyncpg" in r.stderr and r.json["transaction"] == "per-step"
+    assert q(database_url, "SELECT v FROM n")[0][0] == 1
+    r = dbrev("apply", "--migrations", str(d), "-r", "base", "--allow-downgrade", "--allow-data-loss", url=url)
+    assert r.code == 0, r.stdout + r.stderr
+    assert heads(database_url) == []

@@ -165,6 +165,8 @@ def test_the_undo_after_a_timeout_keeps_the_data_loss_policy(database_url, tmp_p
     assert doc["error"]["reason"] == "TimedOut", doc
     # dataLoss is Deny: the undo that would drop keep.extra (10 values) is refused, and says so
     assert doc["rollback"]["success"] is False
+    # the trigger is the one the single-transaction path and the metric use (not the reason "TimedOut")
+    assert doc["rollback"]["reason"] == "timeout", doc["rollback"]
     assert doc["rollback"]["error"]["reason"] == "DataLossDenied", doc["rollback"]
     assert heads(database_url) == ["x003aaaa"]
     assert q(database_url, "SELECT count(extra) FROM keep")[0][0] == 10

@@ -356,12 +356,15 @@ def _from_result(result: dict, prev: dict, generation: int, now: str, trigger: s
         cond_reason = C.TIMED_OUT if reason == C.TIMED_OUT else C.ROLLED_BACK
         msg = (f"{what}; rolled back to {revisions_text(result.get('current_revisions'))}"
                + (" (verification failed)" if integrity_failed else ""))
-        out = Outcome(STALLED_KIND, cond_reason, _with_todo(cond_reason, msg))
+        # a worker that died says its own cause and hint: no migration failed, so no "fix the migration"
+        out = Outcome(STALLED_KIND, cond_reason, msg if err.get("error_type") == "WorkerDied"
+                      else _with_todo(cond_reason, msg))
         metric = M.RESULT_ROLLED_BACK
     else:
         cond_reason = C.ROLLBACK_FAILED if (rb and rb.get("triggered") and not rb.get("success")) else reason
         msg = f"{what}; the database is at {revisions_text(result.get('current_revisions'))}"
-        out = Outcome(STALLED_KIND, cond_reason, _with_todo(cond_reason, msg))
+        out = Outcome(STALLED_KIND, cond_reason, msg if err.get("error_type") == "WorkerDied"
+                      else _with_todo(cond_reason, msg))
         metric = M.RESULT_FAILED
     return Verdict(out, _finish(out, prev, generation, now, st, True), events, None, metric, steps, rollback,
                    findings or None, drift)
