@@ -573,8 +573,8 @@ def build(spec: Spec, root: Path) -> History:
 
 
 SPECS = [
-    Spec("shop", env="template", revisions=36, seed=1),
-    Spec("ledger", env="shared", revisions=44, seed=2, concurrent=True),
+    Spec("shop", env="template", revisions=32, seed=1),
+    Spec("ledger", env="shared", revisions=36, seed=2, concurrent=True),
     Spec("own_txn", env="own_txn", revisions=24, seed=3),
     Spec("engine_conn", env="engine", revisions=24, seed=4),
 ]

@@ -128,3 +128,25 @@ def row_counts(url: str) -> dict[str, int]:
 def missing_rows(before: dict[str, int], after: dict[str, int]) -> dict[str, tuple[int, int]]:
     """Tables that have fewer rows after than before (a table that is gone counts as 0)."""
     return {t: (n, after.get(t, 0)) for t, n in before.items() if after.get(t, 0) < n}
+
+
+_USER_ROWS = {
+    "t": "INSERT INTO {t} (name, amount) SELECT 'user-{t}-' || g, g FROM generate_series(1, 40) g",
+    "lookup": "INSERT INTO {t} (id, code) SELECT 100 + g, 'user-' || g FROM generate_series(1, 10) g",
+    "ticket": "INSERT INTO {t} (state) SELECT 'open' FROM generate_series(1, 15) g",
+    "legacy": "INSERT INTO {t} (payload) SELECT 'user-' || g FROM generate_series(1, 7) g",
+    "stats": "INSERT INTO {t} (table_name, row_count) SELECT 'user', g FROM generate_series(1, 4) g",
+}
+
+
+def add_user_rows(url: str) -> int:
+    """What an application writes between runs: rows in every corpus table that no migration put there.
+
+    A rollback that re-runs steps re-creates the rows a step seeds itself; these it cannot."""
+    n = 0
+    for (t,) in q(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"):
+        sql = _USER_ROWS.get(t.split("_")[0])
+        if sql:
+            q(url, sql.format(t=t))
+            n += 1
+    return n

@@ -15,7 +15,7 @@ import pytest
 
 import gen
 from dbhelp import heads
-from harness import (alembic_ok, dbrev_apply, document, explain, missing_rows, row_counts, schema,
+from harness import (add_user_rows, alembic_ok, dbrev_apply, document, explain, missing_rows, row_counts, schema,
                      schema_diff)
 
 NAMES = [s.name for s in gen.SPECS]
@@ -72,6 +72,7 @@ def test_a_failed_upgrade_rolls_back_with_every_row(name, corpus, database_url):
     mid = h.middle()
     r0 = dbrev_apply(h.location, database_url, mid, *UP)
     assert r0.code == 0, f"{name}: setting up at {mid}: {explain(r0)}"
+    assert add_user_rows(database_url) > 3
     counts, dump = row_counts(database_url), schema(database_url)
     assert sum(counts.values()) > 0
     fail = f"up:{h.late_upgrade_step()}"
@@ -79,12 +80,13 @@ def test_a_failed_upgrade_rolls_back_with_every_row(name, corpus, database_url):
     _assert_rolled_back(name, r, database_url, [mid], counts, dump)
 
 
-@pytest.mark.parametrize("keep", ["allow-data-loss", "archive"])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name,keep", [(n, "allow-data-loss") for n in NAMES] +
+                         [(s.name, "archive") for s in gen.SPECS if s.env in ("template", "shared")])
 def test_a_failed_downgrade_to_base_rolls_back_with_every_row(name, keep, corpus, database_url):
     h = corpus[name]
     r0 = dbrev_apply(h.location, database_url, "heads", *UP)
     assert r0.code == 0, f"{name}: setting up at head: {explain(r0)}"
+    assert add_user_rows(database_url) > 3
     counts, dump = row_counts(database_url), schema(database_url)
     fail = f"down:{h.late_downgrade_step()}"
     r = dbrev_apply(h.location, database_url, "base", "--allow-downgrade", f"--{keep}", fail=fail)
