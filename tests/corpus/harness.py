@@ -116,7 +116,10 @@ def schema(url: str) -> list[str]:
 
 
 def schema_diff(expected: list[str], actual: list[str], a: str = "alembic", b: str = "dbrev") -> str:
-    return "\n".join(list(difflib.unified_diff(expected, actual, a, b, lineterm="", n=1))[:120])
+    """The statements that differ, each on one line."""
+    one = lambda stmts: [" ".join(x.split()) for x in stmts]  # noqa: E731
+    return "\n".join(x[:400] for x in list(difflib.unified_diff(one(expected), one(actual), a, b, lineterm="",
+                                                                  n=0))[:60])
 
 
 def row_counts(url: str) -> dict[str, int]:
