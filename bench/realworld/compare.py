@@ -263,18 +263,19 @@ def revisions(modes: "Modes") -> tuple[bool, list[str]]:
 
 
 def lowest_reachable(modes: "Modes", url: str, newest_first: list[str]) -> tuple[str, int]:
-    """Under plain Alembic, from head: the lowest revision a downgrade reaches (its downgrades are one
-    transaction, so a failed try leaves the database at head).  Binary search over a linear history."""
-    lo, hi = 0, len(newest_first)  # downgrading to newest_first[lo] works; to base (index len) does not
+    """Under plain Alembic, from head: the lowest revision a downgrade reaches.  Binary search over a linear
+    history, going down only: a failed try is one transaction, so it leaves the database where it was, and
+    a downgrade from a revision reached before runs the same steps as one from head would below it."""
+    lo, hi = 0, len(newest_first)  # the database is at newest_first[lo]; a downgrade to base (len) fails
     tries = 0
     while hi - lo > 1:
         mid = (lo + hi) // 2
         tries += 1
         if modes.alembic(url, newest_first[mid], verb="downgrade")["ok"]:
             lo = mid
-            assert modes.alembic(url, "heads")["ok"]
         else:
             hi = mid
+    modes.alembic(url, "heads")  # back to head for the timed phase (a project whose re-upgrade fails stays)
     return newest_first[lo], tries
 
 
@@ -364,9 +365,18 @@ def compare(project: str, want_modes: list[str]) -> dict:
     return report
 
 
+def _why(rec: dict) -> str:
+    """The last line of an error, for 'fails the same way' (dbrev and Alembic word the prefix differently)."""
+    err = (rec.get("error") or "").split(" | ")[-1]
+    return err.split(": ", 1)[-1].strip()[:80] if err else ""
+
+
 def cell(rec: dict, ref: dict | None) -> str:
     if not rec["ok"]:
-        own = " (fails under Alembic too)" if ref is not None and not ref["ok"] else ""
+        own = ""
+        if ref is not None and not ref["ok"]:
+            same_way = _why(rec) == _why(ref)
+            own = " (fails under Alembic too)" if same_way else " (Alembic fails too, differently)"
         return f"**fail**{own} {rec['seconds']:.1f}s"
     if rec.get("result") == "noop":
         return f"nothing to do {rec['seconds']:.1f}s"
