@@ -35,6 +35,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -186,6 +187,16 @@ def _tail(text: str, n: int = 3) -> list[str]:
     return out[-n:]
 
 
+_EXC_RX = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Warning)\w*): (.*)$")
+
+
+def _exception_line(stderr: str) -> str:
+    """The exception a traceback ends with ('sqlalchemy.exc.ProgrammingError: ...'), else the last line."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    hits = [ln for ln in lines if _EXC_RX.match(ln)]
+    return (hits[-1] if hits else (lines[-1] if lines else ""))[:500]
+
+
 def _doc(stdout: str) -> dict:
     try:
         return json.loads(stdout)
@@ -235,7 +246,7 @@ class Modes:
             rec["ok"] = proc.returncode == 0 and d.get("result") in ("applied", "noop")
         else:
             rec["ok"] = proc.returncode == 0
-            rec["error"] = None if rec["ok"] else " | ".join(_tail(proc.stderr, 2))[:500]
+            rec["error"] = None if rec["ok"] else _exception_line(proc.stderr)
         if not rec["ok"]:
             rec["stderr_tail"] = _tail(proc.stderr, 4)
         return rec
@@ -367,8 +378,9 @@ def compare(project: str, want_modes: list[str]) -> dict:
 
 def _why(rec: dict) -> str:
     """The last line of an error, for 'fails the same way' (dbrev and Alembic word the prefix differently)."""
-    err = (rec.get("error") or "").split(" | ")[-1]
-    return err.split(": ", 1)[-1].strip()[:80] if err else ""
+    err = (rec.get("error") or "").split(": ", 1)[-1]
+    err = re.sub(r"^\((?:psycopg2?|asyncpg)[\w.]*\) ", "", err)  # the driver's exception class
+    return err.strip()[:80]
 
 
 def cell(rec: dict, ref: dict | None) -> str:
@@ -407,7 +419,9 @@ def table(reports: list[dict]) -> str:
                     cells.append((f"ok {rec['seconds']:.1f}s" if rec["ok"] else f"**fail** {rec['seconds']:.1f}s")
                                  + f" ({rec['schema_statements']} stmts)")
                 else:
-                    cells.append(cell(rec, ref.get(col) if ref else None))
+                    c = cell(rec, ref.get(col) if ref else None)
+                    # after this mode's own first upgrade failed, its later phases start from another place
+                    cells.append(c + " †" if col != "up" and not recs[0]["ok"] else c)
             rows.append(f"| {rep['project']} ({rep['scripts']}) | {mode} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
