@@ -576,6 +576,32 @@ def _sequence_findings(conn: Connection, p: dict, *, exact: bool, timeout_ms: in
     return out
 
 
+def sequence_oids(conn: Connection) -> set[int]:
+    """The oids of every sequence now (taken before a run: which sequences the run created)."""
+    return {int(r[0]) for r in conn.execute(text("SELECT oid FROM pg_class WHERE relkind = 'S'"))}
+
+
+def created_by_run(conn: Connection, findings: Iterable[Finding], before: set[int]) -> list[Finding]:
+    """Sequences-behind errors on sequences the run itself created become warnings that say so.
+
+    A fresh table seeded with explicit ids (lookup rows, a default tenant) leaves its sequence behind:
+    plain Alembic applies that, and so does dbrev — the hazard (the first insert that uses the default
+    collides) is reported with its fix instead of undoing the install.  A sequence that existed before
+    the run feeds a table the application already writes to: that stays an error.
+    """
+    out = []
+    for f in findings:
+        if f.check == "sequences" and f.severity == ERROR:
+            oid = conn.execute(text("SELECT to_regclass(:s)::oid"), {"s": f.object}).scalar()
+            if oid is not None and int(oid) not in before:
+                f = Finding(f.check, f.object, f.count, WARNING,
+                            f"{f.message} The run created this sequence and seeded its table with explicit ids; "
+                            f"it was applied as Alembic applies it. Add the setval to the migration, or apply "
+                            f"with --repair-sequences (policy.repairSequences).")
+        out.append(f)
+    return out
+
+
 def repair_sequences(conn: Connection, sequences: Iterable[str]) -> list[dict]:
     """Move each named sequence (``schema.seq`` as findings name it) past its owning column's
     maximum (minimum for descending ones), in the caller's transaction.  Returns what moved:

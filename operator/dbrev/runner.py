@@ -329,6 +329,7 @@ class Runner:
             touched = plan.touched_tables | plan.declared_loss_tables
             snap["touched_exact"] = integrity.exact_counts(conn, touched)
             snap["columns"] = integrity.column_set(conn, exclude_schemas=self._exclude_schemas())
+            snap["sequences"] = integrity.sequence_oids(conn)
         self._snap = snap
         return snap
 
@@ -352,6 +353,8 @@ class Runner:
                         "sequence": r["sequence"], "column": r["column"], "from": r["from"], "to": r["to"]})
                 self.result["repaired_sequences"] = repaired
                 catalog = self._catalog(conn)
+            if "sequences" in snap:
+                catalog = integrity.created_by_run(conn, catalog, snap["sequences"])
             findings += catalog
             fp = None
             if "fingerprint" in self._checks():
