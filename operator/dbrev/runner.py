@@ -21,7 +21,7 @@ from typing import Callable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from . import integrity, state
+from . import integrity, rehearse, state
 from . import log as L
 from .db import acquire_lock, connect, is_lock_timeout, quote_ident, read_heads, server_info, unlock
 from .errors import BadInput, Busy, DbrevError, PlanChanged, ScriptConflict
@@ -143,6 +143,10 @@ class Runner:
                 L.state_transition(plan.from_revisions, plan.to_revisions, "started",
                                    direction=plan.direction, steps=len(plan.steps), transaction=plan.transaction,
                                    plan_hash=plan.hash)
+                if plan.transaction != "single" and req.policy.rehearse != rehearse.NEVER:
+                    self.result["rollback_readiness"] = rehearse.unproven(
+                        "the plan runs one transaction per step (a step needs autocommit): the way back "
+                        "cannot be rehearsed inside the upgrade's transaction").to_dict()
                 if plan.transaction == "single":
                     out = self._run_single(conn, scripts, plan, decision, journal)
                 else:
@@ -245,6 +249,9 @@ class Runner:
                 snap["fingerprint"] = fp
                 snap["findings"] += self._drift(conn, plan.from_revisions, fp, facts)
                 state.record_fingerprint(conn, self.schema, self.vt, plan.from_revisions, fp, facts)
+                snap["facts"] = facts  # the starting schema, for the rehearsed downgrade
+            elif self.req.policy.rehearse != rehearse.NEVER:
+                snap["facts"] = self._fingerprint(conn)[1]  # the starting schema, for the rehearsal
             if self.req.exact_counts:
                 snap["exact"] = integrity.exact_counts(conn, snap["tables"].keys())
         return snap
@@ -567,6 +574,12 @@ class Runner:
                                      + "; ".join(f.message for f in new_errors[:3])}})
             conn.commit()
             return self.result
+        # --- rehearsal of the way back (issue 14): see dbrev/rehearse.py ---------------------
+        if not new_errors:
+            refused = self._rehearse(conn, scripts, plan, snap, trans)
+            if refused is not None:
+                return refused
+        # --- end of rehearsal --------------------------------------------------------------
         if "fingerprint" in self._checks() and getattr(self, "_new_fp", None):
             state.record_fingerprint(conn, self.schema, self.vt, target, *self._new_fp)
         trans.commit()
@@ -578,6 +591,39 @@ class Runner:
                                     "message": "verification failed and rollbackOnFailure is off: "
                                                + "; ".join(f.message for f in new_errors[:3])}
         L.state_transition(start, target, "completed" if result == RESULT_APPLIED else "failed")
+        return self.result
+
+    def _rehearse(self, conn: Connection, scripts: ScriptSet, plan: Plan, snap: dict, trans) -> dict | None:
+        """Rehearse the downgrade in this transaction (savepoint); with Require, refuse a way back that
+        is Broken or Irreversible: roll the upgrade back and return the result, else None."""
+        mode = self.req.policy.rehearse
+        if mode == rehearse.NEVER:
+            return None
+        if getattr(self, "external_connection", False):
+            r = rehearse.unproven("env.py ran the steps on a connection or transaction of its own")
+        else:
+            r = rehearse.rehearse_in_run(self, conn, scripts, plan, snap["facts"])
+        self.result["rollback_readiness"] = r.to_dict()
+        self.emit({"event": "rehearsal", "readiness": r.to_dict()})
+        level = L.logger.warning if r.status in (rehearse.BROKEN, rehearse.IRREVERSIBLE) else L.logger.info
+        level("Rollback rehearsed", extra={"status": r.status, "reason": r.message})
+        if mode != rehearse.REQUIRE or not r.blocks:
+            return None
+        start, target = plan.from_revisions, plan.to_revisions
+        trans.rollback()
+        L.rollback_triggered("rehearsal_failure", target, start)
+        for s in self.result["steps"]:
+            s["status"] = "rolled_back"
+        after = self._after_rollback(conn, start)
+        L.rollback_executed(target, start, after["passed"], method="transaction")
+        self.result.update({
+            "result": RESULT_REFUSED, "integrity": after, "current_revisions": list(self._heads(conn)),
+            "rollback": {"triggered": True, "reason": "rehearsal_failure", "method": "transaction",
+                         "success": after["passed"], "integrity": after},
+            "error": {"reason": "RollbackNotReady", "error_type": "PolicyRefused",
+                      "message": rehearse.refusal_message(r),
+                      "step": r.details.get("step"), "location": r.details.get("location")}})
+        conn.commit()
         return self.result
 
     def _single_failed(self, conn: Connection, scripts: ScriptSet, plan: Plan, e: BaseException) -> dict:

@@ -41,7 +41,8 @@ def request_from_json(text: str) -> tuple[RunRequest, str, dict]:
     r = doc["request"]
     p = r.pop("policy")
     policy = Policy(downgrade=p["downgrade"], data_loss=p["data_loss"],
-                    rollback_on_failure=p["rollback_on_failure"], verify=tuple(p["verify"]))
+                    rollback_on_failure=p["rollback_on_failure"], verify=tuple(p["verify"]),
+                    rehearse=p.get("rehearse", "Report"))
     db = DbOptions(**r.pop("db"))
     r["pythonpath"] = tuple(r.get("pythonpath") or ())
     return RunRequest(db=db, policy=policy, **r), doc.get("log_level", "INFO"), doc.get("log_context", {})
