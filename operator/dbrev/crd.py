@@ -137,6 +137,12 @@ def spec_schema() -> dict:
                          {"type": "string", "enum": list(ALL_CHECKS), "description": "A check name."},
                          default=list(ALL_CHECKS),
                          **{"x-kubernetes-list-type": "set"}),
+            "rehearse": _s("Single-transaction runs: before committing, rehearse the downgrade back to the starting "
+                           "revision inside the same transaction (savepoint, then rolled back) and record the way "
+                           "back's readiness (Proven, Lossy, Broken, Irreversible, Unproven). Never: skip it. "
+                           "Report: record it, change nothing. Require: refuse to commit an upgrade whose way back "
+                           "is Broken or Irreversible (the upgrade rolls back).",
+                           enum=["Never", "Report", "Require"], default="Report"),
             "timeoutSeconds": _i("Kill a run that takes longer than this; PostgreSQL rolls back what it had not "
                                  "committed and dbrev returns the database to the starting revision.",
                                  default=1800, minimum=10, maximum=86400),

@@ -329,7 +329,7 @@ def _after_death(req: RunRequest, state: dict, message: str, elapsed: float, tim
     L.rollback_triggered("timeout" if reason == "TimedOut" else "worker_died", heads, start)
     back = RunRequest(db=req.db, migrations=req.migrations, target=",".join(start) or "base",
                       policy=Policy(downgrade="Allow", data_loss="Allow", rollback_on_failure=False,
-                                    verify=req.policy.verify),
+                                    verify=req.policy.verify, rehearse="Never"),
                       actor=f"{req.actor} (rollback)", pythonpath=req.pythonpath)
     try:
         sub = run_in_worker(back, timeout=timeout, _rollback=False, **passthrough)
