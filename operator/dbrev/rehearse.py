@@ -85,6 +85,7 @@ class Outcome:
     data_loss_policy: str = "Deny"
     scripts: dict = field(default_factory=dict)  # revision -> script file name
     duration_seconds: float = 0.0
+    steps_seconds: float = 0.0  # of which running the downgrade's own statements
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,8 @@ def classify(o: Outcome) -> Readiness:
     """The readiness of the way back from what the rehearsal saw.  PURE."""
     from .integrity import diff_facts
 
-    details: dict = {"steps": list(o.steps), "duration_seconds": round(o.duration_seconds, 3)}
+    details: dict = {"steps": list(o.steps), "duration_seconds": round(o.duration_seconds, 3),
+                     "steps_seconds": round(o.steps_seconds, 3)}
     if o.unproven is not None:
         return Readiness(UNPROVEN, f"not rehearsed: {o.unproven}", {**details, "reason": o.unproven})
     if o.irreversible:
@@ -256,12 +258,15 @@ def rehearse_in_run(runner, conn, scripts, plan, before_facts: list[str]) -> Rea
     error = None
     after_facts: list[str] = []
     heads_after = None
+    steps_seconds = 0.0
     sp = conn.begin_nested()
     try:
         try:
             steps = sub._steps_for(scripts, inverse, None)
+            t1 = time.monotonic()
             with L.timed("rehearse", from_revision=L._rev(target), to_revision=L._rev(start)):
                 sub._execute(scripts, steps, sub._on_step_done(scripts, inverse, None), False, conn)
+            steps_seconds = time.monotonic() - t1
             if getattr(sub, "external_connection", False) or not sp.is_active:
                 raise RuntimeError("env.py left dbrev's transaction while rehearsing the way back")
             _, after_facts = runner._fingerprint(conn)
@@ -295,7 +300,7 @@ def rehearse_in_run(runner, conn, scripts, plan, before_facts: list[str]) -> Rea
         heads_after=heads_after, start=start,
         heads_ok=error is not None or runner.graph.same_state(heads_after or (), start),
         losses=tuple(losses), archived=tuple(kept), data_loss_policy=runner.req.policy.data_loss,
-        scripts=names, duration_seconds=time.monotonic() - t0))
+        scripts=names, duration_seconds=time.monotonic() - t0, steps_seconds=steps_seconds))
 
 
 def _losses(conn, objs_before, objs_after, xact_before, xact_after) -> list[Loss]:

@@ -57,6 +57,8 @@ TODO = {
     C.DOWNGRADE_DENIED: "set spec.policy.downgrade to Allow or RequireApproval, or set spec.revision back",
     C.DATA_LOSS_DENIED: "set spec.policy.dataLoss to Archive (keeps a copy), Allow or RequireApproval, "
                         "or set spec.revision back",
+    C.ROLLBACK_NOT_READY: "fix the downgrade() the message names (run `dbrev check` on the scripts), or set "
+                          "spec.policy.rehearse to Report",
     C.IRREVERSIBLE_STEP: "the step cannot be undone: write its downgrade() or choose another target",
     C.ROLLED_BACK: "fix the failing migration (update its ConfigMap) or set spec.revision back to the current "
                    "revision",
