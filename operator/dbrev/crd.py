@@ -223,6 +223,17 @@ def status_schema() -> dict:
             "fingerprint": _s("Hash of the live schema."),
             "findings": _a("What the checks found (at most 20).", finding, maxItems=20),
         }),
+        "rollbackReadiness": _o("The way back of the last applied run, rehearsed before it committed "
+                                "(policy.rehearse).", {
+            "status": _s("Proven, Lossy, Broken, Irreversible or Unproven.",
+                         enum=["Proven", "Lossy", "Broken", "Irreversible", "Unproven"]),
+            "message": _s("What the rehearsal found (losses, schema differences, the reason it was not run)."),
+            "revision": _s("The revision the run reached (where the way back starts)."),
+            "from": _s("The revision the way back returns to."),
+            "step": _s("The revision whose downgrade is Broken or Irreversible."),
+            "location": _s("file:line of that downgrade."),
+            "time": _s("When.", format="date-time"),
+        }),
         "lastError": _o("The last failure, cleared on success.", {
             "reason": _s("Condition reason."),
             "message": _s("What failed."),
@@ -277,6 +288,8 @@ def crd() -> dict:
                     {"name": "Resolved", "type": "string", "jsonPath": ".status.targetRevision", "priority": 1},
                     {"name": "Direction", "type": "string", "jsonPath": ".status.plan.direction", "priority": 1},
                     {"name": "Plan", "type": "string", "jsonPath": ".status.plan.hash", "priority": 1},
+                    {"name": "Rollback", "type": "string", "jsonPath": ".status.rollbackReadiness.status",
+                     "priority": 1, "description": "Readiness of the rehearsed way back"},
                     {"name": "Message", "type": "string", "jsonPath": f"{ready}.message", "priority": 1},
                 ],
                 "schema": {"openAPIV3Schema": {

@@ -51,6 +51,7 @@ EV_INVALID = "InvalidInput"
 EV_DRIFT = "DriftDetected"
 EV_RECOVERED = "Recovered"
 EV_ARCHIVED = "Archived"
+EV_ROLLBACK_NOT_READY = "RollbackNotReady"  # applied, but the rehearsed way back is Broken or Irreversible
 
 # What a human should do, by reason (appended to the condition message).
 TODO = {
@@ -200,6 +201,15 @@ def from_result(result: dict, prev: dict, generation: int, now: str, trigger: st
             msg = (f"at revision {cur}: {result.get('direction')} of {len(result.get('steps', []))} step(s) in "
                    f"{float(result.get('duration_seconds') or 0):.1f}s, verified")
             events.append((NORMAL, EV_APPLIED, msg))
+            rr = result.get("rollback_readiness")
+            if rr:  # rehearsed before commit (dbrev.rehearse)
+                st["rollbackReadiness"] = {
+                    "status": rr.get("status", ""), "message": str(rr.get("message", ""))[:1024],
+                    "revision": cur, "from": revisions_text(result.get("from_revisions")),
+                    "step": rr.get("step") or "", "location": rr.get("location") or "", "time": now}
+                if rr.get("status") in ("Broken", "Irreversible"):
+                    events.append((WARNING, EV_ROLLBACK_NOT_READY,
+                                   f"the way back from {cur} is {rr['status']}: {str(rr.get('message'))[:900]}"))
         else:
             msg = f"at revision {cur}, verified"
             was = (prev.get("conditions") and [c for c in prev["conditions"] if c.get("type") == C.READY]) or []
