@@ -226,6 +226,26 @@ def _count(conn, table: str, column: str | None) -> tuple[int, bool]:
     return min(int(n), COUNT_CAP), int(n) > COUNT_CAP
 
 
+class LeftTransaction(RuntimeError):
+    """Raised when env.py tries to end dbrev's transaction during the rehearsal (it would commit the upgrade)."""
+
+
+def _guard_transaction(conn):
+    """While the way back is rehearsed, ``commit()``/``rollback()`` on dbrev's connection refuse: an env.py
+    that ends the transaction would commit the upgrade (and part of the downgrade) before it is proven."""
+
+    def refuse(*_a, **_k):
+        raise LeftTransaction("env.py tried to end dbrev's transaction while the way back was rehearsed")
+
+    conn.commit = refuse  # instance attributes: the class's methods come back when they are deleted
+    conn.rollback = refuse
+
+    def restore():
+        for name in ("commit", "rollback"):
+            conn.__dict__.pop(name, None)
+    return restore
+
+
 def rehearse_in_run(runner, conn, scripts, plan, before_facts: list[str]) -> Readiness:
     """Rehearse the way back from ``plan.to_revisions`` to ``plan.from_revisions`` inside the run's
     open transaction on ``conn``, and undo the rehearsal (``ROLLBACK TO SAVEPOINT``).  Returns the
@@ -260,6 +280,7 @@ def rehearse_in_run(runner, conn, scripts, plan, before_facts: list[str]) -> Rea
     heads_after = None
     steps_seconds = 0.0
     sp = conn.begin_nested()
+    restore = _guard_transaction(conn)
     try:
         try:
             steps = sub._steps_for(scripts, inverse, None)
@@ -273,10 +294,21 @@ def rehearse_in_run(runner, conn, scripts, plan, before_facts: list[str]) -> Rea
             heads_after = tuple(runner._heads(conn))
             objs_after = _objects(conn, ex_s, ex_t)
             xact_after = _xact_by_oid(conn)
+        except LeftTransaction as e:
+            restore()
+            if sp.is_active:
+                sp.rollback()
+            return unproven(f"{e}, so it cannot be rehearsed inside the upgrade's transaction")
         except Exception as e:  # noqa: BLE001 - a failing downgrade is the finding, not an error of the run
+            if isinstance(getattr(e, "__context__", None), LeftTransaction):
+                restore()
+                if sp.is_active:
+                    sp.rollback()
+                return unproven("env.py tried to end dbrev's transaction while the way back was rehearsed")
             error = sub._error(e, scripts)
             error["step"] = error.get("step") or (getattr(sub, "_current_step", (None,))[0])
     finally:
+        restore()
         if sp.is_active:
             sp.rollback()
     losses: list[Loss] = []

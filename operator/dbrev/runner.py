@@ -532,6 +532,7 @@ class Runner:
         conn.commit()
         start, target = plan.from_revisions, plan.to_revisions
         trans = conn.begin()
+        self._own_trans = trans  # the rehearsal (issue 14) runs only inside dbrev's own transaction
         try:
             self._ensure_version_schema(conn)
             snap = self._snapshot(conn, plan)
@@ -600,7 +601,12 @@ class Runner:
         if mode == rehearse.NEVER:
             return None
         if getattr(self, "external_connection", False):
-            r = rehearse.unproven("env.py ran the steps on a connection or transaction of its own")
+            r = rehearse.unproven("env.py ran the steps on a connection of its own")
+        elif trans is not getattr(self, "_own_trans", None):
+            # env.py committed or replaced dbrev's transaction: running it again for the rehearsal could
+            # commit the upgrade (and part of the way back) before it is verified
+            r = rehearse.unproven("env.py ends or replaces dbrev's transaction, so the way back cannot be "
+                                  "rehearsed inside the upgrade's")
         else:
             r = rehearse.rehearse_in_run(self, conn, scripts, plan, snap["facts"])
         self.result["rollback_readiness"] = r.to_dict()

@@ -201,3 +201,59 @@ def test_classify_pure():
     assert classify(Outcome(irreversible=(("r2", "r2.py", "has no downgrade() function"),))).status == "Irreversible"
     assert rehearse.unproven("why").details["reason"] == "why"
     assert broken.blocks and not lossy.blocks
+
+
+SHARED_ENV_PY = '''
+from alembic import context
+
+connection = context.config.attributes["connection"]
+context.configure(connection=connection)
+with context.begin_transaction():
+    context.run_migrations()
+'''
+
+# keeps dbrev's transaction while the upgrade runs, commits it the second time it runs (the rehearsal)
+SECOND_TIME_COMMITS_ENV_PY = '''
+import builtins
+from alembic import context
+
+connection = context.config.attributes["connection"]
+if getattr(builtins, "_dbrev_env_runs", 0):
+    connection.commit()
+builtins._dbrev_env_runs = getattr(builtins, "_dbrev_env_runs", 0) + 1
+context.configure(connection=connection)
+with context.begin_transaction():
+    context.run_migrations()
+'''
+
+
+def _env_project(tmp_path, env_py):
+    loc = tmp_path / "alembic"
+    (loc / "versions").mkdir(parents=True)
+    (loc / "env.py").write_text(env_py)
+    write_script(loc / "versions", "r001aaaa", None,
+                 'op.create_table("users", sa.Column("id", sa.Integer, primary_key=True))',
+                 'op.drop_table("users")')
+    return loc
+
+
+def test_rehearsal_runs_through_the_projects_env_py(database_url, tmp_path):
+    loc = _env_project(tmp_path, SHARED_ENV_PY)
+    r = dbrev("apply", "--migrations", str(loc), "-r", "head", url=database_url)
+    assert r.code == 0, r.stdout + r.stderr
+    assert r.json["rollback_readiness"]["status"] == "Proven", r.json["rollback_readiness"]
+    assert heads(database_url) == ["r001aaaa"]
+
+
+def test_env_py_that_would_commit_during_the_rehearsal_cannot(database_url, tmp_path):
+    loc = _env_project(tmp_path, SECOND_TIME_COMMITS_ENV_PY)
+    write_script(loc / "versions", "r002aaaa", "r001aaaa", 'op.add_column("users", sa.Column("x", sa.Text))',
+                 'op.drop_column("users", "x")')
+    r = dbrev("apply", "--migrations", str(loc), "-r", "head", url=database_url)
+    assert r.code == 0, r.stdout + r.stderr
+    rr = r.json["rollback_readiness"]
+    assert rr["status"] == "Unproven" and "end dbrev's transaction" in rr["reason"], rr
+    # the upgrade was committed once, whole, after its verification; nothing of the way back stuck
+    assert heads(database_url) == ["r002aaaa"]
+    assert q(database_url, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' "
+                           "AND column_name = 'x'") == [(1,)]
