@@ -333,7 +333,12 @@ def cmd_check(args) -> int:
         with ephemeral_database() as url:
             doc = go(url)
     else:
-        doc = go(args.database_url or os.environ.get("DBREV_DATABASE_URL") or "")
+        url = args.database_url or os.environ.get("DBREV_DATABASE_URL") or ""
+        if not url:
+            raise E.DatabaseConfigError("dbrev check needs a scratch database",
+                                        hint="pass --database-url of an empty database (or set DBREV_DATABASE_URL), "
+                                             "or --ephemeral to start a throwaway PostgreSQL")
+        doc = go(url)
     if args.json:
         out = json.dumps(redact_obj(_doc_json(doc)), indent=2, default=str)
     elif args.format == "markdown":

@@ -127,3 +127,21 @@ def _examples_ephemeral(examples_dir, tmp):
         if str(tmp) in cmd:
             left.append(cmd)
     assert left == []
+
+
+def test_ephemeral_without_envtest_says_so(examples_dir, monkeypatch, capsys):
+    import sys
+
+    from dbrev.cli import main
+
+    monkeypatch.setitem(sys.modules, "dbrev.envtest.postgres", None)  # as if envtest moved out of the package
+    code = main(["check", "--migrations", str(examples_dir), "--ephemeral", "--json"])
+    assert code == 2
+    out = capsys.readouterr().out
+    assert "--ephemeral needs dbrev's throwaway PostgreSQL support" in out and "--database-url" in out
+
+
+def test_check_without_a_database_says_how(examples_dir, monkeypatch):
+    monkeypatch.delenv("DBREV_DATABASE_URL", raising=False)
+    r = dbrev("check", "--migrations", str(examples_dir))
+    assert r.code == 2 and "--ephemeral" in r.json["error"]["hint"]
