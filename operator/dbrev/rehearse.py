@@ -299,7 +299,7 @@ def rehearse_in_run(runner, conn, scripts, plan, before_facts: list[str]) -> Rea
             if sp.is_active:
                 sp.rollback()
             return unproven(f"{e}, so it cannot be rehearsed inside the upgrade's transaction")
-        except Exception as e:  # noqa: BLE001 - a failing downgrade is the finding, not an error of the run
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - a failing downgrade is the finding, not the run's
             if isinstance(getattr(e, "__context__", None), LeftTransaction):
                 restore()
                 if sp.is_active:

@@ -257,3 +257,16 @@ def test_env_py_that_would_commit_during_the_rehearsal_cannot(database_url, tmp_
     assert heads(database_url) == ["r002aaaa"]
     assert q(database_url, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' "
                            "AND column_name = 'x'") == [(1,)]
+
+
+def test_downgrade_calling_sys_exit_is_broken_and_the_upgrade_commits(database_url, tmp_path):
+    d = tmp_path / "m"
+    _base(d)
+    _at_base_rev(d, database_url)
+    write_script(d, "r002aaaa", "r001aaaa", 'op.add_column("users", sa.Column("x", sa.Text))',
+                 'import sys\nsys.exit(3)')
+    r = _apply(d, database_url)
+    assert r.code == 0, r.stdout + r.stderr
+    rr = r.json["rollback_readiness"]
+    assert rr["status"] == "Broken" and rr["step"] == "r002aaaa", rr
+    assert heads(database_url) == ["r002aaaa"]
