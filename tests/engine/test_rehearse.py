@@ -270,3 +270,15 @@ def test_downgrade_calling_sys_exit_is_broken_and_the_upgrade_commits(database_u
     rr = r.json["rollback_readiness"]
     assert rr["status"] == "Broken" and rr["step"] == "r002aaaa", rr
     assert heads(database_url) == ["r002aaaa"]
+
+
+def test_lossy_with_archive_says_what_the_archive_would_keep(database_url, tmp_path):
+    d = tmp_path / "m"
+    _base(d)
+    _at_base_rev(d, database_url, rows=4)
+    write_script(d, "r002aaaa", "r001aaaa",
+                 'op.add_column("users", sa.Column("nick", sa.Text))\nop.execute("UPDATE users SET nick = name")',
+                 'op.drop_column("users", "nick")')
+    rr = _apply(d, database_url, "--archive").json["rollback_readiness"]
+    assert rr["status"] == "Lossy" and rr["losses"][0]["rows"] == 4, rr
+    assert rr["archive_keeps"] == ["public.users.nick"] and "Archive would keep a copy" in rr["message"]
