@@ -157,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated checks (default: constraints,indexes,sequences,orphans,rowCounts,fingerprint)")
     p.add_argument("--exact-counts", action="store_true",
                    help="also compare exact row counts of every table (slow on big tables)")
+    p.add_argument("--rehearse", nargs="?", const="report", default="report", type=str.lower,
+                   choices=["never", "report", "require"],
+                   help="single-transaction runs: rehearse the downgrade before commit and report the way "
+                        "back's readiness (report, the default); require: refuse to commit an upgrade whose "
+                        "way back is Broken or Irreversible; never: skip it")
     env = p.add_mutually_exclusive_group()
     env.add_argument("--env-py", dest="env_py", action="store_const", const=True, default=None,
                      help="run through the project's env.py even when --migrations is not a script location "
@@ -191,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extend(sub) -> None:
     """Subcommands added by other modules (operator, approve, archive)."""
-    for modname in ("dbrev.cli_ext",):
+    for modname in ("dbrev.cli_ext", "dbrev.check"):
         try:
             mod = __import__(modname, fromlist=["register"])
         except ImportError:
@@ -474,7 +479,7 @@ def cmd_apply(args) -> int:
     data_loss = "Archive" if args.archive else ("Allow" if args.allow_data_loss else "Deny")
     policy = Policy(downgrade="Allow" if args.allow_downgrade else "Deny", data_loss=data_loss,
                     rollback_on_failure=not args.no_rollback_on_failure, verify=_checks(args.verify),
-                    repair_sequences=args.repair_sequences)
+                    repair_sequences=args.repair_sequences, rehearse=args.rehearse.capitalize())
     empty = _empty_folder_warning(_migrations(args))
     req = RunRequest(db=db, migrations=os.path.abspath(_migrations(args)), target=args.revision, policy=policy,
                      expected_hash=args.plan_hash, exact_counts=args.exact_counts, actor="cli",
@@ -534,6 +539,11 @@ def _apply_text(r: dict, args) -> str:
         if rb:
             lines.append(f"rollback ({rb.get('reason')}, {rb.get('method')}): "
                          f"{'succeeded' if rb.get('success') else 'FAILED'}")
+    rr = r.get("rollback_readiness")
+    if rr:
+        lines.append(f"rollback readiness: {rr['status']}: {rr['message']}")
+        for d in rr.get("differences", [])[:10]:
+            lines.append(f"  {d}")
     integ = r.get("integrity")
     if integ:
         lines.append(f"integrity: {'passed' if integ.get('passed') else 'FAILED'}"

@@ -37,6 +37,7 @@ KUBERNETES_UNAVAILABLE = "KubernetesAPIUnavailable"  # reading a Secret/ConfigMa
 # Reasons: failures that need a human (Stalled)
 DOWNGRADE_DENIED = "DowngradeDenied"
 DATA_LOSS_DENIED = "DataLossDenied"
+ROLLBACK_NOT_READY = "RollbackNotReady"  # policy.rehearse Require: the rehearsed way back is Broken/Irreversible
 ROLLED_BACK = "RolledBack"
 MIGRATION_FAILED = "MigrationFailed"
 ROLLBACK_FAILED = "RollbackFailed"

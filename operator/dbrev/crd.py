@@ -140,6 +140,12 @@ def spec_schema() -> dict:
                          {"type": "string", "enum": list(ALL_CHECKS), "description": "A check name."},
                          default=list(ALL_CHECKS),
                          **{"x-kubernetes-list-type": "set"}),
+            "rehearse": _s("Single-transaction runs: before committing, rehearse the downgrade back to the starting "
+                           "revision inside the same transaction (savepoint, then rolled back) and record the way "
+                           "back's readiness (Proven, Lossy, Broken, Irreversible, Unproven). Never: skip it. "
+                           "Report: record it, change nothing. Require: refuse to commit an upgrade whose way back "
+                           "is Broken or Irreversible (the upgrade rolls back).",
+                           enum=["Never", "Report", "Require"], default="Report"),
             "timeoutSeconds": _i("Kill a run that takes longer than this; PostgreSQL rolls back what it had not "
                                  "committed and dbrev returns the database to the starting revision.",
                                  default=1800, minimum=10, maximum=86400),
@@ -222,6 +228,17 @@ def status_schema() -> dict:
             "fingerprint": _s("Hash of the live schema."),
             "findings": _a("What the checks found (at most 20).", finding, maxItems=20),
         }),
+        "rollbackReadiness": _o("The way back of the last applied run, rehearsed before it committed "
+                                "(policy.rehearse).", {
+            "status": _s("Proven, Lossy, Broken, Irreversible or Unproven.",
+                         enum=["Proven", "Lossy", "Broken", "Irreversible", "Unproven"]),
+            "message": _s("What the rehearsal found (losses, schema differences, the reason it was not run)."),
+            "revision": _s("The revision the run reached (where the way back starts)."),
+            "from": _s("The revision the way back returns to."),
+            "step": _s("The revision whose downgrade is Broken or Irreversible."),
+            "location": _s("file:line of that downgrade."),
+            "time": _s("When.", format="date-time"),
+        }),
         "lastError": _o("The last failure, cleared on success.", {
             "reason": _s("Condition reason."),
             "message": _s("What failed."),
@@ -278,6 +295,8 @@ def crd() -> dict:
                     {"name": "Resolved", "type": "string", "jsonPath": ".status.targetRevision", "priority": 1},
                     {"name": "Direction", "type": "string", "jsonPath": ".status.plan.direction", "priority": 1},
                     {"name": "Plan", "type": "string", "jsonPath": ".status.plan.hash", "priority": 1},
+                    {"name": "Rollback", "type": "string", "jsonPath": ".status.rollbackReadiness.status",
+                     "priority": 1, "description": "Readiness of the rehearsed way back"},
                     {"name": "Message", "type": "string", "jsonPath": f"{ready}.message", "priority": 1},
                 ],
                 "schema": {"openAPIV3Schema": {

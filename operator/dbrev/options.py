@@ -64,8 +64,11 @@ class Policy:
     rollback_on_failure: bool = True
     verify: tuple[str, ...] = ALL_CHECKS
     repair_sequences: bool = False  # move sequences the run left behind past their column's maximum
+    rehearse: str = "Report"  # Never | Report | Require: rehearse the way back before commit (dbrev.rehearse)
 
     def __post_init__(self):
+        if self.rehearse not in ("Never", "Report", "Require"):
+            raise ValueError("rehearse policy must be one of Never, Report, Require")
         if self.downgrade not in DOWNGRADE_VALUES:
             raise ValueError(f"downgrade policy must be one of {', '.join(DOWNGRADE_VALUES)}")
         if self.data_loss not in DATA_LOSS_VALUES:

@@ -21,7 +21,7 @@ from typing import Callable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from . import integrity, state
+from . import integrity, rehearse, state
 from . import log as L
 from .db import acquire_lock, connect, is_lock_timeout, quote_ident, read_heads, server_info, unlock
 from .errors import fk_hint, BadInput, Busy, DbrevError, PlanChanged, PolicyRefused, ScriptConflict
@@ -170,6 +170,10 @@ class Runner:
                     L.state_transition(plan.from_revisions, plan.to_revisions, "started",
                                        direction=plan.direction, steps=len(plan.steps),
                                        transaction=plan.transaction, plan_hash=plan.hash)
+                    if plan.transaction != "single" and req.policy.rehearse != rehearse.NEVER:
+                        self.result["rollback_readiness"] = rehearse.unproven(
+                            "the plan runs one transaction per step (a step needs autocommit): the way back "
+                            "cannot be rehearsed inside the upgrade's transaction").to_dict()
                     if plan.transaction == "single":
                         out = self._run_single(conn, scripts, plan, decision, journal)
                     else:
@@ -323,6 +327,9 @@ class Runner:
                 snap["fingerprint"] = fp
                 snap["findings"] += self._drift(conn, plan.from_revisions, fp, facts)
                 state.record_fingerprint(conn, self.schema, self.vt, plan.from_revisions, fp, facts)
+                snap["facts"] = facts  # the starting schema, for the rehearsed downgrade
+            elif self.req.policy.rehearse != rehearse.NEVER:
+                snap["facts"] = self._fingerprint(conn)[1]  # the starting schema, for the rehearsal
             if self.req.exact_counts:
                 snap["exact"] = integrity.exact_counts(conn, snap["tables"].keys())
             # what every rollback proves it put back: exact counts of the tables the plan touches
@@ -708,6 +715,7 @@ class Runner:
         conn.commit()
         start, target = plan.from_revisions, plan.to_revisions
         trans = conn.begin()
+        self._own_trans = trans  # the rehearsal (issue 14) runs only inside dbrev's own transaction
         try:
             self._ensure_version_schema(conn)
             snap = self._snapshot(conn, plan)
@@ -751,6 +759,12 @@ class Runner:
             self._rollback_verdict()
             conn.commit()
             return self.result
+        # --- rehearsal of the way back (issue 14): see dbrev/rehearse.py ---------------------
+        if not new_errors:
+            refused = self._rehearse(conn, scripts, plan, snap, trans)
+            if refused is not None:
+                return refused
+        # --- end of rehearsal --------------------------------------------------------------
         if "fingerprint" in self._checks() and getattr(self, "_new_fp", None):
             state.record_fingerprint(conn, self.schema, self.vt, target, *self._new_fp)
         trans.commit()
@@ -762,6 +776,44 @@ class Runner:
                                     "message": "verification failed and rollbackOnFailure is off: "
                                                + "; ".join(f.message for f in new_errors[:3])}
         L.state_transition(start, target, "completed" if result == RESULT_APPLIED else "failed")
+        return self.result
+
+    def _rehearse(self, conn: Connection, scripts: ScriptSet, plan: Plan, snap: dict, trans) -> dict | None:
+        """Rehearse the downgrade in this transaction (savepoint); with Require, refuse a way back that
+        is Broken or Irreversible: roll the upgrade back and return the result, else None."""
+        mode = self.req.policy.rehearse
+        if mode == rehearse.NEVER:
+            return None
+        if getattr(self, "external_connection", False):
+            r = rehearse.unproven("env.py ran the steps on a connection of its own")
+        elif trans is not getattr(self, "_own_trans", None):
+            # env.py committed or replaced dbrev's transaction: running it again for the rehearsal could
+            # commit the upgrade (and part of the way back) before it is verified
+            r = rehearse.unproven("env.py ends or replaces dbrev's transaction, so the way back cannot be "
+                                  "rehearsed inside the upgrade's")
+        else:
+            r = rehearse.rehearse_in_run(self, conn, scripts, plan, snap["facts"])
+        self.result["rollback_readiness"] = r.to_dict()
+        self.emit({"event": "rehearsal", "readiness": r.to_dict()})
+        level = L.logger.warning if r.status in (rehearse.BROKEN, rehearse.IRREVERSIBLE) else L.logger.info
+        level("Rollback rehearsed", extra={"status": r.status, "reason": r.message})
+        if mode != rehearse.REQUIRE or not r.blocks:
+            return None
+        start, target = plan.from_revisions, plan.to_revisions
+        trans.rollback()
+        L.rollback_triggered("rehearsal_failure", target, start)
+        for s in self.result["steps"]:
+            s["status"] = "rolled_back"
+        after = self._after_rollback(conn, start)
+        L.rollback_executed(target, start, after["passed"], method="transaction")
+        self.result.update({
+            "result": RESULT_REFUSED, "integrity": after, "current_revisions": list(self._heads(conn)),
+            "rollback": {"triggered": True, "reason": "rehearsal_failure", "method": "transaction",
+                         "success": after["passed"], "integrity": after},
+            "error": {"reason": "RollbackNotReady", "error_type": "PolicyRefused",
+                      "message": rehearse.refusal_message(r),
+                      "step": r.details.get("step"), "location": r.details.get("location")}})
+        conn.commit()
         return self.result
 
     def _single_failed(self, conn: Connection, scripts: ScriptSet, plan: Plan, e: BaseException) -> dict:

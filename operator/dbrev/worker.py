@@ -90,7 +90,8 @@ def request_from_json(text: str) -> tuple[RunRequest, str, dict]:
     p = r.pop("policy")
     policy = Policy(downgrade=p["downgrade"], data_loss=p["data_loss"],
                     rollback_on_failure=p["rollback_on_failure"], verify=tuple(p["verify"]),
-                    repair_sequences=bool(p.get("repair_sequences", False)))
+                    repair_sequences=bool(p.get("repair_sequences", False)),
+                    rehearse=p.get("rehearse", "Report"))
     db = DbOptions(**r.pop("db"))
     r["pythonpath"] = tuple(r.get("pythonpath") or ())
     return RunRequest(db=db, policy=policy, **r), doc.get("log_level", "INFO"), doc.get("log_context", {})
@@ -636,7 +637,7 @@ def _after_death(req: RunRequest, state: dict, message: str, elapsed: float, tim
     back = RunRequest(db=req.db, migrations=req.migrations, target=",".join(start) or "base",
                       # a rollback never escalates the data-loss policy
                       policy=Policy(downgrade="Allow", data_loss=req.policy.data_loss, rollback_on_failure=False,
-                                    verify=req.policy.verify, repair_sequences=req.policy.repair_sequences),
+                                    verify=req.policy.verify, repair_sequences=req.policy.repair_sequences, rehearse="Never"),
                       actor=f"{req.actor} (rollback)", pythonpath=req.pythonpath, use_env_py=req.use_env_py)
     try:
         sub = run_in_worker(back, timeout=timeout, _rollback=False, **passthrough)

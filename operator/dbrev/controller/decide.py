@@ -54,12 +54,15 @@ EV_RECOVERED = "Recovered"
 EV_ARCHIVED = "Archived"
 EV_DATABASE_UNREACHABLE = "DatabaseUnreachable"
 EV_DATABASE_REACHABLE = "DatabaseReachable"
+EV_ROLLBACK_NOT_READY = "RollbackNotReady"  # applied, but the rehearsed way back is Broken or Irreversible
 
 # What a human should do, by reason (appended to the condition message).
 TODO = {
     C.DOWNGRADE_DENIED: "set spec.policy.downgrade to Allow or RequireApproval, or set spec.revision back",
     C.DATA_LOSS_DENIED: "set spec.policy.dataLoss to Archive (keeps a copy), Allow or RequireApproval, "
                         "or set spec.revision back",
+    C.ROLLBACK_NOT_READY: "fix the downgrade() the message names (run `dbrev check` on the scripts), or set "
+                          "spec.policy.rehearse to Report",
     C.IRREVERSIBLE_STEP: "the step cannot be undone: write its downgrade() or choose another target",
     C.ROLLED_BACK: "fix the failing migration (update its ConfigMap) or set spec.revision back to the current "
                    "revision",
@@ -286,6 +289,15 @@ def _from_result(result: dict, prev: dict, generation: int, now: str, trigger: s
             msg = (f"at revision {cur}: {result.get('direction')} of {len(result.get('steps', []))} step(s) in "
                    f"{float(result.get('duration_seconds') or 0):.1f}s, verified")
             events.append((NORMAL, EV_APPLIED, msg))
+            rr = result.get("rollback_readiness")
+            if rr:  # rehearsed before commit (dbrev.rehearse)
+                st["rollbackReadiness"] = {
+                    "status": rr.get("status", ""), "message": str(rr.get("message", ""))[:1024],
+                    "revision": cur, "from": revisions_text(result.get("from_revisions")),
+                    "step": rr.get("step") or "", "location": rr.get("location") or "", "time": now}
+                if rr.get("status") in ("Broken", "Irreversible"):
+                    events.append((WARNING, EV_ROLLBACK_NOT_READY,
+                                   f"the way back from {cur} is {rr['status']}: {str(rr.get('message'))[:900]}"))
         else:
             msg = f"at revision {cur}, verified"
             was = (prev.get("conditions") and [c for c in prev["conditions"] if c.get("type") == C.READY]) or []

@@ -82,7 +82,8 @@ def parse_spec(spec: dict) -> Spec:
         verify = tuple(pol.get("verify") or ALL_CHECKS)
         policy = Policy(downgrade=pol.get("downgrade", "Allow"), data_loss=pol.get("dataLoss", "Deny"),
                         rollback_on_failure=bool(pol.get("rollbackOnFailure", True)), verify=verify,
-                        repair_sequences=bool(pol.get("repairSequences", False)))
+                        repair_sequences=bool(pol.get("repairSequences", False)),
+                        rehearse=pol.get("rehearse", "Report"))
         revision = str(spec["revision"]).strip()
         if not revision:
             raise SpecError("spec.revision is empty")

@@ -1,0 +1,147 @@
+"""`dbrev check` (issue 14): the stairway on a scratch database, on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import os
+
+from clihelp import dbrev
+from dbhelp import q
+from scriptgen import write_script
+
+
+def _history(d):
+    """r001 ok, r002 ok (populated column, lossy), r003 forgets an index, r004 ok."""
+    write_script(d, "r001aaaa", None,
+                 'op.create_table("users", sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.Text))\n'
+                 'op.execute("INSERT INTO users (name) VALUES (\'a\'), (\'b\'), (\'c\')")',
+                 'op.drop_table("users")')
+    write_script(d, "r002aaaa", "r001aaaa",
+                 'op.add_column("users", sa.Column("nick", sa.Text))\nop.execute("UPDATE users SET nick = name")',
+                 'op.drop_column("users", "nick")')
+    bad = write_script(d, "r003aaaa", "r002aaaa", 'op.create_index("ix_users_name", "users", ["name"])', "pass")
+    write_script(d, "r004aaaa", "r003aaaa", 'op.add_column("users", sa.Column("x", sa.Integer))',
+                 'op.drop_column("users", "x")')
+    return bad
+
+
+def test_check_names_the_first_breaking_step(database_url, tmp_path):
+    d = tmp_path / "m"
+    bad = _history(d)
+    r = dbrev("check", "--migrations", str(d), url=database_url)
+    assert r.code == 1, r.stdout + r.stderr
+    doc = r.json
+    assert doc["result"] == "failed"
+    line = bad.read_text().splitlines().index("def downgrade():") + 1
+    assert doc["first_failure"]["revision"] == "r003aaaa"
+    assert doc["first_failure"]["location"] == f"{bad.name}:{line}"
+    assert "ix_users_name" in doc["first_failure"]["message"]
+    by = {x["revision"]: x for x in doc["revisions"]}
+    assert by["r001aaaa"]["readiness"] == "Lossy"  # the seeded rows go with the table
+    assert by["r002aaaa"]["readiness"] == "Lossy" and by["r002aaaa"]["details"]["losses"][0]["rows"] == 3
+    assert by["r003aaaa"]["readiness"] == "Broken"
+    assert doc["unchecked"] == ["r004aaaa"]
+    md = dbrev("check", "--migrations", str(d), "--format", "markdown", url=_fresh(database_url), json_out=False)
+    assert md.code == 1
+    assert "### dbrev check: FAILED" in md.stdout and "**First breaking step:** `r003aaaa`" in md.stdout
+    assert "<details><summary>SQL of <code>r003aaaa</code>" in md.stdout and "CREATE INDEX ix_users_name" in md.stdout
+
+
+def _fresh(url):
+    from dbrev.envtest.postgres import create_database
+
+    return create_database(url.rsplit("/", 1)[0] + "/postgres")
+
+
+def test_check_from_checks_only_the_later_revisions(database_url, tmp_path):
+    d = tmp_path / "m"
+    _history(d)
+    (d / next(p.name for p in d.iterdir() if p.name.startswith("r003"))).unlink()
+    write_script(d, "r003aaaa", "r002aaaa", 'op.create_index("ix_users_name", "users", ["name"])',
+                 'op.drop_index("ix_users_name", table_name="users")')
+    r = dbrev("check", "--migrations", str(d), "--from", "r002aaaa", url=database_url)
+    assert r.code == 0, r.stdout + r.stderr
+    assert [x["revision"] for x in r.json["revisions"]] == ["r003aaaa", "r004aaaa"]
+    assert all(x["readiness"] == "Proven" for x in r.json["revisions"])
+
+
+def test_check_finds_irreversible_and_a_failing_downgrade(database_url, tmp_path):
+    d = tmp_path / "m"
+    write_script(d, "r001aaaa", None, 'op.create_table("t", sa.Column("id", sa.Integer, primary_key=True))',
+                 'raise NotImplementedError')
+    r = dbrev("check", "--migrations", str(d), url=database_url)
+    assert r.code == 1 and r.json["first_failure"]["readiness"] == "Irreversible"
+    ok = dbrev("check", "--migrations", str(d), "--allow-irreversible", url=_fresh(database_url))
+    assert ok.code == 0, ok.stdout
+    d2 = tmp_path / "m2"
+    p = write_script(d2, "r001aaaa", None, 'op.create_table("t", sa.Column("id", sa.Integer, primary_key=True))',
+                     'op.drop_table("no_such_table")')
+    r = dbrev("check", "--migrations", str(d2), url=_fresh(database_url))
+    line = p.read_text().splitlines().index('    op.drop_table("no_such_table")') + 1
+    assert r.code == 1 and r.json["first_failure"]["location"] == f"{p.name}:{line}"
+
+
+def test_check_refuses_a_database_that_is_not_empty_and_changes_nothing(database_url, tmp_path):
+    d = tmp_path / "m"
+    _history(d)
+    q(database_url, "CREATE TABLE precious (id int)")
+    r = dbrev("check", "--migrations", str(d), url=database_url)
+    assert r.code == 2 and "empty scratch database" in r.json["error"]["message"]
+    assert q(database_url, "SELECT to_regclass('users') IS NULL") == [(True,)]
+
+
+def test_check_two_heads_fail_unless_declared(database_url, tmp_path):
+    d = tmp_path / "m"
+    write_script(d, "r001aaaa", None, "pass")
+    write_script(d, "r002aaaa", "r001aaaa", "pass")
+    write_script(d, "r003aaaa", "r001aaaa", "pass")
+    r = dbrev("check", "--migrations", str(d), url=database_url)
+    assert r.code == 1 and r.json["failures"][0]["check"] == "heads"
+    assert dbrev("check", "--migrations", str(d), "--heads", "2", url=_fresh(database_url)).code == 0
+
+
+def test_check_passes_on_the_examples_and_ephemeral_leaves_nothing_behind(examples_dir):
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    tmp = Path(tempfile.mkdtemp(prefix="dbrev-check-test-"))  # the server's user must reach it
+    tmp.chmod(0o755)
+    try:
+        _examples_ephemeral(examples_dir, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _examples_ephemeral(examples_dir, tmp):
+    r = dbrev("check", "--migrations", str(examples_dir), "--ephemeral", env={"TMPDIR": str(tmp)})
+    assert r.code == 0, r.stdout + r.stderr
+    assert r.json["result"] == "passed" and len(r.json["revisions"]) == 7
+    assert list(tmp.iterdir()) == []  # the server's folder is gone
+    # and no server of ours is left running
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+        except OSError:
+            continue
+        if str(tmp) in cmd:
+            left.append(cmd)
+    assert left == []
+
+
+def test_ephemeral_without_envtest_says_so(examples_dir, monkeypatch, capsys):
+    import sys
+
+    from dbrev.cli import main
+
+    monkeypatch.setitem(sys.modules, "dbrev.envtest.postgres", None)  # as if envtest moved out of the package
+    code = main(["check", "--migrations", str(examples_dir), "--ephemeral", "--json"])
+    assert code == 2
+    out = capsys.readouterr().out
+    assert "--ephemeral needs dbrev's throwaway PostgreSQL support" in out and "--database-url" in out
+
+
+def test_check_without_a_database_says_how(examples_dir, monkeypatch):
+    monkeypatch.delenv("DBREV_DATABASE_URL", raising=False)
+    r = dbrev("check", "--migrations", str(examples_dir))
+    assert r.code == 2 and "--ephemeral" in r.json["error"]["hint"]
