@@ -345,6 +345,9 @@ def cmd_check(args) -> int:
         out = markdown(doc)
     else:
         out = text(doc)
-    sys.stdout.write(redact(out).rstrip("\n") + "\n")
-    sys.stdout.flush()
+    from .cli import doc_stream  # dbrev's own stdout (what scripts print goes to stderr)
+
+    stream = doc_stream()
+    stream.write(redact(out).rstrip("\n") + "\n")
+    stream.flush()
     return 0 if doc["result"] == PASSED else 1

@@ -129,7 +129,7 @@ def _examples_ephemeral(examples_dir, tmp):
     assert left == []
 
 
-def test_ephemeral_without_envtest_says_so(examples_dir, monkeypatch, capsys):
+def test_ephemeral_without_envtest_says_so(examples_dir, monkeypatch, capfd):
     import sys
 
     from dbrev.cli import main
@@ -137,7 +137,7 @@ def test_ephemeral_without_envtest_says_so(examples_dir, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "dbrev.envtest.postgres", None)  # as if envtest moved out of the package
     code = main(["check", "--migrations", str(examples_dir), "--ephemeral", "--json"])
     assert code == 2
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     assert "--ephemeral needs dbrev's throwaway PostgreSQL support" in out and "--database-url" in out
 
 
