@@ -183,7 +183,7 @@ def test_deployment_is_hardened(built, overlay):
     assert dep["metadata"]["namespace"] == NS and dep["spec"]["replicas"] == 1
     # equal peering priorities freeze Kopf: never two pods at once
     assert dep["spec"]["strategy"] == {"type": "Recreate"}
-    assert pod["serviceAccountName"] == one(objs, "ServiceAccount")["metadata"]["name"] == "dbrev-operator"
+    assert pod["serviceAccountName"] == one(objs, "ServiceAccount", "dbrev-operator")["metadata"]["name"]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 65532
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     sc = c["securityContext"]
@@ -216,11 +216,19 @@ def test_args_per_overlay_and_the_peering_object_they_name(built):
     cw, ns = container(built["cluster-wide"])["args"], container(built["namespaced"])["args"]
     assert cw == ["--peering=dbrev", "--all-namespaces"]
     assert ns == ["--peering=dbrev", "--namespace=$(POD_NAMESPACE)"]
-    assert one(built["cluster-wide"], "ClusterKopfPeering")["metadata"]["name"] == "dbrev"
-    kp = one(built["namespaced"], "KopfPeering")["metadata"]
-    assert (kp["name"], kp["namespace"]) == ("dbrev", NS)
-    assert not [o for o in built["cluster-wide"] if o["kind"] == "KopfPeering"]
-    assert not [o for o in built["namespaced"] if o["kind"] == "ClusterKopfPeering"]
+    # The peering object is made by a Job once its CRD is served (one `kubectl apply -k` installs all),
+    # as the kind the overlay's operator uses, in the Job's namespace; its grant is "create that kind".
+    for overlay, kind, plural in (("cluster-wide", "ClusterKopfPeering", "clusterkopfpeerings"),
+                                  ("namespaced", "KopfPeering", "kopfpeerings")):
+        objs = built[overlay]
+        assert not [o for o in objs if o["kind"] in ("KopfPeering", "ClusterKopfPeering")]
+        job = one(objs, "Job", "dbrev-peering-setup")
+        (c,) = job["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
+        assert env["PEERING_KIND"] == kind and env.get("PEERING_NAME", "dbrev") == "dbrev"
+        assert c["image"] == IMAGE and c["securityContext"]["readOnlyRootFilesystem"] is True
+        role = one(objs, "ClusterRole" if kind == "ClusterKopfPeering" else "Role", "dbrev-peering-setup")
+        assert role["rules"] == [{"apiGroups": ["kopf.dev"], "resources": [plural], "verbs": ["create"]}]
     # the restricted Pod Security Standard where the namespace is the operator's alone
     labels = one(built["cluster-wide"], "Namespace")["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
