@@ -340,7 +340,8 @@ class NodeCluster(Cluster):
             if self.postgres:
                 from dbrev.envtest.postgres import PostgresServer
 
-                self.pg = PostgresServer(host=NODE_IP, port=5432, netns=NETNS, root=self.dir / "pg").start()
+                # under RUN_DIR: traversable by the postgres user, and removed by teardown
+                self.pg = PostgresServer(host=NODE_IP, port=5432, netns=NETNS, root=RUN_DIR / "pg").start()
             self._write_state()
         except BaseException:
             self.stop()
