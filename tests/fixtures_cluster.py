@@ -176,7 +176,7 @@ def node(tmp_path_factory, pytestconfig):
         with uncaptured:
             archive = images.operator_archive()  # minutes the first time; cached by source hash
             n.start()
-            n.load_image(archive, "ghcr.io/dbrev/dbrev:0.1.0")
+            n.load_image(archive, images.MANIFESTS_IMAGE)
             print(f"\n[dbrev-envtest] one-node cluster {n.server} Ready in {n.timings['node-ready']:.1f}s; "
                   f"kubeconfig {n.kubeconfig}", file=sys.stderr)
     except (AssetError, NodeError) as e:

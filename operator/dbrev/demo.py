@@ -144,7 +144,7 @@ class Demo:
         t0 = time.monotonic()
         self.cp = NodeCluster(self.work / "node", postgres=True, die_with_parent=not self.keep).start()
         self.pg = self.cp.pg
-        self.cp.load_image(archive, "ghcr.io/dbrev/dbrev:0.1.0")
+        self.cp.load_image(archive, images.MANIFESTS_IMAGE)
         self.env = {**os.environ, "KUBECONFIG": str(self.cp.kubeconfig)}
         note(f"node Ready in {time.monotonic() - t0:.1f}s at {self.cp.server}; image loaded as the "
              "manifests' ghcr.io/dbrev/dbrev:0.1.0")

@@ -31,7 +31,8 @@ from .assets import AssetError, _log, cache_root
 
 PAUSE_IMAGE = "dbrev.local/pause:3.10"
 BASE_IMAGE = "dbrev.local/debian-python:bookworm"
-OPERATOR_IMAGE = "ghcr.io/dbrev/dbrev:dev"  # what the manifests name; a build tags it exactly so
+OPERATOR_IMAGE = "ghcr.io/dbrev/dbrev:dev"  # what a build is tagged
+MANIFESTS_IMAGE = "ghcr.io/dbrev/dbrev:0.1.0"  # what manifests/ name: the node tags the build so too
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -90,7 +91,9 @@ class Buildah:
         if not shutil.which("buildah"):
             raise AssetError("no 'buildah' on PATH: install Debian's buildah (apt-get install buildah)")
         self.root = root or cache_root() / "buildah"
-        self.runroot = Path("/run/dbrev-buildah") if os.access("/run", os.W_OK) else self.root / "run"
+        # one run root per storage: two stores sharing one would trample each other's mounts
+        tag = _short(str(self.root.resolve()))
+        self.runroot = Path(f"/run/dbrev-buildah/{tag}") if os.access("/run", os.W_OK) else self.root / "run"
 
     def __call__(self, *args: str, timeout: float | None = 1800) -> str:
         return _run(["buildah", "--root", str(self.root / "storage"), "--runroot", str(self.runroot),
@@ -256,8 +259,18 @@ def operator_archive(repo: Path = REPO_ROOT, name: str = OPERATOR_IMAGE) -> Path
     dest = images_dir() / f"operator-{key}.tar"
     if dest.is_file():
         return dest
+    from .assets import _BuildLock
+
+    with _BuildLock(images_dir() / ".build.lock"):  # one build at a time on one store
+        if dest.is_file():
+            return dest
+        return _build_operator(repo, name, dest)
+
+
+def _build_operator(repo: Path, name: str, dest: Path) -> Path:
     base = base_archive()
     b = Buildah()
+    b("rm", "--all")  # working containers an interrupted build left in this (private) store
     if not b.has(BASE_IMAGE):
         b("pull", f"docker-archive:{base}")
     t0 = time.monotonic()

@@ -650,7 +650,8 @@ def _cmd_up(args) -> int:
         if args.image:
             from dbrev.envtest import images
 
-            node.load_image(images.operator_archive(), images.OPERATOR_IMAGE)
+            node.load_image(images.operator_archive(), images.MANIFESTS_IMAGE)
+            print(f"image:      {images.OPERATOR_IMAGE}, also tagged {images.MANIFESTS_IMAGE} (the manifests')")
     except (AssetError, NodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
