@@ -176,3 +176,36 @@ def test_probes_keep_the_pod_during_a_long_migration(node, deployed, app, tmp_pa
     ready_at(kube, ns, "long", "l001aaaa", timeout=120)
     now = operator_pod(kube)
     assert now["metadata"]["name"] == pod["metadata"]["name"] and restarts(now) == restarts(pod)
+
+
+def test_a_rollout_never_runs_two_peers_and_the_new_pod_serves(node, deployed, app, examples_dir):
+    # manifests/base/deployment.yaml: strategy Recreate, because two replicas with the same priority
+    # would both pause. Through a real rollout, the peering object never holds two keep-alives, and
+    # the new pod (with its own identity, POD_ID = its name) serves.
+    ns, url = app
+    kube = deployed
+    kube.configmap_from(ns, "migrations", examples_dir)
+    old = operator_pod(kube)["metadata"]["name"]
+
+    def peers() -> dict:
+        return json.loads(kube("get", "clusterkopfpeering", "dbrev", "-o", "json")).get("status") or {}
+
+    wait_for(lambda: old in peers(), 60, "the running pod's keep-alive")
+    kube("-n", OP_NS, "rollout", "restart", "deployment/dbrev-operator")
+    most = 0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        most = max(most, len(peers()))
+        pods = json.loads(kube("get", "pods", "-n", OP_NS, "-l", SELECTOR, "-o", "json"))["items"]
+        names = [p["metadata"]["name"] for p in pods]
+        if old not in names and any(n in peers() for n in names):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"the rollout did not finish: pods {names}, peers {list(peers())}")
+    assert most <= 1, "two operators were peers at the same time"
+    new = operator_pod(kube)["metadata"]["name"]
+    assert new != old and list(peers()) == [new]
+    kube.apply(dbrev_resource(ns, "orders", "head", policy={"dataLoss": "Allow"}))
+    ready_at(kube, ns, "orders", "f1a2b3c4d5e6")
+    assert heads(url) == ["f1a2b3c4d5e6"]
