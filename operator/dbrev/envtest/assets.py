@@ -244,8 +244,8 @@ def find_node(build: bool = True) -> NodeAssets:
         where = " or ".join(str(d) for d in folders)
         raise AssetError(
             f"node binaries ({', '.join(NODE_BINARIES)}) not found in {where}: run "
-            "`make node-assets` (builds them from Go modules into the cache, about 3 min on a warm "
-            "Go cache) or put them next to kube-apiserver"
+            "`make node-assets` (builds them from Go modules into the cache: about 9 min on 2 cores "
+            "after the control plane's build) or put them next to kube-apiserver"
         )
     dest = bin_dir()
     with _BuildLock(dest.parent / ".build.lock"):
