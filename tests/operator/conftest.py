@@ -39,10 +39,12 @@ def operator_identity(control_plane, crd_installed) -> tuple[str, str] | None:
         return None
     built = subprocess.run([str(control_plane.kubectl_path), "kustomize", str(OVERLAY)], capture_output=True,
                            text=True, check=True).stdout
-    objs = [o for o in yaml.safe_load_all(built) if o and o["kind"] in RBAC_KINDS]
+    every = [o for o in yaml.safe_load_all(built) if o]
+    objs = [o for o in every if o["kind"] in RBAC_KINDS]
     Kube(control_plane).apply("---\n".join(yaml.safe_dump(o) for o in objs))
-    (sa,) = [o["metadata"] for o in objs if o["kind"] == "ServiceAccount"]
-    return sa["namespace"], sa["name"]
+    # the Deployment's ServiceAccount (the overlay has another one: its peering Job's)
+    (dep,) = [o for o in every if o["kind"] == "Deployment"]
+    return dep["metadata"]["namespace"], dep["spec"]["template"]["spec"]["serviceAccountName"]
 
 
 @pytest.fixture
