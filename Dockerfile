@@ -1,12 +1,18 @@
-# syntax=docker/dockerfile:1
 # dbrev: the operator and the CLI in one image.
 #   docker build -t dbrev:dev .        (or: make image IMG=dbrev:dev)
 #   docker run --rm dbrev:dev --help
-# Two stages: the builder turns the project and its dependencies into wheels; the final image only
-# installs those wheels. No compiler, no pip cache, no source tree in the final image.
+# Two stages: the builder installs dbrev and its dependencies into a virtual environment; the final
+# image copies only that environment. No compiler, no pip cache, no wheels, no source tree in it.
+# Works with the classic builder and BuildKit alike (no RUN --mount), with docker, podman or buildah.
+#
+# BASE_IMAGE: any Debian-like image with python3 (3.10+) and its venv module. The default is the
+# public python:3.11-slim; dbrev's CI builds on a Debian base it makes itself (no registry there).
+# Offline builds: put wheels of dbrev and every dependency into .wheelhouse/ (`make wheelhouse`);
+# the builder then installs from there with --no-index and needs no network.
+ARG BASE_IMAGE=python:3.11-slim
 
-# ---- builder: wheels for dbrev and every dependency
-FROM python:3.11-slim AS builder
+# ---- builder: /opt/dbrev, a virtual environment holding dbrev and every dependency
+FROM ${BASE_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 # Every dependency (psycopg[binary], pglast, ...) ships manylinux wheels for amd64 and arm64, so no
@@ -14,10 +20,17 @@ WORKDIR /src
 # in the builder stage only.
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
-RUN pip wheel --wheel-dir /wheels .
+COPY .wheelhouse/ /wheelhouse/
+RUN python3 -m venv /opt/dbrev \
+ && if ls /wheelhouse/*.whl >/dev/null 2>&1; then \
+      /opt/dbrev/bin/pip install --no-index --find-links=/wheelhouse dbrev; \
+    else \
+      /opt/dbrev/bin/pip install . ; \
+    fi \
+ && /opt/dbrev/bin/dbrev --help >/dev/null
 
-# ---- final: a slim Python with the wheels installed, running as a non-root user
-FROM python:3.11-slim
+# ---- final: the same base with the environment copied in, running as a non-root user
+FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="dbrev" \
       org.opencontainers.image.description="Keeps each PostgreSQL database at the Alembic revision its owners declare" \
       org.opencontainers.image.source="https://github.com/dbrev/dbrev" \
@@ -25,11 +38,11 @@ LABEL org.opencontainers.image.title="dbrev" \
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    PATH=/opt/dbrev/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME=/tmp \
     DBREV_SCRIPTS_DIR=/tmp/dbrev-scripts
-RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels dbrev \
- && groupadd --system --gid 65532 dbrev \
+COPY --from=builder /opt/dbrev /opt/dbrev
+RUN groupadd --system --gid 65532 dbrev \
  && useradd --system --uid 65532 --gid 65532 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin dbrev
 # Numeric, so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 65532:65532

@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 CLUSTER_DIR ?= $(CURDIR)/.cluster
 
 .PHONY: setup test test-fast demo bench cluster-assets cluster-up cluster-down crds clean
+.PHONY: node-assets node-images node-up node-down wheelhouse
 .PHONY: kind-up image kind-load deploy undeploy e2e-kind
 
 setup: $(STAMP)
@@ -38,14 +39,38 @@ cluster-assets: setup
 	$(PY) -m dbrev.envtest.assets
 
 ## Start a local control plane; prints the kubeconfig path and the start-up time.
+## `make cluster-up NODE=1`: a real one-node cluster instead (root; see docs/control-plane.md).
 cluster-up: setup
+ifdef NODE
+	$(MAKE) --no-print-directory node-up
+else
 	$(PY) -m dbrev.envtest.controlplane up --dir $(CLUSTER_DIR)
+endif
 
 cluster-down: setup
 	$(PY) -m dbrev.envtest.controlplane down --dir $(CLUSTER_DIR)
+	@if [ -d $(CLUSTER_DIR)/node ] || ip netns list 2>/dev/null | grep -q '^dbrev-node'; then \
+	  $(PY) -m dbrev.envtest.node down --dir $(CLUSTER_DIR)/node; fi
+
+## kubelet, kube-controller-manager, kube-scheduler, kube-proxy (same version, same cache).
+node-assets: setup
+	$(PY) -m dbrev.envtest.assets --node
+
+## The pause image, a Debian base (debootstrap) and the operator image, as archives in the cache.
+node-images: setup
+	$(PY) -m dbrev.envtest.images
+
+## A real one-node cluster (containerd, kubelet; local traffic only) with PostgreSQL inside it and
+## the operator image loaded; prints the kubeconfig. Needs root and Debian's containerd, runc, CNI.
+node-up: node-assets node-images
+	.ci/install-deps --node
+	$(PY) -m dbrev.envtest.node up --dir $(CLUSTER_DIR)/node --postgres --image
+
+node-down: setup
+	$(PY) -m dbrev.envtest.node down --dir $(CLUSTER_DIR)/node
 
 clean:
-	rm -rf $(VENV) build *.egg-info operator/*.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info operator/*.egg-info .pytest_cache .wheelhouse/*.whl .wheelhouse/.key
 
 ## Regenerate crds/ from operator/dbrev/crd.py (the one source of truth; a test fails when stale).
 crds: setup
@@ -77,10 +102,22 @@ kind-up:
 	@if kind get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)'; then echo "kind cluster $(KIND_CLUSTER) already exists"; \
 	else kind create cluster --name $(KIND_CLUSTER) --wait 120s; fi
 
-## Build the operator image $(IMG) (Dockerfile: multi-stage, non-root, no build tools).
+## Build the operator image $(IMG) (Dockerfile: multi-stage, non-root, no build tools) from
+## BASE_IMAGE (default python:3.11-slim). With a Docker daemon: `docker build`. Without one (this
+## project's CI: no daemon, no registry): buildah on a Debian base made locally with debootstrap,
+## saved as an archive in ~/.cache/dbrev/images (what the one-node cluster loads).
+BASE_IMAGE ?= python:3.11-slim
 image:
-	$(call need,docker)
-	docker build -t $(IMG) .
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
+	  echo "docker build -t $(IMG) --build-arg BASE_IMAGE=$(BASE_IMAGE) ."; \
+	  docker build -t $(IMG) --build-arg BASE_IMAGE=$(BASE_IMAGE) .; \
+	elif command -v buildah >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory setup && $(PY) -m dbrev.envtest.images operator; \
+	else echo "error: 'make image' needs docker (with a running daemon) or buildah: see docs/install.md" >&2; exit 1; fi
+
+## Wheels of dbrev and its dependencies in .wheelhouse/: the Dockerfile then builds offline.
+wheelhouse: setup
+	$(PY) -c 'from pathlib import Path; from dbrev.envtest.images import wheelhouse; print(wheelhouse(Path(".").resolve()))'
 
 ## Build $(IMG) and load it into the kind cluster's nodes (no registry needed).
 kind-load: image

@@ -20,6 +20,13 @@ missing they are built (minutes on a fresh machine; progress goes to the
 terminal).  A failed build fails the tests — cluster tests are never skipped.
 ``DBREV_TEST_CLUSTER_DIR`` keeps the control plane's folder (logs) at a fixed place.
 
+``node``           session — a real one-node cluster (:class:`dbrev.envtest.node.NodeCluster`:
+                   kubelet, containerd, PostgreSQL inside the node at ``node.database_url()``)
+                   with the operator image built and loaded as ``ghcr.io/dbrev/dbrev:0.1.0`` (the
+                   manifests' reference). It does not touch ``KUBECONFIG``. Without what a node
+                   needs (root, containerd, the node binaries...) the tests using it skip with the
+                   reason, except under ``CI=true``, where they fail: CI always runs them.
+
 ``DBREV_TEST_KUBECONFIG=PATH`` uses an existing cluster instead (kind, or a
 control plane from ``make cluster-up``): nothing is built or started, and the
 tests about the local control-plane tool itself are skipped.
@@ -48,7 +55,8 @@ from dbrev.envtest.controlplane import (  # noqa: E402
     ExistingCluster,
 )
 
-__all__ = ["control_plane", "kubeconfig", "kubectl", "k8s_api", "namespace", "local_control_plane_only"]
+__all__ = ["control_plane", "kubeconfig", "kubectl", "k8s_api", "namespace", "local_control_plane_only", "node",
+           "node_or_skip_reason"]
 
 EXISTING_KUBECONFIG = os.environ.get("DBREV_TEST_KUBECONFIG")
 
@@ -139,3 +147,42 @@ def namespace(control_plane, request) -> str:
         yield name
     finally:
         control_plane.delete_namespace(name)
+
+
+def node_or_skip_reason() -> str | None:
+    """Why the node tests cannot run here (None: they can)."""
+    from dbrev.envtest.node import unavailable_reason
+
+    return unavailable_reason()
+
+
+@pytest.fixture(scope="session")
+def node(tmp_path_factory, pytestconfig):
+    """A real one-node cluster for the session, with PostgreSQL inside it and the operator image loaded."""
+    from dbrev.envtest import images
+    from dbrev.envtest.node import NodeCluster, NodeError
+
+    reason = node_or_skip_reason()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true: the one-node cluster tests must run, but: {reason}", pytrace=False)
+        pytest.skip(f"no one-node cluster here: {reason}")
+    folder = os.environ.get("DBREV_TEST_NODE_DIR")
+    root = Path(folder) if folder else tmp_path_factory.mktemp("node")
+    n = NodeCluster(root, die_with_parent=True, postgres=True)
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    uncaptured = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+    try:
+        with uncaptured:
+            archive = images.operator_archive()  # minutes the first time; cached by source hash
+            n.start()
+            n.load_image(archive, "ghcr.io/dbrev/dbrev:0.1.0")
+            print(f"\n[dbrev-envtest] one-node cluster {n.server} Ready in {n.timings['node-ready']:.1f}s; "
+                  f"kubeconfig {n.kubeconfig}", file=sys.stderr)
+    except (AssetError, NodeError) as e:
+        n.stop()
+        pytest.fail(f"the one-node cluster did not start: {e}", pytrace=False)
+    try:
+        yield n
+    finally:
+        n.stop()  # raises when anything (process, netns, mount, veth, cgroup) is left

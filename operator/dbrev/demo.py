@@ -1,11 +1,18 @@
 """`make demo`: dbrev's main job on a fresh machine, printed as a user would watch it.
 
-Brings up a local Kubernetes control plane (kube-apiserver + etcd; built once from
-Go modules into ~/.cache/dbrev on a fresh machine) and a throwaway PostgreSQL,
-runs `dbrev operator`, and walks a DatabaseRevision through an upgrade, a GitOps
-revert (a verified rollback that archives the data it drops), a failing migration
-that rolls itself back, and the fix.  Everything is stopped at the end
-(``--keep`` leaves it running and prints how to reach it).
+Two ways to run the operator (``--mode``):
+
+* ``pod`` (the default where a one-node cluster can run: root, containerd, the node binaries): a real
+  one-node cluster (``dbrev.envtest.node``) with PostgreSQL inside it; the operator image is built
+  (cached) and runs as the Deployment of ``manifests/overlays/cluster-wide``, applied with one
+  ``kubectl apply -k``: what users run;
+* ``process`` (quick, anywhere): a local control plane (kube-apiserver + etcd; built once from Go
+  modules into ~/.cache/dbrev on a fresh machine), a throwaway PostgreSQL and `dbrev operator` as a
+  local process.
+
+Either way it walks a DatabaseRevision through an upgrade, a GitOps revert (a verified rollback that
+archives the data it drops), a failing migration that rolls itself back, and the fix.  Everything is
+stopped at the end (``--keep`` leaves it running and prints how to reach it).
 """
 
 from __future__ import annotations
@@ -55,8 +62,9 @@ def note(text: str) -> None:
 
 
 class Demo:
-    def __init__(self, keep: bool):
+    def __init__(self, keep: bool, mode: str = "process"):
         self.keep = keep
+        self.mode = mode
         self.work = Path(tempfile.mkdtemp(prefix="dbrev-demo-"))
         self.pg = None
         self.cp = None
@@ -65,7 +73,7 @@ class Demo:
     # -- helpers ---------------------------------------------------------------
     def sh(self, *args: str, show: bool = True, input: str | None = None, check: bool = True) -> str:
         shown = " ".join(args).replace(str(self.cp.kubectl_path) if self.cp else "\0", "kubectl")
-        shown = shown.replace(f"{sys.executable} -m dbrev", "dbrev").replace(getattr(self, "psql", "\0"), "psql")
+        shown = shown.replace(f"{sys.executable} -m dbrev", "dbrev").replace(getattr(self, "psql_bin", "\0"), "psql")
         p = subprocess.run(list(args), capture_output=True, text=True, input=input, env=self.env)
         if show:
             print(f"$ {shown}", flush=True)
@@ -96,7 +104,7 @@ class Demo:
             if st.get("observedGeneration") == obj["metadata"]["generation"] and pred(st):
                 return st
             time.sleep(0.3)
-        raise RuntimeError(f"timed out waiting for {what}; operator log: {self.work / 'operator.log'}")
+        raise RuntimeError(f"timed out waiting for {what}")
 
     @staticmethod
     def ready(st: dict, reason: str | None = None, status: str = "True") -> bool:
@@ -118,14 +126,36 @@ class Demo:
                      json.dumps({"spec": changes}))
 
     # -- the walk --------------------------------------------------------------
-    def run(self) -> None:
+    def psql(self, *args: str, show: bool = True) -> str:
+        return self.sh(self.psql_bin, "-h", self.pg.host, "-p", str(self.pg.port), "-U", "postgres",
+                       "-d", "shop", *args, show=show)
+
+    def _start_pod_mode(self) -> None:
+        from .envtest import images
+        from .envtest.node import NodeCluster
+
+        banner("1. A real one-node Kubernetes cluster, with PostgreSQL inside the node")
+        note("etcd, kube-apiserver, controller-manager, scheduler, containerd, kubelet and kube-proxy run "
+             "in their own network namespace (nothing routes out of it); PostgreSQL listens on the node's "
+             "address, where pods reach it.")
+        t0 = time.monotonic()
+        archive = images.operator_archive()  # the Dockerfile, built once per source version
+        note(f"operator image ready in {time.monotonic() - t0:.1f}s ({archive.name})")
+        t0 = time.monotonic()
+        self.cp = NodeCluster(self.work / "node", postgres=True, die_with_parent=not self.keep).start()
+        self.pg = self.cp.pg
+        self.cp.load_image(archive, "ghcr.io/dbrev/dbrev:0.1.0")
+        self.env = {**os.environ, "KUBECONFIG": str(self.cp.kubeconfig)}
+        note(f"node Ready in {time.monotonic() - t0:.1f}s at {self.cp.server}; image loaded as the "
+             "manifests' ghcr.io/dbrev/dbrev:0.1.0")
+        self.kubectl("get", "nodes", "-o", "wide")
+
+    def _start_process_mode(self) -> None:
         from .envtest.controlplane import ControlPlane
-        from .envtest.postgres import PostgresServer, create_database, free_port
+        from .envtest.postgres import PostgresServer
 
         banner("1. A throwaway PostgreSQL and a local Kubernetes control plane")
         self.pg = PostgresServer().start()
-        self.psql = str(self.pg.bindir / "psql")
-        url = create_database(self.pg.url(), "shop")
         note(f"PostgreSQL {self.pg.bindir.parent.name} on 127.0.0.1:{self.pg.port}, database 'shop'.")
         note("kube-apiserver + etcd run as local processes (the first run on a machine builds them from Go "
              "modules into ~/.cache/dbrev: a few minutes; later runs start in seconds).")
@@ -135,10 +165,18 @@ class Demo:
         note(f"control plane ready in {time.monotonic() - t0:.1f}s at {self.cp.server}")
         self.kubectl("apply", "-f", str(ROOT / "crds" / "dbrev.io_databaserevisions.yaml"))
         self.kubectl("wait", "--for=condition=Established", "crd/databaserevisions.dbrev.io", show=False)
-        self.cp.create_namespace(NS)
-        self.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "orders-db", "namespace": NS},
-                    "stringData": {"url": url}})
-        self.kubectl("create", "configmap", "orders-migrations", "-n", NS, f"--from-file={EXAMPLES}")
+
+    def _operator_pod_mode(self) -> None:
+        banner("2. The operator: the image, as the Deployment of manifests/overlays/cluster-wide")
+        self.kubectl("apply", "-k", str(ROOT / "manifests" / "overlays" / "cluster-wide"))
+        self.kubectl("-n", "dbrev-system", "rollout", "status", "deployment/dbrev-operator", "--timeout=180s")
+        self.kubectl("get", "pods", "-n", "dbrev-system", "-o", "wide")
+        note("One `kubectl apply -k`: the CRDs, RBAC, the Deployment (non-root, read-only root filesystem, "
+             "probes, limits) and a Job that creates the peering object once its CRD is served. The "
+             "operator is PID 1 in its container and uses its ServiceAccount (in-cluster config).")
+
+    def _operator_process_mode(self) -> None:
+        from .envtest.postgres import free_port
 
         banner("2. The operator")
         self.metrics_port = free_port()
@@ -151,6 +189,33 @@ class Demo:
         note(f"dbrev operator -n {NS} (JSON logs in {self.work / 'operator.log'}, metrics on "
              f"127.0.0.1:{self.metrics_port}/metrics)")
 
+    def operator_log_tail(self, n: int = 15) -> str:
+        if self.mode == "pod" and self.cp:
+            p = subprocess.run([str(self.cp.kubectl_path), "--kubeconfig", str(self.cp.kubeconfig), "logs", "-n",
+                                "dbrev-system", "deployment/dbrev-operator", f"--tail={n}"],
+                               capture_output=True, text=True)
+            return p.stdout + p.stderr
+        log = self.work / "operator.log"
+        return "\n".join(log.read_text().splitlines()[-n:]) if log.exists() else ""
+
+    def run(self) -> None:
+        from .envtest.postgres import create_database
+
+        if self.mode == "pod":
+            self._start_pod_mode()
+        else:
+            self._start_process_mode()
+        self.psql_bin = str(self.pg.bindir / "psql")
+        url = create_database(self.pg.url(), "shop")
+        self.cp.create_namespace(NS)
+        self.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "orders-db", "namespace": NS},
+                    "stringData": {"url": url}})
+        self.kubectl("create", "configmap", "orders-migrations", "-n", NS, f"--from-file={EXAMPLES}")
+        if self.mode == "pod":
+            self._operator_pod_mode()
+        else:
+            self._operator_process_mode()
+
         banner("3. Declare the schema: spec.revision = the merge of two feature branches")
         self.apply({"apiVersion": "dbrev.io/v1alpha1", "kind": "DatabaseRevision",
                     "metadata": {"name": "orders", "namespace": NS},
@@ -162,7 +227,7 @@ class Demo:
         self.wait(lambda s: self.ready(s) and s.get("currentRevision") == MERGE, "Ready")
         self.kubectl("get", "dbrev", "-n", NS)
         rv = self.events(0)
-        self.sh(self.psql, "-h", "127.0.0.1", "-p", str(self.pg.port), "-U", "postgres", "-d", "shop", "-qc",
+        self.psql("-qc",
                 "INSERT INTO customers (email, name) VALUES ('Ann+news@Example.com', 'Ann'), "
                 "('bo@example.org', 'Bo'); INSERT INTO orders (customer_id, total_cents) "
                 "SELECT id, 4200 FROM customers;", show=False)
@@ -206,22 +271,33 @@ class Demo:
         self.kubectl("get", "dbrev", "-n", NS)
         self.events(rv)
         self.dbrev("verify", "--database-url", url, "--migrations", str(EXAMPLES))
-        self.sh(self.psql, "-h", "127.0.0.1", "-p", str(self.pg.port), "-U", "postgres", "-d", "shop", "-c",
+        self.psql("-c",
                 "SELECT c.name, count(o.id) AS orders FROM customers c JOIN orders o ON o.customer_id = c.id "
                 "GROUP BY c.name ORDER BY 1")
 
         banner("8. What an SRE scrapes")
-        import urllib.request
+        if self.mode == "pod":
+            path = "/api/v1/namespaces/dbrev-system/services/dbrev-operator-metrics:metrics/proxy/metrics"
+            text = self.kubectl("get", "--raw", path, show=False)
+            print(f"$ kubectl get --raw {path} | grep ^dbrev_", flush=True)
+        else:
+            import urllib.request
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            lines = [ln for ln in r.read().decode().splitlines()
-                     if ln.startswith(("dbrev_reconcile_total", "dbrev_rollbacks_total", "dbrev_ready",
-                                       "dbrev_revision_info", "dbrev_migration_steps_total"))]
-        print("$ curl -s 127.0.0.1:%d/metrics | grep ^dbrev_" % self.metrics_port, flush=True)
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            print("$ curl -s 127.0.0.1:%d/metrics | grep ^dbrev_" % self.metrics_port, flush=True)
+        lines = [ln for ln in text.splitlines()
+                 if ln.startswith(("dbrev_reconcile_total", "dbrev_rollbacks_total", "dbrev_ready",
+                                   "dbrev_revision_info", "dbrev_migration_steps_total"))]
         for ln in lines:
             print(f"  {ln}", flush=True)
 
     def close(self) -> None:
+        if self.keep and self.cp and self.mode == "pod":
+            banner("Left running (--keep)")
+            note(f"export KUBECONFIG={self.cp.kubeconfig}; kubectl: {self.cp.kubectl_path}; PostgreSQL on "
+                 f"{self.pg.host}:{self.pg.port}; stop with: python -m dbrev.envtest.node down --dir {self.cp.dir}")
+            return
         if self.keep and self.cp:
             banner("Left running (--keep)")
             note(f"export KUBECONFIG={self.cp.kubeconfig}; kubectl: {self.cp.kubectl_path}; PostgreSQL on "
@@ -235,8 +311,8 @@ class Demo:
             except subprocess.TimeoutExpired:
                 self.op.kill()
         if self.cp:
-            self.cp.stop()
-        if self.pg:
+            self.cp.stop()  # a node also stops its PostgreSQL
+        if self.pg and self.mode != "pod":
             self.pg.cleanup()
         shutil.rmtree(self.work, ignore_errors=True)
 
@@ -244,8 +320,20 @@ class Demo:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dbrev.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--keep", action="store_true", help="leave PostgreSQL, the control plane and the operator up")
+    ap.add_argument("--mode", choices=("auto", "pod", "process"), default=os.environ.get("DBREV_DEMO_MODE", "auto"),
+                    help="pod: the image as a Deployment on a real one-node cluster; process: the operator as a "
+                         "local process against a bare control plane; auto (default): pod where a node can run")
     args = ap.parse_args(argv)
-    demo = Demo(args.keep)
+    mode = args.mode
+    if mode == "auto":
+        from .envtest.node import unavailable_reason
+
+        why = unavailable_reason()
+        mode = "process" if why else "pod"
+        print(f"mode: {mode}" + (f" (no one-node cluster here: {why})" if why else
+                                 " (the operator image in a Pod on a one-node cluster; --mode process is quicker)"),
+              flush=True)
+    demo = Demo(args.keep, mode)
     t0 = time.monotonic()
     try:
         demo.run()
@@ -253,10 +341,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as e:  # noqa: BLE001 - a demo says what broke and where to look
         print(f"\ndemo failed: {e}", file=sys.stderr)
-        log = demo.work / "operator.log"
-        if log.exists():
+        tail = demo.operator_log_tail()
+        if tail:
             print("last operator log lines:", file=sys.stderr)
-            print("\n".join(log.read_text().splitlines()[-15:]), file=sys.stderr)
+            print(tail, file=sys.stderr)
         return 1
     finally:
         demo.close()

@@ -51,17 +51,22 @@ def _die_with_parent() -> None:
     """Linux: SIGKILL this worker when the process that started it dies (an operator killed mid-run).
 
     PostgreSQL then notices the closed connection, rolls back the open transaction and frees the lock.
+
+    The parent is whoever it is now (read before ``prctl``), and PID 1 is a legitimate parent: in a
+    container the operator *is* PID 1.  Only a parent that changes between that read and ``prctl``
+    taking effect means it died in the gap (the worker was reparented); then exit.
     """
+    parent = os.getppid()
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         PR_SET_PDEATHSIG = 1
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() == 1:  # the parent died before prctl took effect
-            os._exit(1)
     except (OSError, AttributeError):
-        pass
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def main() -> int:

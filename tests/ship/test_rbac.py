@@ -100,7 +100,15 @@ def run_scenario(cp: ControlPlane, overlay: str, app_ns: str | None, admin_url: 
         env.pop("TMPDIR")
         args = [a.replace("$(POD_NAMESPACE)", op_ns) for a in c["args"]]
         assert c["command"] == ["dbrev", "operator"]
-        (peering,) = [o for o in objs if o["kind"] in ("ClusterKopfPeering", "KopfPeering")]
+        # The overlay's Job makes the peering object once its CRD is served; there is no kubelet here,
+        # so make the object the Job would (its kind from the Job's PEERING_KIND).
+        (job,) = [o for o in objs if o["kind"] == "Job" and o["metadata"]["name"] == "dbrev-peering-setup"]
+        job_env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+        kind = job_env["PEERING_KIND"]
+        peering = {"apiVersion": "kopf.dev/v1", "kind": kind,
+                   "metadata": {"name": job_env.get("PEERING_NAME") or "dbrev",
+                                **({"namespace": op_ns} if kind == "KopfPeering" else {})}}
+        kube.apply(yaml.safe_dump(peering))
         where = ["-n", peering["metadata"]["namespace"]] if peering["kind"] == "KopfPeering" else []
 
         def peers() -> dict:

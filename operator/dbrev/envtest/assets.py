@@ -15,7 +15,8 @@ staging module (read from the cached ``.mod`` file, never a hard-coded list)
 with its published ``v0.X.Y``.  etcd gets a module of its own so the two
 dependency graphs never mix.
 
-Run as ``python -m dbrev.envtest.assets`` to build (or confirm) the cache.
+Run as ``python -m dbrev.envtest.assets`` to build (or confirm) the cache; ``--node`` also builds
+kubelet, kube-controller-manager, kube-scheduler and kube-proxy (the one-node cluster's).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ KUBERNETES_VERSION = os.environ.get("DBREV_KUBERNETES_VERSION", "v1.34.4")
 ETCD_VERSION = os.environ.get("DBREV_ETCD_VERSION", "v3.6.16")
 
 BINARIES = ("etcd", "kube-apiserver", "kubectl")
+# The one-node cluster (dbrev.envtest.node): built from the same pinned module, into the same folder.
+NODE_BINARIES = ("kubelet", "kube-controller-manager", "kube-scheduler", "kube-proxy")
 
 
 class AssetError(RuntimeError):
@@ -118,7 +121,8 @@ def _ldflags(version: str) -> str:
     )
 
 
-def build_kubernetes(dest: Path, version: str = KUBERNETES_VERSION) -> None:
+def build_kubernetes(dest: Path, version: str = KUBERNETES_VERSION,
+                     names: tuple[str, ...] = ("kube-apiserver", "kubectl")) -> None:
     env = _go_env()
     work = cache_root() / "control-plane" / "build" / f"kubernetes-{version}"
     work.mkdir(parents=True, exist_ok=True)
@@ -132,16 +136,17 @@ def build_kubernetes(dest: Path, version: str = KUBERNETES_VERSION) -> None:
         _run(["go", "mod", "edit", f"-replace={mod}={mod}@{staging_version}"], work, env)
     _run(["go", "mod", "edit", f"-require=k8s.io/kubernetes@{version}"], work, env)
     # A blank import keeps `go mod tidy`-style resolution anchored on the commands we build.
+    every = ("kube-apiserver", "kubectl", *NODE_BINARIES)
     (work / "tools.go").write_text(
         "//go:build tools\n\npackage tools\n\nimport (\n"
-        '\t_ "k8s.io/kubernetes/cmd/kube-apiserver"\n'
-        '\t_ "k8s.io/kubernetes/cmd/kubectl"\n)\n'
+        + "".join(f'\t_ "k8s.io/kubernetes/cmd/{n}"\n' for n in every) + ")\n"
     )
     _run(["go", "get", f"k8s.io/kubernetes@{version}"], work, env)
     dest.mkdir(parents=True, exist_ok=True)
-    for name, pkg in (("kube-apiserver", "cmd/kube-apiserver"), ("kubectl", "cmd/kubectl")):
+    for name in names:
+        pkg = f"cmd/{name}"
         t0 = time.monotonic()
-        _log(f"building {name} {version} (cold: about 5 min on 2 cores, module downloads included)")
+        _log(f"building {name} {version} (cold, all of them: about 12 min on 2 cores, downloads included)")
         tmp = dest / f".{name}.tmp"
         _run(
             ["go", "build", "-p", str(os.cpu_count() or 2), "-trimpath",
@@ -215,6 +220,41 @@ def find(build: bool = True) -> Assets:
     return Assets(dest / "etcd", dest / "kube-apiserver", dest / "kubectl", source)
 
 
+@dataclass(frozen=True)
+class NodeAssets:
+    kubelet: Path
+    kube_controller_manager: Path
+    kube_scheduler: Path
+    kube_proxy: Path
+    source: str
+
+
+def find_node(build: bool = True) -> NodeAssets:
+    """kubelet, kube-controller-manager, kube-scheduler, kube-proxy of the control plane's version.
+
+    With ``KUBEBUILDER_ASSETS`` they are looked for in that folder, then in the cache (envtest's
+    layout has none of them: the error says how to get them); otherwise built into the cache."""
+    folders = [bin_dir()]
+    if os.environ.get("KUBEBUILDER_ASSETS"):
+        folders.insert(0, Path(os.environ["KUBEBUILDER_ASSETS"]).expanduser())
+    for d in folders:
+        if all((d / b).is_file() for b in NODE_BINARIES):
+            return NodeAssets(*(d / b for b in NODE_BINARIES), source="cache")
+    if os.environ.get("KUBEBUILDER_ASSETS") or not build:
+        where = " or ".join(str(d) for d in folders)
+        raise AssetError(
+            f"node binaries ({', '.join(NODE_BINARIES)}) not found in {where}: run "
+            "`make node-assets` (builds them from Go modules into the cache, about 3 min on a warm "
+            "Go cache) or put them next to kube-apiserver"
+        )
+    dest = bin_dir()
+    with _BuildLock(dest.parent / ".build.lock"):
+        missing = tuple(b for b in NODE_BINARIES if not (dest / b).is_file())
+        if missing:
+            build_kubernetes(dest, names=missing)
+    return NodeAssets(*(dest / b for b in NODE_BINARIES), source="built")
+
+
 class _BuildLock:
     """An flock so two concurrent builds (CI and a developer) do not trample each other."""
 
@@ -237,16 +277,21 @@ class _BuildLock:
         self.fh.close()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     t0 = time.monotonic()
     try:
         assets = find(build=True)
+        node = find_node(build=True) if "--node" in argv else None
     except AssetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"etcd:           {assets.etcd}")
     print(f"kube-apiserver: {assets.kube_apiserver}")
     print(f"kubectl:        {assets.kubectl}")
+    if node:
+        for b in NODE_BINARIES:
+            print(f"{b + ':':<16}{getattr(node, b.replace('-', '_'))}")
     print(f"source:         {assets.source} ({time.monotonic() - t0:.1f}s)")
     return 0
 

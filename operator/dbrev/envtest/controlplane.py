@@ -115,8 +115,10 @@ def _write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def generate_pki(pki: Path) -> dict[str, Path]:
-    """CA, apiserver serving cert, admin client cert (system:masters), SA key pair."""
+def generate_pki(pki: Path, extra_ips: Iterable[str] = ()) -> dict[str, Path]:
+    """CA, apiserver serving cert, admin client cert (system:masters), SA key pair.
+
+    ``extra_ips``: more IP SANs for the serving cert (the one-node cluster's node address)."""
     import ipaddress
 
     from cryptography import x509
@@ -205,6 +207,7 @@ def generate_pki(pki: Path) -> dict[str, Path]:
             x509.DNSName("kubernetes"),
             x509.DNSName("kubernetes.default"),
             x509.DNSName("kubernetes.default.svc"),
+            *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips),
         ],
     )
     admin_key, admin = leaf(name(ADMIN_USER, "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH)
@@ -212,6 +215,7 @@ def generate_pki(pki: Path) -> dict[str, Path]:
 
     paths = {
         "ca.crt": pem_cert(ca),
+        "ca.key": pem_key(ca_key),  # the one-node cluster's controller-manager signs with it
         "serving.crt": pem_cert(serving),
         "serving.key": pem_key(serving_key),
         "admin.crt": pem_cert(admin),

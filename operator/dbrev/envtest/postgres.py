@@ -74,6 +74,10 @@ class PostgresServer:
     root: Path | None = None
     user: str = "postgres"
     password: str | None = None
+    # Listen address, and a network namespace (``ip netns`` name) to run the server in: the
+    # one-node cluster's PostgreSQL listens on the node's address, where pods and the host reach it.
+    host: str = "127.0.0.1"
+    netns: str | None = None
     _owned_root: bool = False
 
     @property
@@ -83,7 +87,8 @@ class PostgresServer:
 
     def _cmd(self, args: list[str]) -> list[str]:
         who = _run_as()
-        return ["runuser", "-u", who, "--", *args] if who else args
+        cmd = ["runuser", "-u", who, "--", *args] if who else args
+        return ["nsenter", f"--net=/run/netns/{self.netns}", "--", *cmd] if self.netns else cmd
 
     def start(self, timeout: float = 60.0) -> "PostgresServer":
         if self.root is None:
@@ -109,7 +114,11 @@ class PostgresServer:
             proc = subprocess.run(self._cmd(init), capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"initdb failed: {proc.stderr or proc.stdout}")
-        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} "
+            if self.host != "127.0.0.1":  # clients come from the namespace's other addresses
+                method = "scram-sha-256" if self.password else "trust"
+                with open(self.datadir / "pg_hba.conf", "a") as hba:
+                    hba.write(f"host all all 0.0.0.0/0 {method}\n")
+        opts = (f"-p {self.port} -c listen_addresses={self.host} -k {self.root} "
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
                 "-c max_connections=200 -c shared_buffers=128MB")
         proc = subprocess.run(
@@ -128,7 +137,7 @@ class PostgresServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                with socket.create_connection((self.host, self.port), timeout=1):
                     return
             except OSError:
                 time.sleep(0.1)
@@ -169,7 +178,7 @@ class PostgresServer:
 
     def url(self, dbname: str = "postgres", driver: str = "postgresql+psycopg") -> str:
         auth = self.user if self.password is None else f"{self.user}:{self.password}"
-        return f"{driver}://{auth}@127.0.0.1:{self.port}/{dbname}"
+        return f"{driver}://{auth}@{self.host}:{self.port}/{dbname}"
 
     def create_database(self, name: str | None = None) -> str:
         """Create a fresh database and return its SQLAlchemy URL."""

@@ -1,0 +1,178 @@
+"""The operator as users run it: the image, as the Deployment of manifests/overlays/cluster-wide, in its Pod
+on a real node (ServiceAccount and RBAC, in-cluster config, securityContext, probes, limits).
+
+Only a Pod can show these: the operator is PID 1 (issue 10: every migration failed), the kubelet's
+SIGTERM on pod deletion, its memory limit, its probes during a long migration. The databases live in
+the PostgreSQL inside the node (``node.database_url()``), the only one pods can reach.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from dbhelp import heads, q
+from dbrev.envtest.postgres import create_database, drop_database
+from opharness import Kube, condition, dbrev_resource, is_state, wait_for
+from scriptgen import write_script
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+OVERLAY = ROOT / "manifests" / "overlays" / "cluster-wide"
+OP_NS = "dbrev-system"
+SELECTOR = "app.kubernetes.io/component=operator"
+
+
+@pytest.fixture(scope="module")
+def deployed(node):
+    """The unmodified overlay, applied once with one command, as docs/install.md says."""
+    kube = Kube(node)
+    kube("apply", "-k", str(OVERLAY))  # CRDs + everything; the peering object comes from its Job
+    kube("-n", OP_NS, "rollout", "status", "deployment/dbrev-operator", "--timeout=120s")
+    wait_for(lambda: kube("get", "clusterkopfpeering", "dbrev", check=False)[0] == 0, 60, "the peering object")
+    return kube
+
+
+@pytest.fixture
+def app(node, deployed):
+    """A fresh namespace with a fresh database of the node's PostgreSQL in a Secret."""
+    ns = node.create_namespace(f"app-{uuid.uuid4().hex[:6]}")
+    admin = node.database_url()
+    url = create_database(admin)
+    deployed.secret_url(ns, "db", url)
+    yield ns, url
+    deployed("delete", "dbrev", "--all", "-n", ns, "--wait=false", check=False)
+    drop_database(admin, url.rsplit("/", 1)[1])
+
+
+def operator_pod(kube) -> dict:
+    def running():
+        pods = json.loads(kube("get", "pods", "-n", OP_NS, "-l", SELECTOR, "-o", "json"))["items"]
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")
+                and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
+        return live[0] if len(live) == 1 else None
+    return wait_for(running, 120, "one Ready operator pod")
+
+
+def restarts(pod: dict) -> int:
+    return sum(c.get("restartCount", 0) for c in pod["status"].get("containerStatuses", []))
+
+
+def ready_at(kube, ns, name, rev, timeout=120):
+    def check():
+        st = kube.status(ns, name)
+        return is_state(st, "True", "AtRevision") and st.get("currentRevision") == rev and st
+    return wait_for(check, timeout, f"{ns}/{name} Ready at {rev}")
+
+
+def sleeping(url: str, marker: str) -> int:
+    return q(url, f"SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' "
+                  "AND pid <> pg_backend_pid()")[0][0]
+
+
+def test_the_image_migrates_as_pid_1_with_in_cluster_config(node, deployed, app, examples_dir):
+    # Issue 10: in the container the operator is PID 1; the worker's parent-death check took that for
+    # "my parent died" and every migration failed as "the worker process died (exit code 1)".
+    ns, url = app
+    kube = deployed
+    kube.configmap_from(ns, "migrations", examples_dir)
+    kube.apply(dbrev_resource(ns, "orders", "head", policy={"dataLoss": "Allow"}))
+    st = ready_at(kube, ns, "orders", "f1a2b3c4d5e6")
+    assert st["history"][0]["result"] == "applied"
+    assert heads(url) == ["f1a2b3c4d5e6"]
+    pod = operator_pod(kube)
+    name = pod["metadata"]["name"]
+    # PID 1 is the operator itself, as the non-root user, with no kubeconfig (in-cluster config)
+    probe = ("import os; print(open('/proc/1/cmdline').read().replace(chr(0), ' ').strip()); "
+             "print(os.getuid()); print(os.environ.get('KUBECONFIG')); "
+             "print(os.environ['KUBERNETES_SERVICE_HOST'])")
+    out = kube("exec", "-n", OP_NS, name, "--", "python3", "-c", probe).splitlines()
+    assert "dbrev operator" in out[0] and "--all-namespaces" in out[0], out
+    assert out[1] == "65532" and out[2] == "None" and out[3] == "10.0.0.1", out
+    # the read-only root filesystem is enforced
+    code, _, err = kube("exec", "-n", OP_NS, name, "--", "python3", "-c", "open('/opt/x', 'w')", check=False)
+    assert code != 0 and "Read-only file system" in err
+    assert restarts(pod) == 0
+
+
+def test_sigterm_on_pod_deletion_mid_migration_then_the_next_pod_finishes(node, deployed, app, tmp_path):
+    ns, url = app
+    kube = deployed
+    d = tmp_path / "m"
+    write_script(d, "t001aaaa", None, 'op.create_table("t1", sa.Column("id", sa.Integer, primary_key=True))',
+                 'op.drop_table("t1")')
+    write_script(d, "t002aaaa", "t001aaaa", 'op.create_table("t2", sa.Column("id", sa.Integer, primary_key=True))\n'
+                 'op.execute("SELECT pg_sleep(12) -- sigterm-marker")', 'op.drop_table("t2")')
+    kube.configmap_from(ns, "migrations", d)
+    before = operator_pod(kube)["metadata"]["name"]
+    kube.apply(dbrev_resource(ns, "k", "head"))
+    wait_for(lambda: sleeping(url, "sigterm-marker"), 90, "the slow step to start")
+    # what `kubectl delete pod` and a rollout do: the kubelet sends SIGTERM (grace period 30 s)
+    kube("delete", "pod", "-n", OP_NS, before, "--wait=false")
+    # the worker dies with the operator; PostgreSQL rolls the open transaction back and frees the lock
+    wait_for(lambda: not sleeping(url, "sigterm-marker") or None, 40, "the slow step's backend to go away")
+    assert heads(url) in ([], ["t002aaaa"])  # consistent: nothing half-done (single transaction)
+    st = ready_at(kube, ns, "k", "t002aaaa", timeout=180)  # the next pod does the job
+    assert operator_pod(kube)["metadata"]["name"] != before
+    assert heads(url) == ["t002aaaa"]
+    runs = [r[0] for r in q(url, "SELECT status FROM dbrev.runs ORDER BY id")]
+    assert runs[-1] == "applied" and set(runs[:-1]) <= {"interrupted"}, runs
+    assert st["currentRevision"] == "t002aaaa"
+
+
+def test_worker_killed_by_the_memory_limit_mid_migration(node, deployed, app, tmp_path):
+    # The Deployment's limit is 1Gi for the container, workers included. A migration that needs more
+    # is killed by the kernel's OOM killer; the database stays at its revision and the operator says so.
+    ns, url = app
+    kube = deployed
+    d = tmp_path / "m"
+    write_script(d, "m001aaaa", None, 'op.create_table("m1", sa.Column("id", sa.Integer, primary_key=True))',
+                 'op.drop_table("m1")')
+    write_script(d, "m002aaaa", "m001aaaa",
+                 'op.create_table("m2", sa.Column("id", sa.Integer, primary_key=True))\n'
+                 'hog = bytearray(1536 * 1024 * 1024)\n'
+                 'for i in range(0, len(hog), 4096):\n'
+                 '    hog[i] = 1', 'op.drop_table("m2")')
+    kube.configmap_from(ns, "migrations", d)
+    pod_before = operator_pod(kube)
+    kube.apply(dbrev_resource(ns, "hog", "head"))
+
+    def failed():
+        st = kube.status(ns, "hog")
+        return (is_state(st, "False") and condition(st, "Reconciling").get("status") != "True") and st
+    st = wait_for(failed, 180, "the run to fail")
+    assert heads(url) == []  # one transaction: the first step was rolled back with the second
+    assert "m2" not in [r[0] for r in q(url, "SELECT tablename FROM pg_tables WHERE schemaname='public'")]
+    ready = condition(st, "Ready")
+    # the kernel killed the biggest process, the worker, and the status says so
+    assert ready["status"] == "False" and "signal 9" in ready["message"], ready
+    # the operator itself survived it: same pod, no restart
+    pod_after = operator_pod(kube)
+    assert pod_after["metadata"]["name"] == pod_before["metadata"]["name"]
+    assert restarts(pod_after) == restarts(pod_before)
+
+
+def test_probes_keep_the_pod_during_a_long_migration(node, deployed, app, tmp_path):
+    # Shortened but honest: liveness fails after 4 x 15 s = 60 s without an answer, so a migration of
+    # 75 s that blocked the probes would get the pod restarted; a 10-minute one behaves the same way.
+    ns, url = app
+    kube = deployed
+    d = tmp_path / "m"
+    write_script(d, "l001aaaa", None, 'op.execute("SELECT pg_sleep(75) -- long-marker")')
+    kube.configmap_from(ns, "migrations", d)
+    pod = operator_pod(kube)
+    kube.apply(dbrev_resource(ns, "long", "head"))
+    wait_for(lambda: sleeping(url, "long-marker"), 90, "the long step to start")
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 70:
+        now = operator_pod(kube)
+        assert now["metadata"]["name"] == pod["metadata"]["name"] and restarts(now) == restarts(pod)
+        time.sleep(5)
+    ready_at(kube, ns, "long", "l001aaaa", timeout=120)
+    now = operator_pod(kube)
+    assert now["metadata"]["name"] == pod["metadata"]["name"] and restarts(now) == restarts(pod)
