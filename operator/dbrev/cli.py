@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extend(sub) -> None:
     """Subcommands added by other modules (operator, approve, archive)."""
-    for modname in ("dbrev.cli_ext",):
+    # -- healthgate: `dbrev rollback` (dbrev/rollback.py) --
+    for modname in ("dbrev.cli_ext", "dbrev.rollback"):
         try:
             mod = __import__(modname, fromlist=["register"])
         except ImportError:

@@ -1,0 +1,276 @@
+"""``dbrev rollback``: the rollback runbook (``rollback-directive.md``) as one command.
+
+1. assess: the live revision(s) and dbrev's journal of runs (``dbrev.runs``);
+2. choose the target (:func:`choose_target`, pure): by default the revision the
+   database was at before the newest applied run that brought it to where it is
+   now; or ``--to REV`` / ``-1`` / ``base``;
+3. show the plan and what it would lose (:func:`losses`, pure);
+4. execute through the same path as ``dbrev apply`` (:func:`dbrev.engine.apply`,
+   the worker), pinned to the plan shown (``expected_hash``), under the policy
+   flags (``--allow-data-loss`` / ``--archive``); the downgrade itself is what was
+   asked for, so the downgrade policy is Allow;
+5. validate: the run's integrity report, and that the database is at the target;
+6. log: ``rollback_triggered(reason, from_version, to_version)`` before the run,
+   ``rollback_executed(from_version, to_version, success)`` after, both with the
+   ``deployment_id``; every record of the run carries ``deployment_id`` and
+   ``rollback_reason`` (log context).
+
+Nothing to roll back: when the database is at base, or already at the requested
+target, the result is ``noop`` (exit 0, like ``apply``); when it is at a revision
+that no applied run of dbrev's journal ended at and no ``--to`` was given, there is
+no safe default: exit 2 with the hint to name the target.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from . import errors as E
+
+REASONS = ("migration_failure", "integrity_check_failure", "health_check_failure", "critical_bug")
+JOURNAL_RUNS = 500  # how far back the journal is read for the default target
+
+SOURCE_JOURNAL = "journal"
+SOURCE_REQUESTED = "requested"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Where a rollback goes, and why."""
+
+    target: str | None  # a target spec for the run; None: nothing to roll back
+    source: str  # journal | requested
+    undoes_run: dict | None = None  # the journal row of the run being undone (default target)
+    message: str = ""
+    runs_considered: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _key(revs: Iterable[str]) -> frozenset:
+    return frozenset(r for r in (revs or ()) if r)
+
+
+def _spec(revs: Iterable[str]) -> str:
+    revs = sorted(_key(revs))
+    return ",".join(revs) if revs else "base"
+
+
+def choose_target(current: Iterable[str], runs: list[dict], to: str | None = None) -> Choice:
+    """The rollback's target from the live revision(s) and the journal (newest run first).
+
+    ``to`` given: that target, as the user wrote it (``REV``, ``-1``, ``base``), resolved by the
+    run against the live revision.  Otherwise the journal is read as a stack: the newest run that
+    was applied, went up (upgrade or mixed), and ended exactly where the database is now is the run
+    being undone, and its starting revision(s) are the target.  A run that was itself a rollback
+    (a downgrade) is skipped, so rolling back twice goes two releases back, not forth again.
+    """
+    current = _key(current)
+    if to is not None:
+        to = to.strip()
+        if not to:
+            raise E.BadInput("--to needs a revision", hint="a revision id or unique prefix, -1, or base")
+        return Choice(to, SOURCE_REQUESTED, message=f"the requested target {to}", runs_considered=len(runs))
+    notes = []
+    newest = runs[0] if runs else None
+    if newest is not None and newest.get("status") == "running":
+        notes.append(f"run {newest.get('id')} is still marked running (in progress, or interrupted)")
+    for run in runs:
+        if run.get("status") != "applied" or run.get("direction") not in ("upgrade", "mixed"):
+            continue
+        if _key(run.get("to_revisions")) != current:
+            continue
+        frm = _spec(run.get("from_revisions"))
+        return Choice(frm, SOURCE_JOURNAL, undoes_run=run, runs_considered=len(runs), notes=notes,
+                      message=f"the revision before run {run.get('id')} ({_spec(run.get('from_revisions'))} -> "
+                              f"{_spec(run.get('to_revisions'))}, the newest applied run that ended at "
+                              f"{_spec(current)})")
+    if not current:
+        return Choice(None, SOURCE_JOURNAL, runs_considered=len(runs), notes=notes,
+                      message="nothing to roll back: the database is at base (no revision applied)")
+    raise E.BadInput(
+        f"no default rollback target: none of dbrev's {len(runs)} journaled run(s) ended at "
+        f"{_spec(current)}, where the database is (it was brought there outside dbrev, or by an older "
+        f"dbrev journal)",
+        hint="name the target: --to REV, --to -1 (one step down) or --to base")
+
+
+def check_direction(direction: str, source: str) -> None:
+    """A rollback goes down: an upgrade is refused; a branch switch (mixed) only when undoing a journal run."""
+    if direction == "upgrade" or (direction == "mixed" and source == SOURCE_REQUESTED):
+        raise E.BadInput(f"a rollback goes down, but reaching this target would {direction}",
+                         hint="use `dbrev apply -r TARGET` to move the database forward")
+
+
+def losses(plan: dict) -> list[dict]:
+    """What the plan would destroy, step by step (from the plan's classified effects)."""
+    out = []
+    for s in plan.get("steps", []):
+        for e in s.get("effects", []):
+            if e.get("destructive"):
+                out.append({"revision": s.get("revision"), "direction": s.get("direction"),
+                            "kind": e.get("kind"), "object": e.get("object"),
+                            "detail": e.get("detail") or e.get("kind")})
+    return out
+
+
+def succeeded(result: dict, target) -> bool:
+    """The runbook's validation: applied, integrity passed, and the database at the target."""
+    if result.get("result") != "applied":
+        return False
+    integ = result.get("integrity")
+    if integ is not None and not integ.get("passed", False):
+        return False
+    return _key(result.get("current_revisions")) == _key(target)
+
+
+# -- the imperative shell ------------------------------------------------------------------------
+
+def assess(db, migrations: str, to: str | None = None, pythonpath: Iterable[str] = ()) -> dict:
+    """Read the live revision and the journal; choose the target and plan the way there."""
+    from . import log as L
+    from . import state
+    from .db import connection, read_heads
+    from .engine import plan as make_plan
+
+    with L.timed("rollback_assess"):
+        with connection(db) as conn:
+            heads = read_heads(conn, db.version_table, db.version_table_schema)
+            runs = state.recent_runs(conn, db.state_schema, state.vt_key(db.version_table, db.version_table_schema),
+                                     JOURNAL_RUNS)
+            conn.commit()
+    choice = choose_target(heads, runs, to)
+    out = {"current_revisions": list(heads), "runs": runs[:10], "target": choice.target,
+           "target_source": choice.source, "target_reason": choice.message, "notes": list(choice.notes),
+           "undoes_run": (choice.undoes_run or {}).get("id"), "plan": None, "loses": []}
+    if choice.target is None:
+        return out
+    p = make_plan(migrations, choice.target, db, pythonpath=pythonpath)
+    check_direction(p.direction, choice.source)
+    out["plan"] = p.to_dict(include_sql=False)
+    out["to_revisions"] = list(p.to_revisions)
+    out["loses"] = losses(out["plan"])
+    out["_plan"] = p
+    return out
+
+
+def register(sub, add_common) -> None:
+    p = sub.add_parser("rollback", help="roll the database back (by default: undo the last run dbrev applied)",
+                       description="The rollback runbook as one command: read the live revision and dbrev's "
+                                   "journal of runs, choose the target (default: the revision before the newest "
+                                   "applied run that brought the database where it is), show the plan and what "
+                                   "it would lose, run it through the same path as `dbrev apply` under the "
+                                   "policy flags, validate it (integrity report) and log rollback_triggered / "
+                                   "rollback_executed records with the reason and deployment id.")
+    add_common(p)
+    p.add_argument("--to", dest="to", default=None, metavar="TARGET",
+                   help="roll back to this revision instead (a revision id or prefix, -1, -N, base)")
+    p.add_argument("--reason", default="critical_bug", choices=REASONS,
+                   help="why (logged in the rollback records; default critical_bug)")
+    p.add_argument("--deployment-id", default=os.environ.get("DBREV_DEPLOYMENT_ID"), metavar="ID",
+                   help="the deployment being rolled back, for the records (default: $DBREV_DEPLOYMENT_ID)")
+    p.add_argument("--dry-run", action="store_true", help="show the assessment and the plan; change nothing")
+    p.add_argument("--allow-data-loss", action="store_true", help="permit steps that drop or delete data")
+    p.add_argument("--archive", action="store_true",
+                   help="copy what destructive steps would remove into the dbrev_archive schema first")
+    p.add_argument("--no-rollback-on-failure", action="store_true",
+                   help="if the rollback fails, leave the database where it stopped instead of returning")
+    p.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
+                   help="kill the run after this long (default 3600)")
+    p.add_argument("--verify", default=None, metavar="CHECKS", help="comma-separated integrity checks")
+    p.add_argument("--exact-counts", action="store_true", help="also compare exact row counts of every table")
+    env = p.add_mutually_exclusive_group()
+    env.add_argument("--env-py", dest="env_py", action="store_const", const=True, default=None,
+                     help="run through the project's env.py (as `dbrev apply --env-py`)")
+    env.add_argument("--builtin-env", dest="env_py", action="store_const", const=False,
+                     help="run through dbrev's built-in environment (as `dbrev apply --builtin-env`)")
+    p.set_defaults(func=cmd_rollback)
+
+
+def cmd_rollback(args) -> int:
+    from . import cli
+    from . import log as L
+    from .engine import apply
+    from .options import Policy, RunRequest
+
+    db = cli.db_options(args)
+    migrations = os.path.abspath(cli._migrations(args))
+    pythonpath = tuple(os.path.abspath(p) for p in args.pythonpath)
+    checks = cli._checks(args.verify)
+    with L.log_context(deployment_id=args.deployment_id, rollback_reason=args.reason):
+        a = assess(db, migrations, args.to, pythonpath)
+        p = a.pop("_plan", None)
+        doc = {"result": None, "reason": args.reason, "deployment_id": args.deployment_id, "dry_run": args.dry_run,
+               "assessment": a}
+        if p is None or p.is_noop:
+            doc.update({"result": "noop", "current_revisions": a["current_revisions"],
+                        "message": a["target_reason"] if p is None else
+                        f"nothing to roll back: the database is already at {_revs(a['current_revisions'])}"})
+            cli._out(args, doc, doc["message"])
+            return 0
+        data_loss = "Archive" if args.archive else ("Allow" if args.allow_data_loss else "Deny")
+        policy = Policy(downgrade="Allow", data_loss=data_loss, rollback_on_failure=not args.no_rollback_on_failure,
+                        verify=checks)
+        if args.dry_run:
+            from .policy import evaluate
+
+            doc["result"] = "planned"
+            doc["decision"] = evaluate(p, policy).to_dict()
+            cli._out(args, doc, _text(a, p, args) + ("" if doc["decision"]["allowed"] else
+                                                     f"\nwould be refused ({doc['decision']['reason']}): "
+                                                     f"{doc['decision']['message']}"))
+            return 0
+        frm, to = a["current_revisions"], list(p.to_revisions)
+        L.rollback_triggered(args.reason, frm, to, deployment_id=args.deployment_id, trigger="cli",
+                             undoes_run=a["undoes_run"], plan_hash=p.hash)
+        req = RunRequest(db=db, migrations=migrations, target=_revs_spec(to), policy=policy, expected_hash=p.hash,
+                         exact_counts=args.exact_counts, actor=f"cli rollback ({args.reason})",
+                         pythonpath=pythonpath, use_env_py=args.env_py)
+        try:
+            result = apply(req, timeout=args.timeout, on_event=cli._Progress(not args.json), log_level=args.log_level,
+                           log_context=L.current_context(), isolate=False)
+        except E.Busy as e:
+            result = {"result": "busy", "error": e.to_dict()}
+        except E.PolicyRefused as e:
+            result = {"result": "refused", "error": e.to_dict()}
+        except Exception as e:  # noqa: BLE001 - logged per the runbook, then reported as apply does
+            L.rollback_executed(frm, to, False, deployment_id=args.deployment_id, trigger="cli")
+            L.log_error("Rollback failed", e, from_revision=L._rev(frm), to_revision=L._rev(to))
+            raise
+        ok = succeeded(result, to)
+        L.rollback_executed(frm, to, ok, deployment_id=args.deployment_id, trigger="cli",
+                            result=result.get("result"))
+        doc.update(cli._apply_doc(result))
+        doc["success"] = ok
+        text = _text(a, p, args, header_only=True) + "\n" + cli._apply_text(result, args)
+        cli._out(args, doc, text)
+        code = cli.RESULT_EXIT.get(result.get("result"), 1)
+        return code if code or ok else 1
+
+
+def _revs(revs) -> str:
+    return ", ".join(revs) if revs else "base (empty)"
+
+
+def _revs_spec(revs) -> str:
+    return ",".join(revs) if revs else "base"
+
+
+def _text(a: dict, p, args, header_only: bool = False) -> str:
+    from . import cli
+
+    lines = [f"rollback ({args.reason}{', deployment ' + args.deployment_id if args.deployment_id else ''}): "
+             f"{_revs(a['current_revisions'])} -> {_revs(list(p.to_revisions))}",
+             f"  target: {a['target_reason']}"]
+    lines += [f"  note: {n}" for n in a["notes"]]
+    if a["loses"]:
+        lines.append("  would lose:")
+        lines += [f"    ! [{x['revision']}] {x['detail']}" for x in a["loses"]]
+    else:
+        lines.append("  would lose: nothing the plan's steps declare")
+    if not header_only:
+        lines.append(cli._plan_text(p))
+        if args.dry_run:
+            lines.append("dry run: nothing changed")
+    return "\n".join(lines)
