@@ -235,6 +235,9 @@ def status_schema() -> dict:
             "planHash": _s("The plan that ran."),
             "startedAt": _s("When it started.", format="date-time"),
             "durationSeconds": {"type": "number", "description": "How long it took."},
+            "deploymentId": _s("What deployed it: the dbrev.io/deployment-id annotation, else the Argo CD "
+                               "tracking id or Flux Kustomization/HelmRelease, else the app.kubernetes.io/instance "
+                               "label (absent when none is known)."),
         }), maxItems=10),
         "lastAppliedTime": _s("When the database last changed.", format="date-time"),
         "databaseKey": _s("Hash of the database server's identity (its system identifier, the database's oid) "

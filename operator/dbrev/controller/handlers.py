@@ -21,6 +21,7 @@ from .. import conditions as C
 from .. import log as L
 from .. import metrics as M
 from ..crd import APPROVE_ANNOTATION, GROUP, RECONCILE_ANNOTATION, VERSION
+from ..deployment import deployment_id, stamp_history, with_deployment
 from ..options import DbOptions
 from ..errors import DatabaseUnavailable, DbrevError
 from ..options import RunRequest
@@ -56,7 +57,9 @@ def post_event(body, etype: str, reason: str, message: str) -> bool:
         "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DatabaseRevision", "name": meta["name"],
                            "namespace": meta["namespace"], "uid": meta.get("uid"),
                            "resourceVersion": meta.get("resourceVersion")},
-        "reason": reason, "message": L.redact(message)[:1024], "type": etype,
+        # healthgate: the deployment id of the pass (log context) in every Event it posts
+        "reason": reason, "message": with_deployment(L.redact(message), L.current_context().get("deployment_id")),
+        "type": etype,
         "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "count": 1, "source": {"component": "dbrev", "host": socket.gethostname()},
         "reportingComponent": "dbrev.io/operator", "reportingInstance": socket.gethostname(),
@@ -245,7 +248,8 @@ def reconcile(body, cause: str, retry: int = 0, diff=None, index=None) -> None:
     meta = body["metadata"]
     ns, name, gen = meta["namespace"], meta["name"], meta.get("generation") or 0
     trigger = _trigger(cause, diff)
-    with L.log_context(namespace=ns, name=name, trigger=trigger), _object_lock(ns, name):
+    dep = deployment_id(meta).value  # healthgate: what deployed this pass, in its records and Events
+    with L.log_context(namespace=ns, name=name, trigger=trigger, deployment_id=dep), _object_lock(ns, name):
         started = time.monotonic()
         if not flush_pending(ns, name):
             raise kopf.TemporaryError("the status of the last run is not written yet", delay=STATUS_RETRY_DELAY)
@@ -363,13 +367,14 @@ def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, start
         return {"plan": seen["plan"], "trigger": trigger, "started_at": started_at,
                 "duration_seconds": time.monotonic() - started}
 
+    dep = L.current_context().get("deployment_id")
     req = RunRequest(db=_db_options(spec, inputs.url), migrations=str(inputs.migrations), target=spec.revision,
                      policy=spec.policy, approval=approval, actor=f"operator:{ns}/{name}")
     M.active_workers.inc()
     try:
         result = apply(req, timeout=spec.timeout, on_event=on_event,
                        log_level=os.environ.get("DBREV_LOG_LEVEL", "INFO"),
-                       log_context={"namespace": ns, "name": name})
+                       log_context={"namespace": ns, "name": name, "deployment_id": dep})
         verdict = decide.from_result(result, written, gen, now_iso(), trigger, started_at, seen.get("plan"), retry,
                                      name=name)
     except DbrevError as e:
@@ -385,6 +390,7 @@ def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, start
                                     written, gen, now_iso(), retry, transient=False, run=run_info())
     finally:
         M.active_workers.dec()
+    stamp_history(verdict.status, started_at, dep)
     if "plan" in seen and verdict.status.get("plan") is None:
         from ..status import plan_status
 
