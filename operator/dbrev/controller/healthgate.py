@@ -12,7 +12,11 @@ Issue 13 §1.  Decisions over the objects the API server returns (plain dicts), 
   patch: the previous ReplicaSet's pod template (without ``pod-template-hash``), or the previous
   ControllerRevision's stored patch.
 
-Not wired into the operator yet: ``spec.healthGate`` is not in the CRD, and nothing here runs.
+* :func:`begin` / :func:`conclude`: the ``status.healthGate`` record and the outcome.
+
+The shell at the end (:func:`observe`) reads the workloads, their ReplicaSets and pods; the
+operator's timer (``handlers._check``) calls it and :func:`gate` on every tick while a gate watches.
+``onFailure: Rollback`` (undo the workloads, then the schema) is not wired yet: the undo patches are.
 """
 
 from __future__ import annotations
@@ -188,3 +192,81 @@ def statefulset_undo(sts: dict, revisions: list[dict]) -> dict:
         raise NoPreviousRevision(f"StatefulSet {sts['metadata']['name']} has no previous ControllerRevision to roll "
                                  f"back to")
     return copy.deepcopy(older[-1].get("data") or {})
+
+
+# -- status transitions (pure) ---------------------------------------------------------------------
+
+WATCHING, GATE_PASSED, GATE_FAILED, SUPERSEDED = "Watching", "Passed", "Failed", "Superseded"
+
+
+def watching(status: dict | None, generation: int) -> bool:
+    g = (status or {}).get("healthGate") or {}
+    return g.get("phase") == WATCHING and g.get("generation") == generation
+
+
+def begin(result: dict | None, workloads, window: float, generation: int, now: str) -> dict | None:
+    """The gate a run starts: only a run that changed the schema (applied, some direction)."""
+    if not result or result.get("result") != "applied" or (result.get("direction") or "none") == "none":
+        return None
+    frm = ",".join(sorted(result.get("from_revisions") or [])) or "base"
+    to = ",".join(sorted(result.get("current_revisions") or result.get("to_revisions") or [])) or "base"
+    names = ", ".join(f"{k}/{n}" for k, n in workloads)
+    return {"phase": WATCHING, "generation": generation, "fromRevision": frm, "toRevision": to, "startedAt": now,
+            "windowSeconds": float(window), "message": f"waiting for {names} to roll out healthy"}
+
+
+def awaiting_message(gate_status: dict, detail: str) -> str:
+    return (f"schema at {gate_status.get('toRevision')}; watching the rollout (window "
+            f"{gate_status.get('windowSeconds', 0):g}s): {detail}")
+
+
+def conclude(gate_status: dict, verdict: GateVerdict, now: str) -> dict:
+    phase = {PASSED: GATE_PASSED, FAILED: GATE_FAILED}.get(verdict.state, WATCHING)
+    out = {**gate_status, "phase": phase, "message": verdict.message[:4096]}
+    if phase != WATCHING:
+        out["finishedAt"] = now
+    if verdict.workload:
+        out["workload"] = verdict.workload
+    return out
+
+
+def unhealthy_message(gate_status: dict, verdict: GateVerdict) -> str:
+    return (f"{verdict.message} after the schema changed {gate_status.get('fromRevision')} -> "
+            f"{gate_status.get('toRevision')}. To fix: fix the application release (or revert it and "
+            f"spec.revision in git, then `dbrev rollback` the schema); dbrev does not run the plan again "
+            f"until the spec or its inputs change")
+
+
+# -- the shell: read the workloads ------------------------------------------------------------------
+
+def observe(namespace: str, workloads) -> list[Health]:
+    """Read each named workload with its pods (and a Deployment's ReplicaSets) and judge it."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    from . import kube
+
+    api = kube.api_client()
+    apps, core = client.AppsV1Api(api), kube.core()
+    out = []
+    for kind, name in workloads:
+        try:
+            raw = (apps.read_namespaced_deployment if kind == "Deployment" else apps.read_namespaced_stateful_set)(
+                name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                out.append(Health(kind, name, PROGRESSING, "not found"))
+                continue
+            raise
+        obj = api.sanitize_for_serialization(raw)
+        obj["kind"] = kind
+        labels = (((obj.get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        pods = api.sanitize_for_serialization(core.list_namespaced_pod(namespace, label_selector=selector)).get(
+            "items") or [] if selector else []
+        rss = []
+        if kind == "Deployment" and selector:
+            rss = api.sanitize_for_serialization(apps.list_namespaced_replica_set(
+                namespace, label_selector=selector)).get("items") or []
+        out.append(workload_health(obj, pods, rss))
+    return out
