@@ -48,6 +48,8 @@ def test_a_window_that_passes_while_the_rollout_is_not_available_fails_the_gate(
     st = wait_for(lambda: (s := kube.status(shop, "orders")).get("healthGate", {}).get("phase") == "Watching" and s,
                   90, "the gate watching")
     assert heads(database_url) == [MERGE]
+    # no deployment-id annotation, no GitOps labels: the run is known by the gated workloads' images
+    assert st["history"][0]["deploymentId"] == "images:shop:v2"
     assert cond(st, "Reconciling")["status"] == "True" and cond(st, "Reconciling")["reason"] == "AwaitingWorkloads"
     assert cond(st, "Ready")["status"] == "Unknown"
     # nothing rolls the Deployment out: the window passes

@@ -371,6 +371,13 @@ def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, start
                 "duration_seconds": time.monotonic() - started}
 
     dep = L.current_context().get("deployment_id")
+    if dep is None and spec.health_gate is not None:  # healthgate: else the images of the gated workloads
+        try:
+            dep = deployment_id(meta, HG.images(ns, spec.health_gate.workloads)).value
+        except Exception as e:  # noqa: BLE001 - an id is never worth failing a run for
+            L.logger.warning("Cannot read the gated workloads' images", extra={"error_type": type(e).__name__})
+        if dep:
+            L.bind_context(deployment_id=dep)
     req = RunRequest(db=_db_options(spec, inputs.url), migrations=str(inputs.migrations), target=spec.revision,
                      policy=spec.policy, approval=approval, actor=f"operator:{ns}/{name}")
     M.active_workers.inc()

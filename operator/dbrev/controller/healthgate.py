@@ -270,3 +270,26 @@ def observe(namespace: str, workloads) -> list[Health]:
                 namespace, label_selector=selector)).get("items") or []
         out.append(workload_health(obj, pods, rss))
     return out
+
+
+def images(namespace: str, workloads) -> list[str]:
+    """The container images of the named workloads' pod templates (for the deployment id)."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    from . import kube
+
+    api = kube.api_client()
+    apps = client.AppsV1Api(api)
+    out: list[str] = []
+    for kind, name in workloads:
+        try:
+            raw = (apps.read_namespaced_deployment if kind == "Deployment" else apps.read_namespaced_stateful_set)(
+                name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                continue
+            raise
+        spec = ((api.sanitize_for_serialization(raw).get("spec") or {}).get("template") or {}).get("spec") or {}
+        out += [c.get("image") for c in spec.get("containers") or [] if c.get("image")]
+    return out
