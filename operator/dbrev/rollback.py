@@ -164,6 +164,11 @@ def register(sub, add_common) -> None:
                                    "policy flags, validate it (integrity report) and log rollback_triggered / "
                                    "rollback_executed records with the reason and deployment id.")
     add_common(p)
+    p.add_argument("name", nargs="?", default=None, metavar="NAME",
+                   help="in the cluster: roll this DatabaseRevision back (sets spec.revision; the operator runs "
+                        "the downgrade); without it, the database of --database-url")
+    p.add_argument("--namespace", "-n", default=None, metavar="NS", help="NAME's namespace (default: the kubeconfig's)")
+    p.add_argument("--no-wait", action="store_true", help="in the cluster: return once spec.revision is set")
     p.add_argument("--to", dest="to", default=None, metavar="TARGET",
                    help="roll back to this revision instead (a revision id or prefix, -1, -N, base)")
     p.add_argument("--reason", default="critical_bug", choices=REASONS,
@@ -189,6 +194,8 @@ def register(sub, add_common) -> None:
 
 
 def cmd_rollback(args) -> int:
+    if args.name:
+        return cmd_rollback_cluster(args)
     from . import cli
     from . import log as L
     from .engine import apply
@@ -274,3 +281,123 @@ def _text(a: dict, p, args, header_only: bool = False) -> str:
         if args.dry_run:
             lines.append("dry run: nothing changed")
     return "\n".join(lines)
+
+
+# -- in the cluster: `dbrev rollback NAME -n NS` ----------------------------------------------------
+
+GITOPS_SOURCES = {"argocd": "Argo CD", "flux": "Flux"}
+REQUESTED_BY_ANNOTATION = "dbrev.io/rollback-requested-by"
+REASON_ANNOTATION = "dbrev.io/rollback-reason"
+
+
+def history_runs(history: list[dict]) -> list[dict]:
+    """status.history entries (newest first) as journal rows, for :func:`choose_target`."""
+    def revs(text):
+        return [] if not text or text == "base" else text.split(",")
+    return [{"id": i, "status": h.get("result"), "direction": h.get("direction"),
+             "from_revisions": revs(h.get("from")), "to_revisions": revs(h.get("to"))}
+            for i, h in enumerate(history or [], 1)]
+
+
+def cluster_plan(obj: dict, to: str | None) -> dict:
+    """Pure: the target, and whether a GitOps tool owns spec.revision (then the user must revert in git)."""
+    from .deployment import deployment_id
+
+    status = obj.get("status") or {}
+    current = status.get("currentRevision")
+    if not current:
+        raise E.BadInput("the DatabaseRevision has no currentRevision yet", hint="wait for its first run")
+    cur = [] if current == "base" else current.split(",")
+    choice = choose_target(cur, history_runs(status.get("history") or []), to)
+    if choice.target is not None and "," in choice.target:
+        raise E.BadInput(f"the target is several revisions ({choice.target}); spec.revision names one",
+                         hint="pass --to with one revision or a merge revision")
+    dep = deployment_id(obj.get("metadata"))
+    return {"current": current, "target": choice.target, "target_reason": choice.message.replace(
+        "run ", "status.history entry "), "gitops": GITOPS_SOURCES.get(dep.source), "managed_by": dep.value,
+        "spec_revision": (obj.get("spec") or {}).get("revision")}
+
+
+def cmd_rollback_cluster(args) -> int:
+    import getpass
+    import json
+    import socket
+    import sys
+    import time
+
+    from kubernetes import config
+
+    from . import log as L
+    from .controller import kube
+    from .crd import GROUP, PLURAL, VERSION
+    from .redact import redact
+    from .status import condition
+
+    ns = args.namespace
+    if not ns:
+        try:
+            _, active = config.list_kube_config_contexts()
+            ns = active.get("context", {}).get("namespace") or "default"
+        except Exception:  # noqa: BLE001 - in-cluster or no contexts
+            ns = "default"
+    obj = kube.get(ns, args.name)
+    if obj is None:
+        raise E.BadInput(f"DatabaseRevision {ns}/{args.name} not found")
+    plan = cluster_plan(obj, args.to)
+    doc = {"namespace": ns, "name": args.name, "reason": args.reason, "deployment_id": args.deployment_id,
+           "from_revision": plan["current"], "to_revision": plan["target"], "target_reason": plan["target_reason"],
+           "dry_run": args.dry_run}
+
+    def out(d, text, code):
+        print(redact(json.dumps(d, indent=2, default=str)) if args.json else redact(text))
+        sys.stdout.flush()
+        return code
+
+    if plan["target"] is None or plan["target"] == plan["current"]:
+        return out({**doc, "result": "noop"}, f"nothing to roll back: {ns}/{args.name} is at {plan['current']}", 0)
+    if plan["gitops"]:
+        msg = (f"{ns}/{args.name} is managed by {plan['gitops']} ({plan['managed_by']}): it would put spec.revision "
+               f"back. Revert it in git: set spec.revision to {plan['target']} (it is {plan['spec_revision']}, the "
+               f"database at {plan['current']})")
+        return out({**doc, "result": "refused", "error": {"reason": "ManagedByGitOps", "message": msg}},
+                   f"refused (ManagedByGitOps): {msg}", E.EXIT_REFUSED)
+    if args.dry_run:
+        return out({**doc, "result": "planned"}, f"would set spec.revision of {ns}/{args.name} to {plan['target']} "
+                                                f"({plan['target_reason']}); dry run: nothing changed", 0)
+    who = f"{getpass.getuser()}@{socket.gethostname()}"
+    with L.log_context(namespace=ns, name=args.name, deployment_id=args.deployment_id, rollback_reason=args.reason):
+        L.rollback_triggered(args.reason, plan["current"], plan["target"], deployment_id=args.deployment_id,
+                             trigger="cli", requested_by=who)
+        ann = {REQUESTED_BY_ANNOTATION: who, REASON_ANNOTATION: args.reason}
+        if args.deployment_id:
+            ann["dbrev.io/deployment-id"] = args.deployment_id
+        kube.custom().patch_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, args.name,
+            {"metadata": {"annotations": ann}, "spec": {"revision": plan["target"]}}, _content_type=kube.MERGE_PATCH)
+        if args.no_wait:
+            return out({**doc, "result": "requested", "requested_by": who},
+                       f"set spec.revision of {ns}/{args.name} to {plan['target']}; the operator runs the downgrade", 0)
+        gen = (kube.get(ns, args.name) or {}).get("metadata", {}).get("generation")
+        deadline = time.monotonic() + args.timeout
+        st: dict = {}
+        while time.monotonic() < deadline:
+            st = (kube.get(ns, args.name) or {}).get("status") or {}
+            ready, stalled = condition(st, "Ready") or {}, condition(st, "Stalled") or {}
+            if st.get("observedGeneration") == gen and ready.get("status") == "True" \
+                    and st.get("currentRevision") == plan["target"]:
+                break
+            if st.get("observedGeneration") == gen and (stalled.get("status") == "True"
+                                                         or ready.get("reason") == "AwaitingApproval"):
+                break
+            time.sleep(1)
+        ready = condition(st, "Ready") or {}
+        ok = ready.get("status") == "True" and st.get("currentRevision") == plan["target"]
+        L.rollback_executed(plan["current"], plan["target"], ok, deployment_id=args.deployment_id, trigger="cli",
+                            result=ready.get("reason"))
+        text = (f"rolled back {ns}/{args.name}: {plan['current']} -> {plan['target']}, Ready" if ok else
+                f"rollback of {ns}/{args.name} to {plan['target']} did not finish: Ready={ready.get('status')} "
+                f"({ready.get('reason')}): {ready.get('message', '')}")
+        code = 0 if ok else (E.EXIT_REFUSED if ready.get("reason") in ("DowngradeDenied", "DataLossDenied",
+                                                                          "AwaitingApproval") else 1)
+        return out({**doc, "result": "applied" if ok else "failed", "success": ok, "requested_by": who,
+                    "condition": ready, "current_revision": st.get("currentRevision")}, text, code)

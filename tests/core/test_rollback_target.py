@@ -91,3 +91,39 @@ def test_success_needs_applied_integrity_and_the_target():
     assert not succeeded({**ok, "integrity": {"passed": False}}, ["b"])
     assert not succeeded({**ok, "result": "rolled_back"}, ["b"])
     assert succeeded({"result": "applied", "integrity": None, "current_revisions": []}, [])
+
+
+# -- in the cluster: from status.history ----------------------------------------------------------
+
+from dbrev.rollback import cluster_plan  # noqa: E402
+
+
+def dbrev_obj(current, history, labels=None, annotations=None, revision="head"):
+    return {"metadata": {"labels": labels or {}, "annotations": annotations or {}}, "spec": {"revision": revision},
+            "status": {"currentRevision": current, "history": history}}
+
+
+H = [{"from": "e5f6", "to": "f1a2", "direction": "upgrade", "result": "applied"},
+     {"from": "base", "to": "e5f6", "direction": "upgrade", "result": "applied"}]
+
+
+def test_cluster_target_from_status_history():
+    p = cluster_plan(dbrev_obj("f1a2", H), None)
+    assert (p["current"], p["target"], p["gitops"]) == ("f1a2", "e5f6", None)
+    assert cluster_plan(dbrev_obj("e5f6", H), None)["target"] == "base"
+    assert cluster_plan(dbrev_obj("f1a2", H), "-1")["target"] == "-1"
+
+
+def test_cluster_gitops_managed_is_named_with_the_revision_to_put_back():
+    p = cluster_plan(dbrev_obj("f1a2", H, labels={"kustomize.toolkit.fluxcd.io/name": "db",
+                                                  "kustomize.toolkit.fluxcd.io/namespace": "flux-system"}), None)
+    assert (p["gitops"], p["target"], p["managed_by"]) == ("Flux", "e5f6", "flux:kustomization/flux-system/db")
+    p = cluster_plan(dbrev_obj("f1a2", H, annotations={"argocd.argoproj.io/tracking-id": "shop:x/y:ns/n"}), None)
+    assert p["gitops"] == "Argo CD"
+
+
+def test_cluster_without_a_current_revision_or_with_several_target_heads():
+    with pytest.raises(E.BadInput):
+        cluster_plan(dbrev_obj(None, []), None)
+    with pytest.raises(E.BadInput):
+        cluster_plan(dbrev_obj("m", [{"from": "a,b", "to": "m", "direction": "upgrade", "result": "applied"}]), None)
