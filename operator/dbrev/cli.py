@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extend(sub) -> None:
     """Subcommands added by other modules (operator, approve, archive)."""
-    for modname in ("dbrev.cli_ext", "dbrev.check"):
+    for modname in ("dbrev.cli_ext", "dbrev.check", "dbrev.rollback"):
         try:
             mod = __import__(modname, fromlist=["register"])
         except ImportError:

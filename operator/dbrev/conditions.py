@@ -58,3 +58,7 @@ SECRET_NOT_FOUND = "SecretNotFound"
 CONFIGMAP_NOT_FOUND = "ConfigMapNotFound"
 CONFLICT = "Conflict"
 INVALID_SPEC = "InvalidSpec"
+
+# Reasons: the health gate (healthgate, issue 13 §1)
+AWAITING_WORKLOADS = "AwaitingWorkloads"  # Reconciling=True: watching the rollout after a schema change
+WORKLOAD_UNHEALTHY = "WorkloadUnhealthy"  # Stalled: a named workload failed its rollout

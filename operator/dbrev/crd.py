@@ -169,6 +169,27 @@ def spec_schema() -> dict:
             "driftCheckInterval": _s("How often to re-verify the database and compare its schema with the "
                                      "fingerprint recorded at its revision (e.g. 10m, 1h).", default="10m",
                                      pattern=DURATION_PATTERN),
+            # healthgate (issue 13 §1)
+            "healthGate": _o(
+                "After dbrev changes the schema, watch the rollout of the workloads that use this database: "
+                "healthy when each one's new generation is observed and all its updated replicas are available; "
+                "failed when a rollout reports ProgressDeadlineExceeded, a pod of the new revision cannot run "
+                "(CrashLoopBackOff, image pull, container config), or the window passes unhealthy. While it "
+                "watches: Ready=Unknown, Reconciling=True (AwaitingWorkloads).",
+                {
+                    "workloads": _a("The workloads, in this namespace.", _o("A workload.", {
+                        "kind": _s("Deployment or StatefulSet.", enum=["Deployment", "StatefulSet"]),
+                        "name": _s("Its name.", minLength=1, maxLength=253),
+                    }, required=["kind", "name"]), minItems=1, maxItems=16),
+                    "window": _s("How long the rollout may take to become healthy (e.g. 10m).", default="10m",
+                                 pattern=DURATION_PATTERN),
+                    "onFailure": _s("Report: Stalled, reason WorkloadUnhealthy naming the workload and what it "
+                                    "reported, a Warning Event and dbrev_health_gate_total{result=\"failed\"}. "
+                                    "(Rolling the application and the schema back is not implemented yet.)",
+                                    default="Report", enum=["Report"]),
+                },
+                required=["workloads"],
+            ),
         },
         required=["revision", "database", "migrations"],
     )
@@ -239,6 +260,17 @@ def status_schema() -> dict:
             "location": _s("file:line of that downgrade."),
             "time": _s("When.", format="date-time"),
         }),
+        "healthGate": _o("The health gate of the last schema change (spec.healthGate).", {
+            "phase": _s("Watching, Passed, Failed, or Superseded (a later run or spec change replaced it)."),
+            "generation": _i("The generation whose run started it."),
+            "fromRevision": _s("The revision before the run."),
+            "toRevision": _s("The revision the run reached."),
+            "startedAt": _s("When the watch began.", format="date-time"),
+            "finishedAt": _s("When it passed or failed.", format="date-time"),
+            "windowSeconds": {"type": "number", "description": "The window."},
+            "workload": _s("The workload that failed it (Kind/name)."),
+            "message": _s("What the workloads reported."),
+        }),
         "lastError": _o("The last failure, cleared on success.", {
             "reason": _s("Condition reason."),
             "message": _s("What failed."),
@@ -255,6 +287,9 @@ def status_schema() -> dict:
             "planHash": _s("The plan that ran."),
             "startedAt": _s("When it started.", format="date-time"),
             "durationSeconds": {"type": "number", "description": "How long it took."},
+            "deploymentId": _s("What deployed it: the dbrev.io/deployment-id annotation, else the Argo CD "
+                               "tracking id or Flux Kustomization/HelmRelease, else the app.kubernetes.io/instance "
+                               "label (absent when none is known)."),
         }), maxItems=10),
         "lastAppliedTime": _s("When the database last changed.", format="date-time"),
         "databaseKey": _s("Hash of the database server's identity (its system identifier, the database's oid) "

@@ -43,6 +43,9 @@ rollbacks_total = Counter(
     ["namespace", "name", "trigger", "result"], registry=REGISTRY)
 ROLLBACK_TRIGGERS = ("migration_failure", "integrity_check_failure", "timeout", "worker_died")
 ROLLBACK_RESULTS = ("success", "failure")
+health_gate_total = Counter(  # healthgate (issue 13 §1)
+    "dbrev_health_gate_total", "Health gates after a schema change, by resource and result (passed, failed).",
+    ["namespace", "name", "result"], registry=REGISTRY)
 integrity_findings = Gauge(
     "dbrev_integrity_findings", "Findings of the last verification, by check.", ["namespace", "name", "check"],
     registry=REGISTRY)
@@ -77,7 +80,7 @@ NAMES = (
     "dbrev_reconcile_total", "dbrev_reconcile_errors_total", "dbrev_reconcile_duration_seconds",
     "dbrev_migration_steps_total", "dbrev_rollbacks_total", "dbrev_integrity_findings", "dbrev_drift_detected",
     "dbrev_ready", "dbrev_waiting", "dbrev_stalled", "dbrev_database_reachable", "dbrev_revision_info", "dbrev_last_applied_timestamp_seconds",
-    "dbrev_active_workers", "dbrev_build_info",
+    "dbrev_active_workers", "dbrev_build_info", "dbrev_health_gate_total",
 )
 
 

@@ -332,3 +332,25 @@ def test_drift_found_by_the_timer(kube, shop, database_url, start_operator):
                   90, "the timer to bring the database back")
     assert st["history"][0]["direction"] == "downgrade" and is_state(st, "True", "AtRevision")
     assert heads(database_url) == [MERGE]
+
+
+def test_deployment_id_in_history_events_and_logs(kube, shop, database_url, start_operator):
+    """Issue 13 §3: the dbrev.io/deployment-id annotation (CI stamps it) follows the run everywhere."""
+    op = start_operator([shop])
+    body = dbrev_resource(shop, "orders", MERGE, policy={"dataLoss": "Allow"})
+    body["metadata"]["annotations"] = {"dbrev.io/deployment-id": "release-2026.12.02-1"}
+    kube.apply(body)
+    st = ready_at(kube, shop, "orders", MERGE)
+    assert st["history"][0]["deploymentId"] == "release-2026.12.02-1"
+    applied = [e for e in kube.events(shop, "orders") if e["reason"] == "Applied"]
+    assert applied and "(deployment release-2026.12.02-1)" in applied[-1]["message"]
+    run_logs = [r for r in op.logs() if r.get("run_id") is not None]
+    assert run_logs and all(r.get("deployment_id") == "release-2026.12.02-1" for r in run_logs)
+
+    # the next release, stamped by Argo CD only: the tracking id names the application
+    kube("annotate", "dbrev", "orders", "-n", shop, "dbrev.io/deployment-id-",
+         "argocd.argoproj.io/tracking-id=shop:dbrev.io/DatabaseRevision:" + shop + "/orders")
+    kube("patch", "dbrev", "orders", "-n", shop, "--type", "merge", "-p", json.dumps({"spec": {"revision": "head"}}))
+    st = ready_at(kube, shop, "orders", HEAD)
+    assert st["history"][0]["deploymentId"] == "argocd:shop"
+    assert st["history"][1]["deploymentId"] == "release-2026.12.02-1"

@@ -4,7 +4,8 @@ For each overlay, a control plane of its own with an audit log (every request a 
 the overlay applied for real, and the operator started with the Deployment's own arguments (``-A`` or
 ``-n $(POD_NAMESPACE)``, ``--peering=dbrev``) and a real token of the manifests' ServiceAccount. It then
 goes through a representative scenario: a DatabaseRevision reaches Ready, its ConfigMap changes, a
-downgrade waits for an approval and is approved, the operator stops (and leaves the peering object).
+downgrade waits for an approval and is approved, a health gate reads the Deployment and StatefulSet it
+names, the operator stops (and leaves the peering object).
 Then, from the audit log:
 
 1. no request by the ServiceAccount was refused (401/403): nothing is missing;
@@ -139,6 +140,26 @@ def run_scenario(cp: ControlPlane, overlay: str, app_ns: str | None, admin_url: 
                           and s.get("currentRevision") == MERGE and s, 90, "Ready after the approved downgrade")
             assert condition(st, "Stalled")["status"] == "False"
             assert {"Planned", "Applied"} <= set(kube.reasons(ns, "orders"))
+            # the health gate reads the workloads it names (a window that passes: nothing rolls them out here)
+            gated_url = create_database(admin_url)
+            try:
+                kube.secret_url(ns, "gated-db", gated_url)
+                tmpl = {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}
+                kube.apply({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": ns},
+                            "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": tmpl}})
+                kube.apply({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "cache",
+                                                                                        "namespace": ns},
+                            "spec": {"serviceName": "cache", "selector": {"matchLabels": {"app": "web"}},
+                                     "template": tmpl}})
+                kube.apply(dbrev_resource(ns, "gated", HEAD, secret="gated-db", policy={"dataLoss": "Allow"},
+                                          healthGate={"window": "3s", "workloads": [
+                                              {"kind": "Deployment", "name": "web"},
+                                              {"kind": "StatefulSet", "name": "cache"}]}))
+                wait_for(lambda: is_state(kube.status(ns, "gated"), "False", "WorkloadUnhealthy"), 90,
+                         "the health gate failed")
+            finally:
+                kube("delete", "dbrev", "gated", "-n", ns, "--wait=true")
+                drop_database(admin_url, gated_url.rsplit("/", 1)[1])
             time.sleep(3)  # a drift-check tick (DBREV_TIMER_INTERVAL=2) and a peering keep-alive
         finally:
             op.stop()

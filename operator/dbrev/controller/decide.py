@@ -98,7 +98,8 @@ TRANSIENT_REASONS = frozenset({C.DATABASE_UNAVAILABLE, C.LOCK_BUSY, C.KUBERNETES
 NOT_A_RETRY = frozenset({"resume", "update"})
 # Outcomes of a run that changed (or tried to change) the database: running the same plan again would
 # repeat it.  Other Stalled reasons (a Conflict whose rival is gone, a refusal, bad input) are re-checked.
-STANDING_REASONS = frozenset({C.ROLLED_BACK, C.TIMED_OUT, C.MIGRATION_FAILED, C.ROLLBACK_FAILED})
+STANDING_REASONS = frozenset({C.ROLLED_BACK, C.TIMED_OUT, C.MIGRATION_FAILED, C.ROLLBACK_FAILED,
+                              C.WORKLOAD_UNHEALTHY})  # healthgate: a failed gate is not re-run in a loop
 
 
 @dataclass

@@ -21,11 +21,13 @@ from .. import conditions as C
 from .. import log as L
 from .. import metrics as M
 from ..crd import APPROVE_ANNOTATION, GROUP, RECONCILE_ANNOTATION, VERSION
+from ..deployment import deployment_id, stamp_history, with_deployment
 from ..options import DbOptions
 from ..errors import DatabaseUnavailable, DbrevError
 from ..options import RunRequest
 from ..status import condition, initial_conditions, is_ready, now_iso, revisions_text, status_patch
 from . import decide, kube
+from . import healthgate as HG
 from .inputs import Inputs, gather, identity_key
 from .spec import Spec, SpecError, parse_spec
 
@@ -56,7 +58,9 @@ def post_event(body, etype: str, reason: str, message: str) -> bool:
         "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DatabaseRevision", "name": meta["name"],
                            "namespace": meta["namespace"], "uid": meta.get("uid"),
                            "resourceVersion": meta.get("resourceVersion")},
-        "reason": reason, "message": L.redact(message)[:1024], "type": etype,
+        # healthgate: the deployment id of the pass (log context) in every Event it posts
+        "reason": reason, "message": with_deployment(L.redact(message), L.current_context().get("deployment_id")),
+        "type": etype,
         "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "count": 1, "source": {"component": "dbrev", "host": socket.gethostname()},
         "reportingComponent": "dbrev.io/operator", "reportingInstance": socket.gethostname(),
@@ -245,7 +249,8 @@ def reconcile(body, cause: str, retry: int = 0, diff=None, index=None) -> None:
     meta = body["metadata"]
     ns, name, gen = meta["namespace"], meta["name"], meta.get("generation") or 0
     trigger = _trigger(cause, diff)
-    with L.log_context(namespace=ns, name=name, trigger=trigger), _object_lock(ns, name):
+    dep = deployment_id(meta).value  # healthgate: what deployed this pass, in its records and Events
+    with L.log_context(namespace=ns, name=name, trigger=trigger, deployment_id=dep), _object_lock(ns, name):
         started = time.monotonic()
         if not flush_pending(ns, name):
             raise kopf.TemporaryError("the status of the last run is not written yet", delay=STATUS_RETRY_DELAY)
@@ -287,6 +292,8 @@ def reconcile(body, cause: str, retry: int = 0, diff=None, index=None) -> None:
                 "hint": "change the spec or the scripts, or annotate dbrev.io/reconcile-requested-at to retry"})
             M.observe_reconcile(M.RESULT_NOOP, time.monotonic() - started)
             return
+        if HG.watching(prev, gen) and prev.get("inputsHash") == inputs.inputs_hash and trigger in decide.NOT_A_RETRY:
+            return  # healthgate: the timer is watching the rollout that followed the last run
         if _nothing_to_do(prev, gen, inputs, live):
             M.observe_reconcile(M.RESULT_NOOP, time.monotonic() - started)
             return
@@ -363,13 +370,22 @@ def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, start
         return {"plan": seen["plan"], "trigger": trigger, "started_at": started_at,
                 "duration_seconds": time.monotonic() - started}
 
+    dep = L.current_context().get("deployment_id")
+    if dep is None and spec.health_gate is not None:  # healthgate: else the images of the gated workloads
+        try:
+            dep = deployment_id(meta, HG.images(ns, spec.health_gate.workloads)).value
+        except Exception as e:  # noqa: BLE001 - an id is never worth failing a run for
+            L.logger.warning("Cannot read the gated workloads' images", extra={"error_type": type(e).__name__})
+        if dep:
+            L.bind_context(deployment_id=dep)
     req = RunRequest(db=_db_options(spec, inputs.url), migrations=str(inputs.migrations), target=spec.revision,
                      policy=spec.policy, approval=approval, actor=f"operator:{ns}/{name}")
     M.active_workers.inc()
+    result = None
     try:
         result = apply(req, timeout=spec.timeout, on_event=on_event,
                        log_level=os.environ.get("DBREV_LOG_LEVEL", "INFO"),
-                       log_context={"namespace": ns, "name": name})
+                       log_context={"namespace": ns, "name": name, "deployment_id": dep})
         verdict = decide.from_result(result, written, gen, now_iso(), trigger, started_at, seen.get("plan"), retry,
                                      name=name)
     except DbrevError as e:
@@ -385,6 +401,8 @@ def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, start
                                     written, gen, now_iso(), retry, transient=False, run=run_info())
     finally:
         M.active_workers.dec()
+    stamp_history(verdict.status, started_at, dep)
+    _health_gate_begin(verdict, spec, result, written, gen)
     if "plan" in seen and verdict.status.get("plan") is None:
         from ..status import plan_status
 
@@ -421,6 +439,9 @@ def _check(body, ns, name, gen, status) -> None:
     except SpecError:
         return
     if spec.suspend or status.get("observedGeneration") != gen:
+        return
+    if HG.watching(status, gen) and spec.health_gate is not None:
+        _health_gate_tick(body, ns, name, gen, status, spec)
         return
     if decide.needs_heal(status, gen):
         # No pass holds the lock, yet the conditions say one is under way: a final write went missing.
@@ -477,6 +498,69 @@ def _check(body, ns, name, gen, status) -> None:
         return
     verdict = decide.from_check(report, live, status, gen, now_iso())
     carry_out(body, status, verdict, started, raise_unwritten=False)
+
+
+# ---------------------------------------------------------------------------
+# healthgate (issue 13 §1): after a schema change, watch the rollout of spec.healthGate's workloads
+
+EV_AWAITING_WORKLOADS = "AwaitingWorkloads"
+EV_HEALTH_GATE_PASSED = "HealthGatePassed"
+EV_WORKLOAD_UNHEALTHY = C.WORKLOAD_UNHEALTHY
+
+
+def _health_gate_begin(verdict: decide.Verdict, spec: Spec, result: dict | None, prev: dict, gen: int) -> None:
+    """A run that changed the schema starts the gate: Ready=Unknown, Reconciling=True (AwaitingWorkloads)."""
+    from ..status import PROGRESSING_KIND, READY_KIND, Outcome, compute_conditions
+
+    now = now_iso()
+    g = spec.health_gate
+    hg = HG.begin(result, g.workloads, g.window, gen, now) if g else None
+    if hg and verdict.outcome.kind == READY_KIND:
+        out = Outcome(PROGRESSING_KIND, C.AWAITING_WORKLOADS, HG.awaiting_message(hg, hg["message"]))
+        verdict.status["healthGate"] = hg
+        verdict.status["conditions"] = compute_conditions(out, gen, verdict.status.get("conditions"), now)
+        verdict.outcome = out
+        verdict.events.append((decide.NORMAL, EV_AWAITING_WORKLOADS, out.message))
+    elif (prev.get("healthGate") or {}).get("phase") == HG.WATCHING:
+        verdict.status["healthGate"] = {**prev["healthGate"], "phase": HG.SUPERSEDED, "finishedAt": now}
+
+
+def _health_gate_tick(body, ns: str, name: str, gen: int, status: dict, spec: Spec) -> None:
+    from ..status import PROGRESSING_KIND, READY_KIND, STALLED_KIND, Outcome, compute_conditions
+
+    started = time.monotonic()
+    hg = status["healthGate"]
+    now = now_iso()
+    try:
+        healths = HG.observe(ns, spec.health_gate.workloads)
+    except Exception as e:  # noqa: BLE001 - the next tick tries again; the window still runs
+        L.logger.warning("Health gate: cannot read the workloads", extra={
+            "error_type": type(e).__name__, "error_message": L.redact(str(e))[:300]})
+        return
+    begun = datetime.fromisoformat(hg["startedAt"].replace("Z", "+00:00"))
+    elapsed = (datetime.now(timezone.utc) - begun).total_seconds()
+    v = HG.gate(healths, elapsed, float(hg.get("windowSeconds") or spec.health_gate.window))
+    st: dict = {"observedGeneration": gen, "healthGate": HG.conclude(hg, v, now)}
+    events: list = []
+    if v.state == HG.WAITING:
+        out = Outcome(PROGRESSING_KIND, C.AWAITING_WORKLOADS, HG.awaiting_message(hg, v.message))
+    elif v.state == HG.PASSED:
+        out = Outcome(READY_KIND, C.AT_REVISION, f"at revision {hg.get('toRevision')}; the rollout is healthy: "
+                                                 f"{v.message}")
+        events.append((decide.NORMAL, EV_HEALTH_GATE_PASSED, out.message))
+        M.health_gate_total.labels(namespace=ns, name=name, result="passed").inc()
+        L.state_transition(hg.get("fromRevision"), hg.get("toRevision"), "health_gate_passed", out.message)
+    else:
+        out = Outcome(STALLED_KIND, C.WORKLOAD_UNHEALTHY, HG.unhealthy_message(hg, v))
+        st["lastError"] = {"reason": C.WORKLOAD_UNHEALTHY, "message": out.message[:4096], "time": now}
+        events.append((decide.WARNING, EV_WORKLOAD_UNHEALTHY, out.message))
+        M.health_gate_total.labels(namespace=ns, name=name, result="failed").inc()
+        L.logger.error("Health gate failed: a workload is unhealthy after the schema change", extra={
+            "reason": C.WORKLOAD_UNHEALTHY, "workload": v.workload, "error_message": v.message,
+            "from_revision": hg.get("fromRevision"), "to_revision": hg.get("toRevision"), "status": "failed"})
+    st["conditions"] = compute_conditions(out, gen, status.get("conditions"), now)
+    verdict = decide.Verdict(out, st, events, metric_result=M.RESULT_NOOP)
+    carry_out(body, status, verdict, started, count=False, raise_unwritten=False)
 
 
 def gather_url(spec: Spec, namespace: str) -> str:

@@ -41,10 +41,18 @@ class Spec:
     suspend: bool
     drift_check_interval: float
     verify: tuple[str, ...] = field(default=ALL_CHECKS)
+    health_gate: HealthGate | None = None
 
 
 class SpecError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class HealthGate:  # healthgate (issue 13 §1)
+    workloads: tuple[tuple[str, str], ...]  # (kind, name)
+    window: float
+    on_failure: str = "Report"
 
 
 def parse_duration(text: str) -> float:
@@ -102,8 +110,24 @@ def parse_spec(spec: dict) -> Spec:
             suspend=bool(spec.get("suspend", False)),
             drift_check_interval=parse_duration(spec.get("driftCheckInterval", "10m")),
             verify=verify,
+            health_gate=_health_gate(spec.get("healthGate")),
         )
     except (KeyError, TypeError) as e:
         raise SpecError(f"incomplete spec: missing {e}") from None
     except ValueError as e:
         raise SpecError(str(e)) from None
+
+
+def _health_gate(hg: dict | None) -> HealthGate | None:
+    if not hg:
+        return None
+    workloads = tuple((str(w["kind"]), str(w["name"])) for w in hg.get("workloads") or [])
+    if not workloads:
+        raise SpecError("healthGate.workloads names no workload")
+    bad = [k for k, _ in workloads if k not in ("Deployment", "StatefulSet")]
+    if bad:
+        raise SpecError(f"healthGate.workloads: kind {bad[0]!r} is not Deployment or StatefulSet")
+    on_failure = hg.get("onFailure", "Report")
+    if on_failure != "Report":
+        raise SpecError(f"healthGate.onFailure {on_failure!r} is not supported (Report)")
+    return HealthGate(workloads, parse_duration(hg.get("window", "10m")), on_failure)
