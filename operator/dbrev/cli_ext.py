@@ -175,10 +175,28 @@ def cmd_operator(args) -> int:
     return 0
 
 
+def named_resource(namespace: str | None, name: str) -> tuple[str, dict]:
+    """The DatabaseRevision a cluster verb names: ``-n`` or the kubeconfig context's namespace."""
+    from kubernetes import config
+
+    from .controller import kube
+    from .errors import BadInput
+
+    ns = namespace
+    if not ns:
+        try:
+            _, active = config.list_kube_config_contexts()
+            ns = active.get("context", {}).get("namespace") or "default"
+        except Exception:  # noqa: BLE001 - in-cluster or no contexts
+            ns = "default"
+    obj = kube.get(ns, name)
+    if obj is None:
+        raise BadInput(f"DatabaseRevision {ns}/{name} not found")
+    return ns, obj
+
+
 def cmd_approve(args) -> int:
     import json
-
-    from kubernetes import config
 
     from . import conditions as C
     from .controller import kube
@@ -186,16 +204,7 @@ def cmd_approve(args) -> int:
     from .errors import BadInput, PlanChanged
     from .status import condition
 
-    ns = args.namespace
-    if not ns:
-        try:
-            _, active = config.list_kube_config_contexts()
-            ns = active.get("context", {}).get("namespace") or "default"
-        except Exception:  # noqa: BLE001 - in-cluster or no contexts
-            ns = "default"
-    obj = kube.get(ns, args.name)
-    if obj is None:
-        raise BadInput(f"DatabaseRevision {ns}/{args.name} not found")
+    ns, obj = named_resource(args.namespace, args.name)
     status = obj.get("status") or {}
     plan_hash = (status.get("plan") or {}).get("hash")
     ready = condition(status, C.READY) or {}

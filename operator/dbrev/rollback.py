@@ -322,10 +322,7 @@ def cmd_rollback_cluster(args) -> int:
     import getpass
     import json
     import socket
-    import sys
     import time
-
-    from kubernetes import config
 
     from . import log as L
     from .controller import kube
@@ -333,24 +330,20 @@ def cmd_rollback_cluster(args) -> int:
     from .redact import redact
     from .status import condition
 
-    ns = args.namespace
-    if not ns:
-        try:
-            _, active = config.list_kube_config_contexts()
-            ns = active.get("context", {}).get("namespace") or "default"
-        except Exception:  # noqa: BLE001 - in-cluster or no contexts
-            ns = "default"
-    obj = kube.get(ns, args.name)
-    if obj is None:
-        raise E.BadInput(f"DatabaseRevision {ns}/{args.name} not found")
+    from .cli_ext import named_resource
+
+    ns, obj = named_resource(args.namespace, args.name)
     plan = cluster_plan(obj, args.to)
     doc = {"namespace": ns, "name": args.name, "reason": args.reason, "deployment_id": args.deployment_id,
            "from_revision": plan["current"], "to_revision": plan["target"], "target_reason": plan["target_reason"],
            "dry_run": args.dry_run}
 
     def out(d, text, code):
-        print(redact(json.dumps(d, indent=2, default=str)) if args.json else redact(text))
-        sys.stdout.flush()
+        from .cli import doc_stream  # dbrev's own stdout
+
+        stream = doc_stream()
+        print(redact(json.dumps(d, indent=2, default=str)) if args.json else redact(text), file=stream)
+        stream.flush()
         return code
 
     if plan["target"] is None or plan["target"] == plan["current"]:
