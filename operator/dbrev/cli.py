@@ -103,7 +103,8 @@ def _add_common(p: argparse.ArgumentParser, db: bool = True, migrations: bool = 
                        help="schema for dbrev's bookkeeping in the database (default dbrev)")
     if migrations:
         p.add_argument("--migrations", default=os.environ.get("DBREV_MIGRATIONS"), metavar="DIR",
-                       help="folder of Alembic version scripts, or a script_location with env.py and versions/ "
+                       help="folder of Alembic version scripts, or a script_location with env.py and versions/; "
+                            "an alembic.ini beside env.py or in the folder above is read when present "
                             "(default: $DBREV_MIGRATIONS)")
         p.add_argument("--pythonpath", action="append", default=[], metavar="DIR",
                        help="add a folder to sys.path before loading the scripts (repeatable)")

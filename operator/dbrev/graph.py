@@ -10,7 +10,9 @@ nothing in Alembic, and ``downgrade -1`` with several heads picks one
 arbitrarily.  With ``closure(x)`` = x and everything it needs:
 
 * steps to undo = closure(current) - closure(target), newest first;
-* steps to apply = closure(target) - closure(current), oldest first.
+* steps to apply = closure(target) - closure(current), oldest first;
+
+both in the order Alembic itself would run them (:meth:`Graph.alembic_order`).
 
 This handles plain upgrades and downgrades, merges (downgrading to one parent
 of a merge also unwinds the other branch, so the database ends exactly at the
@@ -156,12 +158,86 @@ class Graph:
 
     # -- diffs ---------------------------------------------------------------
     def diff(self, current: Iterable[str], target: Iterable[str]) -> tuple[list[str], list[str]]:
-        """(revisions to undo newest first, revisions to apply oldest first)."""
+        """(revisions to undo newest first, revisions to apply oldest first).
+
+        The sets come from ancestor closures; the order within each is Alembic's
+        (:meth:`alembic_order`), so parallel branches run in the order ``alembic
+        upgrade``/``downgrade`` runs them (column order, for one, depends on it).
+        """
+        current, target = tuple(current), tuple(target)
         have = self.closure(current)
         want = self.closure(target)
-        undo = list(reversed(self.topological(have - want)))
-        apply = self.topological(want - have)
+        undo = self.alembic_order(have - want, current)
+        # an upgrade walks down from the targets, as Alembic resolves them: a head another
+        # revision depends_on is not one of its ``heads`` (RevisionMap._real_heads)
+        apply = list(reversed(self.alembic_order(want - have, self.normalize_heads(target))))
         return undo, apply
+
+    def _normalized_down(self, rev: str) -> tuple[str, tuple[str, ...]]:
+        """Alembic's ``_normalized_down_revisions`` and ``_normalized_resolved_dependencies``.
+
+        A dependency is dropped when an ancestor (by down_revision alone) declares it too.
+        """
+        node = self.nodes[rev]
+        deps = list(dict.fromkeys(self._deps(node)))
+        if deps:
+            seen: set[str] = set()
+            stack = list(node.parents)
+            while stack:
+                r = stack.pop()
+                if r in seen or r not in self.nodes:
+                    continue
+                seen.add(r)
+                declared = set(self._deps(self.nodes[r]))
+                deps = [d for d in deps if d not in declared]
+                stack.extend(self.nodes[r].parents)
+        return tuple(dict.fromkeys(node.parents + tuple(deps))), tuple(deps)
+
+    def alembic_order(self, revisions: Iterable[str], heads: Iterable[str]) -> list[str]:
+        """``revisions`` newest first, exactly as Alembic's ``RevisionMap._topological_sort``.
+
+        Alembic walks down from the given ``heads`` (the current heads for a downgrade,
+        the targets for an upgrade, whose step list is this reversed), one branch at a
+        time, switching to another head whenever the candidate is an ancestor of it; ties
+        follow the order the scripts were loaded in (``self.nodes`` insertion order, which
+        is Alembic's file order).  Reproduced over plain data so this module stays free of
+        Alembic; tests/core/test_graph_order.py compares it with Alembic on generated graphs.
+        """
+        todo = set(revisions)
+        if not todo:
+            return []
+        index = {r: i for i, r in enumerate(self.nodes)}
+        current_heads = sorted({h for h in heads if h in todo}, key=index.__getitem__)
+        ancestors = [self.closure([h]) for h in current_heads]
+        output: list[str] = []
+        idx = 0
+        while current_heads:
+            candidate = current_heads[idx]
+            for j, anc in enumerate(ancestors):
+                if j != idx and candidate in anc:
+                    idx = j  # another head depends on the candidate: walk that one first
+                    break
+            else:
+                if candidate in todo:
+                    output.append(candidate)
+                    todo.remove(candidate)
+                down, deps = self._normalized_down(candidate)
+                to_add = [r for r in down if r in todo and r not in current_heads]
+                if not to_add:
+                    del current_heads[idx]
+                    del ancestors[idx]
+                    idx = max(idx - 1, 0)
+                elif not deps and len(self.nodes[candidate].parents) == 1:
+                    current_heads[idx] = to_add[0]
+                    ancestors[idx].discard(candidate)
+                else:
+                    current_heads[idx] = to_add[0]
+                    current_heads.extend(to_add[1:])
+                    ancestors[idx] = self.closure([to_add[0]])
+                    ancestors.extend(self.closure([h]) for h in to_add[1:])
+        if todo:  # not reachable from the heads given (Alembic asserts this never happens)
+            output.extend(reversed(self.topological(todo)))
+        return output
 
     def same_state(self, a: Iterable[str], b: Iterable[str]) -> bool:
         return self.closure(a) == self.closure(b)

@@ -14,8 +14,12 @@ step or a check fails.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import tempfile
 import time
 import traceback
+from pathlib import Path
 from typing import Callable
 
 import sqlalchemy as sa
@@ -28,7 +32,7 @@ from .errors import fk_hint, BadInput, Busy, DbrevError, PlanChanged, PolicyRefu
 from .planning import Plan, build_plan, hash_matches
 from .options import RunRequest  # noqa: F401
 from .policy import Decision, Facts, effect_table_key, evaluate, lossless
-from .scripts import EnvPyFailed, ScriptSet, env_py_failure, load_folder, render, revision_step
+from .scripts import EnvPyFailed, ScriptSet, alembic_config, env_py_failure, load_folder, render, revision_step
 
 Emit = Callable[[dict], None]
 
@@ -521,16 +525,25 @@ class Runner:
 
         ours = {"version_table": self.db.version_table, "version_table_schema": self.db.version_table_schema,
                 "transaction_per_migration": per_step, "on_version_apply": callback}
-        cfg = Config()
         sd = scripts.script_directory()
-        cfg.set_main_option("script_location", sd.dir)
         if not self._uses_env_py(scripts):
+            cfg = Config()
+            cfg.set_main_option("script_location", sd.dir)
             env = EnvironmentContext(cfg, sd, fn=lambda heads, ctx: steps)
             with env:  # as Alembic runs env.py: `alembic.context` is this environment
                 env.configure(connection=conn, **ours)
                 with env.begin_transaction():
                     env.run_migrations()
             return
+        with tempfile.TemporaryDirectory(prefix="dbrev-ini-") as scratch:
+            cfg = alembic_config(scripts.env_py.parent, sd.dir, Path(scratch))
+            with _logging_restored():
+                self._run_env_py(conn, scripts, sd, cfg, steps, ours)
+
+    def _run_env_py(self, conn, scripts, sd, cfg, steps, ours) -> None:
+        """Run the project's env.py as Alembic would, with dbrev's connection and options."""
+        from alembic.runtime.environment import EnvironmentContext
+
         runner = self
         self._env_py_ran = True
 
@@ -1119,3 +1132,25 @@ def run(req: RunRequest, emit: Emit) -> dict:
     """Run one apply; errors that are the user's (bad input, busy, refused) raise DbrevError."""
     return Runner(req, emit).run()
 
+
+@contextlib.contextmanager
+def _logging_restored():
+    """Undo what env.py's ``fileConfig(...)`` did to logging once it returns.
+
+    ``fileConfig`` replaces the root logger's handlers and disables every logger it does not
+    name (dbrev's own among them); dbrev's log lines after the run must still appear.
+    """
+    root = logging.getLogger()
+    loggers = [root] + [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    saved = [(lg, lg.disabled, lg.level, lg.propagate, list(lg.handlers)) for lg in loggers]
+    try:
+        yield
+    finally:
+        for lg, disabled, level, propagate, handlers in saved:
+            lg.disabled, lg.level, lg.propagate = disabled, level, propagate
+            for h in list(lg.handlers):
+                if h not in handlers:
+                    lg.removeHandler(h)
+            for h in handlers:
+                if h not in lg.handlers:
+                    lg.addHandler(h)

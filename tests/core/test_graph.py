@@ -30,7 +30,8 @@ def test_heads_and_bases():
 def test_upgrade_from_empty_is_topological():
     undo, apply = SHOP.diff((), ("f6ffff",))
     assert undo == []
-    assert apply == ["a1aaaa", "b2bbbb", "c3cccc", "d4dddd", "e5eeee", "f6ffff"]
+    # Alembic's order: the merge's last-listed parent's branch runs first
+    assert apply == ["a1aaaa", "b2bbbb", "d4dddd", "c3cccc", "e5eeee", "f6ffff"]
 
 
 def test_downgrade_to_one_parent_of_a_merge_unwinds_the_other_branch():

@@ -539,3 +539,62 @@ def test_env_pys_own_connection_gets_dbrevs_lock_timeout(database_url, tmp_path)
     assert "lock timeout" in (doc.get("error") or {}).get("message", ""), doc
     assert doc.get("result") in ("rolled_back", "busy", "error")
     assert heads(database_url) == ["p001aaaa"]
+
+
+# -- alembic.ini ------------------------------------------------------------------------------------
+
+FILECONFIG_ENV_PY = textwrap.dedent('''
+    import logging
+    from logging.config import fileConfig
+
+    from alembic import context
+
+    config = context.config
+    fileConfig(config.config_file_name)  # optuna's env.py and others do this unguarded
+    logging.getLogger("alembic.env").warning("env.py logging works: %s", config.get_main_option("marker"))
+
+    context.configure(connection=config.attributes["connection"])
+    with context.begin_transaction():
+        context.run_migrations()
+''')
+
+INI_LOGGING = ("[loggers]\nkeys = root,alembic\n\n[handlers]\nkeys = console\n\n[formatters]\nkeys = generic\n\n"
+               "[logger_root]\nlevel = WARNING\nhandlers = console\n\n"
+               "[logger_alembic]\nlevel = INFO\nhandlers =\nqualname = alembic\n\n"
+               "[handler_console]\nclass = StreamHandler\nargs = (sys.stderr,)\nlevel = NOTSET\nformatter = generic\n\n"
+               "[formatter_generic]\nformat = %(levelname)s [%(name)s] %(message)s\n")
+
+
+def test_the_projects_alembic_ini_above_the_script_location_is_read_like_alembic_reads_it(database_url, tmp_path):
+    # `alembic init alembic` layout: project/alembic.ini, project/alembic/env.py
+    loc = tmp_path / "project" / "alembic"
+    (loc / "versions").mkdir(parents=True)
+    (loc / "env.py").write_text(FILECONFIG_ENV_PY)
+    (tmp_path / "project" / "lib").mkdir()
+    (tmp_path / "project" / "lib" / "ini_helper_mod.py").write_text('TABLE = "made_by_helper"\n')
+    (tmp_path / "project" / "alembic.ini").write_text(
+        "[alembic]\nscript_location = %(here)s/somewhere_else\nprepend_sys_path = lib\nmarker = from-the-ini\n"
+        "sqlalchemy.url = postgresql://nobody@127.0.0.1:1/not_this_one\n\n" + INI_LOGGING)
+    write_script(loc / "versions", "i001aaaa", None,
+                 'import ini_helper_mod\nfrom alembic import context\n'
+                 'op.create_table(ini_helper_mod.TABLE + "_" + context.config.get_main_option("marker")'
+                 '.replace("-", "_"), sa.Column("id", sa.Integer, primary_key=True))',
+                 'op.drop_table("made_by_helper_from_the_ini")')
+    r = dbrev("apply", "--migrations", str(loc), "-r", "head", url=database_url)
+    assert r.code == 0, r.stdout + r.stderr
+    assert r.json["result"] == "applied"  # stdout is only dbrev's document
+    assert heads(database_url) == ["i001aaaa"]  # sqlalchemy.url of the ini is not used, script_location neither
+    assert q(database_url, "SELECT to_regclass('made_by_helper_from_the_ini') IS NOT NULL")[0][0]
+    assert "env.py logging works: from-the-ini" in r.stderr and "env.py logging works" not in r.stdout
+
+
+def test_without_an_alembic_ini_env_py_gets_a_default_one_logging_to_stderr(database_url, tmp_path):
+    loc = tmp_path / "alembic"
+    (loc / "versions").mkdir(parents=True)
+    (loc / "env.py").write_text(FILECONFIG_ENV_PY)
+    write_script(loc / "versions", "i001aaaa", None,
+                 'op.create_table("t", sa.Column("id", sa.Integer, primary_key=True))', 'op.drop_table("t")')
+    r = dbrev("apply", "--migrations", str(loc), "-r", "head", url=database_url)
+    assert r.code == 0, r.stdout + r.stderr
+    assert r.json["result"] == "applied" and heads(database_url) == ["i001aaaa"]
+    assert "env.py logging works: None" in r.stderr and "env.py logging works" not in r.stdout
