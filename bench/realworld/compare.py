@@ -126,6 +126,9 @@ def setup(p: Project) -> Path:
     v = venv_of(p)
     marker = v / ".dbrev-realworld-installed"
     if marker.exists():
+        # the cached venv may point at another checkout's dbrev: always measure this one
+        subprocess.run([str(v / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "-e", str(ROOT)],
+                       check=True)
         return v
     if not (v / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", str(v)], check=True)

@@ -215,3 +215,14 @@ def test_a_schema_or_type_that_holds_nothing_is_not_data_loss():
     d = evaluate(p, Policy(downgrade="Allow"), facts=Facts(unused_objects=frozenset({"old", "mood"})))
     assert d.allowed and {x["why"] for x in d.not_data_loss} == {"old holds no table or column",
                                                                  "mood holds no table or column"}
+
+
+def test_a_dropped_sequence_is_not_data_loss():
+    # data loss means rows (issue 9.8): ckan's fresh install was refused for DROP SEQUENCE
+    for stmt in ("DROP SEQUENCE package_id_seq", "DROP SEQUENCE IF EXISTS package_id_seq CASCADE"):
+        sql = {**SQL, ("a1", False): stmt}
+        d = evaluate(make(("a1",), (), sql=sql), Policy(downgrade="Allow", data_loss="Deny"))
+        assert d.allowed, (stmt, d.message)
+    sql = {**SQL, ("a1", False): "DROP SEQUENCE package_id_seq; DROP TABLE customers"}
+    d = evaluate(make(("a1",), (), sql=sql), Policy(downgrade="Allow", data_loss="Deny"))
+    assert not d.allowed and "customers" in d.message
