@@ -150,7 +150,7 @@ def test_worker_killed_by_the_memory_limit_mid_migration(node, deployed, app, tm
     assert "m2" not in [r[0] for r in q(url, "SELECT tablename FROM pg_tables WHERE schemaname='public'")]
     ready = condition(st, "Ready")
     # the kernel killed the biggest process, the worker, and the status says so
-    assert ready["status"] == "False" and "signal 9" in ready["message"], ready
+    assert ready["status"] == "False" and "SIGKILL" in ready["message"] and "OOM" in ready["message"], ready
     # the operator itself survived it: same pod, no restart
     pod_after = operator_pod(kube)
     assert pod_after["metadata"]["name"] == pod_before["metadata"]["name"]

@@ -32,6 +32,10 @@ OPERATOR_RULES = [
     {"apiGroups": ["dbrev.io"], "resources": ["databaserevisions/status"], "verbs": ["patch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     {"apiGroups": [""], "resources": ["configmaps", "secrets"], "verbs": ["get", "list", "watch"]},
+    # the health gate: read the named workloads, list their ReplicaSets and pods (read-only)
+    {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": ["get"]},
+    {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
 ]
 
 
