@@ -13,6 +13,7 @@ import platform
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from . import __version__
+from .rehearse import READINESS_VALUES
 
 disable_created_metrics()  # no *_created series: they double the output and nothing alerts on them
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -41,11 +42,17 @@ migration_steps_total = Counter(
 rollbacks_total = Counter(
     "dbrev_rollbacks_total", "Automatic rollbacks, by resource, what triggered them and whether they succeeded.",
     ["namespace", "name", "trigger", "result"], registry=REGISTRY)
-ROLLBACK_TRIGGERS = ("migration_failure", "integrity_check_failure", "timeout", "worker_died")
+# every rollback.reason a run reports: "rehearsal_failure" is policy.rehearse Require refusing an upgrade whose
+# way back is Broken or Irreversible (the upgrade's transaction rolls back, dbrev.runner)
+ROLLBACK_TRIGGERS = ("migration_failure", "integrity_check_failure", "timeout", "worker_died", "rehearsal_failure")
 ROLLBACK_RESULTS = ("success", "failure")
 health_gate_total = Counter(  # healthgate (issue 13 §1)
     "dbrev_health_gate_total", "Health gates after a schema change, by resource and result (passed, failed).",
     ["namespace", "name", "result"], registry=REGISTRY)
+rollback_readiness = Gauge(  # rehearsed downgrades (issue 14): status.rollbackReadiness.status
+    "dbrev_rollback_readiness", "1 for the readiness of the way back the last applied run rehearsed before it "
+    "committed (Proven, Lossy, Broken, Irreversible, Unproven), 0 for the other values.",
+    ["namespace", "name", "readiness"], registry=REGISTRY)
 integrity_findings = Gauge(
     "dbrev_integrity_findings", "Findings of the last verification, by check.", ["namespace", "name", "check"],
     registry=REGISTRY)
@@ -80,7 +87,7 @@ NAMES = (
     "dbrev_reconcile_total", "dbrev_reconcile_errors_total", "dbrev_reconcile_duration_seconds",
     "dbrev_migration_steps_total", "dbrev_rollbacks_total", "dbrev_integrity_findings", "dbrev_drift_detected",
     "dbrev_ready", "dbrev_waiting", "dbrev_stalled", "dbrev_database_reachable", "dbrev_revision_info", "dbrev_last_applied_timestamp_seconds",
-    "dbrev_active_workers", "dbrev_build_info", "dbrev_health_gate_total",
+    "dbrev_active_workers", "dbrev_build_info", "dbrev_health_gate_total", "dbrev_rollback_readiness",
 )
 
 
@@ -96,7 +103,8 @@ _revision_labels: dict[tuple[str, str], tuple[str, str]] = {}
 
 def set_resource(namespace: str, name: str, *, is_ready: bool, is_stalled: bool, current: str | None,
                  target: str | None, findings: dict[str, int] | None = None, drift: bool | None = None,
-                 is_waiting: bool = False, reachable: bool | None = None) -> None:
+                 is_waiting: bool = False, reachable: bool | None = None, readiness: str | None = None) -> None:
+    """``readiness``: status.rollbackReadiness.status as the status now says (None: no rehearsal recorded)."""
     ready.labels(namespace, name).set(1 if is_ready else 0)
     if reachable is not None:
         database_reachable.labels(namespace, name).set(1 if reachable else 0)
@@ -122,6 +130,15 @@ def set_resource(namespace: str, name: str, *, is_ready: bool, is_stalled: bool,
             integrity_findings.labels(namespace, name, check).set(findings.get(check, 0))
     if drift is not None:
         drift_detected.labels(namespace, name).set(1 if drift else 0)
+    if readiness:
+        set_rollback_readiness(namespace, name, readiness)
+
+
+def set_rollback_readiness(namespace: str, name: str, readiness: str) -> None:
+    """One series per readiness value: 1 for ``readiness``, 0 for the others (a value dbrev does not know
+    would be a label outside the declared set: it sets none of them to 1)."""
+    for value in READINESS_VALUES:
+        rollback_readiness.labels(namespace, name, value).set(1 if value == readiness else 0)
 
 
 def forget_resource(namespace: str, name: str) -> None:
@@ -142,6 +159,11 @@ def forget_resource(namespace: str, name: str) -> None:
     for check in (*ALL_CHECKS, "version", "drift"):
         try:
             integrity_findings.remove(namespace, name, check)
+        except KeyError:
+            pass
+    for value in READINESS_VALUES:
+        try:
+            rollback_readiness.remove(namespace, name, value)
         except KeyError:
             pass
     for trig in ROLLBACK_TRIGGERS:

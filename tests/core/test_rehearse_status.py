@@ -53,3 +53,51 @@ def test_crd_has_the_policy_field_and_the_wide_column():
     assert pol["rehearse"]["enum"] == ["Never", "Report", "Require"] and pol["rehearse"]["default"] == "Report"
     cols = {c["name"]: c for c in ver["additionalPrinterColumns"]}
     assert cols["Rollback"]["jsonPath"] == ".status.rollbackReadiness.status" and cols["Rollback"]["priority"] == 1
+
+
+# -- the metric (a real prometheus_client registry, dbrev's own) ---------------------------------
+
+def _sample(metric, **labels):
+    from dbrev import metrics as M
+
+    for fam in M.REGISTRY.collect():
+        for s in fam.samples:
+            if s.name == metric and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return None
+
+
+def test_readiness_metric_follows_the_status_and_goes_with_the_resource():
+    from dbrev import metrics as M
+    from dbrev import rehearse
+
+    kw = dict(is_ready=True, is_stalled=False, current="b2", target="b2")
+    M.set_resource("ns-rr", "orders", **kw)  # no rehearsal recorded yet: no series
+    assert _sample("dbrev_rollback_readiness", namespace="ns-rr", name="orders") is None
+    M.set_resource("ns-rr", "orders", readiness="Lossy", **kw)
+    vals = {v: _sample("dbrev_rollback_readiness", namespace="ns-rr", name="orders", readiness=v)
+            for v in rehearse.READINESS_VALUES}
+    assert vals == {"Proven": 0, "Lossy": 1, "Broken": 0, "Irreversible": 0, "Unproven": 0}
+    M.set_resource("ns-rr", "orders", readiness="Broken", **kw)
+    assert _sample("dbrev_rollback_readiness", namespace="ns-rr", name="orders", readiness="Broken") == 1
+    assert _sample("dbrev_rollback_readiness", namespace="ns-rr", name="orders", readiness="Lossy") == 0
+    assert "dbrev_rollback_readiness" in M.NAMES
+    M.forget_resource("ns-rr", "orders")
+    assert _sample("dbrev_rollback_readiness", namespace="ns-rr", name="orders") is None
+
+
+def test_a_require_refusal_counts_its_rollback_under_a_declared_trigger():
+    """decide passes the run's rollback.reason to dbrev_rollbacks_total{trigger}: it must be a declared one
+    (the series are created at 0 for every declared trigger, and alerts read them)."""
+    from dbrev import metrics as M
+
+    res = {"result": "refused", "from_revisions": ["a1"], "to_revisions": ["b2"], "current_revisions": ["a1"],
+           "rollback": {"triggered": True, "reason": "rehearsal_failure", "method": "transaction", "success": True},
+           "error": {"reason": C.ROLLBACK_NOT_READY, "message": "rehearse: Require refuses ..."}}
+    v = decide.from_result(res, {}, 1, NOW, "spec", NOW, PLAN)
+    assert v.rollback == ("rehearsal_failure", "success")
+    assert v.rollback[0] in M.ROLLBACK_TRIGGERS
+    M.set_resource("ns-rt", "orders", is_ready=False, is_stalled=True, current="a1", target="b2")
+    assert _sample("dbrev_rollbacks_total", namespace="ns-rt", name="orders", trigger="rehearsal_failure",
+                   result="success") == 0
+    M.forget_resource("ns-rt", "orders")

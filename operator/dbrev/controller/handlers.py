@@ -177,7 +177,8 @@ def carry_out(body, prev: dict, verdict: decide.Verdict, started: float, extra: 
     ready, stalled, waiting = _readiness(merged.get("conditions"))
     M.set_resource(ns, name, is_ready=ready, is_stalled=stalled,
                    current=merged.get("currentRevision"), target=merged.get("targetRevision"),
-                   findings=verdict.findings, drift=verdict.drift, is_waiting=waiting, reachable=verdict.reachable)
+                   findings=verdict.findings, drift=verdict.drift, is_waiting=waiting, reachable=verdict.reachable,
+                   readiness=(merged.get("rollbackReadiness") or {}).get("status"))
     if new.get("lastAppliedTime") and patch.get("lastAppliedTime"):
         M.last_applied_timestamp_seconds.labels(ns, name).set(time.time())
     level = L.logger.warning if verdict.outcome.kind in ("stalled", "transient") else L.logger.info
