@@ -447,6 +447,9 @@ def _plan_text(p, sql: bool = False) -> str:
             lines.append(f"        offline: {s.render_error}")
         if sql and s.sql.strip():
             lines.extend("        " + ln for ln in s.sql.strip().splitlines())
+    from .rehearse import recorded_lines
+
+    lines.extend(recorded_lines(p.recorded_readiness))
     for w in p.warnings:
         lines.append(f"warning: {w}")
     return "\n".join(lines)
@@ -540,6 +543,9 @@ def _apply_text(r: dict, args) -> str:
         if rb:
             lines.append(f"rollback ({rb.get('reason')}, {rb.get('method')}): "
                          f"{'succeeded' if rb.get('success') else 'FAILED'}")
+    from .rehearse import recorded_lines
+
+    lines.extend(x.strip() for x in recorded_lines(r.get("recorded_readiness") or []))
     rr = r.get("rollback_readiness")
     if rr:
         lines.append(f"rollback readiness: {rr['status']}: {rr['message']}")

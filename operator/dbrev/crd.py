@@ -239,6 +239,17 @@ def status_schema() -> dict:
             "warnings": _a("Things to know before it runs.", {"type": "string", "description": "A warning."},
                            maxItems=50),
             "computedAt": _s("When it was computed.", format="date-time"),
+            "recordedReadiness": _a(
+                "A plan that undoes upgrades (a GitOps revert): the readiness of their way back, as rehearsed "
+                "when they were applied (newest first).", _o("The readiness one applied run recorded.", {
+                    "status": _s("Proven, Lossy, Broken, Irreversible or Unproven."),
+                    "message": _s("What the rehearsal found."),
+                    "from": _s("Where the way back starts (the revision the upgrade reached)."),
+                    "to": _s("Where it returns to."),
+                    "step": _s("The revision whose downgrade is Broken or Irreversible."),
+                    "location": _s("file:line of that downgrade."),
+                    "recordedAt": _s("When the upgrade ran and rehearsed it."),
+                }), maxItems=20),
         }),
         "conditions": _a("Ready, Reconciling and Stalled (and DatabaseReachable once an outage was seen).",
                          condition, maxItems=8,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from . import integrity, state
+from . import integrity, rehearse, state
 from . import log as L
 from .db import connection, read_heads
 from .options import DbOptions
@@ -69,6 +69,8 @@ def plan(migrations: str, target: str, db: DbOptions | None = None, from_revisio
         with connection(db) as conn:
             current = read_heads(conn, db.version_table, db.version_table_schema)
             stored = _stored(conn, db)
+            recorded = state.recorded_readiness(conn, db.state_schema, state.vt_key(db.version_table,
+                                                                                    db.version_table_schema))
             conn.commit()
         # as the run does (runner._with_stored/_plan): stored copies for revisions no file declares,
         # and declared scripts that differ from the copy that was applied are conflicts
@@ -86,6 +88,8 @@ def plan(migrations: str, target: str, db: DbOptions | None = None, from_revisio
         p = build_plan(g, scripts.infos, {r: s.source for r, s in scripts.sources.items()}, current,
                        target_revs, lambda rev, up: render(scripts, rev, up, version_table, version_table_schema),
                        target_spec=target, version_table=version_table, version_table_schema=version_table_schema)
+    if from_revisions is None:
+        rehearse.attach_recorded(p, recorded, g)  # a revert's plan: the readiness recorded when it was applied
     if scripts.is_script_location:
         p.warnings.append("apply runs the steps through env.py (use --builtin-env for dbrev's own environment); "
                           "the SQL shown is rendered without it, so names that its naming convention gives "

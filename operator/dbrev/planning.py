@@ -96,6 +96,8 @@ class Plan:
     hash: str = ""
     transaction: str = TX_NONE
     warnings: list[str] = field(default_factory=list)
+    # a plan that undoes upgrades: the readiness their runs recorded (dbrev.rehearse.attach_recorded)
+    recorded_readiness: list[dict] = field(default_factory=list)
 
     @property
     def destructive_steps(self) -> list[PlanStep]:
@@ -140,6 +142,7 @@ class Plan:
             "version_table_schema": self.version_table_schema,
             "warnings": self.warnings,
             "hash": self.hash,
+            **({"recorded_readiness": self.recorded_readiness} if self.recorded_readiness else {}),
         }
 
 

@@ -355,3 +355,76 @@ def _losses(conn, objs_before, objs_after, xact_before, xact_after) -> list[Loss
         if net > 0:
             losses.append(Loss(objs_after[(oid, 0)][0], None, net, "rows"))
     return losses
+
+
+# ---------------------------------------------------------------------------
+# The readiness recorded when an upgrade ran, shown when a later plan undoes it (a GitOps revert).
+
+def recorded_for(plan_from, plan_to, runs: list[dict], graph) -> list[dict]:
+    """The readiness recorded by the applied runs whose way back a plan from ``plan_from`` to
+    ``plan_to`` walks: the newest run that reached ``plan_from``, then the newest that reached where
+    that one started, and so on while the way back stays above ``plan_to``.  ``runs`` as
+    :func:`dbrev.state.recorded_readiness` returns them (newest first).  PURE.
+
+    Each entry: ``from``/``to`` (the way back's own direction: ``from`` is where the upgrade ended),
+    ``status``, ``message``, ``recorded_at``, ``run_id``, and the rest of what the run recorded."""
+    known = graph.nodes
+    usable = [r for r in runs if all(x in known for x in (*r["from_revisions"], *r["to_revisions"]))]
+    if not set(plan_from) <= set(known) or not set(plan_to) <= set(known):
+        return []
+    cur = graph.closure(plan_from)
+    floor = cur & graph.closure(plan_to)  # what the plan keeps (a mixed plan: the common ancestors)
+    if not floor < cur:
+        return []  # the plan undoes nothing
+    out: list[dict] = []
+    for _ in range(len(usable)):
+        seg = next((r for r in usable if graph.closure(r["to_revisions"]) == cur
+                    and floor <= graph.closure(r["from_revisions"]) < cur), None)
+        if seg is None:
+            break
+        rr = dict(seg["readiness"])
+        at = seg.get("finished_at")
+        out.append({**rr, "status": rr.get("status", UNPROVEN), "message": rr.get("message", ""),
+                    "from": sorted(seg["to_revisions"]), "to": sorted(seg["from_revisions"]),
+                    "recorded_at": at.isoformat() if hasattr(at, "isoformat") else (str(at) if at else None),
+                    "run_id": seg.get("id")})
+        cur = graph.closure(seg["from_revisions"])
+        if cur == floor:
+            break
+    if out:
+        out[-1]["unrecorded"] = sorted(cur - floor)  # undone by the plan, with no rehearsal on record
+    return out
+
+
+def recorded_lines(recorded: list[dict]) -> list[str]:
+    """``dbrev plan``'s text for what :func:`recorded_for` found.  PURE."""
+    if not recorded:
+        return []
+    lines = []
+    for r in recorded:
+        at = _when(r.get("recorded_at"))
+        lines.append(f"  rehearsed: {r['status']} {_revs(r['from'])} -> {_revs(r['to'])}: {r['message']} "
+                     f"(recorded {at}, run {r.get('run_id')})")
+        for d in (r.get("differences") or [])[:5]:
+            lines.append(f"        {d}")
+    rest = recorded[-1].get("unrecorded") or []
+    if rest:
+        lines.append(f"  rehearsed: nothing recorded for undoing {', '.join(rest)}")
+    return lines
+
+
+def _when(iso: str | None) -> str:
+    from datetime import datetime, timezone
+
+    try:
+        return datetime.fromisoformat(str(iso)).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except ValueError:
+        return str(iso or "?")
+
+
+def attach_recorded(plan, runs: list[dict], graph) -> list[dict]:
+    """Attach to ``plan`` the readiness recorded for the upgrades it undoes (``runs``: from
+    :func:`dbrev.state.recorded_readiness`); returns it (empty when it undoes nothing or nothing was recorded)."""
+    if any(s.direction == "downgrade" for s in plan.steps):
+        plan.recorded_readiness = recorded_for(plan.from_revisions, plan.to_revisions, runs, graph)
+    return plan.recorded_readiness

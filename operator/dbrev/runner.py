@@ -143,6 +143,8 @@ class Runner:
             target = graph.resolve(req.target, current)
             plan = self._plan(scripts, current, target)
             self.plan = plan
+            if rehearse.attach_recorded(plan, state.recorded_readiness(conn, self.schema, self.vt), graph):
+                self.result["recorded_readiness"] = plan.recorded_readiness  # a revert: what its upgrade proved
             self.result.update({"plan_hash": plan.hash, "direction": plan.direction,
                                 "transaction": plan.transaction, "to_revisions": list(plan.to_revisions)})
             self.result["warnings"].extend(plan.warnings)
@@ -186,7 +188,7 @@ class Runner:
                 # the run ends here (busy, bad input, an error of dbrev's): the journal says how, not "running"
                 journal.finish(state.outcome_of(e), L.redact(str(e).splitlines()[0] if str(e) else type(e).__name__))
                 raise
-            journal.finish(out["result"], (out.get("error") or {}).get("message"))
+            journal.finish(out["result"], (out.get("error") or {}).get("message"), out.get("rollback_readiness"))
             out["duration_seconds"] = round(time.monotonic() - t0, 3)
             return out
         finally:

@@ -29,8 +29,12 @@ from .db import is_permission_error, quote_ident
 from .errors import DatabaseConfigError
 from .scripts import ORIGIN_DATABASE, ScriptSource
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: runs.readiness
 _SETUP_LOCK = 0x64627265765F7365  # "dbrev_se": serializes CREATE SCHEMA between runners
+
+
+_HAS_READINESS = ("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(:t) "
+                  "AND attname = 'readiness' AND NOT attisdropped)")
 
 
 def vt_key(version_table: str, version_table_schema: str | None) -> str:
@@ -46,7 +50,7 @@ def ensure_schema(conn: Connection, schema: str = "dbrev") -> None:
             exists = conn.execute(sa.text("SELECT to_regclass(:t) IS NOT NULL"),
                                   {"t": f"{s}.runs"}).scalar() and conn.execute(
                 sa.text("SELECT to_regclass(:t) IS NOT NULL"), {"t": f"{s}.archive_manifest"}).scalar()
-            if exists:
+            if exists and conn.execute(sa.text(_HAS_READINESS), {"t": f"{s}.runs"}).scalar():
                 return
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SETUP_LOCK})
             conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {s}"))
@@ -69,8 +73,11 @@ def ensure_schema(conn: Connection, schema: str = "dbrev") -> None:
                     actor text,
                     host text,
                     pid int,
-                    error text
+                    error text,
+                    readiness jsonb
                 )"""))
+            # state version 1 had no readiness column: the rehearsed way back of each run (dbrev.rehearse)
+            conn.execute(sa.text(f"ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS readiness jsonb"))
             conn.execute(sa.text(f"CREATE INDEX IF NOT EXISTS runs_vt_status ON {s}.runs (version_table, status)"))
             conn.execute(sa.text(f"""
                 CREATE TABLE IF NOT EXISTS {s}.fingerprints (
@@ -146,12 +153,16 @@ class Journal:
             f"UPDATE {quote_ident(self.schema)}.runs SET step_index=:i, step_revision=:r, step_direction=:d "
             f"WHERE id=:id"), {"i": index, "r": revision, "d": direction, "id": self.run_id})
 
-    def finish(self, status: str, error: str | None = None) -> None:
+    def finish(self, status: str, error: str | None = None, readiness: dict | None = None) -> None:
+        """``readiness``: the run's rehearsed way back (``rollback_readiness``), kept so that a later
+        downgrade's plan can show it (:func:`recorded_readiness`)."""
         if self.run_id is None:
             return
         self.conn.execute(sa.text(
-            f"UPDATE {quote_ident(self.schema)}.runs SET status=:s, error=:e, finished_at=now() WHERE id=:id"),
-            {"s": status, "e": error, "id": self.run_id})
+            f"UPDATE {quote_ident(self.schema)}.runs SET status=:s, error=:e, finished_at=now(), "
+            f"readiness=CAST(:r AS jsonb) WHERE id=:id"),
+            {"s": status, "e": error, "id": self.run_id,
+             "r": json.dumps(readiness, default=str) if readiness else None})
 
 
 def close_run(conn: Connection, schema: str, run_id: int, status: str, error: str | None = None) -> bool:
@@ -196,6 +207,25 @@ def recent_runs(conn: Connection, schema: str, vt: str, limit: int = 20) -> list
         f"step_revision, actor, error FROM {s}.runs WHERE version_table=:vt ORDER BY id DESC LIMIT :n"),
         {"vt": vt, "n": limit}).mappings().all()
     return [dict(r) for r in rows]
+
+
+def recorded_readiness(conn: Connection, schema: str, vt: str, limit: int = 200) -> list[dict]:
+    """Applied runs that recorded a rehearsed way back, newest first: ``from_revisions``,
+    ``to_revisions``, ``finished_at``, ``readiness`` (the dict the run reported), ``id``."""
+    s = quote_ident(schema)
+    if not conn.execute(sa.text(_HAS_READINESS), {"t": f"{s}.runs"}).scalar():
+        return []  # no bookkeeping yet, or state version 1 (nothing recorded)
+    rows = conn.execute(sa.text(
+        f"SELECT id, from_revisions, to_revisions, finished_at, readiness FROM {s}.runs "
+        f"WHERE version_table=:vt AND status='applied' AND readiness IS NOT NULL ORDER BY id DESC LIMIT :n"),
+        {"vt": vt, "n": limit}).mappings().all()
+    out = []
+    for r in rows:
+        d = dict(r)
+        if not isinstance(d["readiness"], dict):
+            d["readiness"] = json.loads(d["readiness"] or "{}")
+        out.append(d)
+    return out
 
 
 # -- fingerprints -------------------------------------------------------------

@@ -168,7 +168,19 @@ def plan_status(plan: dict, computed_at: str) -> dict:
         } for s in plan["steps"]][:500],
         "warnings": list(plan.get("warnings", []))[:50],
         "computedAt": computed_at,
+        **({"recordedReadiness": recorded_readiness_status(plan["recorded_readiness"])}
+           if plan.get("recorded_readiness") else {}),
     }
+
+
+def recorded_readiness_status(recorded: list[dict]) -> list[dict]:
+    """status.plan.recordedReadiness: for a plan that undoes upgrades, the readiness of their way back
+    as rehearsed when they were applied (dbrev.rehearse.recorded_for)."""
+    return [{"status": r.get("status", ""), "message": str(r.get("message", ""))[:1024],
+             "from": ",".join(r.get("from") or []) or "base", "to": ",".join(r.get("to") or []) or "base",
+             "step": r.get("step") or "", "location": r.get("location") or "",
+             "recordedAt": _iso(r.get("recorded_at")) if r.get("recorded_at") else ""}
+            for r in recorded][:20]
 
 
 def integrity_status(report: dict | None) -> dict | None:

@@ -101,3 +101,21 @@ def test_a_require_refusal_counts_its_rollback_under_a_declared_trigger():
     assert _sample("dbrev_rollbacks_total", namespace="ns-rt", name="orders", trigger="rehearsal_failure",
                    result="success") == 0
     M.forget_resource("ns-rt", "orders")
+
+
+def test_a_reverts_status_plan_shows_the_recorded_readiness():
+    from dbrev.status import plan_status
+
+    rec = [{"status": "Lossy", "message": "restores the starting schema, losing 4 value(s) of column public.t.nick",
+            "from": ["b2"], "to": ["a1"], "recorded_at": "2026-11-24T09:00:00+00:00", "run_id": 7,
+            "losses": [{"table": "public.t", "column": "nick", "rows": 4, "kind": "column"}], "unrecorded": []}]
+    down = {**PLAN, "direction": "downgrade", "from_revisions": ["b2"], "to_revisions": ["a1"],
+            "recorded_readiness": rec}
+    st = plan_status(down, NOW)
+    assert st["recordedReadiness"] == [{"status": "Lossy", "message": rec[0]["message"], "from": "b2", "to": "a1",
+                                        "step": "", "location": "", "recordedAt": "2026-11-24T09:00:00Z"}]
+    assert "recordedReadiness" not in plan_status(PLAN, NOW)
+    # the CRD keeps the field (the API server prunes what its schema does not declare)
+    props = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert set(props["plan"]["properties"]["recordedReadiness"]["items"]["properties"]) == set(
+        st["recordedReadiness"][0])

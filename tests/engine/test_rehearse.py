@@ -282,3 +282,55 @@ def test_lossy_with_archive_says_what_the_archive_would_keep(database_url, tmp_p
     rr = _apply(d, database_url, "--archive").json["rollback_readiness"]
     assert rr["status"] == "Lossy" and rr["losses"][0]["rows"] == 4, rr
     assert rr["archive_keeps"] == ["public.users.nick"] and "Archive would keep a copy" in rr["message"]
+
+
+# -- a later revert's plan shows the readiness recorded when the upgrade ran ---------------------------
+
+def test_a_reverts_plan_shows_the_readiness_recorded_when_the_upgrade_ran(database_url, tmp_path):
+    d = tmp_path / "m"
+    _base(d)
+    _at_base_rev(d, database_url, rows=6)
+    write_script(d, "r002aaaa", "r001aaaa",
+                 'op.add_column("users", sa.Column("nick", sa.Text))\n'
+                 'op.execute("UPDATE users SET nick = name WHERE id <= 4")',
+                 'op.drop_column("users", "nick")')
+    up = _apply(d, database_url)
+    assert up.code == 0 and up.json["rollback_readiness"]["status"] == "Lossy", up.stdout + up.stderr
+    assert "recorded_readiness" not in up.json  # an upgrade undoes nothing
+    # the GitOps revert: plan back to r001aaaa
+    p = dbrev("plan", "--migrations", str(d), "-r", "r001aaaa", url=database_url)
+    assert p.code == 0, p.stdout + p.stderr
+    rec = p.json["recorded_readiness"]
+    assert len(rec) == 1 and rec[0]["status"] == "Lossy" and rec[0]["from"] == ["r002aaaa"]
+    assert rec[0]["to"] == ["r001aaaa"] and rec[0]["losses"][0]["rows"] == 4 and rec[0]["recorded_at"]
+    assert rec[0]["unrecorded"] == []
+    text = dbrev("plan", "--migrations", str(d), "-r", "r001aaaa", url=database_url, json_out=False).stdout
+    line = next(x for x in text.splitlines() if "rehearsed:" in x)
+    assert "rehearsed: Lossy r002aaaa -> r001aaaa: restores the starting schema, losing 4 value(s) of column " \
+           "public.users.nick" in line and " UTC, run " in line and "(recorded 20" in line, text
+    # further back: each upgrade's own record, newest first (r001aaaa was applied, rehearsed, by _at_base_rev)
+    rec = dbrev("plan", "--migrations", str(d), "-r", "base", url=database_url).json["recorded_readiness"]
+    assert [(x["status"], x["from"], x["to"]) for x in rec] == [("Lossy", ["r002aaaa"], ["r001aaaa"]),
+                                                              ("Proven", ["r001aaaa"], [])]
+    # the downgrade itself reports it too, and an upgrade's plan has none
+    assert "recorded_readiness" not in dbrev("plan", "--migrations", str(d), "-r", "head", url=database_url).json
+    down = dbrev("apply", "--migrations", str(d), "-r", "r001aaaa", "--allow-downgrade", "--allow-data-loss",
+                 url=database_url)
+    assert down.code == 0, down.stdout + down.stderr
+    assert down.json["recorded_readiness"][0]["status"] == "Lossy"
+    assert heads(database_url) == ["r001aaaa"]
+
+
+def test_bookkeeping_of_state_version_1_gains_the_readiness_column(database_url, tmp_path):
+    d = tmp_path / "m"
+    _base(d)
+    _at_base_rev(d, database_url)
+    q(database_url, "ALTER TABLE dbrev.runs DROP COLUMN readiness")  # as state version 1 made it
+    write_script(d, "r002aaaa", "r001aaaa", 'op.add_column("users", sa.Column("x", sa.Text))',
+                 'op.drop_column("users", "x")')
+    assert "recorded_readiness" not in dbrev("plan", "--migrations", str(d), "-r", "base", url=database_url).json
+    assert _apply(d, database_url).code == 0
+    assert q(database_url, "SELECT readiness->>'status' FROM dbrev.runs ORDER BY id DESC LIMIT 1") == [("Proven",)]
+    # r001aaaa's run was recorded without one: a plan to base says what has no rehearsal on record
+    text = dbrev("plan", "--migrations", str(d), "-r", "base", url=database_url, json_out=False).stdout
+    assert "rehearsed: Proven r002aaaa -> r001aaaa" in text and "nothing recorded for undoing r001aaaa" in text, text
