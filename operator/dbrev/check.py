@@ -45,12 +45,16 @@ class RevisionCheck:
     downgrade_sql: str = ""
     failed: bool = False
     location: str | None = None
+    seeded: dict = field(default_factory=dict)  # --data: table -> rows inserted after this revision's upgrade
+    seed_skipped: dict = field(default_factory=dict)  # --data: table -> why no row could be made
 
     def to_dict(self, include_sql: bool = False) -> dict:
         d = {"revision": self.revision, "script": self.script, "doc": self.doc, "readiness": self.readiness,
              "message": self.message, "details": self.details, "destructive": self.destructive,
              "heavy_locks": self.heavy_locks, "transaction": self.transaction, "failed": self.failed,
              "location": self.location}
+        if self.seeded or self.seed_skipped:
+            d.update({"seeded": self.seeded, "seed_skipped": self.seed_skipped})
         if include_sql:
             d.update({"sql": self.sql, "downgrade_sql": self.downgrade_sql})
         return d
@@ -97,6 +101,43 @@ def _facts(db: DbOptions) -> list[str]:
     return facts
 
 
+def _excludes(db: DbOptions):
+    return (db.state_schema, "dbrev_archive"), ((db.version_table_schema or "public", db.version_table),)
+
+
+def _seed(db: DbOptions, tag: str) -> tuple[dict, dict]:
+    from . import seed
+    from .db import connection
+
+    with connection(db) as conn:
+        out = seed.seed(conn, *_excludes(db), tag=tag)
+        conn.commit()
+    return out
+
+
+def _inventory(db: DbOptions) -> dict:
+    from . import seed
+    from .db import connection
+
+    with connection(db) as conn:
+        inv = seed.inventory(conn, *_excludes(db))
+        conn.commit()
+    return inv
+
+
+def with_seeded_losses(rc: "RevisionCheck", found: list) -> None:
+    """--data: what the stairway's downgrade removed, rows dbrev seeded included, makes a Proven or
+    Lossy readiness Lossy with those counts.  PURE (on ``rc``)."""
+    if not found or rc.readiness not in (R.PROVEN, R.LOSSY):
+        return
+    rc.readiness = R.LOSSY
+    rc.details["losses"] = [loss.to_dict() for loss in found]
+    rc.details["counted_with_seeded_rows"] = True
+    rc.message = ("restores the starting schema, losing " + "; ".join(loss.describe() for loss in found[:5])
+                  + (f"; and {len(found) - 5} more" if len(found) > 5 else "")
+                  + " (counted by the stairway's downgrade, with the rows --data seeded)")
+
+
 def _ensure_scratch(db: DbOptions) -> None:
     from .db import connection, read_heads
 
@@ -127,7 +168,7 @@ def _apply(db: DbOptions, migrations: str, target: str, pythonpath, rehearse: st
 
 
 def run_check(migrations: str, db: DbOptions, *, from_rev: str | None = None, heads: int = 1,
-              pythonpath=(), allow_irreversible: bool = False) -> dict:
+              pythonpath=(), allow_irreversible: bool = False, data: bool = False) -> dict:
     from .engine import open_scripts
     from .planning import build_plan
     from .scripts import render
@@ -136,7 +177,7 @@ def run_check(migrations: str, db: DbOptions, *, from_rev: str | None = None, he
     scripts = open_scripts(migrations, pythonpath)  # every script loads (ScriptError: exit 2)
     g = scripts.graph
     doc: dict = {"result": PASSED, "migrations": migrations, "heads": list(g.heads), "revisions": [],
-                 "failures": [], "warnings": []}
+                 "failures": [], "warnings": [], "data": data}
     if len(g.heads) != heads:
         doc["failures"].append({"check": "heads", "message": f"the history has {len(g.heads)} head(s) "
                                 f"({', '.join(g.heads)}), not {heads}: merge them with `alembic merge`, "
@@ -184,11 +225,14 @@ def run_check(migrations: str, db: DbOptions, *, from_rev: str | None = None, he
         rc.readiness, rc.message = rr.get("status", R.UNPROVEN), rr.get("message", "")
         rc.details = {k: v for k, v in rr.items() if k not in ("status", "message")}
         rc.location = rr.get("location")
+        if data:  # a row in every table, the columns this revision added filled: the way down has data to lose
+            rc.seeded, rc.seed_skipped = _seed(db, f"{len(doc['revisions'])} {rev}")
         if rc.readiness == R.IRREVERSIBLE:
             rc.failed = failing(rc.readiness, allow_irreversible)
             current = tuple(up.get("current_revisions") or ())
             continue  # no way back to walk: carry on upwards
         # the stairway: down, compare, up again
+        held = _inventory(db) if data else None
         down = _apply(db, migrations, ",".join(current) or "base", pythonpath, rehearse=R.NEVER)
         if down.get("result") != "applied":
             err = down.get("error") or {}
@@ -206,6 +250,10 @@ def run_check(migrations: str, db: DbOptions, *, from_rev: str | None = None, he
             rc.message = (f"after the downgrade the schema differs from before the upgrade ({rc.location}): "
                           + "; ".join(diff[:3]))
             break
+        if held is not None:
+            from . import seed
+
+            with_seeded_losses(rc, seed.losses(held, _inventory(db)))
         again = _apply(db, migrations, up_target, pythonpath, rehearse=R.NEVER)
         if again.get("result") != "applied":
             err = again.get("error") or {}
@@ -244,6 +292,10 @@ def text(doc: dict) -> str:
         lines.append(f"  {rc.readiness:<12} {rc.revision}  {rc.script}  {rc.doc}")
         if rc.readiness != R.PROVEN and rc.message:
             lines.append(f"               {rc.message}")
+        if rc.seeded:
+            lines.append(f"               seeded a row into: {', '.join(rc.seeded)}")
+        for t, why in rc.seed_skipped.items():
+            lines.append(f"               not seeded: {t}: {why}")
     for f in doc["failures"]:
         if f["check"] != "stairway":
             lines.append(f"  FAILED {f['check']}: {f['message']}")
@@ -276,6 +328,12 @@ def markdown(doc: dict) -> str:
                    f"{': ' + _md(rc.message) if rc.readiness != R.PROVEN else ''} | "
                    f"{_md('; '.join(rc.destructive)) or '-'} | {_md('; '.join(rc.heavy_locks)) or '-'} | "
                    f"{rc.transaction} |")
+    seeded = sorted({t for rc in doc["revisions"] for t in rc.seeded})
+    skipped = {t: why for rc in doc["revisions"] for t, why in rc.seed_skipped.items()}
+    if doc.get("data"):
+        out += ["", f"Seeded (`--data`): a row after each upgrade into {', '.join(f'`{t}`' for t in seeded) or 'no table'}"
+                    + (f"; not seeded: " + "; ".join(f"`{t}` ({_md(w)})" for t, w in sorted(skipped.items()))
+                       if skipped else "") + "."]
     for rc in doc["revisions"]:
         out += ["", f"<details><summary>SQL of <code>{rc.revision}</code> ({_md(rc.doc)})</summary>", "",
                 "```sql", "-- upgrade", rc.sql.strip(), "-- downgrade", rc.downgrade_sql.strip(), "```", "",
@@ -308,6 +366,10 @@ def register(sub, add_common) -> None:
                                                                       "(default 1)")
     p.add_argument("--allow-irreversible", action="store_true",
                    help="do not fail on steps whose downgrade is missing or raises NotImplementedError")
+    p.add_argument("--data", action="store_true",
+                   help="after each upgrade, insert a row into every table (values of each column's type, "
+                        "foreign keys to existing rows; tables that refuse one are named), so the stairway's "
+                        "downgrade counts what a lossy one removes")
     p.add_argument("--format", default="text", choices=["text", "markdown"],
                    help="text (default) or markdown (a pull-request comment); --json for machines")
     p.set_defaults(func=cmd_check)
@@ -327,7 +389,7 @@ def cmd_check(args) -> int:
         args.database_url = url
         return run_check(migrations, db_options(args), from_rev=args.from_rev, heads=args.heads,
                          pythonpath=[os.path.abspath(p) for p in args.pythonpath],
-                         allow_irreversible=args.allow_irreversible)
+                         allow_irreversible=args.allow_irreversible, data=args.data)
 
     if args.ephemeral:
         with ephemeral_database() as url:

@@ -145,3 +145,56 @@ def test_check_without_a_database_says_how(examples_dir, monkeypatch):
     monkeypatch.delenv("DBREV_DATABASE_URL", raising=False)
     r = dbrev("check", "--migrations", str(examples_dir))
     assert r.code == 2 and "--ephemeral" in r.json["error"]["hint"]
+
+
+def _app_history(d):
+    """Tables the application fills later: the scripts insert nothing."""
+    write_script(d, "r001aaaa", None,
+                 'op.execute("CREATE TYPE mood AS ENUM (\'ok\', \'sad\')")\n'
+                 'op.create_table("accounts", sa.Column("id", sa.Integer, primary_key=True),\n'
+                 '    sa.Column("email", sa.String(20), nullable=False, unique=True),\n'
+                 '    sa.Column("mood", sa.Enum("ok", "sad", name="mood", create_type=False), nullable=False),\n'
+                 '    sa.Column("born", sa.Date, nullable=False), sa.Column("at", sa.DateTime(timezone=True)),\n'
+                 '    sa.Column("flags", sa.ARRAY(sa.Integer)), sa.Column("doc", sa.dialects.postgresql.JSONB),\n'
+                 '    sa.Column("uid", sa.dialects.postgresql.UUID, nullable=False),\n'
+                 '    sa.Column("amount", sa.Numeric(6, 2), nullable=False), sa.Column("ok", sa.Boolean, nullable=False))\n'
+                 'op.create_table("orders", sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),\n'
+                 '    sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id"), nullable=False),\n'
+                 '    sa.Column("note", sa.Text, server_default="none", nullable=False))\n'
+                 'op.create_table("picky", sa.Column("id", sa.Integer, primary_key=True),\n'
+                 '    sa.Column("n", sa.Integer, nullable=False), sa.CheckConstraint("n > 100", name="n_big"))',
+                 'op.drop_table("picky")\nop.drop_table("orders")\nop.drop_table("accounts")\n'
+                 'op.execute("DROP TYPE mood")')
+    write_script(d, "r002aaaa", "r001aaaa", 'op.add_column("orders", sa.Column("coupon", sa.Text))',
+                 'op.drop_column("orders", "coupon")')
+    write_script(d, "r003aaaa", "r002aaaa", 'op.add_column("accounts", sa.Column("nick", sa.Text))',
+                 'op.execute("DELETE FROM orders")\nop.drop_column("accounts", "nick")')
+
+
+def test_check_data_seeds_rows_so_lossy_downgrades_are_counted(database_url, tmp_path):
+    d = tmp_path / "m"
+    _app_history(d)
+    plain = dbrev("check", "--migrations", str(d), url=database_url)
+    assert plain.code == 0, plain.stdout + plain.stderr
+    assert [x["readiness"] for x in plain.json["revisions"]] == ["Proven", "Proven", "Proven"]
+    assert "seeded" not in plain.json["revisions"][0]
+    r = dbrev("check", "--migrations", str(d), "--data", url=_fresh(database_url))
+    assert r.code == 0, r.stdout + r.stderr  # Lossy is a finding, not a failure
+    by = {x["revision"]: x for x in r.json["revisions"]}
+    # r001aaaa: parents first, a value of every type; the CHECK refuses dbrev's row, and says so
+    assert by["r001aaaa"]["seeded"] == {"public.accounts": 1, "public.orders": 1}
+    assert "n_big" in by["r001aaaa"]["seed_skipped"]["public.picky"]
+    assert by["r001aaaa"]["readiness"] == "Lossy"
+    assert {(x["table"], x["rows"], x["kind"]) for x in by["r001aaaa"]["details"]["losses"]} == {
+        ("public.accounts", 1, "table"), ("public.orders", 1, "table")}
+    # r002aaaa: the column it adds holds the seeded value: its downgrade drops it
+    assert by["r002aaaa"]["readiness"] == "Lossy", by["r002aaaa"]
+    assert by["r002aaaa"]["details"]["losses"] == [{"table": "public.orders", "column": "coupon", "rows": 1,
+                                                    "kind": "column"}]
+    assert "1 value(s) of column public.orders.coupon" in by["r002aaaa"]["message"]
+    # r003aaaa: the nick values, and every order its downgrade deletes: r002aaaa's and its own (r001aaaa's went
+    # with the tables in r001aaaa's own stairway down)
+    losses = {(x["table"], x["column"], x["kind"]): x["rows"] for x in by["r003aaaa"]["details"]["losses"]}
+    assert losses == {("public.accounts", "nick", "column"): 1, ("public.orders", None, "rows"): 2}, losses
+    text = dbrev("check", "--migrations", str(d), "--data", url=_fresh(database_url), json_out=False).stdout
+    assert "seeded a row into: public.accounts, public.orders" in text and "not seeded: public.picky" in text
