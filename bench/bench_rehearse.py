@@ -7,7 +7,9 @@ database to head by ``dbrev apply --json`` (CLI) with ``--rehearse=never`` (plai
 20-step downgrade back to base, a fingerprint compare, the row counts of what it removes, and
 ``ROLLBACK TO SAVEPOINT``), on a fresh database each time, in a rotating order, several
 repetitions; median wall times and the ratio (target: within 1.8x).  Also the in-process
-figures (``dbrev.engine.apply(..., in_process=True)``), which leave out the CLI's start-up.
+figures (``dbrev.engine.apply(..., in_process=True)``), which leave out the CLI's start-up, and the
+plain downgrade of the same history (head -> base, not rehearsed): the rehearsal runs the same
+statements, so plain upgrade + those statements is the floor of the ratio, printed next to it.
 
 Runnable alone (``.venv/bin/python bench/bench_rehearse.py [--reps N]``) or through
 ``bench/run_all.py``.  Starts and stops its own throwaway PostgreSQL.  Asserts no time.
@@ -64,6 +66,22 @@ def main(argv=None) -> int:
             finally:
                 drop_database(pg.url(), url.rsplit("/", 1)[1])
 
+        def down() -> float:
+            """The plain downgrade of the same history (head -> base, no rehearsal): what a real rollback costs."""
+            url = pg.create_database()
+            try:
+                timed_run([DBREV, "apply", "--migrations", str(versions), "-r", "head", "--database-url", url,
+                           "--json", "--rehearse=never"], env=env)
+                dt, proc = timed_run([DBREV, "apply", "--migrations", str(versions), "-r", "base", "--database-url",
+                                      url, "--json", "--rehearse=never", "--allow-downgrade", "--allow-data-loss"],
+                                     env=env)
+                doc = json.loads(proc.stdout)
+                assert doc["result"] == "applied" and doc["direction"] == "downgrade", doc
+                down.steps = sum(x["duration_seconds"] for x in doc["steps"])
+                return dt
+            finally:
+                drop_database(pg.url(), url.rsplit("/", 1)[1])
+
         def inproc(mode: str) -> float:
             from dbrev.engine import apply
             from dbrev.options import DbOptions, Policy, RunRequest
@@ -82,13 +100,17 @@ def main(argv=None) -> int:
 
         say(f"[rehearse] 20-step history; warming up (1 run each, not counted); {args.reps} repetitions")
         cli("never"), cli("report"), inproc("never"), inproc("report")
-        times: dict[str, list[float]] = {k: [] for k in ("cli never", "cli report", "inproc never", "inproc report")}
+        times: dict[str, list[float]] = {k: [] for k in ("cli never", "cli report", "inproc never", "inproc report",
+                                                         "cli down")}
+        down_steps: list[float] = []
         for i in range(args.reps):
             order = [("cli", "never"), ("cli", "report"), ("inproc", "never"), ("inproc", "report")]
             if i % 2:
                 order = [order[1], order[0], order[3], order[2]]
             for kind, mode in order:
                 times[f"{kind} {mode}"].append((cli if kind == "cli" else inproc)(mode))
+            times["cli down"].append(down())
+            down_steps.append(down.steps)
         med = {k: statistics.median(v) for k, v in times.items()}
         r_cli = med["cli report"] / med["cli never"]
         r_in = med["inproc report"] / med["inproc never"]
@@ -106,8 +128,15 @@ def main(argv=None) -> int:
         say(f"rehearsal in the last CLI run: {rr.get('duration_seconds')}s, of which the 20 downgrade steps' own "
             f"statements {rr.get('steps_seconds')}s and dbrev's part (plan of the way back, savepoint, "
             f"fingerprint, catalog, counts) {over:.3f}s")
+        d_wall, d_steps = med["cli down"], statistics.median(down_steps)
+        floor = (med["cli never"] + d_steps) / med["cli never"]
+        say(f"the plain downgrade of the same history (dbrev apply -r base, not rehearsed), median: {d_wall:.3f}s "
+            f"wall, its 20 steps {d_steps:.3f}s; so a rehearsal that runs those same statements cannot be cheaper "
+            f"than {floor:.2f}x of the plain apply (plain upgrade + the downgrade's steps), against the measured "
+            f"{r_cli:.2f}x")
         if args.json_out:
             Path(args.json_out).write_text(json.dumps({"median": med, "ratio_cli": r_cli, "ratio_inproc": r_in,
+                                                       "down_steps_median": d_steps, "floor_ratio": floor,
                                                        "samples": times}, indent=2))
         return 0
     finally:
