@@ -198,3 +198,20 @@ def test_check_data_seeds_rows_so_lossy_downgrades_are_counted(database_url, tmp
     assert losses == {("public.accounts", "nick", "column"): 1, ("public.orders", None, "rows"): 2}, losses
     text = dbrev("check", "--migrations", str(d), "--data", url=_fresh(database_url), json_out=False).stdout
     assert "seeded a row into: public.accounts, public.orders" in text and "not seeded: public.picky" in text
+
+
+def test_check_names_a_downgrade_that_leaves_a_column_behind(database_url, tmp_path):
+    d = tmp_path / "m"
+    write_script(d, "r001aaaa", None, 'op.create_table("t", sa.Column("id", sa.Integer, primary_key=True))',
+                 'op.drop_table("t")')
+    bad = write_script(d, "r002aaaa", "r001aaaa",
+                       'op.add_column("t", sa.Column("a", sa.Text))\nop.add_column("t", sa.Column("b", sa.Text))',
+                       'op.drop_column("t", "a")')
+    write_script(d, "r003aaaa", "r002aaaa", 'op.add_column("t", sa.Column("c", sa.Text))', 'op.drop_column("t", "c")')
+    r = dbrev("check", "--migrations", str(d), url=database_url)
+    assert r.code == 1, r.stdout + r.stderr
+    first = r.json["first_failure"]
+    line = bad.read_text().splitlines().index("def downgrade():") + 1
+    assert first["revision"] == "r002aaaa" and first["readiness"] == "Broken"
+    assert first["location"] == f"{bad.name}:{line}" and "public.t.b" in first["message"]
+    assert r.json["unchecked"] == ["r003aaaa"]

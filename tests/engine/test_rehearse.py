@@ -148,6 +148,9 @@ def test_require_refuses_and_leaves_the_database_at_the_start(database_url, tmp_
     assert doc["result"] == "refused" and doc["error"]["reason"] == "RollbackNotReady"
     assert "Broken" in doc["error"]["message"] and "ix_users_name" in doc["error"]["message"]
     assert doc["rollback"]["method"] == "transaction" and doc["rollback"]["success"] is True
+    from dbrev.metrics import ROLLBACK_TRIGGERS  # the operator counts it as dbrev_rollbacks_total{trigger}
+
+    assert doc["rollback"]["reason"] == "rehearsal_failure" and doc["rollback"]["reason"] in ROLLBACK_TRIGGERS
     assert doc["current_revisions"] == ["r001aaaa"]
     assert heads(database_url) == ["r001aaaa"]
     assert q(database_url, "SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_users_name'") == [(0,)]
