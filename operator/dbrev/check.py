@@ -201,6 +201,8 @@ def run_check(migrations: str, db: DbOptions, *, from_rev: str | None = None, he
                                     f"{(pre.get('error') or {}).get('message')}"})
             doc["result"] = FAILED
             return doc
+        if data:  # the revisions before --from are not checked, but their tables hold rows like the others
+            doc["from_seeded"], doc["from_seed_skipped"] = _seed(db, "from")
     current = tuple(start)
     for step in plan.steps:
         rev = step.revision
@@ -328,8 +330,12 @@ def markdown(doc: dict) -> str:
                    f"{': ' + _md(rc.message) if rc.readiness != R.PROVEN else ''} | "
                    f"{_md('; '.join(rc.destructive)) or '-'} | {_md('; '.join(rc.heavy_locks)) or '-'} | "
                    f"{rc.transaction} |")
-    seeded = sorted({t for rc in doc["revisions"] for t in rc.seeded})
-    skipped = {t: why for rc in doc["revisions"] for t, why in rc.seed_skipped.items()}
+    seeded = sorted({t for rc in doc["revisions"] for t in rc.seeded} | set(doc.get("from_seeded") or ()))
+    skipped = {**(doc.get("from_seed_skipped") or {}),
+               **{t: why for rc in doc["revisions"] for t, why in rc.seed_skipped.items()}}
+    for rc in doc["revisions"]:  # a table seeded after a later upgrade was not refused for good
+        for t in rc.seeded:
+            skipped.pop(t, None)
     if doc.get("data"):
         out += ["", f"Seeded (`--data`): a row after each upgrade into {', '.join(f'`{t}`' for t in seeded) or 'no table'}"
                     + (f"; not seeded: " + "; ".join(f"`{t}` ({_md(w)})" for t, w in sorted(skipped.items()))

@@ -198,6 +198,16 @@ def test_check_data_seeds_rows_so_lossy_downgrades_are_counted(database_url, tmp
     assert losses == {("public.accounts", "nick", "column"): 1, ("public.orders", None, "rows"): 2}, losses
     text = dbrev("check", "--migrations", str(d), "--data", url=_fresh(database_url), json_out=False).stdout
     assert "seeded a row into: public.accounts, public.orders" in text and "not seeded: public.picky" in text
+    md = dbrev("check", "--migrations", str(d), "--data", "--format", "markdown", url=_fresh(database_url),
+               json_out=False).stdout
+    assert "Seeded (`--data`): a row after each upgrade into `public.accounts`, `public.orders`; not seeded: " \
+           "`public.picky` (the row was refused: " in md, md
+    # --from: the tables before it are seeded too, so the first checked revision meets rows
+    fr = dbrev("check", "--migrations", str(d), "--data", "--from", "r002aaaa", url=_fresh(database_url))
+    assert fr.code == 0, fr.stdout + fr.stderr
+    assert fr.json["from_seeded"] == {"public.accounts": 1, "public.orders": 1}
+    losses = {(x["table"], x["column"], x["kind"]): x["rows"] for x in fr.json["revisions"][0]["details"]["losses"]}
+    assert losses == {("public.accounts", "nick", "column"): 1, ("public.orders", None, "rows"): 2}, losses
 
 
 def test_check_names_a_downgrade_that_leaves_a_column_behind(database_url, tmp_path):
