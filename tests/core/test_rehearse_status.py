@@ -119,3 +119,38 @@ def test_a_reverts_status_plan_shows_the_recorded_readiness():
     props = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
     assert set(props["plan"]["properties"]["recordedReadiness"]["items"]["properties"]) == set(
         st["recordedReadiness"][0])
+
+
+# -- which recorded readiness a plan shows (pure) --------------------------------------------
+
+def _graph():
+    from dbrev.graph import Node, graph_from_nodes
+
+    # a1 -> b2 -> c3 -> d4
+    return graph_from_nodes([Node("a1", (), (), ()), Node("b2", ("a1",), (), ()), Node("c3", ("b2",), (), ()),
+                             Node("d4", ("c3",), (), ())])
+
+
+def _run(i, frm, to, status):
+    return {"id": i, "from_revisions": frm, "to_revisions": to, "finished_at": None,
+            "readiness": {"status": status, "message": status.lower()}}
+
+
+def test_recorded_for_walks_the_way_back_newest_first_and_names_the_rest():
+    from dbrev.rehearse import recorded_for, recorded_lines
+
+    g = _graph()
+    runs = [_run(4, ["b2"], ["d4"], "Broken"), _run(3, ["c3"], ["d4"], "Proven"),  # newest first
+            _run(2, ["a1"], ["b2"], "Lossy"), _run(1, [], ["a1"], "Proven"), _run(0, ["zz"], ["d4"], "Proven")]
+    rec = recorded_for(("d4",), ("a1",), runs, g)
+    assert [(r["run_id"], r["from"], r["to"]) for r in rec] == [(4, ["d4"], ["b2"]), (2, ["b2"], ["a1"])]
+    assert rec[-1]["unrecorded"] == []
+    # further than anything recorded: what remains is named
+    short = recorded_for(("d4",), ("a1",), runs[:1], g)
+    assert short[-1]["unrecorded"] == ["b2"]
+    assert "nothing recorded for undoing b2" in recorded_lines(short)[-1]
+    # a run that overshoots the target (d4 -> b2 when the plan stops at c3) is not what this plan undoes
+    assert [r["run_id"] for r in recorded_for(("d4",), ("c3",), runs, g)] == [3]
+    # an upgrade's plan, and runs naming revisions no script defines, give nothing
+    assert recorded_for(("a1",), ("d4",), runs, g) == []
+    assert recorded_for(("d4",), ("c3",), [runs[-1]], g) == []
