@@ -252,19 +252,22 @@ def run_check(migrations: str, db: DbOptions, *, from_rev: str | None = None, he
             rc.message = (f"after the downgrade the schema differs from before the upgrade ({rc.location}): "
                           + "; ".join(diff[:3]))
             break
+        found = []
         if held is not None:
             from . import seed
 
-            with_seeded_losses(rc, seed.losses(held, _inventory(db)))
+            found = seed.losses(held, _inventory(db))
         again = _apply(db, migrations, up_target, pythonpath, rehearse=R.NEVER)
         if again.get("result") != "applied":
             err = again.get("error") or {}
             rc.readiness, rc.failed = R.BROKEN, True
             rc.location = err.get("location") or R.script_location(scripts, rev, "upgrade")
-            rc.message = f"upgrading again after the downgrade fails at {rc.location}: {err.get('message')}"
+            rc.message = f"upgrading again after the downgrade fails at {rc.location}: {err.get('message')}" \
+                         + (" (on the rows --data seeded)" if data else "")
             break
         if rc.readiness == R.UNPROVEN:  # per-step steps: the stairway itself is the proof
             rc.readiness, rc.message = R.PROVEN, "the stairway (up, down, up) restores the schema"
+        with_seeded_losses(rc, found)
         rc.failed = failing(rc.readiness, allow_irreversible)
         current = tuple(again.get("current_revisions") or ())
     for rc in doc["revisions"]:

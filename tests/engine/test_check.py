@@ -225,3 +225,26 @@ def test_check_names_a_downgrade_that_leaves_a_column_behind(database_url, tmp_p
     assert first["revision"] == "r002aaaa" and first["readiness"] == "Broken"
     assert first["location"] == f"{bad.name}:{line}" and "public.t.b" in first["message"]
     assert r.json["unchecked"] == ["r003aaaa"]
+
+
+def test_check_data_counts_the_loss_of_a_per_step_revision(database_url, tmp_path):
+    """Per-step runs are not rehearsed (Unproven); the stairway proves them, and --data counts their loss."""
+    d = tmp_path / "m"
+    write_script(d, "r001aaaa", None, 'op.create_table("t", sa.Column("id", sa.Integer, primary_key=True))',
+                 'op.drop_table("t")')
+    write_script(d, "r002aaaa", "r001aaaa",
+                 'op.add_column("t", sa.Column("code", sa.Text))\n'
+                 'with op.get_context().autocommit_block():\n'
+                 '    op.create_index("ix_t_code", "t", ["code"], postgresql_concurrently=True)',
+                 'with op.get_context().autocommit_block():\n'
+                 '    op.drop_index("ix_t_code", table_name="t", postgresql_concurrently=True)\n'
+                 'op.drop_column("t", "code")')
+    plain = dbrev("check", "--migrations", str(d), "--from", "r001aaaa", url=database_url)
+    assert plain.code == 0, plain.stdout + plain.stderr
+    assert plain.json["revisions"][0]["transaction"] == "per-step"
+    assert plain.json["revisions"][0]["readiness"] == "Proven"
+    r = dbrev("check", "--migrations", str(d), "--from", "r001aaaa", "--data", url=_fresh(database_url))
+    assert r.code == 0, r.stdout + r.stderr
+    rc = r.json["revisions"][0]
+    assert rc["readiness"] == "Lossy" and rc["details"]["losses"] == [
+        {"table": "public.t", "column": "code", "rows": 1, "kind": "column"}], rc
