@@ -41,7 +41,7 @@ migration_steps_total = Counter(
 rollbacks_total = Counter(
     "dbrev_rollbacks_total", "Automatic rollbacks, by resource, what triggered them and whether they succeeded.",
     ["namespace", "name", "trigger", "result"], registry=REGISTRY)
-ROLLBACK_TRIGGERS = ("migration_failure", "integrity_check_failure", "timeout", "worker_died")
+ROLLBACK_TRIGGERS = ("migration_failure", "integrity_check_failure", "timeout", "worker_died", "health_check_failure")
 ROLLBACK_RESULTS = ("success", "failure")
 health_gate_total = Counter(  # healthgate (issue 13 §1)
     "dbrev_health_gate_total", "Health gates after a schema change, by resource and result (passed, failed).",
