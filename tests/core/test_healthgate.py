@@ -264,3 +264,20 @@ def test_rollback_needs_a_downgrade_policy_that_can_downgrade():
         parse_spec({**base, "policy": {"downgrade": "Deny"}})
     with pytest.raises(SpecError, match="not one of Report, Rollback"):
         parse_spec({**base, "healthGate": {**base["healthGate"], "onFailure": "Retry"}})
+
+
+def test_the_cluster_rollback_rolls_the_gated_workloads_back_first_unless_the_gate_already_did():
+    from dbrev.rollback import gated_workloads
+
+    obj = {"spec": {"healthGate": {"workloads": [{"kind": "Deployment", "name": "web"},
+                                                 {"kind": "StatefulSet", "name": "cache"}]}}}
+    names, why = gated_workloads(obj)
+    assert names == [("Deployment", "web"), ("StatefulSet", "cache")] and why.startswith("application first")
+    assert gated_workloads({"spec": {}}) == ([], "no health gate names workloads: only the schema goes back")
+    done = {**obj, "status": {"healthGate": {"phase": HG.ROLLBACK_INCOMPLETE,
+                                             "rolledBack": ["Deployment/web to ReplicaSet web-1 (revision 1)"]}}}
+    names, why = gated_workloads(done)
+    assert names == [] and "already rolled the workloads back" in why and "web-1" in why
+    # a gate that failed to patch anything (rolledBack empty) leaves them to the command
+    failed = {**obj, "status": {"healthGate": {"phase": HG.ROLLBACK_INCOMPLETE, "rolledBack": []}}}
+    assert gated_workloads(failed)[0] == names + [("Deployment", "web"), ("StatefulSet", "cache")]

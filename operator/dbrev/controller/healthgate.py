@@ -397,7 +397,8 @@ def workloads_not_rolled_back(status: dict, gen: int, why: str, now: str, name: 
             else f"the workloads cannot be rolled back: {why}")
     msg = (f"{failure}. {what}. The schema stays at {to} (application first: it goes back only once the workloads "
            f"are healthy on their previous revision). To fix: fix the release, or roll the workloads back by hand "
-           f"(kubectl rollout undo) and then the schema with `dbrev rollback {name} -n {namespace} --to {frm}`; "
+           f"(kubectl rollout undo) and then the schema with `dbrev rollback {name} -n {namespace} --schema-only "
+           f"--to {frm}`; "
            f"dbrev does not run the plan again until the spec changes")
     out = Outcome(STALLED_KIND, C.WORKLOAD_ROLLBACK_FAILED, msg)
     rec = {**hg, "phase": ROLLBACK_INCOMPLETE, "finishedAt": now, "message": msg[:4096]}
