@@ -486,6 +486,12 @@ def schema_rolled_back(run, result: dict, status: dict, gen: int, now: str, targ
     tick tries again).  Refused by the policy, failed, or not verified: Stalled ``SchemaRollbackBlocked``
     (or the run's ``RollbackFailed`` when it left the database between revisions).
     """
+    v = _schema_rolled_back(run, result, status, gen, now, target, spec_revision, name, namespace)
+    v.steps, v.findings, v.drift, v.reachable = run.steps, run.findings, run.drift, run.reachable
+    return v
+
+
+def _schema_rolled_back(run, result, status, gen, now, target, spec_revision, name, namespace):
     from ..rollback import succeeded
     from ..status import STALLED_KIND, TRANSIENT_KIND, WAITING_KIND, Outcome
     from .. import conditions as C
