@@ -333,6 +333,12 @@ def _nothing_to_do(prev: dict, gen: int, inputs: Inputs, live) -> bool:
     return revisions_text(live) == prev.get("currentRevision")
 
 
+def _post_archived(body, ev: dict) -> None:
+    post_event(body, decide.NORMAL, decide.EV_ARCHIVED,
+               f"kept {ev['rows']} row(s) of {ev['object']} in {ev['archive_table']} (archive {ev['id']}) "
+               f"before {ev.get('revision', '')} dropped them; restore with: dbrev archive restore {ev['id']}")
+
+
 def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, started, extra) -> None:
     from ..engine import apply
 
@@ -352,9 +358,7 @@ def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, start
             if planned:
                 post_event(body, *planned)
         elif kind == "archived":
-            post_event(body, decide.NORMAL, decide.EV_ARCHIVED,
-                       f"kept {ev['rows']} row(s) of {ev['object']} in {ev['archive_table']} (archive {ev['id']}) "
-                       f"before {ev.get('revision', '')} dropped them; restore with: dbrev archive restore {ev['id']}")
+            _post_archived(body, ev)
         elif kind == "step_started" and ev.get("index") == 1:
             plan = seen.get("plan") or {}
             msg = (f"applying plan {plan.get('hash', '')[:19]}: {plan.get('direction')} "
@@ -668,6 +672,11 @@ def _health_gate_schema(body, status: dict, spec: Spec, meta: dict, started) -> 
     def on_event(ev: dict) -> None:
         if ev.get("event") == "plan":
             seen["plan"] = ev["plan"]
+            planned = decide.planned_event(ev["plan"], status)
+            if planned:
+                post_event(body, *planned)
+        elif ev.get("event") == "archived":  # dataLoss: Archive — where the dropped rows are kept
+            _post_archived(body, ev)
 
     started_at = now_iso()
     req = RunRequest(db=_db_options(spec, inputs.url), migrations=str(inputs.migrations), target=target,
