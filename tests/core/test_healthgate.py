@@ -281,3 +281,13 @@ def test_the_cluster_rollback_rolls_the_gated_workloads_back_first_unless_the_ga
     # a gate that failed to patch anything (rolledBack empty) leaves them to the command
     failed = {**obj, "status": {"healthGate": {"phase": HG.ROLLBACK_INCOMPLETE, "rolledBack": []}}}
     assert gated_workloads(failed)[0] == names + [("Deployment", "web"), ("StatefulSet", "cache")]
+
+
+def test_a_downgrade_that_finds_the_schema_already_back_counts_as_done():
+    # the operator died after the downgrade committed and before the status was written: the next
+    # tick's run finds the database at the target (noop, verified) and finishes the rollback
+    st = rolling()
+    result = {"result": "noop", "from_revisions": ["a1"], "to_revisions": ["a1"], "current_revisions": ["a1"],
+              "steps": [], "integrity": {"passed": True, "findings": []}}
+    out = HG.schema_rolled_back(run_of(result, st), result, st, 3, NOW, "a1", "b2", "orders", "shop")
+    assert out.outcome.reason == C.ROLLED_BACK_AFTER_HEALTH_CHECK and out.status["currentRevision"] == "a1"
