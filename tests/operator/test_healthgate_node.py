@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dbhelp import heads, q
+from clihelp import dbrev
+from dbhelp import heads, json_lines, q
 from dbrev.envtest.postgres import create_database, drop_database
 from dbrev.envtest.images import MANIFESTS_IMAGE
 from opharness import Kube, Operator, condition, dbrev_resource, wait_for
@@ -166,7 +167,7 @@ def records(op, event):
     return [r for r in op.logs() if r.get("event") == event]
 
 
-def test_report_leaves_the_release_and_says_which_workload_failed(nkube, shop):
+def test_report_leaves_the_release_and_the_runbook_by_hand_goes_application_first(node, nkube, shop):
     ns, url, op = shop["ns"], shop["url"], shop["op"]
     migrations(shop, nkube)
     release_v1(nkube, shop, "Report")
@@ -182,6 +183,21 @@ def test_report_leaves_the_release_and_says_which_workload_failed(nkube, shop):
     # Report rolls nothing back: the Deployment is still v2, the schema at r002
     assert deployment(nkube, ns)["spec"]["template"]["metadata"]["labels"]["version"] == "v2"
     assert not records(op, "rollback_triggered")
+    # the runbook by hand: `dbrev rollback NAME` puts the gated Deployment back first, then the schema
+    before = q(url, "SELECT id, title FROM items ORDER BY id")
+    res = dbrev("rollback", "orders", "-n", ns, "--reason", "health_check_failure", "--deployment-id", "rel-2",
+                "--timeout", "240", env=node.env(), timeout=300)
+    assert res.code == 0, res.stdout + res.stderr
+    assert res.json["success"] is True and (res.json["from_revision"], res.json["to_revision"]) == (R2, R1)
+    assert res.json["workloads"]["roll_back"] == ["Deployment/web"]
+    assert res.json["workloads"]["result"].startswith("rolled back Deployment/web to ReplicaSet web-")
+    assert deployment(nkube, ns)["spec"]["template"]["metadata"]["labels"]["version"] == "v1"
+    pods = ready_pods(nkube, ns)
+    assert pods and {p["metadata"]["labels"]["version"] for p in pods} == {"v1"}
+    assert heads(url) == [R1] and q(url, "SELECT id, name FROM items ORDER BY id") == before
+    recs = {r["event"]: r for r in json_lines(res.stderr) if r.get("event", "").startswith("rollback_")}
+    assert recs["rollback_triggered"]["reason"] == "health_check_failure"
+    assert recs["rollback_executed"]["success"] is True and recs["rollback_executed"]["deployment_id"] == "rel-2"
 
 
 def test_rollback_puts_the_deployment_back_then_the_schema_and_does_not_loop(nkube, shop):
