@@ -349,6 +349,8 @@ def _roll_back_workloads(ns: str, names, window: float, log) -> tuple[bool, str]
         undos = HG.roll_back_workloads(ns, names)
     except HG.NoPreviousRevision as e:
         return False, f"cannot roll the workloads back: {e}; nothing was changed"
+    except HG.UndoRefused as e:
+        return False, f"cannot roll the workloads back: {e}; the schema was left as it is"
     text = ", ".join(u.text for u in undos)
     log.state_transition(None, None, "workloads_rolled_back", f"Rolled back {text}")
     started = time.monotonic()

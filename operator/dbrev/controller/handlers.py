@@ -590,8 +590,6 @@ def _elapsed(since: str) -> float:
 
 def _health_gate_roll_back(body, ns, name, gen, status, spec: Spec, v: HG.GateVerdict, started) -> None:
     """onFailure: Rollback, step 1 (application first): patch every named workload back to its previous revision."""
-    from kubernetes.client.rest import ApiException
-
     hg = status["healthGate"]
     frm, to = hg.get("toRevision"), hg.get("fromRevision")  # the schema goes from where the run left it back
     L.logger.error("Health gate failed: a workload is unhealthy after the schema change; rolling back", extra={
@@ -604,9 +602,9 @@ def _health_gate_roll_back(body, ns, name, gen, status, spec: Spec, v: HG.GateVe
         undos = HG.roll_back_workloads(ns, spec.health_gate.workloads)
     except HG.NoPreviousRevision as e:
         verdict = HG.workloads_not_rolled_back(status, gen, str(e), now, name, ns, patched=False)
-    except ApiException as e:
-        why = f"the API server refused it (HTTP {e.status} {e.reason})"
-        verdict = HG.workloads_not_rolled_back(status, gen, why, now, name, ns, patched=False)
+    except HG.UndoRefused as e:
+        verdict = HG.workloads_not_rolled_back(status, gen, str(e), now, name, ns, patched=False,
+                                               partly=[d.text for d in e.done])
     else:
         for u in undos:
             L.logger.warning(f"Rolled back {u.text}", extra={"workload": u.ref, "status": "rolling_back"})

@@ -382,7 +382,7 @@ def rolling_back(status: dict, gen: int, detail: str, now: str):
 
 
 def workloads_not_rolled_back(status: dict, gen: int, why: str, now: str, name: str, namespace: str,
-                              patched: bool):
+                              patched: bool, partly: list[str] = ()):
     """The workloads could not be rolled back (nothing to go back to, refused), or went back unhealthy.
 
     Application first: the schema is left where the run put it, and the resource is Stalled.
@@ -403,7 +403,7 @@ def workloads_not_rolled_back(status: dict, gen: int, why: str, now: str, name: 
     out = Outcome(STALLED_KIND, C.WORKLOAD_ROLLBACK_FAILED, msg)
     rec = {**hg, "phase": ROLLBACK_INCOMPLETE, "finishedAt": now, "message": msg[:4096]}
     if not patched:
-        rec["rolledBack"] = []
+        rec["rolledBack"] = list(partly)  # the ones patched before the API server refused one
     last = {"reason": C.WORKLOAD_ROLLBACK_FAILED, "message": msg[:4096], "time": now}
     events = [] if patched else [("Warning", EV_WORKLOAD_UNHEALTHY, f"{failure} after the schema changed {frm} -> "
                                                                    f"{to}")]
@@ -633,13 +633,32 @@ def patch_workload(namespace: str, undo: Undo) -> None:
         apps.patch_namespaced_stateful_set(undo.name, namespace, undo.patch, _content_type=undo.content_type)
 
 
+class UndoRefused(Exception):
+    """The API server refused reading or patching a workload; ``done``: the undos applied before it."""
+
+    def __init__(self, message: str, done: list[Undo]):
+        super().__init__(message)
+        self.done = done
+
+
 def roll_back_workloads(namespace: str, workloads) -> list[Undo]:
     """Read, plan (all or none) and patch the named workloads back to their previous revision.
 
-    Raises :class:`NoPreviousRevision` before patching anything when one has nothing to go back to;
-    an API error while patching propagates (the ones patched before it stay patched: the caller says so).
+    Raises :class:`NoPreviousRevision` before patching anything when one has nothing to go back to, and
+    :class:`UndoRefused` when the API server refuses a read or a patch (saying which were patched before).
     """
-    undos = undo_plan(read_for_undo(namespace, workloads))
+    from kubernetes.client.rest import ApiException
+
+    try:
+        undos = undo_plan(read_for_undo(namespace, workloads))
+    except ApiException as e:
+        raise UndoRefused(f"reading the workloads failed (HTTP {e.status} {e.reason})", []) from None
+    done: list[Undo] = []
     for u in undos:
-        patch_workload(namespace, u)
+        try:
+            patch_workload(namespace, u)
+        except ApiException as e:
+            first = f"rolled back {', '.join(d.text for d in done)}, but " if done else ""
+            raise UndoRefused(f"{first}patching {u.ref} failed (HTTP {e.status} {e.reason})", done) from None
+        done.append(u)
     return undos
