@@ -296,8 +296,13 @@ def reconcile(body, cause: str, retry: int = 0, diff=None, index=None) -> None:
             # healthgate: the approval is for the schema downgrade of a health-gate rollback
             _health_gate_schema(body, prev, spec, meta, started)
             return
-        if HG.holding(prev, gen) and prev.get("inputsHash") == inputs.inputs_hash and trigger in decide.NOT_A_RETRY:
-            return  # healthgate: the timer is watching (or rolling back) the rollout that followed the last run
+        if HG.holding(prev, gen) and prev.get("inputsHash") == inputs.inputs_hash:
+            # healthgate: the timer is watching (or rolling back) the rollout that followed the last run; a pass
+            # with the same spec and inputs (a resume, a ConfigMap event that changed nothing) would end it
+            L.logger.info("The health gate holds: same spec, same inputs; not running the plan again",
+                          extra={"trigger": trigger, "status": (prev.get("healthGate") or {}).get("phase")})
+            M.observe_reconcile(M.RESULT_NOOP, time.monotonic() - started)
+            return
         if _nothing_to_do(prev, gen, inputs, live):
             M.observe_reconcile(M.RESULT_NOOP, time.monotonic() - started)
             return
