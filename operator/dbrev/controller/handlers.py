@@ -300,7 +300,7 @@ def reconcile(body, cause: str, retry: int = 0, diff=None, index=None) -> None:
             # healthgate: the timer is watching (or rolling back) the rollout that followed the last run; a pass
             # with the same spec and inputs (a resume, a ConfigMap event that changed nothing) would end it
             L.logger.info("The health gate holds: same spec, same inputs; not running the plan again",
-                          extra={"trigger": trigger, "status": (prev.get("healthGate") or {}).get("phase")})
+                          extra={"status": (prev.get("healthGate") or {}).get("phase")})
             M.observe_reconcile(M.RESULT_NOOP, time.monotonic() - started)
             return
         if _nothing_to_do(prev, gen, inputs, live):
