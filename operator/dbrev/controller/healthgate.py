@@ -341,6 +341,11 @@ def _verdict(out, status: dict, gen: int, now: str, fields: dict, events=(), rol
     return decide.Verdict(out, st, list(events), metric_result=RESULT_NOOP, rollback=rollback)
 
 
+def _failure(hg: dict) -> str:
+    """Why the gate failed, as the start of a sentence (no trailing period: messages go on after it)."""
+    return (hg.get("failure") or hg.get("message") or "a workload is unhealthy").rstrip(". ")
+
+
 def _rolled_back_text(hg: dict) -> str:
     return ", ".join(hg.get("rolledBack") or []) or "the workloads"
 
@@ -351,10 +356,10 @@ def rollback_started(status: dict, gen: int, verdict: GateVerdict, undos: list[U
     from .. import conditions as C
 
     hg = status["healthGate"]
-    rec = {**conclude(hg, verdict, now), "phase": ROLLING_BACK, "failure": verdict.message[:4096],
+    rec = {**conclude(hg, verdict, now), "phase": ROLLING_BACK, "failure": verdict.message.rstrip(". ")[:4096],
            "rollbackStartedAt": now, "rolledBack": [u.text for u in undos]}
     rec.pop("finishedAt", None)
-    msg = rolling_back_message(rec, "patched")
+    msg = rolling_back_message(rec, "waiting for them to become available")
     out = Outcome(PROGRESSING_KIND, C.ROLLING_BACK_WORKLOADS, msg)
     events = [("Warning", EV_WORKLOAD_UNHEALTHY, f"{verdict.message} after the schema changed "
                                                  f"{hg.get('fromRevision')} -> {hg.get('toRevision')}"),
@@ -366,7 +371,7 @@ def rollback_started(status: dict, gen: int, verdict: GateVerdict, undos: list[U
 
 
 def rolling_back_message(hg: dict, detail: str) -> str:
-    return (f"{hg.get('failure', '')}: rolling back {_rolled_back_text(hg)} (window "
+    return (f"{_failure(hg)}: rolling back {_rolled_back_text(hg)} (window "
             f"{hg.get('windowSeconds', 0):g}s): {detail}; then the schema goes back {hg.get('toRevision')} -> "
             f"{hg.get('fromRevision')}")
 
@@ -391,7 +396,7 @@ def workloads_not_rolled_back(status: dict, gen: int, why: str, now: str, name: 
     from .. import conditions as C
 
     hg = status["healthGate"]
-    failure = hg.get("failure") or hg.get("message") or "a workload is unhealthy"
+    failure = _failure(hg)
     frm, to = hg.get("fromRevision"), hg.get("toRevision")
     what = (f"rolled back {_rolled_back_text(hg)}, but {why}" if patched
             else f"the workloads cannot be rolled back: {why}")
@@ -459,7 +464,7 @@ def _schema_incomplete(status, gen, now, name, namespace, why: str, target: str 
     from .. import conditions as C
 
     hg = status["healthGate"]
-    failure = hg.get("failure") or hg.get("message") or "a workload is unhealthy"
+    failure = _failure(hg)
     frm = target or hg.get("fromRevision")
     cur = (fields or {}).get("currentRevision") or status.get("currentRevision") or hg.get("toRevision")
     msg = (f"{failure}. Rolled back {_rolled_back_text(hg)}; the schema stays at {cur}: {why}. To finish the "
@@ -500,7 +505,7 @@ def _schema_rolled_back(run, result, status, gen, now, target, spec_revision, na
     fields = {k: v for k, v in run.status.items() if k not in ("conditions", "observedGeneration")}
     to = hg.get("toRevision")
     if succeeded(result, _revs(target)):
-        failure = hg.get("failure") or hg.get("message") or "a workload is unhealthy"
+        failure = _failure(hg)
         msg = (f"{failure}. Rolled back {_rolled_back_text(hg)} and then the schema {to} -> {target}, verified "
                f"({TRIGGER}). spec.revision still names {spec_revision}: dbrev does not apply it again until the "
                f"spec changes. To fix: fix the release and change the spec (or annotate "
