@@ -361,7 +361,7 @@ def rollback_started(status: dict, gen: int, verdict: GateVerdict, undos: list[U
     rec.pop("finishedAt", None)
     msg = rolling_back_message(rec, "waiting for them to become available")
     out = Outcome(PROGRESSING_KIND, C.ROLLING_BACK_WORKLOADS, msg)
-    events = [("Warning", EV_WORKLOAD_UNHEALTHY, f"{verdict.message} after the schema changed "
+    events = [("Warning", EV_WORKLOAD_UNHEALTHY, f"{rec['failure']} after the schema changed "
                                                  f"{hg.get('fromRevision')} -> {hg.get('toRevision')}"),
               ("Warning", EV_ROLLBACK_TRIGGERED, f"{TRIGGER}: rolling back {_rolled_back_text(rec)}"
                                                  f", then the schema {hg.get('toRevision')} -> "
