@@ -287,3 +287,24 @@ def test_a_window_that_passes_while_pods_are_pending_fails_the_gate(nkube, shop)
     assert pods and {p["status"]["phase"] for p in pods} == {"Pending"}
     stalled = cond(st, "Stalled")
     assert stalled["reason"] == "WorkloadUnhealthy" and "Deployment/web not healthy within 20s" in stalled["message"]
+
+
+def test_rollback_whose_schema_downgrade_needs_an_approval_waits_for_it(node, nkube, shop):
+    ns, url, op = shop["ns"], shop["url"], shop["op"]
+    migrations(shop, nkube)
+    release_v1(nkube, shop, "Rollback", policy={"downgrade": "RequireApproval", "dataLoss": "Allow"})
+    release_v2(nkube, shop)
+    st = phase(nkube, ns, ("AwaitingApproval", "RolledBack", "RollbackIncomplete"), 240)
+    ready = cond(st, "Ready")
+    assert st["healthGate"]["phase"] == "AwaitingApproval" and ready["reason"] == "AwaitingApproval", (ready, op.tail())
+    assert "rolled back Deployment/web" in ready["message"] and "needs an approval" in ready["message"]
+    # the application is back already; the schema waits for a human
+    assert deployment(nkube, ns)["spec"]["template"]["metadata"]["labels"]["version"] == "v1"
+    assert heads(url) == [R2] and st["plan"]["direction"] == "downgrade"
+    res = dbrev("approve", "orders", "-n", ns, env=node.env())
+    assert res.code == 0, res.stdout + res.stderr
+    st = phase(nkube, ns, ("RolledBack", "RollbackIncomplete"), 120)
+    assert cond(st, "Stalled")["reason"] == "RolledBackAfterHealthCheck", op.tail()
+    assert heads(url) == [R1]
+    (done,) = records(op, "rollback_executed")
+    assert done["success"] is True
