@@ -62,3 +62,8 @@ INVALID_SPEC = "InvalidSpec"
 # Reasons: the health gate (healthgate, issue 13 §1)
 AWAITING_WORKLOADS = "AwaitingWorkloads"  # Reconciling=True: watching the rollout after a schema change
 WORKLOAD_UNHEALTHY = "WorkloadUnhealthy"  # Stalled: a named workload failed its rollout
+# onFailure: Rollback (application first, then schema)
+ROLLING_BACK_WORKLOADS = "RollingBackWorkloads"  # Reconciling=True: the workloads go back, then the schema
+ROLLED_BACK_AFTER_HEALTH_CHECK = "RolledBackAfterHealthCheck"  # Stalled: both went back; spec.revision failed
+WORKLOAD_ROLLBACK_FAILED = "WorkloadRollbackFailed"  # Stalled: the workloads could not go back; schema left
+SCHEMA_ROLLBACK_BLOCKED = "SchemaRollbackBlocked"  # Stalled: the workloads went back; the schema downgrade did not

@@ -185,8 +185,14 @@ def spec_schema() -> dict:
                                  pattern=DURATION_PATTERN),
                     "onFailure": _s("Report: Stalled, reason WorkloadUnhealthy naming the workload and what it "
                                     "reported, a Warning Event and dbrev_health_gate_total{result=\"failed\"}. "
-                                    "(Rolling the application and the schema back is not implemented yet.)",
-                                    default="Report", enum=["Report"]),
+                                    "Rollback: application first, then schema: every named workload goes back to "
+                                    "its previous revision (as kubectl rollout undo), and once they are available "
+                                    "the schema goes back to the revision before the run, under spec.policy "
+                                    "(dataLoss, approvals; downgrade must not be Deny); then Stalled "
+                                    "(RolledBackAfterHealthCheck, or WorkloadRollbackFailed / "
+                                    "SchemaRollbackBlocked saying what stayed) until the spec changes. With a "
+                                    "GitOps tool that self-heals the workloads (Argo CD selfHeal), use Report.",
+                                    default="Report", enum=["Report", "Rollback"]),
                 },
                 required=["workloads"],
             ),
@@ -272,7 +278,9 @@ def status_schema() -> dict:
             "time": _s("When.", format="date-time"),
         }),
         "healthGate": _o("The health gate of the last schema change (spec.healthGate).", {
-            "phase": _s("Watching, Passed, Failed, or Superseded (a later run or spec change replaced it)."),
+            "phase": _s("Watching, Passed, Failed, or Superseded (a later run or spec change replaced it); with "
+                        "onFailure Rollback: RollingBack, AwaitingApproval (the schema downgrade), RolledBack, "
+                        "RollbackIncomplete."),
             "generation": _i("The generation whose run started it."),
             "fromRevision": _s("The revision before the run."),
             "toRevision": _s("The revision the run reached."),
@@ -281,6 +289,12 @@ def status_schema() -> dict:
             "windowSeconds": {"type": "number", "description": "The window."},
             "workload": _s("The workload that failed it (Kind/name)."),
             "message": _s("What the workloads reported."),
+            "deploymentId": _s("The deployment id of the run it watches."),
+            "failure": _s("onFailure Rollback: why the gate failed."),
+            "rollbackStartedAt": _s("onFailure Rollback: when the workloads were patched back.", format="date-time"),
+            "rolledBack": _a("onFailure Rollback: each workload and the revision it went back to.",
+                             _s("Kind/name to what it went back to.")),
+            "schemaTarget": _s("onFailure Rollback: the revision the schema goes back to."),
         }),
         "lastError": _o("The last failure, cleared on success.", {
             "reason": _s("Condition reason."),

@@ -44,7 +44,9 @@ rollbacks_total = Counter(
     ["namespace", "name", "trigger", "result"], registry=REGISTRY)
 # every rollback.reason a run reports: "rehearsal_failure" is policy.rehearse Require refusing an upgrade whose
 # way back is Broken or Irreversible (the upgrade's transaction rolls back, dbrev.runner)
-ROLLBACK_TRIGGERS = ("migration_failure", "integrity_check_failure", "timeout", "worker_died", "rehearsal_failure")
+# "health_check_failure": the health gate (onFailure: Rollback) or `dbrev rollback --reason` after a failed rollout
+ROLLBACK_TRIGGERS = ("migration_failure", "integrity_check_failure", "timeout", "worker_died", "rehearsal_failure",
+                     "health_check_failure")
 ROLLBACK_RESULTS = ("success", "failure")
 health_gate_total = Counter(  # healthgate (issue 13 §1)
     "dbrev_health_gate_total", "Health gates after a schema change, by resource and result (passed, failed).",

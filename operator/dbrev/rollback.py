@@ -116,8 +116,9 @@ def losses(plan: dict) -> list[dict]:
 
 
 def succeeded(result: dict, target) -> bool:
-    """The runbook's validation: applied, integrity passed, and the database at the target."""
-    if result.get("result") != "applied":
+    """The runbook's validation: applied (or already there: a run resumed after the downgrade committed),
+    integrity passed, and the database at the target."""
+    if result.get("result") not in ("applied", "noop"):
         return False
     integ = result.get("integrity")
     if integ is not None and not integ.get("passed", False):
@@ -169,6 +170,9 @@ def register(sub, add_common) -> None:
                         "the downgrade); without it, the database of --database-url")
     p.add_argument("--namespace", "-n", default=None, metavar="NS", help="NAME's namespace (default: the kubeconfig's)")
     p.add_argument("--no-wait", action="store_true", help="in the cluster: return once spec.revision is set")
+    p.add_argument("--schema-only", action="store_true",
+                   help="in the cluster: do not roll back the workloads spec.healthGate names (by default they go "
+                        "back first, as `kubectl rollout undo` does, and the schema once they are available)")
     p.add_argument("--to", dest="to", default=None, metavar="TARGET",
                    help="roll back to this revision instead (a revision id or prefix, -1, -N, base)")
     p.add_argument("--reason", default="critical_bug", choices=REASONS,
@@ -318,6 +322,48 @@ def cluster_plan(obj: dict, to: str | None) -> dict:
         "spec_revision": (obj.get("spec") or {}).get("revision")}
 
 
+def gated_workloads(obj: dict) -> tuple[list[tuple[str, str]], str]:
+    """Pure: the workloads to roll back before the schema (application first), and why (not).
+
+    Those ``spec.healthGate`` names; none when the health gate's own rollback already put them back
+    (``status.healthGate.rolledBack``: undoing them again would go one more release back).
+    """
+    gate = (obj.get("spec") or {}).get("healthGate") or {}
+    names = [(str(w.get("kind")), str(w.get("name"))) for w in gate.get("workloads") or []]
+    if not names:
+        return [], "no health gate names workloads: only the schema goes back"
+    hg = (obj.get("status") or {}).get("healthGate") or {}
+    if hg.get("rolledBack") and hg.get("phase") in ("RollingBack", "AwaitingApproval", "RolledBack",
+                                                    "RollbackIncomplete"):
+        return [], f"the health gate already rolled the workloads back ({', '.join(hg['rolledBack'])})"
+    return names, "application first: " + ", ".join(f"{k}/{n}" for k, n in names) + " go back before the schema"
+
+
+def _roll_back_workloads(ns: str, names, window: float, log) -> tuple[bool, str]:
+    """Undo the workloads (all or none) and wait until they are available: (ok, what happened)."""
+    import time
+
+    from .controller import healthgate as HG
+
+    try:
+        undos = HG.roll_back_workloads(ns, names)
+    except HG.NoPreviousRevision as e:
+        return False, f"cannot roll the workloads back: {e}; nothing was changed"
+    except HG.UndoRefused as e:
+        return False, f"cannot roll the workloads back: {e}; the schema was left as it is"
+    text = ", ".join(u.text for u in undos)
+    log.state_transition(None, None, "workloads_rolled_back", f"Rolled back {text}")
+    started = time.monotonic()
+    while True:
+        v = HG.gate(HG.observe(ns, names), time.monotonic() - started, window)
+        if v.state == HG.PASSED:
+            return True, f"rolled back {text}: {v.message}"
+        if v.state == HG.FAILED:
+            return False, (f"rolled back {text}, but {v.message}; the schema was left as it is (application "
+                           f"first)")
+        time.sleep(1)
+
+
 def cmd_rollback_cluster(args) -> int:
     import getpass
     import json
@@ -354,13 +400,38 @@ def cmd_rollback_cluster(args) -> int:
                f"database at {plan['current']})")
         return out({**doc, "result": "refused", "error": {"reason": "ManagedByGitOps", "message": msg}},
                    f"refused (ManagedByGitOps): {msg}", E.EXIT_REFUSED)
+    workloads, why = ([], "--schema-only: the workloads are left as they are") if args.schema_only \
+        else gated_workloads(obj)
+    doc["workloads"] = {"roll_back": [f"{k}/{n}" for k, n in workloads], "note": why}
     if args.dry_run:
+        undo = ""
+        if workloads:
+            from .controller import healthgate as HG
+
+            try:
+                undo = "; would first roll back " + ", ".join(
+                    u.text for u in HG.undo_plan(HG.read_for_undo(ns, workloads)))
+            except HG.NoPreviousRevision as e:
+                undo = f"; cannot roll the workloads back first: {e}"
+            doc["workloads"]["plan"] = undo.split("; ", 1)[1]
         return out({**doc, "result": "planned"}, f"would set spec.revision of {ns}/{args.name} to {plan['target']} "
-                                                f"({plan['target_reason']}); dry run: nothing changed", 0)
+                                                f"({plan['target_reason']}){undo}; dry run: nothing changed", 0)
     who = f"{getpass.getuser()}@{socket.gethostname()}"
     with L.log_context(namespace=ns, name=args.name, deployment_id=args.deployment_id, rollback_reason=args.reason):
         L.rollback_triggered(args.reason, plan["current"], plan["target"], deployment_id=args.deployment_id,
                              trigger="cli", requested_by=who)
+        if workloads:
+            from .controller.spec import parse_duration
+
+            window = parse_duration(((obj.get("spec") or {}).get("healthGate") or {}).get("window") or "10m")
+            ok, what = _roll_back_workloads(ns, workloads, min(window, args.timeout), L)
+            doc["workloads"]["result"] = what
+            if not ok:
+                L.rollback_executed(plan["current"], plan["target"], False, deployment_id=args.deployment_id,
+                                    trigger="cli", result="WorkloadRollbackFailed")
+                return out({**doc, "result": "failed", "success": False,
+                            "error": {"reason": "WorkloadRollbackFailed", "message": what}},
+                           f"rollback of {ns}/{args.name} stopped: {what}", 1)
         ann = {REQUESTED_BY_ANNOTATION: who, REASON_ANNOTATION: args.reason}
         if args.deployment_id:
             ann["dbrev.io/deployment-id"] = args.deployment_id
@@ -387,7 +458,8 @@ def cmd_rollback_cluster(args) -> int:
         ok = ready.get("status") == "True" and st.get("currentRevision") == plan["target"]
         L.rollback_executed(plan["current"], plan["target"], ok, deployment_id=args.deployment_id, trigger="cli",
                             result=ready.get("reason"))
-        text = (f"rolled back {ns}/{args.name}: {plan['current']} -> {plan['target']}, Ready" if ok else
+        first = f"{doc['workloads']['result']}; then " if doc["workloads"].get("result") else ""
+        text = (f"{first}rolled back {ns}/{args.name}: {plan['current']} -> {plan['target']}, Ready" if ok else
                 f"rollback of {ns}/{args.name} to {plan['target']} did not finish: Ready={ready.get('status')} "
                 f"({ready.get('reason')}): {ready.get('message', '')}")
         code = 0 if ok else (E.EXIT_REFUSED if ready.get("reason") in ("DowngradeDenied", "DataLossDenied",

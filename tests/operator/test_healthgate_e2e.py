@@ -2,8 +2,9 @@
 
 The bare control plane has no kube-controller-manager and no kubelet: nothing rolls a Deployment
 out. Where a rollout must succeed, the test writes the Deployment's status subresource as the
-deployment controller would (observedGeneration, updated/available replicas). What a real rollout
-with failing readiness probes does on the one-node cluster is not covered here (see the report).
+deployment controller would (observedGeneration, updated/available replicas). Real rollouts with
+failing readiness probes, and ``onFailure: Rollback``, run on the one-node cluster:
+tests/operator/test_healthgate_node.py.
 """
 
 from __future__ import annotations

@@ -164,6 +164,29 @@ def build() -> dict[str, dict]:
         [PHONE], ready, 1, T3)
     states["integrity_check_failed"] = resource(1, PHONE, merge_status(ready, integrity_v.status))
 
+    # A health gate (onFailure: Rollback) after the upgrade to ITEMS: the Deployment failed its rollout,
+    # dbrev is rolling it back (then the schema); afterwards both are back and spec.revision still names ITEMS.
+    from dbrev.controller import healthgate as HG
+
+    up = {"result": "applied", "from_revisions": [PHONE], "to_revisions": [ITEMS], "current_revisions": [ITEMS],
+          "direction": "upgrade", "plan_hash": "sha256:" + "8b" * 32, "duration_seconds": 0.5,
+          "steps": [{"revision": ITEMS, "direction": "upgrade", "status": "applied"}],
+          "integrity": {"passed": True, "findings": [], "fingerprint": "sha256:" + "e2" * 32, "checked_at": T3}}
+    watched = merge_status(ready, decide.from_result(up, ready, 2, T3, "spec", T3, None).status)
+    watched["healthGate"] = HG.begin(up, [("Deployment", "shop-api")], 600, 2, T3)
+    failed = HG.GateVerdict(HG.FAILED, 'Deployment/shop-api failed: ProgressDeadlineExceeded: ReplicaSet '
+                                       '"shop-api-6d9f8" has timed out progressing.', "Deployment/shop-api")
+    undo = HG.Undo("Deployment", "shop-api", [], HG.JSON_PATCH, "ReplicaSet shop-api-5c7b4 (revision 1)")
+    rolling = merge_status(watched, HG.rollback_started(watched, 2, failed, [undo], T3).status)
+    states["health_gate_rolling_back"] = resource(2, ITEMS, rolling)
+    down = {"result": "applied", "from_revisions": [ITEMS], "to_revisions": [PHONE], "current_revisions": [PHONE],
+            "direction": "downgrade", "plan_hash": "sha256:" + "8c" * 32, "duration_seconds": 0.4,
+            "steps": [{"revision": ITEMS, "direction": "downgrade", "status": "applied"}],
+            "integrity": {"passed": True, "findings": [], "fingerprint": "sha256:" + "e1" * 32, "checked_at": T3}}
+    run = decide.from_result(down, rolling, 2, T3, "health_gate", T3, None)
+    back = HG.schema_rolled_back(run, down, rolling, 2, T3, PHONE, ITEMS, "orders", "shop")
+    states["health_gate_rolled_back"] = resource(2, ITEMS, merge_status(rolling, back.status))
+
     suspended_v = decide.suspended(ready, 2, T3)
     states["suspended"] = resource(2, ITEMS, merge_status(ready, suspended_v.status), )
     states["suspended"]["spec"]["suspend"] = True

@@ -42,6 +42,8 @@ REQUIRED = {
     "database_unavailable": "Progressing",
     "suspended": "Suspended",
     "deleting": "Progressing",
+    "health_gate_rolling_back": "Progressing",  # onFailure: Rollback under way: later sync waves wait
+    "health_gate_rolled_back": "Degraded",  # both rolled back; spec.revision still the failed release
 }
 
 

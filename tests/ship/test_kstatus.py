@@ -43,6 +43,8 @@ EXPECTED = {
     "database_unavailable": ("InProgress", "InProgress"),
     "integrity_check_failed": ("Failed", "Failed"),
     "suspended": ("Current", "Current"),  # Ready is kept (it was True); dbrev changes nothing
+    "health_gate_rolling_back": ("InProgress", "InProgress"),
+    "health_gate_rolled_back": ("Failed", "Failed"),
 }
 
 

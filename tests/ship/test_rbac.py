@@ -5,7 +5,8 @@ the overlay applied for real, and the operator started with the Deployment's own
 ``-n $(POD_NAMESPACE)``, ``--peering=dbrev``) and a real token of the manifests' ServiceAccount. It then
 goes through a representative scenario: a DatabaseRevision reaches Ready, its ConfigMap changes, a
 downgrade waits for an approval and is approved, a health gate reads the Deployment and StatefulSet it
-names, the operator stops (and leaves the peering object).
+names and, under ``onFailure: Rollback``, patches them back to their previous ReplicaSet and
+ControllerRevision, the operator stops (and leaves the peering object).
 Then, from the audit log:
 
 1. no request by the ServiceAccount was refused (401/403): nothing is missing;
@@ -151,12 +152,17 @@ def run_scenario(cp: ControlPlane, overlay: str, app_ns: str | None, admin_url: 
                                                                                         "namespace": ns},
                             "spec": {"serviceName": "cache", "selector": {"matchLabels": {"app": "web"}},
                                      "template": tmpl}})
+                previous_revisions(kube, ns, tmpl)
                 kube.apply(dbrev_resource(ns, "gated", HEAD, secret="gated-db", policy={"dataLoss": "Allow"},
-                                          healthGate={"window": "3s", "workloads": [
+                                          healthGate={"window": "3s", "onFailure": "Rollback", "workloads": [
                                               {"kind": "Deployment", "name": "web"},
                                               {"kind": "StatefulSet", "name": "cache"}]}))
-                wait_for(lambda: is_state(kube.status(ns, "gated"), "False", "WorkloadUnhealthy"), 90,
-                         "the health gate failed")
+                # onFailure: Rollback patches both back (the undo's verbs), then nothing rolls them out either
+                wait_for(lambda: is_state(kube.status(ns, "gated"), "False", "WorkloadRollbackFailed"), 90,
+                         "the health gate's rollback to fail")
+                image = json.loads(kube("get", "deployment", "web", "-n", ns, "-o", "json"))[
+                    "spec"]["template"]["spec"]["containers"][0]["image"]
+                assert image == "x:v1", "the Deployment was not patched back to its previous ReplicaSet"
             finally:
                 kube("delete", "dbrev", "gated", "-n", ns, "--wait=true")
                 drop_database(admin_url, gated_url.rsplit("/", 1)[1])
@@ -170,6 +176,33 @@ def run_scenario(cp: ControlPlane, overlay: str, app_ns: str | None, admin_url: 
     time.sleep(1)
     return {"objs": objs, "sa": sa, "events": cp.audit_events(user=service_account_username(*sa)), "logs": logs,
             "returncode": returncode}
+
+
+def previous_revisions(kube: Kube, ns: str, tmpl: dict) -> None:
+    """What the controllers would have left after one update (there is no controller-manager here): a
+    previous ReplicaSet of Deployment/web and a previous ControllerRevision of StatefulSet/cache."""
+    def owner(kind, name):
+        uid = json.loads(kube("get", kind.lower(), name, "-n", ns, "-o", "json"))["metadata"]["uid"]
+        return [{"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": uid, "controller": True}]
+
+    def template(image, **labels):
+        return {"metadata": {"labels": {**tmpl["metadata"]["labels"], **labels}},
+                "spec": {"containers": [{**tmpl["spec"]["containers"][0], "image": image}]}}
+
+    for rev, image in ((1, "x:v1"), (2, tmpl["spec"]["containers"][0]["image"])):
+        h = f"h{rev}"
+        kube.apply({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                    "metadata": {"name": f"web-{h}", "namespace": ns, "labels": {"app": "web", "pod-template-hash": h},
+                                 "annotations": {"deployment.kubernetes.io/revision": str(rev)},
+                                 "ownerReferences": owner("Deployment", "web")},
+                    "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web", "pod-template-hash": h}},
+                             "template": template(image, **{"pod-template-hash": h})}})
+        kube.apply({"apiVersion": "apps/v1", "kind": "ControllerRevision",
+                    "metadata": {"name": f"cache-{rev}", "namespace": ns, "labels": {"app": "web"},
+                                 "ownerReferences": owner("StatefulSet", "cache")},
+                    "revision": rev, "data": {"spec": {"template": {**template(image), "$patch": "replace"}}}})
+    kube("patch", "statefulset", "cache", "-n", ns, "--subresource=status", "--type=merge", "-p",
+         json.dumps({"status": {"replicas": 0, "updateRevision": "cache-2", "currentRevision": "cache-2"}}))
 
 
 @pytest.fixture

@@ -99,7 +99,9 @@ NOT_A_RETRY = frozenset({"resume", "update"})
 # Outcomes of a run that changed (or tried to change) the database: running the same plan again would
 # repeat it.  Other Stalled reasons (a Conflict whose rival is gone, a refusal, bad input) are re-checked.
 STANDING_REASONS = frozenset({C.ROLLED_BACK, C.TIMED_OUT, C.MIGRATION_FAILED, C.ROLLBACK_FAILED,
-                              C.WORKLOAD_UNHEALTHY})  # healthgate: a failed gate is not re-run in a loop
+                              # healthgate: a failed gate (and what its Rollback did) is not re-run in a loop
+                              C.WORKLOAD_UNHEALTHY, C.ROLLED_BACK_AFTER_HEALTH_CHECK, C.WORKLOAD_ROLLBACK_FAILED,
+                              C.SCHEMA_ROLLBACK_BLOCKED})
 
 
 @dataclass

@@ -293,8 +293,17 @@ def reconcile(body, cause: str, retry: int = 0, diff=None, index=None) -> None:
                 "hint": "change the spec or the scripts, or annotate dbrev.io/reconcile-requested-at to retry"})
             M.observe_reconcile(M.RESULT_NOOP, time.monotonic() - started)
             return
-        if HG.watching(prev, gen) and prev.get("inputsHash") == inputs.inputs_hash and trigger in decide.NOT_A_RETRY:
-            return  # healthgate: the timer is watching the rollout that followed the last run
+        if HG.phase(prev, gen) == HG.AWAITING_APPROVAL and trigger == "approval" and spec.health_gate:
+            # healthgate: the approval is for the schema downgrade of a health-gate rollback
+            _health_gate_schema(body, prev, spec, meta, started)
+            return
+        if HG.holding(prev, gen) and prev.get("inputsHash") == inputs.inputs_hash:
+            # healthgate: the timer is watching (or rolling back) the rollout that followed the last run; a pass
+            # with the same spec and inputs (a resume, a ConfigMap event that changed nothing) would end it
+            L.logger.info("The health gate holds: same spec, same inputs; not running the plan again",
+                          extra={"status": (prev.get("healthGate") or {}).get("phase")})
+            M.observe_reconcile(M.RESULT_NOOP, time.monotonic() - started)
+            return
         if _nothing_to_do(prev, gen, inputs, live):
             M.observe_reconcile(M.RESULT_NOOP, time.monotonic() - started)
             return
@@ -330,6 +339,12 @@ def _nothing_to_do(prev: dict, gen: int, inputs: Inputs, live) -> bool:
     return revisions_text(live) == prev.get("currentRevision")
 
 
+def _post_archived(body, ev: dict) -> None:
+    post_event(body, decide.NORMAL, decide.EV_ARCHIVED,
+               f"kept {ev['rows']} row(s) of {ev['object']} in {ev['archive_table']} (archive {ev['id']}) "
+               f"before {ev.get('revision', '')} dropped them; restore with: dbrev archive restore {ev['id']}")
+
+
 def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, started, extra) -> None:
     from ..engine import apply
 
@@ -349,9 +364,7 @@ def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, start
             if planned:
                 post_event(body, *planned)
         elif kind == "archived":
-            post_event(body, decide.NORMAL, decide.EV_ARCHIVED,
-                       f"kept {ev['rows']} row(s) of {ev['object']} in {ev['archive_table']} (archive {ev['id']}) "
-                       f"before {ev.get('revision', '')} dropped them; restore with: dbrev archive restore {ev['id']}")
+            _post_archived(body, ev)
         elif kind == "step_started" and ev.get("index") == 1:
             plan = seen.get("plan") or {}
             msg = (f"applying plan {plan.get('hash', '')[:19]}: {plan.get('direction')} "
@@ -424,7 +437,8 @@ def check(body) -> None:
     if not lock.acquire(blocking=False):
         return  # a pass is running
     try:
-        with L.log_context(namespace=ns, name=name, trigger="timer"):
+        dep = (status.get("healthGate") or {}).get("deploymentId")  # healthgate: the run the gate watches
+        with L.log_context(namespace=ns, name=name, trigger="timer", deployment_id=dep):
             if not flush_pending(ns, name):
                 return
             _check(body, ns, name, gen, status)
@@ -441,7 +455,7 @@ def _check(body, ns, name, gen, status) -> None:
         return
     if spec.suspend or status.get("observedGeneration") != gen:
         return
-    if HG.watching(status, gen) and spec.health_gate is not None:
+    if HG.holding(status, gen) and spec.health_gate is not None:
         _health_gate_tick(body, ns, name, gen, status, spec)
         return
     if decide.needs_heal(status, gen):
@@ -518,11 +532,14 @@ def _health_gate_begin(verdict: decide.Verdict, spec: Spec, result: dict | None,
     hg = HG.begin(result, g.workloads, g.window, gen, now) if g else None
     if hg and verdict.outcome.kind == READY_KIND:
         out = Outcome(PROGRESSING_KIND, C.AWAITING_WORKLOADS, HG.awaiting_message(hg, hg["message"]))
+        dep = L.current_context().get("deployment_id")
+        if dep:
+            hg["deploymentId"] = dep
         verdict.status["healthGate"] = hg
         verdict.status["conditions"] = compute_conditions(out, gen, verdict.status.get("conditions"), now)
         verdict.outcome = out
         verdict.events.append((decide.NORMAL, EV_AWAITING_WORKLOADS, out.message))
-    elif (prev.get("healthGate") or {}).get("phase") == HG.WATCHING:
+    elif (prev.get("healthGate") or {}).get("phase") in HG.HOLDING:
         verdict.status["healthGate"] = {**prev["healthGate"], "phase": HG.SUPERSEDED, "finishedAt": now}
 
 
@@ -531,6 +548,8 @@ def _health_gate_tick(body, ns: str, name: str, gen: int, status: dict, spec: Sp
 
     started = time.monotonic()
     hg = status["healthGate"]
+    if hg.get("phase") == HG.AWAITING_APPROVAL:
+        return  # an approval (a pass) runs the schema downgrade
     now = now_iso()
     try:
         healths = HG.observe(ns, spec.health_gate.workloads)
@@ -538,9 +557,15 @@ def _health_gate_tick(body, ns: str, name: str, gen: int, status: dict, spec: Sp
         L.logger.warning("Health gate: cannot read the workloads", extra={
             "error_type": type(e).__name__, "error_message": L.redact(str(e))[:300]})
         return
-    begun = datetime.fromisoformat(hg["startedAt"].replace("Z", "+00:00"))
-    elapsed = (datetime.now(timezone.utc) - begun).total_seconds()
-    v = HG.gate(healths, elapsed, float(hg.get("windowSeconds") or spec.health_gate.window))
+    window = float(hg.get("windowSeconds") or spec.health_gate.window)
+    if hg.get("phase") == HG.ROLLING_BACK:
+        _health_gate_rolling_back(body, ns, name, gen, status, spec, healths, window, started)
+        return
+    v = HG.gate(healths, _elapsed(hg["startedAt"]), window)
+    if v.state == HG.FAILED and spec.health_gate.on_failure == "Rollback":
+        M.health_gate_total.labels(namespace=ns, name=name, result="failed").inc()
+        _health_gate_roll_back(body, ns, name, gen, status, spec, v, started)
+        return
     st: dict = {"observedGeneration": gen, "healthGate": HG.conclude(hg, v, now)}
     events: list = []
     if v.state == HG.WAITING:
@@ -561,6 +586,125 @@ def _health_gate_tick(body, ns: str, name: str, gen: int, status: dict, spec: Sp
             "from_revision": hg.get("fromRevision"), "to_revision": hg.get("toRevision"), "status": "failed"})
     st["conditions"] = compute_conditions(out, gen, status.get("conditions"), now)
     verdict = decide.Verdict(out, st, events, metric_result=M.RESULT_NOOP)
+    carry_out(body, status, verdict, started, count=False, raise_unwritten=False)
+
+
+def _elapsed(since: str) -> float:
+    begun = datetime.fromisoformat(since.replace("Z", "+00:00"))
+    return (datetime.now(timezone.utc) - begun).total_seconds()
+
+
+def _health_gate_roll_back(body, ns, name, gen, status, spec: Spec, v: HG.GateVerdict, started) -> None:
+    """onFailure: Rollback, step 1 (application first): patch every named workload back to its previous revision."""
+    hg = status["healthGate"]
+    frm, to = hg.get("toRevision"), hg.get("fromRevision")  # the schema goes from where the run left it back
+    L.logger.error("Health gate failed: a workload is unhealthy after the schema change; rolling back", extra={
+        "reason": C.WORKLOAD_UNHEALTHY, "workload": v.workload, "error_message": v.message,
+        "from_revision": to, "to_revision": frm, "status": "failed"})
+    L.rollback_triggered(HG.TRIGGER, frm, to, trigger="health_gate", workload=v.workload,
+                         deployment_id=L.current_context().get("deployment_id"))
+    now = now_iso()
+    try:
+        undos = HG.roll_back_workloads(ns, spec.health_gate.workloads)
+    except HG.NoPreviousRevision as e:
+        verdict = HG.workloads_not_rolled_back(status, gen, str(e), now, name, ns, patched=False)
+    except HG.UndoRefused as e:
+        verdict = HG.workloads_not_rolled_back(status, gen, str(e), now, name, ns, patched=False,
+                                               partly=[d.text for d in e.done])
+    else:
+        for u in undos:
+            L.logger.warning(f"Rolled back {u.text}", extra={"workload": u.ref, "status": "rolling_back"})
+        verdict = HG.rollback_started(status, gen, v, undos, now)
+    if verdict.rollback:  # it ended here: the runbook's record of the failure
+        L.rollback_executed(frm, to, False, trigger="health_gate", result=verdict.outcome.reason,
+                            deployment_id=L.current_context().get("deployment_id"))
+    carry_out(body, status, verdict, started, count=False, raise_unwritten=False)
+
+
+def _health_gate_rolling_back(body, ns, name, gen, status, spec: Spec, healths, window, started) -> None:
+    """Step 2: the rolled-back workloads become available (then step 3, the schema), or fail, or run out of time."""
+    hg = status["healthGate"]
+    now = now_iso()
+    v = HG.gate(healths, _elapsed(hg.get("rollbackStartedAt") or hg["startedAt"]), window)
+    if v.state == HG.WAITING:
+        verdict = HG.rolling_back(status, gen, v.message, now)
+        if (verdict.status.get("healthGate") or {}).get("message") == hg.get("message"):
+            return
+        carry_out(body, status, verdict, started, count=False, raise_unwritten=False)
+        return
+    if v.state == HG.FAILED:
+        verdict = HG.workloads_not_rolled_back(status, gen, f"on their previous revision {v.message}", now, name, ns,
+                                               patched=True)
+        L.rollback_executed(hg.get("toRevision"), hg.get("fromRevision"), False, trigger="health_gate",
+                            result=verdict.outcome.reason, deployment_id=L.current_context().get("deployment_id"))
+        carry_out(body, status, verdict, started, count=False, raise_unwritten=False)
+        return
+    ev = HG.workloads_back(status, v)
+    if hg.get("message") != "available":
+        post_event(body, *ev)
+        L.state_transition(hg.get("toRevision"), hg.get("fromRevision"), "workloads_rolled_back", ev[2])
+    meta = (kube.get(ns, name) or body)["metadata"]
+    _health_gate_schema(body, {**status, "healthGate": {**hg, "message": "available"}}, spec, meta, started)
+
+
+def _health_gate_schema(body, status: dict, spec: Spec, meta: dict, started) -> None:
+    """Step 3: downgrade the schema to the revision before the run, through the run every pass uses.
+
+    ``engine.apply`` with spec.policy as it is (data loss Deny / Archive, approvals), the approval
+    annotation as a normal pass passes it; the verdict of the run (``decide.from_result``) decides the rest.
+    """
+    from ..engine import apply
+
+    ns, name, gen = meta["namespace"], meta["name"], meta.get("generation") or 0
+    hg = status["healthGate"]
+    frm = hg.get("toRevision")
+    dep = L.current_context().get("deployment_id") or hg.get("deploymentId")
+    now = now_iso()
+    try:
+        target = HG.schema_target(status)
+        inputs = gather(kube.core(), ns, spec)
+    except (HG.NoSchemaTarget, DbrevError) as e:
+        why = e.message if isinstance(e, DbrevError) else str(e)
+        verdict = HG.schema_not_rolled_back(status, gen, why, now, name, ns)
+        L.rollback_executed(frm, hg.get("fromRevision"), False, trigger="health_gate", result=verdict.outcome.reason,
+                            deployment_id=dep)
+        carry_out(body, status, verdict, started, count=False, raise_unwritten=False)
+        return
+    approval = (meta.get("annotations") or {}).get(APPROVE_ANNOTATION)
+    seen: dict = {}
+
+    def on_event(ev: dict) -> None:
+        if ev.get("event") == "plan":
+            seen["plan"] = ev["plan"]
+            planned = decide.planned_event(ev["plan"], status)
+            if planned:
+                post_event(body, *planned)
+        elif ev.get("event") == "archived":  # dataLoss: Archive — where the dropped rows are kept
+            _post_archived(body, ev)
+
+    started_at = now_iso()
+    req = RunRequest(db=_db_options(spec, inputs.url), migrations=str(inputs.migrations), target=target,
+                     policy=spec.policy, approval=approval, actor=f"operator:{ns}/{name} (health gate rollback)")
+    M.active_workers.inc()
+    try:
+        result = apply(req, timeout=spec.timeout, on_event=on_event,
+                       log_level=os.environ.get("DBREV_LOG_LEVEL", "INFO"),
+                       log_context={"namespace": ns, "name": name, "deployment_id": dep,
+                                    "rollback_reason": HG.TRIGGER})
+        run = decide.from_result(result, status, gen, now_iso(), "health_gate", started_at, seen.get("plan"),
+                                 name=name)
+    except DbrevError as e:
+        from ..errors import PolicyRefused
+
+        result = {"result": "refused" if isinstance(e, PolicyRefused) else "failed", "error": e.to_dict()}
+        run = decide.from_error(e.to_dict(), status, gen, now_iso(), transient=e.transient)
+    finally:
+        M.active_workers.dec()
+    stamp_history(run.status, started_at, dep)
+    verdict = HG.schema_rolled_back(run, result, status, gen, now_iso(), target, spec.revision, name, ns)
+    if verdict.rollback:
+        L.rollback_executed(frm, target, verdict.rollback[1] == "success", trigger="health_gate",
+                            result=verdict.outcome.reason, deployment_id=dep)
     carry_out(body, status, verdict, started, count=False, raise_unwritten=False)
 
 

@@ -13,10 +13,17 @@ Issue 13 §1.  Decisions over the objects the API server returns (plain dicts), 
   ControllerRevision's stored patch.
 
 * :func:`begin` / :func:`conclude`: the ``status.healthGate`` record and the outcome.
+* ``onFailure: Rollback``, application first, then schema: :func:`undo_plan` (the patches for every
+  named workload, or why one cannot be rolled back), :func:`rollback_started` /
+  :func:`workloads_not_rolled_back` (the verdicts while the workloads go back), :func:`schema_target`
+  (the revision before the run, from dbrev's own history, by the same rule as ``dbrev rollback``) and
+  :func:`schema_rolled_back` (the verdict of the downgrade run: done, refused by the policy, awaiting an
+  approval, failed).  Afterwards the resource stays Stalled (a standing reason: no loop) until the spec
+  changes.
 
-The shell at the end (:func:`observe`) reads the workloads, their ReplicaSets and pods; the
-operator's timer (``handlers._check``) calls it and :func:`gate` on every tick while a gate watches.
-``onFailure: Rollback`` (undo the workloads, then the schema) is not wired yet: the undo patches are.
+The shell at the end (:func:`observe`, :func:`read_for_undo`, :func:`patch_workload`) reads the
+workloads, their ReplicaSets / ControllerRevisions and pods, and applies the undo patches; the
+operator's timer (``handlers._check``) calls them on every tick while a gate watches or rolls back.
 """
 
 from __future__ import annotations
@@ -166,17 +173,21 @@ class NoPreviousRevision(Exception):
     pass
 
 
-def deployment_undo(dep: dict, replicasets: list[dict]) -> dict:
-    """The merge patch ``kubectl rollout undo deployment/NAME`` applies: the previous ReplicaSet's template."""
+def previous_replicaset(dep: dict, replicasets: list[dict]) -> dict:
+    """The ReplicaSet ``kubectl rollout undo`` goes back to: the newest one older than the current one."""
     cur = current_replicaset(dep, replicasets)
     older = [rs for rs in replicasets if _owned_by(rs, dep) and rs is not cur
              and (cur is None or _rs_revision(rs) < _rs_revision(cur))]
     if not older:
         raise NoPreviousRevision(f"Deployment {dep['metadata']['name']} has no previous ReplicaSet to roll back to "
                                  f"(revisionHistoryLimit 0, or it was never updated)")
-    prev = max(older, key=_rs_revision)
-    template = _template_key((prev.get("spec") or {}).get("template"))
-    return {"spec": {"template": template}}
+    return max(older, key=_rs_revision)
+
+
+def deployment_undo(dep: dict, replicasets: list[dict]) -> dict:
+    """What ``kubectl rollout undo deployment/NAME`` puts in place: the previous ReplicaSet's template."""
+    prev = previous_replicaset(dep, replicasets)
+    return {"spec": {"template": _template_key((prev.get("spec") or {}).get("template"))}}
 
 
 def statefulset_undo(sts: dict, revisions: list[dict]) -> dict:
@@ -194,14 +205,84 @@ def statefulset_undo(sts: dict, revisions: list[dict]) -> dict:
     return copy.deepcopy(older[-1].get("data") or {})
 
 
+def _previous_controllerrevision(sts: dict, revisions: list[dict]) -> dict:
+    mine = sorted((r for r in revisions if _owned_by(r, sts)), key=lambda r: int(r.get("revision") or 0))
+    data = statefulset_undo(sts, revisions)
+    return next(r for r in reversed(mine) if (r.get("data") or {}) == data)
+
+
+JSON_PATCH = "application/json-patch+json"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+
+
+@dataclass(frozen=True)
+class Undo:
+    """One workload's ``kubectl rollout undo``: the patch, how to send it, and what it goes back to."""
+    kind: str
+    name: str
+    patch: object  # a JSON patch (list) for a Deployment, a strategic merge patch (dict) for a StatefulSet
+    content_type: str
+    to: str  # e.g. "ReplicaSet web-5d9c (revision 1)"
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+    @property
+    def text(self) -> str:
+        return f"{self.ref} to {self.to}"
+
+
+def undo_plan(workloads: list[tuple[dict, list[dict]]]) -> list[Undo]:
+    """The undo of every named workload (``(object, its ReplicaSets or ControllerRevisions)``), all or none.
+
+    As ``kubectl rollout undo``: a Deployment gets the previous ReplicaSet's template (replaced whole,
+    a JSON patch, so nothing of the new template survives), a StatefulSet the previous ControllerRevision's
+    stored patch (a strategic merge patch, as the StatefulSet controller stored it).  Raises
+    :class:`NoPreviousRevision` for the first workload that has nothing to go back to: then none is
+    patched (the application goes back whole or not at all).
+    """
+    out = []
+    for obj, owned in workloads:
+        kind, name = obj.get("kind") or "Deployment", obj["metadata"]["name"]
+        if kind == "Deployment":
+            prev = previous_replicaset(obj, owned)
+            template = _template_key((prev.get("spec") or {}).get("template"))
+            patch: object = [{"op": "replace", "path": "/spec/template", "value": template}]
+            out.append(Undo(kind, name, patch, JSON_PATCH,
+                            f"ReplicaSet {prev['metadata']['name']} (revision {_rs_revision(prev)})"))
+        else:
+            prev = _previous_controllerrevision(obj, owned)
+            out.append(Undo(kind, name, copy.deepcopy(prev.get("data") or {}), STRATEGIC_MERGE_PATCH,
+                            f"ControllerRevision {prev['metadata']['name']} (revision {prev.get('revision')})"))
+    return out
+
+
 # -- status transitions (pure) ---------------------------------------------------------------------
 
 WATCHING, GATE_PASSED, GATE_FAILED, SUPERSEDED = "Watching", "Passed", "Failed", "Superseded"
+# onFailure: Rollback: the workloads are going back / the schema downgrade waits for an approval /
+# both went back / the workloads went back (or could not) and the schema stayed
+ROLLING_BACK, AWAITING_APPROVAL, ROLLED_BACK, ROLLBACK_INCOMPLETE = (
+    "RollingBack", "AwaitingApproval", "RolledBack", "RollbackIncomplete")
+# phases in which the gate, not a run, owns the resource (a resume or unrelated edit runs nothing)
+HOLDING = (WATCHING, ROLLING_BACK, AWAITING_APPROVAL)
+TRIGGER = "health_check_failure"  # the runbook's reason, the records' and dbrev_rollbacks_total's trigger
 
 
 def watching(status: dict | None, generation: int) -> bool:
     g = (status or {}).get("healthGate") or {}
     return g.get("phase") == WATCHING and g.get("generation") == generation
+
+
+def phase(status: dict | None, generation: int) -> str | None:
+    """The gate's phase when it belongs to this generation (a spec change leaves it behind)."""
+    g = (status or {}).get("healthGate") or {}
+    return g.get("phase") if g.get("generation") == generation else None
+
+
+def holding(status: dict | None, generation: int) -> bool:
+    return phase(status, generation) in HOLDING
 
 
 def begin(result: dict | None, workloads, window: float, generation: int, now: str) -> dict | None:
@@ -235,6 +316,224 @@ def unhealthy_message(gate_status: dict, verdict: GateVerdict) -> str:
             f"{gate_status.get('toRevision')}. To fix: fix the application release (or revert it and "
             f"spec.revision in git, then `dbrev rollback` the schema); dbrev does not run the plan again "
             f"until the spec or its inputs change")
+
+
+# -- onFailure: Rollback, application first, then schema (pure) --------------------------------------
+
+EV_WORKLOAD_UNHEALTHY = "WorkloadUnhealthy"
+EV_ROLLBACK_TRIGGERED = "RollbackTriggered"
+EV_ROLLBACK_EXECUTED = "RollbackExecuted"
+EV_ROLLBACK_FAILED = "RollbackFailed"
+EV_WORKLOADS_ROLLED_BACK = "WorkloadsRolledBack"
+
+
+class NoSchemaTarget(Exception):
+    """dbrev's history does not say where the schema was before the gate's run."""
+
+
+def _verdict(out, status: dict, gen: int, now: str, fields: dict, events=(), rollback=None):
+    from . import decide
+    from ..metrics import RESULT_NOOP
+    from ..status import compute_conditions
+
+    st = {"observedGeneration": gen, **fields,
+          "conditions": compute_conditions(out, gen, status.get("conditions"), now)}
+    return decide.Verdict(out, st, list(events), metric_result=RESULT_NOOP, rollback=rollback)
+
+
+def _failure(hg: dict) -> str:
+    """Why the gate failed, as the start of a sentence (no trailing period: messages go on after it)."""
+    return (hg.get("failure") or hg.get("message") or "a workload is unhealthy").rstrip(". ")
+
+
+def _rolled_back_text(hg: dict) -> str:
+    return ", ".join(hg.get("rolledBack") or []) or "the workloads"
+
+
+def rollback_started(status: dict, gen: int, verdict: GateVerdict, undos: list[Undo], now: str):
+    """The gate failed under ``onFailure: Rollback`` and every workload can go back: they are being patched."""
+    from ..status import PROGRESSING_KIND, Outcome
+    from .. import conditions as C
+
+    hg = status["healthGate"]
+    rec = {**conclude(hg, verdict, now), "phase": ROLLING_BACK, "failure": verdict.message.rstrip(". ")[:4096],
+           "rollbackStartedAt": now, "rolledBack": [u.text for u in undos]}
+    rec.pop("finishedAt", None)
+    msg = rolling_back_message(rec, "waiting for them to become available")
+    out = Outcome(PROGRESSING_KIND, C.ROLLING_BACK_WORKLOADS, msg)
+    events = [("Warning", EV_WORKLOAD_UNHEALTHY, f"{rec['failure']} after the schema changed "
+                                                 f"{hg.get('fromRevision')} -> {hg.get('toRevision')}"),
+              ("Warning", EV_ROLLBACK_TRIGGERED, f"{TRIGGER}: rolling back {_rolled_back_text(rec)}"
+                                                 f", then the schema {hg.get('toRevision')} -> "
+                                                 f"{hg.get('fromRevision')}")]
+    last = {"reason": C.WORKLOAD_UNHEALTHY, "message": verdict.message[:4096], "time": now}
+    return _verdict(out, status, gen, now, {"healthGate": rec, "lastError": last}, events)
+
+
+def rolling_back_message(hg: dict, detail: str) -> str:
+    return (f"{_failure(hg)}: rolling back {_rolled_back_text(hg)} (window "
+            f"{hg.get('windowSeconds', 0):g}s): {detail}; then the schema goes back {hg.get('toRevision')} -> "
+            f"{hg.get('fromRevision')}")
+
+
+def rolling_back(status: dict, gen: int, detail: str, now: str):
+    """Still waiting for the rolled-back workloads to become available."""
+    from ..status import PROGRESSING_KIND, Outcome
+    from .. import conditions as C
+
+    hg = status["healthGate"]
+    out = Outcome(PROGRESSING_KIND, C.ROLLING_BACK_WORKLOADS, rolling_back_message(hg, detail))
+    return _verdict(out, status, gen, now, {"healthGate": {**hg, "message": detail[:4096]}})
+
+
+def workloads_not_rolled_back(status: dict, gen: int, why: str, now: str, name: str, namespace: str,
+                              patched: bool, partly: list[str] = ()):
+    """The workloads could not be rolled back (nothing to go back to, refused), or went back unhealthy.
+
+    Application first: the schema is left where the run put it, and the resource is Stalled.
+    """
+    from ..status import STALLED_KIND, Outcome
+    from .. import conditions as C
+
+    hg = status["healthGate"]
+    failure = _failure(hg)
+    frm, to = hg.get("fromRevision"), hg.get("toRevision")
+    what = (f"rolled back {_rolled_back_text(hg)}, but {why}" if patched
+            else f"the workloads cannot be rolled back: {why}")
+    msg = (f"{failure}. {what}. The schema stays at {to} (application first: it goes back only once the workloads "
+           f"are healthy on their previous revision). To fix: fix the release, or roll the workloads back by hand "
+           f"(kubectl rollout undo) and then the schema with `dbrev rollback {name} -n {namespace} --schema-only "
+           f"--to {frm}`; "
+           f"dbrev does not run the plan again until the spec changes")
+    out = Outcome(STALLED_KIND, C.WORKLOAD_ROLLBACK_FAILED, msg)
+    rec = {**hg, "phase": ROLLBACK_INCOMPLETE, "finishedAt": now, "message": msg[:4096]}
+    if not patched:
+        rec["rolledBack"] = list(partly)  # the ones patched before the API server refused one
+    last = {"reason": C.WORKLOAD_ROLLBACK_FAILED, "message": msg[:4096], "time": now}
+    events = [] if patched else [("Warning", EV_WORKLOAD_UNHEALTHY, f"{failure} after the schema changed {frm} -> "
+                                                                   f"{to}")]
+    events.append(("Warning", EV_ROLLBACK_FAILED, msg))
+    return _verdict(out, status, gen, now, {"healthGate": rec, "lastError": last}, events, (TRIGGER, "failure"))
+
+
+def workloads_back(status: dict, verdict: GateVerdict) -> tuple[str, str, str]:
+    """The Event when the rolled-back workloads are available again (the schema goes back next)."""
+    hg = status["healthGate"]
+    return ("Normal", EV_WORKLOADS_ROLLED_BACK, f"{_rolled_back_text(hg)} available again ({verdict.message}); "
+                                               f"rolling the schema back {hg.get('toRevision')} -> "
+                                               f"{hg.get('fromRevision')}")
+
+
+def _revs(text: str | None) -> list[str]:
+    return [] if not text or text == "base" else text.split(",")
+
+
+def schema_target(status: dict) -> str:
+    """Where the schema goes back to: the revision before the run the gate watched.
+
+    From dbrev's own history (status.history), by the rule ``dbrev rollback`` uses
+    (:func:`dbrev.rollback.choose_target`: the newest applied upgrade that ended where the database
+    is); it must be the gate's ``fromRevision``, else something else moved the database and there is
+    no safe default (:class:`NoSchemaTarget`).
+    """
+    from ..errors import DbrevError
+    from ..rollback import choose_target, history_runs
+
+    hg = status.get("healthGate") or {}
+    cur = status.get("currentRevision")
+    if cur != hg.get("toRevision"):
+        raise NoSchemaTarget(f"the database is at {cur}, not at {hg.get('toRevision')} where the gate's run left it")
+    try:
+        choice = choose_target(_revs(cur), history_runs(status.get("history") or []))
+    except DbrevError as e:
+        raise NoSchemaTarget(e.message) from None
+    if choice.target is None or choice.target != hg.get("fromRevision"):
+        raise NoSchemaTarget(f"status.history says the run to {cur} started at {choice.target}, the gate recorded "
+                             f"{hg.get('fromRevision')}")
+    return choice.target
+
+
+def schema_not_rolled_back(status: dict, gen: int, why: str, now: str, name: str, namespace: str):
+    """The workloads went back, the schema cannot (no target, the inputs cannot be read...)."""
+    return _schema_incomplete(status, gen, now, name, namespace, f"it cannot go back: {why}", None, [])
+
+
+def _schema_incomplete(status, gen, now, name, namespace, why: str, target: str | None, events, fields=None,
+                       reason: str | None = None):
+    from ..status import STALLED_KIND, Outcome
+    from .. import conditions as C
+
+    hg = status["healthGate"]
+    failure = _failure(hg)
+    frm = target or hg.get("fromRevision")
+    cur = (fields or {}).get("currentRevision") or status.get("currentRevision") or hg.get("toRevision")
+    msg = (f"{failure}. Rolled back {_rolled_back_text(hg)}; the schema stays at {cur}: {why}. To finish the "
+           f"rollback, once the policy allows it: `dbrev rollback {name} -n {namespace} --to {frm}` (or set "
+           f"spec.revision to {frm} in git); or keep the schema and fix the release. dbrev does not run the plan "
+           f"again until the spec changes")
+    out = Outcome(STALLED_KIND, reason or C.SCHEMA_ROLLBACK_BLOCKED, msg)
+    rec = {**hg, "phase": ROLLBACK_INCOMPLETE, "finishedAt": now, "message": msg[:4096]}
+    if target:
+        rec["schemaTarget"] = target
+    last = {"reason": out.reason, "message": msg[:4096], "time": now}
+    out_fields = {**(fields or {}), "healthGate": rec, "lastError": last}
+    return _verdict(out, status, gen, now, out_fields, list(events) + [("Warning", EV_ROLLBACK_FAILED, msg)],
+                    (TRIGGER, "failure"))
+
+
+def schema_rolled_back(run, result: dict, status: dict, gen: int, now: str, target: str, spec_revision: str,
+                       name: str, namespace: str):
+    """The verdict of the schema downgrade run, from the run's own verdict (``decide.from_result``).
+
+    Done and verified: Stalled ``RolledBackAfterHealthCheck`` (spec.revision still names the release that
+    failed; it is not applied again until the spec changes).  Awaiting an approval: the run's own
+    AwaitingApproval (approving runs the downgrade).  A transient failure: still rolling back (the next
+    tick tries again).  Refused by the policy, failed, or not verified: Stalled ``SchemaRollbackBlocked``
+    (or the run's ``RollbackFailed`` when it left the database between revisions).
+    """
+    v = _schema_rolled_back(run, result, status, gen, now, target, spec_revision, name, namespace)
+    v.steps, v.findings, v.drift, v.reachable = run.steps, run.findings, run.drift, run.reachable
+    return v
+
+
+def _schema_rolled_back(run, result, status, gen, now, target, spec_revision, name, namespace):
+    from ..rollback import succeeded
+    from ..status import STALLED_KIND, TRANSIENT_KIND, WAITING_KIND, Outcome
+    from .. import conditions as C
+
+    hg = status["healthGate"]
+    fields = {k: v for k, v in run.status.items() if k not in ("conditions", "observedGeneration")}
+    to = hg.get("toRevision")
+    if succeeded(result, _revs(target)):
+        failure = _failure(hg)
+        msg = (f"{failure}. Rolled back {_rolled_back_text(hg)} and then the schema {to} -> {target}, verified "
+               f"({TRIGGER}). spec.revision still names {spec_revision}: dbrev does not apply it again until the "
+               f"spec changes. To fix: fix the release and change the spec (or annotate "
+               f"dbrev.io/reconcile-requested-at) to apply it again, or revert spec.revision to {target} and the "
+               f"workloads in git")
+        out = Outcome(STALLED_KIND, C.ROLLED_BACK_AFTER_HEALTH_CHECK, msg)
+        rec = {**hg, "phase": ROLLED_BACK, "finishedAt": now, "schemaTarget": target, "message": msg[:4096]}
+        fields.update({"healthGate": rec, "lastError": {"reason": out.reason, "message": msg[:4096], "time": now}})
+        events = run.events + [("Normal", EV_ROLLBACK_EXECUTED,
+                                f"rolled back {_rolled_back_text(hg)} and the schema {to} -> {target}, verified "
+                                f"({TRIGGER})")]
+        return _verdict(out, status, gen, now, fields, events, (TRIGGER, "success"))
+    if run.outcome.kind == WAITING_KIND:  # an approval is needed (spec.policy): approving runs the downgrade
+        msg = (f"rolled back {_rolled_back_text(hg)}; the schema downgrade {to} -> {target} needs an approval: "
+               f"{run.outcome.message}")
+        out = Outcome(WAITING_KIND, run.outcome.reason, msg)
+        fields["healthGate"] = {**hg, "phase": AWAITING_APPROVAL, "schemaTarget": target, "message": msg[:4096]}
+        return _verdict(out, status, gen, now, fields, run.events)
+    if run.outcome.kind == TRANSIENT_KIND:  # the next tick tries again (the workloads are still healthy)
+        out = Outcome(TRANSIENT_KIND, run.outcome.reason, f"rolled back {_rolled_back_text(hg)}; the schema "
+                                                          f"downgrade {to} -> {target}: {run.outcome.message}")
+        fields["healthGate"] = {**hg, "schemaTarget": target}
+        return _verdict(out, status, gen, now, fields, run.events)
+    refused = result.get("result") == "refused"
+    why = (f"going back to {target} was refused by the policy: {run.outcome.message}" if refused
+           else f"going back to {target} did not succeed: {run.outcome.message}")
+    reason = C.ROLLBACK_FAILED if run.outcome.reason == C.ROLLBACK_FAILED else None
+    return _schema_incomplete(status, gen, now, name, namespace, why, target, run.events, fields, reason)
 
 
 # -- the shell: read the workloads ------------------------------------------------------------------
@@ -293,3 +592,78 @@ def images(namespace: str, workloads) -> list[str]:
         spec = ((api.sanitize_for_serialization(raw).get("spec") or {}).get("template") or {}).get("spec") or {}
         out += [c.get("image") for c in spec.get("containers") or [] if c.get("image")]
     return out
+
+
+def _selector(obj: dict) -> str:
+    labels = (((obj.get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def read_for_undo(namespace: str, workloads) -> list[tuple[dict, list[dict]]]:
+    """Each named workload with what ``kubectl rollout undo`` reads: a Deployment's ReplicaSets, a
+    StatefulSet's ControllerRevisions (those its selector matches; :func:`undo_plan` keeps the ones it owns)."""
+    from kubernetes import client
+
+    from . import kube
+
+    api = kube.api_client()
+    apps = client.AppsV1Api(api)
+    out = []
+    for kind, name in workloads:
+        if kind == "Deployment":
+            obj = api.sanitize_for_serialization(apps.read_namespaced_deployment(name, namespace))
+            sel = _selector(obj)
+            owned = api.sanitize_for_serialization(apps.list_namespaced_replica_set(
+                namespace, label_selector=sel)).get("items") or [] if sel else []
+        else:
+            obj = api.sanitize_for_serialization(apps.read_namespaced_stateful_set(name, namespace))
+            sel = _selector(obj)
+            owned = api.sanitize_for_serialization(apps.list_namespaced_controller_revision(
+                namespace, label_selector=sel)).get("items") or [] if sel else []
+        obj["kind"] = kind
+        out.append((obj, owned))
+    return out
+
+
+def patch_workload(namespace: str, undo: Undo) -> None:
+    """Apply one undo (as ``kubectl rollout undo`` sends it)."""
+    from kubernetes import client
+
+    from . import kube
+
+    apps = client.AppsV1Api(kube.api_client())
+    if undo.kind == "Deployment":
+        apps.patch_namespaced_deployment(undo.name, namespace, undo.patch, _content_type=undo.content_type)
+    else:
+        apps.patch_namespaced_stateful_set(undo.name, namespace, undo.patch, _content_type=undo.content_type)
+
+
+class UndoRefused(Exception):
+    """The API server refused reading or patching a workload; ``done``: the undos applied before it."""
+
+    def __init__(self, message: str, done: list[Undo]):
+        super().__init__(message)
+        self.done = done
+
+
+def roll_back_workloads(namespace: str, workloads) -> list[Undo]:
+    """Read, plan (all or none) and patch the named workloads back to their previous revision.
+
+    Raises :class:`NoPreviousRevision` before patching anything when one has nothing to go back to, and
+    :class:`UndoRefused` when the API server refuses a read or a patch (saying which were patched before).
+    """
+    from kubernetes.client.rest import ApiException
+
+    try:
+        undos = undo_plan(read_for_undo(namespace, workloads))
+    except ApiException as e:
+        raise UndoRefused(f"reading the workloads failed (HTTP {e.status} {e.reason})", []) from None
+    done: list[Undo] = []
+    for u in undos:
+        try:
+            patch_workload(namespace, u)
+        except ApiException as e:
+            first = f"rolled back {', '.join(d.text for d in done)}, but " if done else ""
+            raise UndoRefused(f"{first}patching {u.ref} failed (HTTP {e.status} {e.reason})", done) from None
+        done.append(u)
+    return undos

@@ -110,7 +110,7 @@ def parse_spec(spec: dict) -> Spec:
             suspend=bool(spec.get("suspend", False)),
             drift_check_interval=parse_duration(spec.get("driftCheckInterval", "10m")),
             verify=verify,
-            health_gate=_health_gate(spec.get("healthGate")),
+            health_gate=_health_gate(spec.get("healthGate"), policy.downgrade),
         )
     except (KeyError, TypeError) as e:
         raise SpecError(f"incomplete spec: missing {e}") from None
@@ -118,7 +118,10 @@ def parse_spec(spec: dict) -> Spec:
         raise SpecError(str(e)) from None
 
 
-def _health_gate(hg: dict | None) -> HealthGate | None:
+ON_FAILURE = ("Report", "Rollback")
+
+
+def _health_gate(hg: dict | None, downgrade: str = "Allow") -> HealthGate | None:
     if not hg:
         return None
     workloads = tuple((str(w["kind"]), str(w["name"])) for w in hg.get("workloads") or [])
@@ -128,6 +131,9 @@ def _health_gate(hg: dict | None) -> HealthGate | None:
     if bad:
         raise SpecError(f"healthGate.workloads: kind {bad[0]!r} is not Deployment or StatefulSet")
     on_failure = hg.get("onFailure", "Report")
-    if on_failure != "Report":
-        raise SpecError(f"healthGate.onFailure {on_failure!r} is not supported (Report)")
+    if on_failure not in ON_FAILURE:
+        raise SpecError(f"healthGate.onFailure {on_failure!r} is not one of {', '.join(ON_FAILURE)}")
+    if on_failure == "Rollback" and downgrade == "Deny":
+        raise SpecError("healthGate.onFailure Rollback downgrades the schema after rolling the workloads back, but "
+                        "spec.policy.downgrade is Deny: set it to Allow or RequireApproval, or use onFailure Report")
     return HealthGate(workloads, parse_duration(hg.get("window", "10m")), on_failure)
