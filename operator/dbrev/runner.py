@@ -832,9 +832,7 @@ class Runner:
     def _single_failed(self, conn: Connection, scripts: ScriptSet, plan: Plan, e: BaseException) -> dict:
         start, target = plan.from_revisions, plan.to_revisions
         if is_lock_timeout(e):
-            raise Busy(f"a table lock was not granted within {self.db.lock_timeout:g}s "
-                       f"(lock_timeout) during {getattr(self, '_current_step', ('?',))[0]}",
-                       hint="another session holds a lock on a table the migration alters; retry later") from None
+            raise self._lock_busy() from None
         if isinstance(e, DbrevError):
             raise e
         err = self._error(e, scripts)
@@ -857,6 +855,18 @@ class Runner:
         self._rollback_verdict()
         conn.commit()
         return self.result
+
+    def _lock_busy(self) -> Busy:
+        """A table lock did not come within lock_timeout: busy (exit 4), whatever the transaction mode."""
+        return Busy(f"a table lock was not granted within {self.db.lock_timeout:g}s "
+                    f"(lock_timeout) during {getattr(self, '_current_step', ('?',))[0]}",
+                    hint="another session holds a lock on a table the migration alters; retry later")
+
+    def _back_at_start(self, out: dict, start) -> bool:
+        """A per-step run that failed is where it started, proven (its rollback, if any, succeeded)."""
+        rb = out.get("rollback")
+        return (out.get("current_revisions") is not None and self.graph.same_state(out["current_revisions"], start)
+                and (rb is None or bool(rb.get("success"))))
 
     def _rollback_verdict(self) -> None:
         """A ROLLBACK whose proof failed (rows missing, new errors: someone else's writes) is not a success."""
@@ -933,7 +943,11 @@ class Runner:
                                              "status": "failed", "duration_seconds": round(
                                                  time.monotonic() - self._step_t0, 3)})
             self.result["error"] = err
-            return self._undo_per_step(conn, scripts, start, target, "migration_failure", None)
+            busy = self._lock_busy() if is_lock_timeout(failure) else None
+            out = self._undo_per_step(conn, scripts, start, target, "migration_failure", None)
+            if busy is not None and self._back_at_start(out, start):
+                raise busy from None  # as in one transaction: nothing changed, exit 4, retried
+            return out
         deleted: dict[str, int] = {}
         for snapshot in deleted_steps:
             for t, v in snapshot.items():
