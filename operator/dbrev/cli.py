@@ -28,8 +28,11 @@ from . import errors as E
 from . import log as L
 from .options import DbOptions
 from .redact import redact, redact_obj
+from .results import (RESULT_APPLIED, RESULT_BUSY, RESULT_FAILED, RESULT_NOOP, RESULT_REFUSED, RESULT_ROLLED_BACK,
+                      RunResult, apply_document)
 
-RESULT_EXIT = {"applied": 0, "noop": 0, "rolled_back": 1, "failed": 1, "refused": 3, "busy": 4}
+RESULT_EXIT = {RESULT_APPLIED: 0, RESULT_NOOP: 0, RESULT_ROLLED_BACK: 1, RESULT_FAILED: 1, RESULT_REFUSED: 3,
+               RESULT_BUSY: 4}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,9 +40,8 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         if "--json" in _ARGV:
-            doc = {"result": "error", "error": {"error_type": "BadInput", "reason": "InvalidSpec",
-                                                "message": f"{self.prog}: {message}",
-                                                "hint": f"see `{self.prog} --help`", "exit_code": 2}}
+            err = E.BadInput(f"{self.prog}: {message}", hint=f"see `{self.prog} --help`")
+            doc = {"result": "error", "error": err.to_dict()}
             sys.stdout.write(json.dumps(doc, indent=2) + "\n")
             sys.stdout.flush()
             self.exit(2)
@@ -489,63 +491,57 @@ def cmd_apply(args) -> int:
         result = apply(req, timeout=args.timeout, on_event=_Progress(not args.json), log_level=args.log_level,
                        isolate=False)
     except E.Busy as e:
-        result = {"result": "busy", "error": e.to_dict()}
+        result = RunResult.of_error(RESULT_BUSY, e)
     except E.PolicyRefused as e:
-        result = {"result": "refused", "error": e.to_dict()}
+        result = RunResult.of_error(RESULT_REFUSED, e)
     if empty:
-        result.setdefault("warnings", []).insert(0, empty)
+        result.warnings = [empty, *(result.warnings or [])]
     _out(args, _apply_doc(result), _apply_text(result, args))
-    return RESULT_EXIT.get(result.get("result"), 1)
+    return RESULT_EXIT.get(result.result, 1)
 
 
-def _apply_doc(r: dict) -> dict:
-    doc = dict(r)
-    frm, to = r.get("from_revisions"), r.get("to_revisions")
-    doc["from_revision"] = ",".join(frm) if frm else None
-    doc["to_revision"] = ",".join(to) if to else None
-    doc.setdefault("steps", [])
-    doc.setdefault("integrity", None)
-    doc.setdefault("direction", None)
-    return doc
+def _apply_doc(r: RunResult) -> dict:
+    return apply_document(r)
 
 
-def _apply_text(r: dict, args) -> str:
-    res = r.get("result")
+def _apply_text(r: RunResult, args) -> str:
+    from . import conditions as C
+
+    res = r.result
+    err = r.error
     lines = []
-    for w in r.get("warnings", []):
+    for w in r.warnings or []:
         lines.append(f"warning: {w}")
-    if res == "refused":
-        err = r.get("error") or {}
-        lines.append(f"refused ({err.get('reason')}): {err.get('message')}")
-        hints = {"DowngradeDenied": "pass --allow-downgrade to permit it",
-                 "DataLossDenied": "pass --allow-data-loss, or --archive to keep a copy of what is dropped",
-                 "PlanChanged": "review the new plan with `dbrev plan`"}
-        if err.get("hint") or hints.get(err.get("reason")):
-            lines.append(f"  {err.get('hint') or hints.get(err.get('reason'))}")
-    elif res == "busy":
-        lines.append(f"busy: {(r.get('error') or {}).get('message')}")
-    elif res == "noop":
-        lines.append(f"nothing to do: the database is at {_revs(r.get('current_revisions'))}")
+    if res == RESULT_REFUSED:
+        reason, message, hint = (err.reason, err.message, err.hint) if err else (None, None, None)
+        lines.append(f"refused ({reason}): {message}")
+        hints = {C.DOWNGRADE_DENIED: "pass --allow-downgrade to permit it",
+                 C.DATA_LOSS_DENIED: "pass --allow-data-loss, or --archive to keep a copy of what is dropped",
+                 C.PLAN_CHANGED: "review the new plan with `dbrev plan`"}
+        if hint or hints.get(reason):
+            lines.append(f"  {hint or hints.get(reason)}")
+    elif res == RESULT_BUSY:
+        lines.append(f"busy: {err.message if err else None}")
+    elif res == RESULT_NOOP:
+        lines.append(f"nothing to do: the database is at {_revs(r.current_revisions)}")
     else:
-        lines.append(f"{res}: {_revs(r.get('from_revisions'))} -> {_revs(r.get('to_revisions'))} "
-                     f"({r.get('direction')}), now at {_revs(r.get('current_revisions'))}, "
-                     f"{r.get('duration_seconds', 0):.2f}s")
-        err = r.get("error")
+        lines.append(f"{res}: {_revs(r.from_revisions)} -> {_revs(r.to_revisions)} "
+                     f"({r.direction}), now at {_revs(r.current_revisions)}, "
+                     f"{r.duration_seconds or 0:.2f}s")
         if err:
-            loc = f" at {err['location']}" if err.get("location") else ""
-            lines.append(f"error ({err.get('reason')}){loc}: {err.get('message')}")
-            if err.get("hint"):
-                lines.append(f"  hint: {err['hint']}")
-        rb = r.get("rollback")
+            loc = f" at {err.location}" if err.location else ""
+            lines.append(f"error ({err.reason}){loc}: {err.message}")
+            if err.hint:
+                lines.append(f"  hint: {err.hint}")
+        rb = r.rollback
         if rb:
-            lines.append(f"rollback ({rb.get('reason')}, {rb.get('method')}): "
-                         f"{'succeeded' if rb.get('success') else 'FAILED'}")
-    rr = r.get("rollback_readiness")
+            lines.append(f"rollback ({rb.reason}, {rb.method}): {'succeeded' if rb.success else 'FAILED'}")
+    rr = r.rollback_readiness
     if rr:
         lines.append(f"rollback readiness: {rr['status']}: {rr['message']}")
         for d in rr.get("differences", [])[:10]:
             lines.append(f"  {d}")
-    integ = r.get("integrity")
+    integ = r.integrity
     if integ:
         lines.append(f"integrity: {'passed' if integ.get('passed') else 'FAILED'}"
                      f"{' (' + integ['fingerprint'] + ')' if integ.get('fingerprint') else ''}")

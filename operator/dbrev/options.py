@@ -20,14 +20,6 @@ ARCHIVE = "Archive"
 DOWNGRADE_VALUES = (ALLOW, DENY, REQUIRE_APPROVAL)
 DATA_LOSS_VALUES = (DENY, ARCHIVE, ALLOW, REQUIRE_APPROVAL)
 
-# What a run ends as (apply --json "result").
-RESULT_APPLIED = "applied"
-RESULT_NOOP = "noop"
-RESULT_ROLLED_BACK = "rolled_back"
-RESULT_FAILED = "failed"
-RESULT_REFUSED = "refused"
-RESULT_BUSY = "busy"
-
 ALL_CHECKS = ("constraints", "indexes", "sequences", "orphans", "rowCounts", "fingerprint")
 
 

@@ -200,6 +200,7 @@ def cmd_rollback(args) -> int:
     from . import log as L
     from .engine import apply
     from .options import Policy, RunRequest
+    from .results import RESULT_BUSY, RESULT_REFUSED, RunResult
 
     db = cli.db_options(args)
     migrations = os.path.abspath(cli._migrations(args))
@@ -238,21 +239,21 @@ def cmd_rollback(args) -> int:
             result = apply(req, timeout=args.timeout, on_event=cli._Progress(not args.json), log_level=args.log_level,
                            log_context=L.current_context(), isolate=False)
         except E.Busy as e:
-            result = {"result": "busy", "error": e.to_dict()}
+            result = RunResult.of_error(RESULT_BUSY, e)
         except E.PolicyRefused as e:
-            result = {"result": "refused", "error": e.to_dict()}
+            result = RunResult.of_error(RESULT_REFUSED, e)
         except Exception as e:  # noqa: BLE001 - logged per the runbook, then reported as apply does
             L.rollback_executed(frm, to, False, deployment_id=args.deployment_id, trigger="cli")
             L.log_error("Rollback failed", e, from_revision=L._rev(frm), to_revision=L._rev(to))
             raise
-        ok = succeeded(result, to)
+        ok = succeeded(result.to_dict(), to)
         L.rollback_executed(frm, to, ok, deployment_id=args.deployment_id, trigger="cli",
-                            result=result.get("result"))
+                            result=result.result)
         doc.update(cli._apply_doc(result))
         doc["success"] = ok
         text = _text(a, p, args, header_only=True) + "\n" + cli._apply_text(result, args)
         cli._out(args, doc, text)
-        code = cli.RESULT_EXIT.get(result.get("result"), 1)
+        code = cli.RESULT_EXIT.get(result.result, 1)
         return code if code or ok else 1
 
 

@@ -400,10 +400,10 @@ def test_isolated_worker_gets_a_minimal_environment_and_still_times_out(database
     monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
     monkeypatch.setenv("DBREV_SECRET_TOKEN", "operator-only")
     req = RunRequest(db=DbOptions(url=database_url), migrations=str(d), target="z001aaaa", policy=Policy())
-    assert apply(req, timeout=60, isolate=True)["result"] == "applied"
+    assert apply(req, timeout=60, isolate=True).result == "applied"
     req = RunRequest(db=DbOptions(url=database_url), migrations=str(d), target="head", policy=Policy())
     t0 = time.monotonic()
     result = apply(req, timeout=3, isolate=True)
     assert time.monotonic() - t0 < 30
-    assert result["result"] == "rolled_back" and result["error"]["reason"] == "TimedOut"
+    assert result.result == "rolled_back" and result.error.reason == "TimedOut"
     assert heads(database_url) == ["z001aaaa"]

@@ -190,55 +190,6 @@ def carry_out(body, prev: dict, verdict: decide.Verdict, started: float, extra: 
     return merged
 
 
-def _changed_annotations(diff) -> dict[str, str | None]:
-    """Annotation keys whose value a Kopf diff changed, with their new values."""
-    out: dict[str, str | None] = {}
-    for _op, path, old, new in diff or ():
-        path = tuple(path)
-        old_map, new_map = {}, {}
-        if path[:2] == ("metadata", "annotations") and len(path) == 3:
-            old_map, new_map = {path[2]: old}, {path[2]: new}
-        elif path in ((), ("metadata",), ("metadata", "annotations")):
-            depth = {(): 2, ("metadata",): 1, ("metadata", "annotations"): 0}[path]
-
-            def pick(v):
-                for key in ("metadata", "annotations")[2 - depth:]:
-                    v = (v or {}).get(key) if isinstance(v, dict) else None
-                return v or {}
-            old_map, new_map = pick(old), pick(new)
-        for k in set(old_map) | set(new_map):
-            if old_map.get(k) != new_map.get(k):
-                out[k] = new_map.get(k)
-    return out
-
-
-def _trigger(cause: str, diff) -> str:
-    """What started this pass: create, resume, spec, approval, configmap/<name>, secret/<name>, drift..."""
-    if cause != "update":
-        return cause
-    if any(tuple(path)[:1] == ("spec",) or (tuple(path) == () and (old or {}).get("spec") != (new or {}).get("spec"))
-           for _op, path, old, new in diff or ()):
-        return "spec"
-    changed = _changed_annotations(diff)
-    if APPROVE_ANNOTATION in changed:
-        return "approval"
-    if changed.get(RECONCILE_ANNOTATION):
-        return changed[RECONCILE_ANNOTATION].split(" ", 1)[-1] or "requested"
-    return "update"
-
-
-def _conflict(index, key: str, namespace: str, name: str, created: str) -> str | None:
-    if not key or index is None:
-        return None
-    mine = (created or "", namespace, name)
-    for other in index.get(key, []):
-        if (other[1], other[2]) == (namespace, name):
-            continue
-        if (other[0] or "", other[1], other[2]) < mine:
-            return f"{other[1]}/{other[2]}"
-    return None
-
-
 def _db_options(spec: Spec, url: str) -> DbOptions:
     return DbOptions(url=url, connect_timeout=spec.connect_timeout, lock_timeout=spec.lock_timeout,
                      statement_timeout=spec.statement_timeout, version_table=spec.version_table,
@@ -248,7 +199,7 @@ def _db_options(spec: Spec, url: str) -> DbOptions:
 def reconcile(body, cause: str, retry: int = 0, diff=None, index=None) -> None:
     meta = body["metadata"]
     ns, name, gen = meta["namespace"], meta["name"], meta.get("generation") or 0
-    trigger = _trigger(cause, diff)
+    trigger = decide.trigger_of(cause, diff)
     dep = deployment_id(meta).value  # healthgate: what deployed this pass, in its records and Events
     with L.log_context(namespace=ns, name=name, trigger=trigger, deployment_id=dep), _object_lock(ns, name):
         started = time.monotonic()
@@ -279,7 +230,7 @@ def reconcile(body, cause: str, retry: int = 0, diff=None, index=None) -> None:
                 raise kopf.TemporaryError(verdict.outcome.message, delay=verdict.retry_in)
             return
         extra = {"databaseKey": inputs.database_key, "inputsHash": inputs.inputs_hash}
-        other = _conflict(index, inputs.database_key, ns, name, meta.get("creationTimestamp"))
+        other = decide.conflicting_owner(index, inputs.database_key, ns, name, meta.get("creationTimestamp"))
         if other:
             err = {"reason": C.CONFLICT, "message": f"DatabaseRevision {other} already manages this database and "
                                                     f"version table"}

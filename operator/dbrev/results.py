@@ -1,0 +1,255 @@
+"""What a run returns: :class:`RunResult` and its parts (pure: no database, no Kubernetes).
+
+One shape for every layer.  The runner builds it, the worker carries it across the process
+boundary (``to_dict`` on one side, ``from_dict`` on the other), ``dbrev apply --json`` prints its
+``to_dict()`` (README, "--json documents"), and the operator's decisions (``controller/decide``)
+and status (``status``) read its attributes.
+
+``to_dict`` gives exactly the documented document: an optional field is left out while it is
+``None``, unless it is named in ``shown`` (a key the document carries even when it is null, e.g.
+the ``step`` of a failure outside any step).  ``from_dict(d).to_dict() == d`` for every document
+dbrev writes.  The parts a run only passes on (``integrity``, ``decision``,
+``rollback_readiness``, archive and classification records) stay dicts: they are made by their
+own modules' ``to_dict`` and are not read here.
+
+Reasons come from :mod:`dbrev.conditions`; the rollback triggers are the labels of
+``metrics.ROLLBACK_TRIGGERS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from . import conditions as C
+
+# results (the `result` of apply --json)
+RESULT_APPLIED = "applied"
+RESULT_NOOP = "noop"
+RESULT_ROLLED_BACK = "rolled_back"
+RESULT_FAILED = "failed"
+RESULT_REFUSED = "refused"
+RESULT_BUSY = "busy"
+
+# rollback triggers (the `reason` of a rollback; the labels of metrics.ROLLBACK_TRIGGERS)
+MIGRATION_FAILURE = "migration_failure"
+INTEGRITY_CHECK_FAILURE = "integrity_check_failure"
+TIMEOUT = "timeout"
+WORKER_DIED = "worker_died"
+REHEARSAL_FAILURE = "rehearsal_failure"
+ROLLBACK_TRIGGERS = (MIGRATION_FAILURE, INTEGRITY_CHECK_FAILURE, TIMEOUT, WORKER_DIED)
+
+# rollback methods
+TRANSACTION = "transaction"
+INVERSE_STEPS = "inverse_steps"
+
+# step statuses
+APPLIED = "applied"
+FAILED = "failed"
+ROLLED_BACK = "rolled_back"
+
+
+def _to_dict(obj, order: tuple[str, ...], required: tuple[str, ...]) -> dict:
+    shown = obj.shown
+    out: dict = {}
+    for name in order:
+        v = getattr(obj, name)
+        if v is None and name not in required and name not in shown:
+            continue
+        if isinstance(v, list):
+            v = [x.to_dict() if hasattr(x, "to_dict") else x for x in v]
+        elif hasattr(v, "to_dict"):
+            v = v.to_dict()
+        out[name] = v
+    return out
+
+
+def _shown(d: dict, required: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(k for k, v in d.items() if v is None and k not in required)
+
+
+def _known(cls, d: dict) -> None:
+    names = {f.name for f in fields(cls)} - {"shown"}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown key(s) {', '.join(sorted(unknown))}")
+
+
+@dataclass
+class StepRecord:
+    """One step as it ran: ``status`` applied, failed or rolled_back."""
+
+    revision: str
+    direction: str
+    status: str
+    duration_seconds: float | None = None
+    shown: tuple[str, ...] = field(default=(), compare=False)
+
+    _ORDER = ("revision", "direction", "duration_seconds", "status")
+    _REQUIRED = ("revision", "direction", "status")
+
+    def to_dict(self) -> dict:
+        return _to_dict(self, self._ORDER, self._REQUIRED)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StepRecord":
+        _known(cls, d)
+        return cls(**d, shown=_shown(d, cls._REQUIRED))
+
+
+@dataclass
+class RunError:
+    """Why a run (or its rollback) did not succeed.  ``reason`` is a :mod:`dbrev.conditions` reason."""
+
+    reason: str | None = None
+    message: str | None = None
+    error_type: str | None = None
+    detail: str | None = None
+    step: str | None = None
+    direction: str | None = None
+    location: str | None = None
+    hint: str | None = None
+    details: dict | None = None
+    exit_code: int | None = None
+    shown: tuple[str, ...] = field(default=(), compare=False)
+
+    _ORDER = ("error_type", "reason", "message", "detail", "step", "direction", "location", "hint", "details",
+              "exit_code")
+    _REQUIRED = ()
+
+    def to_dict(self) -> dict:
+        return _to_dict(self, self._ORDER, self._REQUIRED)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "RunError | None":
+        if d is None:
+            return None
+        _known(cls, d)
+        return cls(**d, shown=_shown(d, cls._REQUIRED))
+
+    @classmethod
+    def of(cls, exc) -> "RunError":
+        """A :class:`dbrev.errors.DbrevError` as its document (``DbrevError.to_dict``)."""
+        return cls.from_dict(exc.to_dict())  # type: ignore[return-value]
+
+    @classmethod
+    def integrity_failed(cls, messages: list[str], rollback: bool) -> "RunError":
+        """Verification after the steps found new errors (rolled back, or left as is by policy)."""
+        why = "verification failed after the migration: " if rollback else \
+            "verification failed and rollbackOnFailure is off: "
+        return cls(reason=C.INTEGRITY_CHECK_FAILED, error_type="IntegrityCheckFailed",
+                   message=why + "; ".join(messages[:3]))
+
+
+@dataclass
+class Rollback:
+    """How a run was undone: ``method`` transaction or inverse_steps; ``reason`` one of the triggers."""
+
+    reason: str
+    method: str
+    success: bool | None = None
+    triggered: bool = True
+    transaction: str | None = None
+    steps: list[StepRecord] | None = None
+    integrity: dict | None = None
+    restored: list[dict] | None = None
+    archived: list[dict] | None = None
+    cleanup: dict | None = None
+    message: str | None = None
+    error: RunError | None = None
+    shown: tuple[str, ...] = field(default=(), compare=False)
+
+    _ORDER = ("triggered", "reason", "method", "transaction", "success", "steps", "integrity", "restored",
+              "archived", "cleanup", "message", "error")
+    _REQUIRED = ("triggered", "reason", "method", "success")
+
+    def to_dict(self) -> dict:
+        return _to_dict(self, self._ORDER, self._REQUIRED)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Rollback | None":
+        if d is None:
+            return None
+        _known(cls, d)
+        d = dict(d)
+        shown = _shown(d, cls._REQUIRED)
+        if d.get("steps") is not None:
+            d["steps"] = [StepRecord.from_dict(s) for s in d["steps"]]
+        d["error"] = RunError.from_dict(d.get("error"))
+        return cls(**d, shown=shown)
+
+
+@dataclass
+class RunResult:
+    """One apply's outcome: the ``dbrev apply --json`` document (README) and what the operator reads."""
+
+    result: str | None = None
+    from_revisions: list[str] | None = None
+    to_revisions: list[str] | None = None
+    current_revisions: list[str] | None = None
+    direction: str | None = None
+    transaction: str | None = None
+    plan_hash: str | None = None
+    steps: list[StepRecord] | None = None
+    warnings: list[str] | None = None
+    decision: dict | None = None
+    integrity: dict | None = None
+    rollback: Rollback | None = None
+    rollback_readiness: dict | None = None
+    archived: list[dict] | None = None
+    classified_online: list[dict] | None = None
+    repaired_sequences: list[dict] | None = None
+    error: RunError | None = None
+    duration_seconds: float | None = None
+    shown: tuple[str, ...] = field(default=(), compare=False)
+
+    _ORDER = ("result", "steps", "warnings", "from_revisions", "plan_hash", "direction", "transaction",
+              "to_revisions", "decision", "rollback_readiness", "archived", "classified_online",
+              "repaired_sequences", "error", "integrity", "current_revisions", "rollback", "duration_seconds")
+    _REQUIRED = ()
+
+    @classmethod
+    def started(cls) -> "RunResult":
+        """The result a run fills in as it goes."""
+        return cls(steps=[], warnings=[])
+
+    @classmethod
+    def of_error(cls, result: str, exc) -> "RunResult":
+        """A run that ended with a DbrevError before it had a result: busy, refused."""
+        return cls(result=result, error=RunError.of(exc))
+
+    def to_dict(self) -> dict:
+        return _to_dict(self, self._ORDER, self._REQUIRED)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunResult":
+        _known(cls, d)
+        d = dict(d)
+        shown = _shown(d, cls._REQUIRED)
+        if d.get("steps") is not None:
+            d["steps"] = [StepRecord.from_dict(s) for s in d["steps"]]
+        d["error"] = RunError.from_dict(d.get("error"))
+        d["rollback"] = Rollback.from_dict(d.get("rollback"))
+        return cls(**d, shown=shown)
+
+    # -- reading it ------------------------------------------------------------------------
+    @property
+    def rollback_triggered(self) -> bool:
+        return self.rollback is not None and self.rollback.triggered
+
+    def warn(self, text: str) -> None:
+        if self.warnings is None:
+            self.warnings = []
+        self.warnings.append(text)
+
+
+def apply_document(r: RunResult) -> dict:
+    """``dbrev apply --json``: the result, with the comma-joined revisions and the keys always there."""
+    doc: dict[str, Any] = r.to_dict()
+    frm, to = r.from_revisions, r.to_revisions
+    doc["from_revision"] = ",".join(frm) if frm else None
+    doc["to_revision"] = ",".join(to) if to else None
+    doc.setdefault("steps", [])
+    doc.setdefault("integrity", None)
+    doc.setdefault("direction", None)
+    return doc
