@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .integrity import ALL_CHECKS
+from .options import ALL_CHECKS
 
 GROUP = "dbrev.io"
 VERSION = "v1alpha1"

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ..integrity import ALL_CHECKS
-from ..options import Policy
+from ..options import ALL_CHECKS, Policy
 
 
 @dataclass(frozen=True)
