@@ -75,6 +75,23 @@ class Runner:
         self.result = RunResult.started()
         self._undo_facts = None
         self._undo_archive = False
+        # what the run learns as it goes (read back by the later phases and by a rollback's sub-runner)
+        self.graph = None  # the scripts' graph, once loaded
+        self.plan: Plan | None = None
+        self.journal: state.Journal | None = None
+        self.archive = False  # the policy's Archive decision: copy what destructive steps remove
+        self.conflicts: list[str] = []  # declared scripts that differ from the stored copies
+        self.external_connection = False  # env.py ran the steps on a connection (or transaction) not dbrev's
+        self._facts_of_plan: Facts | None = None
+        self._snap: dict | None = None  # the pre-run snapshot
+        self._new_fp: tuple | None = None  # the fingerprint after the steps, recorded when they verify
+        self._current_step: tuple | None = None  # (revision, direction) of the step running or last run
+        self._step_t0: float | None = None
+        self._own_trans = None  # dbrev's own transaction of a single-transaction run
+        self._env_py_ran = False
+        self._env_configured = False
+        self._online_state: tuple | None = None  # (revision, live state) before a step classified online
+        self._rows_missing: list[str] = []  # tables a rollback did not put all rows back into
         self._online_declared: set[str] = set()
         self._online_dropped: set[str] = set()
         self._run_inserted: set[str] = set()
@@ -286,7 +303,7 @@ class Runner:
                 lambda rev, up: render(scripts, rev, up, self.db.version_table, self.db.version_table_schema),
                 target_spec=self.req.target, version_table=self.db.version_table,
                 version_table_schema=self.db.version_table_schema)
-        conflicts = getattr(self, "conflicts", [])
+        conflicts = self.conflicts
         if conflicts:
             used = [s.revision for s in plan.steps if s.revision in conflicts and s.direction == "downgrade"]
             note = (f"scripts {', '.join(conflicts)} differ from the copies stored when they were applied")
@@ -422,7 +439,7 @@ class Runner:
                     "operation": _ps.direction, "step": _i})
                 if _ps.destructive:
                     self._recheck_empty(_ps)
-                if getattr(self, "archive", False) and _ps.destructive:
+                if self.archive and _ps.destructive:
                     self._archive(_ps)
                 if self._online_classify(_ps):
                     self._online_before(_ps)
@@ -437,7 +454,7 @@ class Runner:
         (rows may have arrived since): otherwise the step would lose them unseen."""
         from .options import ALLOW
 
-        facts = getattr(self, "_facts_of_plan", None)
+        facts = self._facts_of_plan
         if facts is None or not facts.empty_tables or self.req.policy.data_loss == ALLOW:
             return
         from alembic import op
@@ -469,7 +486,7 @@ class Runner:
 
         from . import archive
 
-        facts = getattr(self, "_facts_of_plan", None)
+        facts = self._facts_of_plan
         effects = [e for e in ps.effects if lossless(e, facts) is None]
         rows = archive.preserve(op.get_bind(), self.schema, self.vt, ps.revision, ps.direction, effects)
         self.result.archived = (self.result.archived or []) + rows
@@ -618,7 +635,7 @@ class Runner:
                 return heads
             except Exception:  # noqa: BLE001
                 return None
-        journal = getattr(self, "journal", None)
+        journal = self.journal
         if journal is None:
             return None
         try:
@@ -635,7 +652,7 @@ class Runner:
         """
         if trans.is_active and conn.in_transaction() and conn.get_transaction() is trans:
             return trans
-        if not getattr(self, "external_connection", False):
+        if not self.external_connection:
             committed = self._committed_heads(conn)
             if committed is None or not self.graph.same_state(committed, start):
                 self.external_connection = True
@@ -649,12 +666,12 @@ class Runner:
 
     def _env_failed(self, conn: Connection, start) -> None:
         """A single-transaction run failed after env.py ran: roll back what it left open, see what it committed."""
-        if not getattr(self, "_env_py_ran", False):
+        if not self._env_py_ran:
             return
         try:
             if conn.in_transaction():
                 conn.rollback()
-            if not getattr(self, "external_connection", False):
+            if not self.external_connection:
                 committed = self._committed_heads(conn)
                 if committed is None or not self.graph.same_state(committed, start):
                     self.external_connection = True
@@ -676,13 +693,13 @@ class Runner:
 
     def _online_after(self, conn: Connection, rev: str, direction: str) -> None:
         """Before the step commits: what did it remove that existed before the run?  Decide on that."""
-        pending = getattr(self, "_online_state", None)
+        pending = self._online_state
         if not pending or pending[0] != rev:
             return
         self._online_state = None
         after = integrity.live_state(conn, exclude_schemas=self._exclude_schemas(),
                                      exclude_tables=self._exclude_tables())
-        snap = getattr(self, "_snap", None) or {"tables": {}}
+        snap = self._snap or {"tables": {}}
         effects = integrity.live_effects(pending[1], after, snap["tables"].keys())
         record = {"revision": rev, "direction": direction, "effects": [e.to_dict() for e in effects]}
         self.result.classified_online = (self.result.classified_online or []) + [record]
@@ -719,7 +736,7 @@ class Runner:
         return loc
 
     def _error(self, exc: BaseException, scripts: ScriptSet) -> RunError:
-        step = getattr(self, "_current_step", (None, None))
+        step = self._current_step or (None, None)
         loc = self._failure_location(exc, scripts)
         orig = getattr(exc, "orig", None)
         msg = str(orig or exc).strip()
@@ -753,12 +770,12 @@ class Runner:
         except BaseException as e:  # noqa: BLE001
             trans.rollback()
             self._env_failed(conn, start)
-            if getattr(self, "external_connection", False) and not isinstance(e, DbrevError):
+            if self.external_connection and not isinstance(e, DbrevError):
                 self.result.error = self._error(e, scripts)
                 return self._undo_per_step(conn, scripts, start, target, R.MIGRATION_FAILURE, None)
             return self._single_failed(conn, scripts, plan, e)
         messages = [f.message for f in new_errors]
-        if new_errors and self.req.policy.rollback_on_failure and getattr(self, "external_connection", False):
+        if new_errors and self.req.policy.rollback_on_failure and self.external_connection:
             trans.rollback()
             self.result.error = RunError.integrity_failed(messages, rollback=True)
             return self._undo_per_step(conn, scripts, start, target, R.INTEGRITY_CHECK_FAILURE, report)
@@ -773,7 +790,7 @@ class Runner:
             if refused is not None:
                 return refused
         # --- end of rehearsal --------------------------------------------------------------
-        if "fingerprint" in self._checks() and getattr(self, "_new_fp", None):
+        if "fingerprint" in self._checks() and self._new_fp:
             state.record_fingerprint(conn, self.schema, self.vt, target, *self._new_fp)
         trans.commit()
         return self._finished(conn, plan, report, new_errors)
@@ -796,9 +813,9 @@ class Runner:
         mode = self.req.policy.rehearse
         if mode == rehearse.NEVER:
             return None
-        if getattr(self, "external_connection", False):
+        if self.external_connection:
             r = rehearse.unproven("env.py ran the steps on a connection of its own")
-        elif trans is not getattr(self, "_own_trans", None):
+        elif trans is not self._own_trans:
             # env.py committed or replaced dbrev's transaction: running it again for the rehearsal could
             # commit the upgrade (and part of the way back) before it is verified
             r = rehearse.unproven("env.py ends or replaces dbrev's transaction, so the way back cannot be "
@@ -845,7 +862,7 @@ class Runner:
             s.status = R.ROLLED_BACK
         if trigger == R.MIGRATION_FAILURE and error.step:
             r.steps.append(StepRecord(error.step, error.direction, R.FAILED, round(
-                time.monotonic() - getattr(self, "_step_t0", time.monotonic()), 3)))
+                time.monotonic() - self._step_t0 if self._step_t0 is not None else time.monotonic(), 3)))
         after = self._after_rollback(conn, start)
         L.rollback_executed(target, start, after["passed"], method=R.TRANSACTION)
         r.result, r.error, r.current_revisions = result, error, list(self._heads(conn))
@@ -859,7 +876,7 @@ class Runner:
     def _lock_busy(self) -> Busy:
         """A table lock did not come within lock_timeout: busy (exit 4), whatever the transaction mode."""
         return Busy(f"a table lock was not granted within {self.db.lock_timeout:g}s "
-                    f"(lock_timeout) during {getattr(self, '_current_step', ('?',))[0]}",
+                    f"(lock_timeout) during {(self._current_step or ('?',))[0]}",
                     hint="another session holds a lock on a table the migration alters; retry later")
 
     def _back_at_start(self, out: RunResult, start) -> bool:
@@ -887,7 +904,7 @@ class Runner:
         (what was already there is reported, never blamed on the rollback), and the rows are proven
         back: exact counts of the tables the plan touches against the snapshot's."""
         conn.commit()
-        snap = getattr(self, "_snap", None) or {"findings": [], "touched_exact": {}}
+        snap = self._snap or {"findings": [], "touched_exact": {}}
         with conn.begin():
             heads = self._heads(conn)
             with L.timed("verify", from_revision=L._rev(heads), to_revision=L._rev(start)):
@@ -959,7 +976,7 @@ class Runner:
                 deleted[t] = deleted.get(t, 0) + v[2]
         with conn.begin():
             report, new_errors = self._post_verify(conn, plan, snap, deleted, target)
-            if not new_errors and getattr(self, "_new_fp", None):
+            if not new_errors and self._new_fp:
                 state.record_fingerprint(conn, self.schema, self.vt, target, *self._new_fp)
         if new_errors and self.req.policy.rollback_on_failure:
             self.result.error = RunError.integrity_failed([f.message for f in new_errors], rollback=True)
@@ -1039,7 +1056,7 @@ class Runner:
                                           message=L.redact(str(e).splitlines()[0] if str(e) else ""),
                                           reason=e.reason if isinstance(e, DbrevError) else None)
                 if sub is not None:
-                    cur = getattr(sub, "_current_step", None)
+                    cur = sub._current_step
                     done = [(s.revision, s.direction) for s in sub.result.steps]
                     if cur and cur not in done:
                         sub.result.steps.append(StepRecord(cur[0], cur[1], R.FAILED))
@@ -1073,7 +1090,7 @@ class Runner:
         parts = []
         if rollback.error:
             parts.append(f"the inverse steps failed: {rollback.error.message}")
-        missing = getattr(self, "_rows_missing", [])
+        missing = self._rows_missing
         if missing:
             parts.append(f"rows that existed before the run are missing from {', '.join(missing)}")
         if left:
