@@ -26,7 +26,8 @@ from typing import Any
 from . import __version__
 from . import errors as E
 from . import log as L
-from .options import DbOptions
+from .options import (DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCK_TIMEOUT, DEFAULT_RUN_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT,
+                      DbOptions)
 from .redact import redact, redact_obj
 from .results import (RESULT_APPLIED, RESULT_BUSY, RESULT_FAILED, RESULT_NOOP, RESULT_REFUSED, RESULT_ROLLED_BACK,
                       RunResult, apply_document)
@@ -95,12 +96,15 @@ def _add_common(p: argparse.ArgumentParser, db: bool = True, migrations: bool = 
     if db:
         p.add_argument("--database-url", default=None, metavar="URL",
                        help="SQLAlchemy URL of the database (default: $DBREV_DATABASE_URL)")
-        p.add_argument("--connect-timeout", type=_positive, default=60.0, metavar="SECONDS",
-                       help="give up connecting after this long, retrying with backoff (default 60, for cold starts)")
-        p.add_argument("--lock-timeout", type=_positive, default=10.0, metavar="SECONDS",
-                       help="wait this long for the migration lock and for table locks (default 10)")
-        p.add_argument("--statement-timeout", type=_non_negative, default=0.0, metavar="SECONDS",
-                       help="cancel any single statement running longer than this (default 0: no limit)")
+        p.add_argument("--connect-timeout", type=_positive, default=DEFAULT_CONNECT_TIMEOUT, metavar="SECONDS",
+                       help=f"give up connecting after this long, retrying with backoff (default "
+                            f"{DEFAULT_CONNECT_TIMEOUT:g}, for cold starts)")
+        p.add_argument("--lock-timeout", type=_positive, default=DEFAULT_LOCK_TIMEOUT, metavar="SECONDS",
+                       help=f"wait this long for the migration lock and for table locks (default "
+                            f"{DEFAULT_LOCK_TIMEOUT:g})")
+        p.add_argument("--statement-timeout", type=_non_negative, default=DEFAULT_STATEMENT_TIMEOUT,
+                       metavar="SECONDS", help=f"cancel any single statement running longer than this (default "
+                                               f"{DEFAULT_STATEMENT_TIMEOUT:g}: no limit)")
         p.add_argument("--state-schema", default="dbrev", metavar="NAME", type=schema_name,
                        help="schema for dbrev's bookkeeping in the database (default dbrev)")
     if migrations:
@@ -152,8 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy what destructive steps would remove into the dbrev_archive schema first")
     p.add_argument("--no-rollback-on-failure", action="store_true",
                    help="leave the database where a failure stopped it instead of returning to the start")
-    p.add_argument("--timeout", type=_positive, default=3600.0, metavar="SECONDS",
-                   help="kill the run after this long (default 3600)")
+    p.add_argument("--timeout", type=_positive, default=DEFAULT_RUN_TIMEOUT, metavar="SECONDS",
+                   help=f"kill the run after this long (default {DEFAULT_RUN_TIMEOUT:g})")
     p.add_argument("--plan-hash", default=None, metavar="HASH",
                    help="refuse unless the plan is exactly this one (from `dbrev plan`)")
     p.add_argument("--verify", default=None, metavar="CHECKS",

@@ -16,7 +16,7 @@ from .db import connection, read_heads
 from .options import DbOptions
 from .errors import DbrevError, ScriptConflict
 from .planning import Plan, build_plan
-from .options import RunRequest
+from .options import DEFAULT_RUN_TIMEOUT, RunRequest
 from .results import RunResult
 from .scripts import ScriptSet, load_folder, render
 
@@ -107,7 +107,7 @@ def _check_conflicts(p: Plan, conflicts: list[str]) -> Plan:
     return p
 
 
-def apply(req: RunRequest, *, timeout: float | None = 3600.0, on_event: Callable[[dict], None] | None = None,
+def apply(req: RunRequest, *, timeout: float | None = DEFAULT_RUN_TIMEOUT, on_event: Callable[[dict], None] | None = None,
           log_level: str = "INFO", log_context: dict | None = None,
           stderr_sink: Callable[[str], None] | None = None, in_process: bool = False,
           isolate: bool = True) -> RunResult:

@@ -9,7 +9,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+# Defaults of the run's settings, shared by the CLI flags, the CRD (its defaults and reference) and the spec parser.
 DEFAULT_CONNECT_TIMEOUT = 60.0
+DEFAULT_LOCK_TIMEOUT = 10.0
+DEFAULT_STATEMENT_TIMEOUT = 0.0  # no limit
+DEFAULT_RUN_TIMEOUT = 3600.0  # kill a run that takes longer (seconds)
 STATE_SCHEMA = "dbrev"
 
 ALLOW = "Allow"
@@ -32,8 +36,8 @@ def advisory_key(schema: str, table: str) -> int:
 class DbOptions:
     url: str
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT  # total, across retries (cold starts)
-    lock_timeout: float = 10.0  # seconds to wait for the advisory lock and for table locks
-    statement_timeout: float = 0.0  # 0 = none
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT  # seconds to wait for the advisory lock and for table locks
+    statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT  # 0 = none
     version_table: str = "alembic_version"
     version_table_schema: str | None = None
     state_schema: str = STATE_SCHEMA
