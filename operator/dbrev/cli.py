@@ -21,7 +21,6 @@ import functools
 import json
 import os
 import sys
-from typing import Any
 
 from . import __version__
 from . import errors as E
@@ -117,12 +116,17 @@ def _add_common(p: argparse.ArgumentParser, db: bool = True, migrations: bool = 
     p.add_argument("--version-table", default="alembic_version", metavar="NAME", type=identifier)
     p.add_argument("--version-table-schema", default=None, metavar="NAME", type=schema_name)
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    add_logging(p)
+    p.add_argument("--log-file", default=os.environ.get("DBREV_LOG_FILE"), metavar="PATH",
+                   help="append the log there instead of stderr")
+
+
+def add_logging(p: argparse.ArgumentParser) -> None:
+    """``--log-level`` and ``--log-format``, declared once for every verb ($DBREV_LOG_LEVEL, $DBREV_LOG_FORMAT)."""
     p.add_argument("--log-level", default=os.environ.get("DBREV_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"], type=str.lower,
                    help="default info: the run's full record (state transitions, rollbacks) on stderr")
     p.add_argument("--log-format", default=os.environ.get("DBREV_LOG_FORMAT", "json"), choices=["json", "text"])
-    p.add_argument("--log-file", default=os.environ.get("DBREV_LOG_FILE"), metavar="PATH",
-                   help="append the log there instead of stderr")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,12 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extend(sub) -> None:
-    """Subcommands added by other modules (operator, approve, archive)."""
-    for modname in ("dbrev.cli_ext", "dbrev.check", "dbrev.rollback"):
-        try:
-            mod = __import__(modname, fromlist=["register"])
-        except ImportError:
-            continue
+    """Subcommands added by other modules (operator, approve, archive, check, rollback)."""
+    from . import check, cli_ext, rollback
+
+    for mod in (cli_ext, check, rollback):
         mod.register(sub, _add_common)
 
 
@@ -650,10 +652,6 @@ def _run_command(fn, args) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("dbrev: interrupted\n")
         return 130
-
-
-def entry() -> Any:  # pragma: no cover
-    sys.exit(main())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,7 +12,7 @@ from typing import Callable, Iterable
 
 from . import integrity, state
 from . import log as L
-from .db import connection, read_heads
+from .db import connection, read_heads, safe_url
 from .options import DbOptions
 from .errors import DbrevError, ScriptConflict
 from .planning import Plan, build_plan
@@ -40,7 +40,7 @@ def observe(db: DbOptions, scripts: ScriptSet | None = None) -> dict:
         heads = read_heads(conn, db.version_table, db.version_table_schema)
         stored = _stored(conn, db) if scripts is not None else []
         conn.commit()
-    out: dict = {"revisions": list(heads), "database": db.safe_url,
+    out: dict = {"revisions": list(heads), "database": safe_url(db.url),
                  "version_table": state.vt_key(db.version_table, db.version_table_schema)}
     if scripts is not None:
         scripts = scripts.with_extra(state.stored_sources(stored))

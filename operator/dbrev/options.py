@@ -46,12 +46,6 @@ class DbOptions:
     def lock_key(self) -> int:
         return advisory_key(self.version_table_schema or "public", self.version_table)
 
-    @property
-    def safe_url(self) -> str:
-        from .db import safe_url
-
-        return safe_url(self.url)
-
 
 @dataclass(frozen=True)
 class Policy:

@@ -59,6 +59,20 @@ def OnlineDataLoss(message: str, **kw) -> PolicyRefused:
     return e
 
 
+def _quietly_failed(message: str, e: BaseException) -> None:
+    """A clean-up step failed while another failure is being reported: one log line, not silence."""
+    L.logger.warning(message, extra={"error_type": type(e).__name__,
+                                     "error_message": L.redact(str(e).splitlines()[0] if str(e) else "")})
+
+
+def _rollback_quietly(conn: Connection) -> None:
+    """End the failed transaction; a session already gone (the failure itself) is logged, not raised."""
+    try:
+        conn.rollback()
+    except Exception as e:  # noqa: BLE001 - the failure being handled is the one to report
+        _quietly_failed("Could not roll back the failed transaction", e)
+
+
 def _online_refusal(e: BaseException) -> bool:
     return isinstance(e, PolicyRefused) and getattr(e, "online", False)
 
@@ -219,8 +233,8 @@ class Runner:
                     conn.rollback()
                     unlock(conn, self.db.lock_key)
                     conn.commit()
-                except Exception:  # noqa: BLE001 - the lock dies with the session anyway
-                    pass
+                except Exception as e:  # noqa: BLE001 - the lock dies with the session anyway
+                    _quietly_failed("Could not release the migration lock; it goes with the session", e)
             conn.close()
             engine.dispose()
             if jconn is not None:
@@ -677,8 +691,8 @@ class Runner:
                     self.external_connection = True
                     self._warn_once("env.py committed part of the run before it failed: the committed steps "
                                     "are undone by inverse steps")
-        except Exception:  # noqa: BLE001 - the caller reports the original failure
-            pass
+        except Exception as e:  # noqa: BLE001 - the caller reports the original failure
+            _quietly_failed("Could not see what env.py committed before the run failed", e)
 
     # -- online classification (steps that cannot render offline) -------------------------
     def _online_classify(self, ps) -> bool:
@@ -945,10 +959,7 @@ class Runner:
             with L.timed("migrate", from_revision=L._rev(start), to_revision=L._rev(target)):
                 self._execute(scripts, steps, self._on_step_done(scripts, plan, deleted_steps), True, conn)
         except BaseException as e:  # noqa: BLE001
-            try:
-                conn.rollback()
-            except Exception:  # noqa: BLE001
-                pass
+            _rollback_quietly(conn)
             if isinstance(e, DbrevError) and not _online_refusal(e):
                 raise
             failure = e
@@ -1046,10 +1057,7 @@ class Runner:
                 conn.commit()
                 rollback.success = True
             except BaseException as e:  # noqa: BLE001
-                try:
-                    conn.rollback()
-                except Exception:  # noqa: BLE001
-                    pass
+                _rollback_quietly(conn)
                 L.log_error("Rollback failed", e, from_revision=L._rev(heads), to_revision=L._rev(start))
                 rollback.success = False
                 rollback.error = RunError(error_type=type(e).__name__,

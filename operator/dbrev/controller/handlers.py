@@ -20,11 +20,12 @@ import kopf
 from .. import conditions as C
 from .. import log as L
 from .. import metrics as M
-from ..crd import APPROVE_ANNOTATION, GROUP, RECONCILE_ANNOTATION, VERSION
+from ..crd import APPROVE_ANNOTATION, GROUP, VERSION
 from ..deployment import deployment_id, stamp_history, with_deployment
 from ..options import DbOptions
 from ..errors import DatabaseUnavailable, DbrevError
 from ..options import RunRequest
+from ..results import RunResult
 from ..status import condition, initial_conditions, is_ready, now_iso, revisions_text, status_patch
 from . import decide, kube
 from . import healthgate as HG
@@ -387,7 +388,8 @@ def _check(body, ns, name, gen, status) -> None:
 
     try:
         spec = parse_spec(dict(body["spec"]))
-    except SpecError:
+    except SpecError as e:  # the pass reports it (InvalidSpec); the timer has nothing to check
+        L.logger.debug("Drift check skipped: the spec is invalid", extra={"error_message": str(e)})
         return
     if spec.suspend or status.get("observedGeneration") != gen:
         return
@@ -459,7 +461,8 @@ EV_HEALTH_GATE_PASSED = "HealthGatePassed"
 EV_WORKLOAD_UNHEALTHY = C.WORKLOAD_UNHEALTHY
 
 
-def _health_gate_begin(verdict: decide.Verdict, spec: Spec, result: dict | None, prev: dict, gen: int) -> None:
+def _health_gate_begin(verdict: decide.Verdict, spec: Spec, result: RunResult | None, prev: dict,
+                       gen: int) -> None:
     """A run that changed the schema starts the gate: Ready=Unknown, Reconciling=True (AwaitingWorkloads)."""
     from ..status import PROGRESSING_KIND, READY_KIND, Outcome, compute_conditions
 

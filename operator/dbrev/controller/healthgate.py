@@ -204,12 +204,13 @@ def watching(status: dict | None, generation: int) -> bool:
     return g.get("phase") == WATCHING and g.get("generation") == generation
 
 
-def begin(result: dict | None, workloads, window: float, generation: int, now: str) -> dict | None:
-    """The gate a run starts: only a run that changed the schema (applied, some direction)."""
-    if not result or result.get("result") != "applied" or (result.get("direction") or "none") == "none":
+def begin(result, workloads, window: float, generation: int, now: str) -> dict | None:
+    """The gate a run starts (``result``: the run's :class:`dbrev.results.RunResult`): only a run that
+    changed the schema (applied, some direction)."""
+    if not result or result.result != "applied" or (result.direction or "none") == "none":
         return None
-    frm = ",".join(sorted(result.get("from_revisions") or [])) or "base"
-    to = ",".join(sorted(result.get("current_revisions") or result.get("to_revisions") or [])) or "base"
+    frm = ",".join(sorted(result.from_revisions or [])) or "base"
+    to = ",".join(sorted(result.current_revisions or result.to_revisions or [])) or "base"
     names = ", ".join(f"{k}/{n}" for k, n in workloads)
     return {"phase": WATCHING, "generation": generation, "fromRevision": frm, "toRevision": to, "startedAt": now,
             "windowSeconds": float(window), "message": f"waiting for {names} to roll out healthy"}
