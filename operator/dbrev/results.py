@@ -18,7 +18,7 @@ Reasons come from :mod:`dbrev.conditions`; the rollback triggers are the labels 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import conditions as C
@@ -49,34 +49,47 @@ FAILED = "failed"
 ROLLED_BACK = "rolled_back"
 
 
-def _to_dict(obj, order: tuple[str, ...], required: tuple[str, ...]) -> dict:
-    shown = obj.shown
-    out: dict = {}
-    for name in order:
-        v = getattr(obj, name)
-        if v is None and name not in required and name not in shown:
-            continue
-        if isinstance(v, list):
-            v = [x.to_dict() if hasattr(x, "to_dict") else x for x in v]
-        elif hasattr(v, "to_dict"):
-            v = v.to_dict()
-        out[name] = v
-    return out
+class _Document:
+    """A part of the document: ``to_dict`` in ``_ORDER``, ``from_dict`` the inverse.
+
+    ``_REQUIRED``: keys written even when None; ``_PARTS``: how a key's document becomes its type."""
+
+    _ORDER: tuple[str, ...] = ()
+    _REQUIRED: tuple[str, ...] = ()
+    _PARTS: dict = {}
+    shown: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        out: dict = {}
+        for name in self._ORDER:
+            v = getattr(self, name)
+            if v is None and name not in self._REQUIRED and name not in self.shown:
+                continue
+            if isinstance(v, list):
+                v = [x.to_dict() if isinstance(x, _Document) else x for x in v]
+            elif isinstance(v, _Document):
+                v = v.to_dict()
+            out[name] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict | None):
+        if d is None:
+            return None
+        unknown = set(d) - set(cls._ORDER)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown key(s) {', '.join(sorted(unknown))}")
+        shown = tuple(k for k, v in d.items() if v is None and k not in cls._REQUIRED)
+        kw = {k: cls._PARTS[k](v) if k in cls._PARTS and v is not None else v for k, v in d.items()}
+        return cls(**kw, shown=shown)
 
 
-def _shown(d: dict, required: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(k for k, v in d.items() if v is None and k not in required)
-
-
-def _known(cls, d: dict) -> None:
-    names = {f.name for f in fields(cls)} - {"shown"}
-    unknown = set(d) - names
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown key(s) {', '.join(sorted(unknown))}")
+def _steps(docs: list[dict]) -> list["StepRecord"]:
+    return [StepRecord.from_dict(s) for s in docs]
 
 
 @dataclass
-class StepRecord:
+class StepRecord(_Document):
     """One step as it ran: ``status`` applied, failed or rolled_back."""
 
     revision: str
@@ -88,17 +101,9 @@ class StepRecord:
     _ORDER = ("revision", "direction", "duration_seconds", "status")
     _REQUIRED = ("revision", "direction", "status")
 
-    def to_dict(self) -> dict:
-        return _to_dict(self, self._ORDER, self._REQUIRED)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "StepRecord":
-        _known(cls, d)
-        return cls(**d, shown=_shown(d, cls._REQUIRED))
-
 
 @dataclass
-class RunError:
+class RunError(_Document):
     """Why a run (or its rollback) did not succeed.  ``reason`` is a :mod:`dbrev.conditions` reason."""
 
     reason: str | None = None
@@ -115,17 +120,6 @@ class RunError:
 
     _ORDER = ("error_type", "reason", "message", "detail", "step", "direction", "location", "hint", "details",
               "exit_code")
-    _REQUIRED = ()
-
-    def to_dict(self) -> dict:
-        return _to_dict(self, self._ORDER, self._REQUIRED)
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "RunError | None":
-        if d is None:
-            return None
-        _known(cls, d)
-        return cls(**d, shown=_shown(d, cls._REQUIRED))
 
     @classmethod
     def of(cls, exc) -> "RunError":
@@ -142,7 +136,7 @@ class RunError:
 
 
 @dataclass
-class Rollback:
+class Rollback(_Document):
     """How a run was undone: ``method`` transaction or inverse_steps; ``reason`` one of the triggers."""
 
     reason: str
@@ -162,25 +156,11 @@ class Rollback:
     _ORDER = ("triggered", "reason", "method", "transaction", "success", "steps", "integrity", "restored",
               "archived", "cleanup", "message", "error")
     _REQUIRED = ("triggered", "reason", "method", "success")
-
-    def to_dict(self) -> dict:
-        return _to_dict(self, self._ORDER, self._REQUIRED)
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "Rollback | None":
-        if d is None:
-            return None
-        _known(cls, d)
-        d = dict(d)
-        shown = _shown(d, cls._REQUIRED)
-        if d.get("steps") is not None:
-            d["steps"] = [StepRecord.from_dict(s) for s in d["steps"]]
-        d["error"] = RunError.from_dict(d.get("error"))
-        return cls(**d, shown=shown)
+    _PARTS = {"steps": _steps, "error": lambda d: RunError.from_dict(d)}
 
 
 @dataclass
-class RunResult:
+class RunResult(_Document):
     """One apply's outcome: the ``dbrev apply --json`` document (README) and what the operator reads."""
 
     result: str | None = None
@@ -206,7 +186,7 @@ class RunResult:
     _ORDER = ("result", "steps", "warnings", "from_revisions", "plan_hash", "direction", "transaction",
               "to_revisions", "decision", "rollback_readiness", "archived", "classified_online",
               "repaired_sequences", "error", "integrity", "current_revisions", "rollback", "duration_seconds")
-    _REQUIRED = ()
+    _PARTS = {"steps": _steps, "error": lambda d: RunError.from_dict(d), "rollback": lambda d: Rollback.from_dict(d)}
 
     @classmethod
     def started(cls) -> "RunResult":
@@ -217,20 +197,6 @@ class RunResult:
     def of_error(cls, result: str, exc) -> "RunResult":
         """A run that ended with a DbrevError before it had a result: busy, refused."""
         return cls(result=result, error=RunError.of(exc))
-
-    def to_dict(self) -> dict:
-        return _to_dict(self, self._ORDER, self._REQUIRED)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RunResult":
-        _known(cls, d)
-        d = dict(d)
-        shown = _shown(d, cls._REQUIRED)
-        if d.get("steps") is not None:
-            d["steps"] = [StepRecord.from_dict(s) for s in d["steps"]]
-        d["error"] = RunError.from_dict(d.get("error"))
-        d["rollback"] = Rollback.from_dict(d.get("rollback"))
-        return cls(**d, shown=shown)
 
     # -- reading it ------------------------------------------------------------------------
     @property

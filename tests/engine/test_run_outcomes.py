@@ -7,11 +7,10 @@ the labels the ``dbrev_rollbacks_total`` metric knows (``metrics.ROLLBACK_TRIGGE
 from __future__ import annotations
 
 import pytest
-import sqlalchemy as sa
 
 from dbrev import conditions as C
 from dbrev.metrics import ROLLBACK_TRIGGERS
-from dbhelp import heads, q
+from dbhelp import heads, q, table_locked
 from clihelp import dbrev
 from scriptgen import write_script
 
@@ -58,15 +57,8 @@ def test_a_table_lock_timeout_is_busy_in_both_transaction_modes(database_url, tm
                  CONCURRENT_DOWN if mode == "per-step" else 'op.drop_index("ix_side", "side")')
     write_script(d, "k003aaaa", "k002aaaa", 'op.add_column("hot", sa.Column("x", sa.Integer))',
                  'op.drop_column("hot", "x")')
-    eng = sa.create_engine(database_url)
-    holder = eng.connect()
-    holder.execute(sa.text("LOCK TABLE hot IN ACCESS SHARE MODE"))
-    try:
+    with table_locked(database_url, "hot"):
         r = dbrev("apply", "--migrations", str(d), "-r", "head", "--lock-timeout", "1", url=database_url)
-    finally:
-        holder.rollback()
-        holder.close()
-        eng.dispose()
     doc = r.json
     assert r.code == 4 and doc["result"] == "busy", r.stdout
     err = doc["error"]
