@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import sqlalchemy as sa
@@ -24,6 +25,20 @@ def heads(url: str, table: str = "alembic_version") -> list[str]:
         return sorted(r[0] for r in q(url, f"SELECT version_num FROM {table}"))
     except sa.exc.ProgrammingError:
         return []
+
+
+@contextlib.contextmanager
+def table_locked(url: str, table: str, mode: str = "ACCESS SHARE"):
+    """Another session holds a lock on ``table`` for the block (a migration's DDL then waits for it)."""
+    eng = sa.create_engine(url)
+    holder = eng.connect()
+    try:
+        holder.execute(sa.text(f"LOCK TABLE {table} IN {mode} MODE"))
+        yield
+    finally:
+        holder.rollback()
+        holder.close()
+        eng.dispose()
 
 
 def json_lines(text: str) -> list[dict]:

@@ -305,8 +305,10 @@ def prune(conn: Connection, state_schema: str, older_than: timedelta | None = No
 
 
 def parse_age(text: str) -> timedelta:
-    m = re.fullmatch(r"(\d+)([dhm])", text.strip())
-    if not m:
-        raise BadInput(f"invalid age {text!r}", hint="use e.g. 30d, 12h or 90m")
-    n, unit = int(m.group(1)), m.group(2)
-    return timedelta(days=n) if unit == "d" else timedelta(hours=n) if unit == "h" else timedelta(minutes=n)
+    """``--older-than``: a duration in the one grammar (:mod:`dbrev.durations`)."""
+    from .durations import EXAMPLES, parse_duration
+
+    try:
+        return timedelta(seconds=parse_duration(text.strip()))
+    except ValueError:
+        raise BadInput(f"invalid age {text!r}", hint=f"use {EXAMPLES}") from None

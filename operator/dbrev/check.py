@@ -160,7 +160,7 @@ def _apply(db: DbOptions, migrations: str, target: str, pythonpath, rehearse: st
                                    verify=ALL_CHECKS, rehearse=rehearse),
                      pythonpath=tuple(pythonpath))
     try:
-        return apply(req, in_process=True)
+        return apply(req, in_process=True).to_dict()
     except E.BadInput:
         raise
     except E.DbrevError as e:

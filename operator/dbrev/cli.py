@@ -21,15 +21,18 @@ import functools
 import json
 import os
 import sys
-from typing import Any
 
 from . import __version__
 from . import errors as E
 from . import log as L
-from .options import DbOptions
+from .options import (DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCK_TIMEOUT, DEFAULT_RUN_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT,
+                      DbOptions)
 from .redact import redact, redact_obj
+from .results import (RESULT_APPLIED, RESULT_BUSY, RESULT_FAILED, RESULT_NOOP, RESULT_REFUSED, RESULT_ROLLED_BACK,
+                      RunResult, apply_document)
 
-RESULT_EXIT = {"applied": 0, "noop": 0, "rolled_back": 1, "failed": 1, "refused": 3, "busy": 4}
+RESULT_EXIT = {RESULT_APPLIED: 0, RESULT_NOOP: 0, RESULT_ROLLED_BACK: 1, RESULT_FAILED: 1, RESULT_REFUSED: 3,
+               RESULT_BUSY: 4}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,9 +40,8 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         if "--json" in _ARGV:
-            doc = {"result": "error", "error": {"error_type": "BadInput", "reason": "InvalidSpec",
-                                                "message": f"{self.prog}: {message}",
-                                                "hint": f"see `{self.prog} --help`", "exit_code": 2}}
+            err = E.BadInput(f"{self.prog}: {message}", hint=f"see `{self.prog} --help`")
+            doc = {"result": "error", "error": err.to_dict()}
             sys.stdout.write(json.dumps(doc, indent=2) + "\n")
             sys.stdout.flush()
             self.exit(2)
@@ -93,12 +95,15 @@ def _add_common(p: argparse.ArgumentParser, db: bool = True, migrations: bool = 
     if db:
         p.add_argument("--database-url", default=None, metavar="URL",
                        help="SQLAlchemy URL of the database (default: $DBREV_DATABASE_URL)")
-        p.add_argument("--connect-timeout", type=_positive, default=60.0, metavar="SECONDS",
-                       help="give up connecting after this long, retrying with backoff (default 60, for cold starts)")
-        p.add_argument("--lock-timeout", type=_positive, default=10.0, metavar="SECONDS",
-                       help="wait this long for the migration lock and for table locks (default 10)")
-        p.add_argument("--statement-timeout", type=_non_negative, default=0.0, metavar="SECONDS",
-                       help="cancel any single statement running longer than this (default 0: no limit)")
+        p.add_argument("--connect-timeout", type=_positive, default=DEFAULT_CONNECT_TIMEOUT, metavar="SECONDS",
+                       help=f"give up connecting after this long, retrying with backoff (default "
+                            f"{DEFAULT_CONNECT_TIMEOUT:g}, for cold starts)")
+        p.add_argument("--lock-timeout", type=_positive, default=DEFAULT_LOCK_TIMEOUT, metavar="SECONDS",
+                       help=f"wait this long for the migration lock and for table locks (default "
+                            f"{DEFAULT_LOCK_TIMEOUT:g})")
+        p.add_argument("--statement-timeout", type=_non_negative, default=DEFAULT_STATEMENT_TIMEOUT,
+                       metavar="SECONDS", help=f"cancel any single statement running longer than this (default "
+                                               f"{DEFAULT_STATEMENT_TIMEOUT:g}: no limit)")
         p.add_argument("--state-schema", default="dbrev", metavar="NAME", type=schema_name,
                        help="schema for dbrev's bookkeeping in the database (default dbrev)")
     if migrations:
@@ -111,12 +116,17 @@ def _add_common(p: argparse.ArgumentParser, db: bool = True, migrations: bool = 
     p.add_argument("--version-table", default="alembic_version", metavar="NAME", type=identifier)
     p.add_argument("--version-table-schema", default=None, metavar="NAME", type=schema_name)
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    add_logging(p)
+    p.add_argument("--log-file", default=os.environ.get("DBREV_LOG_FILE"), metavar="PATH",
+                   help="append the log there instead of stderr")
+
+
+def add_logging(p: argparse.ArgumentParser) -> None:
+    """``--log-level`` and ``--log-format``, declared once for every verb ($DBREV_LOG_LEVEL, $DBREV_LOG_FORMAT)."""
     p.add_argument("--log-level", default=os.environ.get("DBREV_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"], type=str.lower,
                    help="default info: the run's full record (state transitions, rollbacks) on stderr")
     p.add_argument("--log-format", default=os.environ.get("DBREV_LOG_FORMAT", "json"), choices=["json", "text"])
-    p.add_argument("--log-file", default=os.environ.get("DBREV_LOG_FILE"), metavar="PATH",
-                   help="append the log there instead of stderr")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy what destructive steps would remove into the dbrev_archive schema first")
     p.add_argument("--no-rollback-on-failure", action="store_true",
                    help="leave the database where a failure stopped it instead of returning to the start")
-    p.add_argument("--timeout", type=_positive, default=3600.0, metavar="SECONDS",
-                   help="kill the run after this long (default 3600)")
+    p.add_argument("--timeout", type=_positive, default=DEFAULT_RUN_TIMEOUT, metavar="SECONDS",
+                   help=f"kill the run after this long (default {DEFAULT_RUN_TIMEOUT:g})")
     p.add_argument("--plan-hash", default=None, metavar="HASH",
                    help="refuse unless the plan is exactly this one (from `dbrev plan`)")
     p.add_argument("--verify", default=None, metavar="CHECKS",
@@ -196,12 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extend(sub) -> None:
-    """Subcommands added by other modules (operator, approve, archive)."""
-    for modname in ("dbrev.cli_ext", "dbrev.check", "dbrev.rollback"):
-        try:
-            mod = __import__(modname, fromlist=["register"])
-        except ImportError:
-            continue
+    """Subcommands added by other modules (operator, approve, archive, check, rollback)."""
+    from . import check, cli_ext, rollback
+
+    for mod in (cli_ext, check, rollback):
         mod.register(sub, _add_common)
 
 
@@ -492,66 +500,60 @@ def cmd_apply(args) -> int:
         result = apply(req, timeout=args.timeout, on_event=_Progress(not args.json), log_level=args.log_level,
                        isolate=False)
     except E.Busy as e:
-        result = {"result": "busy", "error": e.to_dict()}
+        result = RunResult.of_error(RESULT_BUSY, e)
     except E.PolicyRefused as e:
-        result = {"result": "refused", "error": e.to_dict()}
+        result = RunResult.of_error(RESULT_REFUSED, e)
     if empty:
-        result.setdefault("warnings", []).insert(0, empty)
+        result.warnings = [empty, *(result.warnings or [])]
     _out(args, _apply_doc(result), _apply_text(result, args))
-    return RESULT_EXIT.get(result.get("result"), 1)
+    return RESULT_EXIT.get(result.result, 1)
 
 
-def _apply_doc(r: dict) -> dict:
-    doc = dict(r)
-    frm, to = r.get("from_revisions"), r.get("to_revisions")
-    doc["from_revision"] = ",".join(frm) if frm else None
-    doc["to_revision"] = ",".join(to) if to else None
-    doc.setdefault("steps", [])
-    doc.setdefault("integrity", None)
-    doc.setdefault("direction", None)
-    return doc
+def _apply_doc(r: RunResult) -> dict:
+    return apply_document(r)
 
 
-def _apply_text(r: dict, args) -> str:
-    res = r.get("result")
+def _apply_text(r: RunResult, args) -> str:
+    from . import conditions as C
+
+    res = r.result
+    err = r.error
     lines = []
-    for w in r.get("warnings", []):
+    for w in r.warnings or []:
         lines.append(f"warning: {w}")
-    if res == "refused":
-        err = r.get("error") or {}
-        lines.append(f"refused ({err.get('reason')}): {err.get('message')}")
-        hints = {"DowngradeDenied": "pass --allow-downgrade to permit it",
-                 "DataLossDenied": "pass --allow-data-loss, or --archive to keep a copy of what is dropped",
-                 "PlanChanged": "review the new plan with `dbrev plan`"}
-        if err.get("hint") or hints.get(err.get("reason")):
-            lines.append(f"  {err.get('hint') or hints.get(err.get('reason'))}")
-    elif res == "busy":
-        lines.append(f"busy: {(r.get('error') or {}).get('message')}")
-    elif res == "noop":
-        lines.append(f"nothing to do: the database is at {_revs(r.get('current_revisions'))}")
+    if res == RESULT_REFUSED:
+        reason, message, hint = (err.reason, err.message, err.hint) if err else (None, None, None)
+        lines.append(f"refused ({reason}): {message}")
+        hints = {C.DOWNGRADE_DENIED: "pass --allow-downgrade to permit it",
+                 C.DATA_LOSS_DENIED: "pass --allow-data-loss, or --archive to keep a copy of what is dropped",
+                 C.PLAN_CHANGED: "review the new plan with `dbrev plan`"}
+        if hint or hints.get(reason):
+            lines.append(f"  {hint or hints.get(reason)}")
+    elif res == RESULT_BUSY:
+        lines.append(f"busy: {err.message if err else None}")
+    elif res == RESULT_NOOP:
+        lines.append(f"nothing to do: the database is at {_revs(r.current_revisions)}")
     else:
-        lines.append(f"{res}: {_revs(r.get('from_revisions'))} -> {_revs(r.get('to_revisions'))} "
-                     f"({r.get('direction')}), now at {_revs(r.get('current_revisions'))}, "
-                     f"{r.get('duration_seconds', 0):.2f}s")
-        err = r.get("error")
+        lines.append(f"{res}: {_revs(r.from_revisions)} -> {_revs(r.to_revisions)} "
+                     f"({r.direction}), now at {_revs(r.current_revisions)}, "
+                     f"{r.duration_seconds or 0:.2f}s")
         if err:
-            loc = f" at {err['location']}" if err.get("location") else ""
-            lines.append(f"error ({err.get('reason')}){loc}: {err.get('message')}")
-            if err.get("hint"):
-                lines.append(f"  hint: {err['hint']}")
-        rb = r.get("rollback")
+            loc = f" at {err.location}" if err.location else ""
+            lines.append(f"error ({err.reason}){loc}: {err.message}")
+            if err.hint:
+                lines.append(f"  hint: {err.hint}")
+        rb = r.rollback
         if rb:
-            lines.append(f"rollback ({rb.get('reason')}, {rb.get('method')}): "
-                         f"{'succeeded' if rb.get('success') else 'FAILED'}")
+            lines.append(f"rollback ({rb.reason}, {rb.method}): {'succeeded' if rb.success else 'FAILED'}")
     from .rehearse import recorded_lines
 
-    lines.extend(x.strip() for x in recorded_lines(r.get("recorded_readiness") or []))
-    rr = r.get("rollback_readiness")
+    lines.extend(x.strip() for x in recorded_lines(r.recorded_readiness or []))
+    rr = r.rollback_readiness
     if rr:
         lines.append(f"rollback readiness: {rr['status']}: {rr['message']}")
         for d in rr.get("differences", [])[:10]:
             lines.append(f"  {d}")
-    integ = r.get("integrity")
+    integ = r.integrity
     if integ:
         lines.append(f"integrity: {'passed' if integ.get('passed') else 'FAILED'}"
                      f"{' (' + integ['fingerprint'] + ')' if integ.get('fingerprint') else ''}")
@@ -656,10 +658,6 @@ def _run_command(fn, args) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("dbrev: interrupted\n")
         return 130
-
-
-def entry() -> Any:  # pragma: no cover
-    sys.exit(main())
 
 
 if __name__ == "__main__":  # pragma: no cover

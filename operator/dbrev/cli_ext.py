@@ -7,6 +7,8 @@ import sys
 
 
 def register(sub, add_common) -> None:
+    from .cli import add_logging
+
     register_archive(sub, add_common)
     p = sub.add_parser("operator", help="run the Kubernetes operator (in-cluster, or from $KUBECONFIG)")
     g = p.add_mutually_exclusive_group()
@@ -24,9 +26,7 @@ def register(sub, add_common) -> None:
     p.add_argument("--liveness-address", default=os.environ.get("DBREV_LIVENESS_ADDRESS", "0.0.0.0"))
     p.add_argument("--liveness-port", type=int, default=int(os.environ.get("DBREV_LIVENESS_PORT", "8081")),
                    help="serve /healthz on this port (0: off)")
-    p.add_argument("--log-level", default=os.environ.get("DBREV_LOG_LEVEL", "info"),
-                   choices=["debug", "info", "warning", "error"], type=str.lower)
-    p.add_argument("--log-format", default=os.environ.get("DBREV_LOG_FORMAT", "json"), choices=["json", "text"])
+    add_logging(p)
     p.add_argument("--json", action="store_true", help=argparse_hidden())
     p.set_defaults(func=cmd_operator)
 
@@ -36,8 +36,7 @@ def register(sub, add_common) -> None:
     p.add_argument("--hash", default=None, metavar="HASH",
                    help="approve only if the waiting plan has this hash (from status.plan.hash)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], type=str.lower)
-    p.add_argument("--log-format", default="json", choices=["json", "text"])
+    add_logging(p)
     p.set_defaults(func=cmd_approve)
 
 

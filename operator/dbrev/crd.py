@@ -11,7 +11,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .integrity import ALL_CHECKS
+from .durations import DURATION_PATTERN
+from .options import (ALL_CHECKS, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCK_TIMEOUT, DEFAULT_RUN_TIMEOUT,
+                      DEFAULT_STATEMENT_TIMEOUT)
 
 GROUP = "dbrev.io"
 VERSION = "v1alpha1"
@@ -27,7 +29,6 @@ APPROVE_ANNOTATION = f"{GROUP}/approve"
 RECONCILE_ANNOTATION = f"{GROUP}/reconcile-requested-at"
 
 REVISION_PATTERN = r"^(head|heads|base|[A-Za-z0-9_]{1,32}(@head)?)$"
-DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(s|m|h))+$"
 
 
 def _s(desc: str, **kw) -> dict:
@@ -83,12 +84,12 @@ def spec_schema() -> dict:
                 required=["host", "database", "user", "passwordSecretRef"],
             ),
             "connectTimeoutSeconds": _i("Give up connecting after this many seconds, retrying with backoff "
-                                        "(cold starts).", default=60, minimum=1, maximum=600),
+                                        "(cold starts).", default=int(DEFAULT_CONNECT_TIMEOUT), minimum=1, maximum=600),
             "lockTimeoutSeconds": _i("Wait this long for the migration lock and for table locks; when it passes "
-                                     "the run stops cleanly and is retried later.", default=10, minimum=1,
+                                     "the run stops cleanly and is retried later.", default=int(DEFAULT_LOCK_TIMEOUT), minimum=1,
                                      maximum=3600),
             "statementTimeoutSeconds": _i("Cancel any statement running longer than this; 0 means no limit.",
-                                          default=0, minimum=0, maximum=86400),
+                                          default=int(DEFAULT_STATEMENT_TIMEOUT), minimum=0, maximum=86400),
         },
         **{"x-kubernetes-validations": [{
             "rule": "has(self.urlSecretRef) != has(self.credentials)",
@@ -148,7 +149,7 @@ def spec_schema() -> dict:
                            enum=["Never", "Report", "Require"], default="Report"),
             "timeoutSeconds": _i("Kill a run that takes longer than this; PostgreSQL rolls back what it had not "
                                  "committed and dbrev returns the database to the starting revision.",
-                                 default=1800, minimum=10, maximum=86400),
+                                 default=int(DEFAULT_RUN_TIMEOUT), minimum=10, maximum=86400),
         },
         default={},
     )

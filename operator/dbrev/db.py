@@ -273,7 +273,7 @@ def classify_connect_error(exc: BaseException, opts: DbOptions) -> Exception:
     raw = str(getattr(exc, "orig", None) or exc)
     text = redact(raw).strip().splitlines()[0] if raw.strip() else type(exc).__name__
     lower = text.lower()
-    where = opts.safe_url
+    where = safe_url(opts.url)
     if _AUTH_FAILED.search(lower):
         return DatabaseConfigError(f"cannot log in to {where}: {text}", reason=C.DATABASE_AUTH_FAILED,
                                    hint="check the user and password in the database URL (or its Secret)")
@@ -297,7 +297,7 @@ def connect(opts: DbOptions, *, autocommit: bool = False) -> tuple[Engine, Conne
     delay = 0.25
     attempt = 0
     last: Exception | None = None
-    with timed("connect", database=opts.safe_url):
+    with timed("connect", database=safe_url(opts.url)):
         while True:
             attempt += 1
             remaining = deadline - time.monotonic()

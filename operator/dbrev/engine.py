@@ -12,11 +12,12 @@ from typing import Callable, Iterable
 
 from . import integrity, rehearse, state
 from . import log as L
-from .db import connection, read_heads
+from .db import connection, read_heads, safe_url
 from .options import DbOptions
 from .errors import DbrevError, ScriptConflict
 from .planning import Plan, build_plan
-from .options import RunRequest
+from .options import DEFAULT_RUN_TIMEOUT, RunRequest
+from .results import RunResult
 from .scripts import ScriptSet, load_folder, render
 
 
@@ -39,7 +40,7 @@ def observe(db: DbOptions, scripts: ScriptSet | None = None) -> dict:
         heads = read_heads(conn, db.version_table, db.version_table_schema)
         stored = _stored(conn, db) if scripts is not None else []
         conn.commit()
-    out: dict = {"revisions": list(heads), "database": db.safe_url,
+    out: dict = {"revisions": list(heads), "database": safe_url(db.url),
                  "version_table": state.vt_key(db.version_table, db.version_table_schema)}
     if scripts is not None:
         scripts = scripts.with_extra(state.stored_sources(stored))
@@ -110,10 +111,10 @@ def _check_conflicts(p: Plan, conflicts: list[str]) -> Plan:
     return p
 
 
-def apply(req: RunRequest, *, timeout: float | None = 3600.0, on_event: Callable[[dict], None] | None = None,
+def apply(req: RunRequest, *, timeout: float | None = DEFAULT_RUN_TIMEOUT, on_event: Callable[[dict], None] | None = None,
           log_level: str = "INFO", log_context: dict | None = None,
           stderr_sink: Callable[[str], None] | None = None, in_process: bool = False,
-          isolate: bool = True) -> dict:
+          isolate: bool = True) -> RunResult:
     """Bring the database to ``req.target``.  Runs in a worker process with a hard timeout.
 
     ``isolate`` (the operator): a fresh interpreter that gets only the request; otherwise (the CLI) a
@@ -159,16 +160,17 @@ class _Progress:
         if self.on_event:
             self.on_event(ev)
 
-    def name_lost_step(self, result: dict) -> dict:
-        err = result.get("error") if isinstance(result, dict) else None
+    def name_lost_step(self, result: RunResult) -> RunResult:
+        err = result.error
         ev = self.running
-        if not err or ev is None or err.get("error_type") not in ("WorkerDied", "WorkerTimeout") or err.get("step"):
+        if not err or ev is None or err.error_type not in ("WorkerDied", "WorkerTimeout") or err.step:
             return result
         script = self.scripts.get((ev.get("revision"), ev.get("direction")))
         where = f"{ev.get('direction')} {ev.get('revision')}" + (f", {script}" if script else "")
         phase = "rollback step" if str(ev.get("event")).startswith("rollback_") else "step"
-        err["message"] = f"{err.get('message', '')} during {phase} {ev.get('index')}/{ev.get('total')} ({where})"
-        err.update({"step": ev.get("revision"), "direction": ev.get("direction"), "location": script})
+        err.message = f"{err.message or ''} during {phase} {ev.get('index')}/{ev.get('total')} ({where})"
+        err.step, err.direction, err.location = ev.get("revision"), ev.get("direction"), script
+        err.shown = tuple(dict.fromkeys((*err.shown, "step", "direction", "location")))
         return result
 
 

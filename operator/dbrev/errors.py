@@ -120,11 +120,6 @@ class PlanChanged(PolicyRefused):
     reason = C.PLAN_CHANGED
 
 
-class MigrationFailed(DbrevError):
-    exit_code = EXIT_FAILED
-    reason = C.MIGRATION_FAILED
-
-
 _FK_DEPENDS = re.compile(r'constraint "?([^"\s]+)"? on table "?([^"\s]+)"? depends on table "?([^"\s]+)"?')
 _FK_VIOLATES = re.compile(r'(?:update or delete on|insert or update on) table "([^"]+)" violates foreign key '
                           r'constraint "([^"]+)" on table "([^"]+)"')

@@ -13,21 +13,24 @@ import platform
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from . import __version__
+from .metric_labels import (  # noqa: F401 - the label values, spelled once (pure)
+    ERROR_RESULTS,
+    RESULT_APPLIED,
+    RESULT_ERROR,
+    RESULT_FAILED,
+    RESULT_NOOP,
+    RESULT_REFUSED,
+    RESULT_ROLLED_BACK,
+    RESULT_TRANSIENT,
+    RESULT_WAITING,
+    ROLLBACK_RESULTS,
+    ROLLBACK_TRIGGERS,
+)
 from .rehearse import READINESS_VALUES
 
 disable_created_metrics()  # no *_created series: they double the output and nothing alerts on them
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-# Results of one reconcile pass (label values of dbrev_reconcile_total).
-RESULT_APPLIED = "applied"
-RESULT_NOOP = "noop"
-RESULT_WAITING = "waiting"  # awaiting approval, suspended
-RESULT_REFUSED = "refused"
-RESULT_ROLLED_BACK = "rolled_back"
-RESULT_FAILED = "failed"
-RESULT_TRANSIENT = "transient_error"
-RESULT_ERROR = "error"
-ERROR_RESULTS = frozenset({RESULT_REFUSED, RESULT_ROLLED_BACK, RESULT_FAILED, RESULT_TRANSIENT, RESULT_ERROR})
 
 reconcile_total = Counter(
     "dbrev_reconcile_total", "Reconcile passes by result.", ["result"], registry=REGISTRY)
@@ -42,12 +45,6 @@ migration_steps_total = Counter(
 rollbacks_total = Counter(
     "dbrev_rollbacks_total", "Automatic rollbacks, by resource, what triggered them and whether they succeeded.",
     ["namespace", "name", "trigger", "result"], registry=REGISTRY)
-# every rollback.reason a run reports: "rehearsal_failure" is policy.rehearse Require refusing an upgrade whose
-# way back is Broken or Irreversible (the upgrade's transaction rolls back, dbrev.runner)
-# "health_check_failure": the health gate (onFailure: Rollback) or `dbrev rollback --reason` after a failed rollout
-ROLLBACK_TRIGGERS = ("migration_failure", "integrity_check_failure", "timeout", "worker_died", "rehearsal_failure",
-                     "health_check_failure")
-ROLLBACK_RESULTS = ("success", "failure")
 health_gate_total = Counter(  # healthgate (issue 13 §1)
     "dbrev_health_gate_total", "Health gates after a schema change, by resource and result (passed, failed).",
     ["namespace", "name", "result"], registry=REGISTRY)

@@ -9,7 +9,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+# Defaults of the run's settings, shared by the CLI flags, the CRD (its defaults and reference) and the spec parser.
 DEFAULT_CONNECT_TIMEOUT = 60.0
+DEFAULT_LOCK_TIMEOUT = 10.0
+DEFAULT_STATEMENT_TIMEOUT = 0.0  # no limit
+DEFAULT_RUN_TIMEOUT = 3600.0  # kill a run that takes longer (seconds)
 STATE_SCHEMA = "dbrev"
 
 ALLOW = "Allow"
@@ -19,14 +23,6 @@ ARCHIVE = "Archive"
 
 DOWNGRADE_VALUES = (ALLOW, DENY, REQUIRE_APPROVAL)
 DATA_LOSS_VALUES = (DENY, ARCHIVE, ALLOW, REQUIRE_APPROVAL)
-
-# What a run ends as (apply --json "result").
-RESULT_APPLIED = "applied"
-RESULT_NOOP = "noop"
-RESULT_ROLLED_BACK = "rolled_back"
-RESULT_FAILED = "failed"
-RESULT_REFUSED = "refused"
-RESULT_BUSY = "busy"
 
 ALL_CHECKS = ("constraints", "indexes", "sequences", "orphans", "rowCounts", "fingerprint")
 
@@ -40,8 +36,8 @@ def advisory_key(schema: str, table: str) -> int:
 class DbOptions:
     url: str
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT  # total, across retries (cold starts)
-    lock_timeout: float = 10.0  # seconds to wait for the advisory lock and for table locks
-    statement_timeout: float = 0.0  # 0 = none
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT  # seconds to wait for the advisory lock and for table locks
+    statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT  # 0 = none
     version_table: str = "alembic_version"
     version_table_schema: str | None = None
     state_schema: str = STATE_SCHEMA
@@ -49,12 +45,6 @@ class DbOptions:
     @property
     def lock_key(self) -> int:
         return advisory_key(self.version_table_schema or "public", self.version_table)
-
-    @property
-    def safe_url(self) -> str:
-        from .db import safe_url
-
-        return safe_url(self.url)
 
 
 @dataclass(frozen=True)

@@ -305,8 +305,8 @@ def rehearse_in_run(runner, conn, scripts, plan, before_facts: list[str]) -> Rea
                 if sp.is_active:
                     sp.rollback()
                 return unproven("env.py tried to end dbrev's transaction while the way back was rehearsed")
-            error = sub._error(e, scripts)
-            error["step"] = error.get("step") or (getattr(sub, "_current_step", (None,))[0])
+            error = sub._error(e, scripts).to_dict()
+            error["step"] = error.get("step") or (sub._current_step or (None,))[0]
     finally:
         restore()
         if sp.is_active:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from . import errors as E
+from .results import RunResult
 
 REASONS = ("migration_failure", "integrity_check_failure", "health_check_failure", "critical_bug")
 JOURNAL_RUNS = 500  # how far back the journal is read for the default target
@@ -115,15 +116,15 @@ def losses(plan: dict) -> list[dict]:
     return out
 
 
-def succeeded(result: dict, target) -> bool:
+def succeeded(result: RunResult, target) -> bool:
     """The runbook's validation: applied (or already there: a run resumed after the downgrade committed),
     integrity passed, and the database at the target."""
-    if result.get("result") not in ("applied", "noop"):
+    if result.result not in ("applied", "noop"):
         return False
-    integ = result.get("integrity")
+    integ = result.integrity
     if integ is not None and not integ.get("passed", False):
         return False
-    return _key(result.get("current_revisions")) == _key(target)
+    return _key(result.current_revisions) == _key(target)
 
 
 # -- the imperative shell ------------------------------------------------------------------------
@@ -204,6 +205,7 @@ def cmd_rollback(args) -> int:
     from . import log as L
     from .engine import apply
     from .options import Policy, RunRequest
+    from .results import RESULT_BUSY, RESULT_REFUSED, RunResult
 
     db = cli.db_options(args)
     migrations = os.path.abspath(cli._migrations(args))
@@ -242,21 +244,21 @@ def cmd_rollback(args) -> int:
             result = apply(req, timeout=args.timeout, on_event=cli._Progress(not args.json), log_level=args.log_level,
                            log_context=L.current_context(), isolate=False)
         except E.Busy as e:
-            result = {"result": "busy", "error": e.to_dict()}
+            result = RunResult.of_error(RESULT_BUSY, e)
         except E.PolicyRefused as e:
-            result = {"result": "refused", "error": e.to_dict()}
+            result = RunResult.of_error(RESULT_REFUSED, e)
         except Exception as e:  # noqa: BLE001 - logged per the runbook, then reported as apply does
             L.rollback_executed(frm, to, False, deployment_id=args.deployment_id, trigger="cli")
             L.log_error("Rollback failed", e, from_revision=L._rev(frm), to_revision=L._rev(to))
             raise
         ok = succeeded(result, to)
         L.rollback_executed(frm, to, ok, deployment_id=args.deployment_id, trigger="cli",
-                            result=result.get("result"))
+                            result=result.result)
         doc.update(cli._apply_doc(result))
         doc["success"] = ok
         text = _text(a, p, args, header_only=True) + "\n" + cli._apply_text(result, args)
         cli._out(args, doc, text)
-        code = cli.RESULT_EXIT.get(result.get("result"), 1)
+        code = cli.RESULT_EXIT.get(result.result, 1)
         return code if code or ok else 1
 
 

@@ -36,12 +36,18 @@ from .scripts import EnvPyFailed, ScriptSet, alembic_config, env_py_failure, loa
 
 Emit = Callable[[dict], None]
 
-from .options import (  # noqa: E402,F401
+from . import conditions as C  # noqa: E402
+from . import results as R  # noqa: E402
+from .results import (  # noqa: E402
     RESULT_APPLIED,
     RESULT_FAILED,
     RESULT_NOOP,
     RESULT_REFUSED,
     RESULT_ROLLED_BACK,
+    Rollback,
+    RunError,
+    RunResult,
+    StepRecord,
 )
 
 
@@ -51,6 +57,20 @@ def OnlineDataLoss(message: str, **kw) -> PolicyRefused:
     e = PolicyRefused(message, **kw)
     e.online = True  # type: ignore[attr-defined]
     return e
+
+
+def _quietly_failed(message: str, e: BaseException) -> None:
+    """A clean-up step failed while another failure is being reported: one log line, not silence."""
+    L.logger.warning(message, extra={"error_type": type(e).__name__,
+                                     "error_message": L.redact(str(e).splitlines()[0] if str(e) else "")})
+
+
+def _rollback_quietly(conn: Connection) -> None:
+    """End the failed transaction; a session already gone (the failure itself) is logged, not raised."""
+    try:
+        conn.rollback()
+    except Exception as e:  # noqa: BLE001 - the failure being handled is the one to report
+        _quietly_failed("Could not roll back the failed transaction", e)
 
 
 def _online_refusal(e: BaseException) -> bool:
@@ -66,9 +86,26 @@ class Runner:
         self.db = req.db
         self.vt = state.vt_key(req.db.version_table, req.db.version_table_schema)
         self.schema = req.db.state_schema
-        self.result: dict = {"steps": [], "warnings": []}
+        self.result = RunResult.started()
         self._undo_facts = None
         self._undo_archive = False
+        # what the run learns as it goes (read back by the later phases and by a rollback's sub-runner)
+        self.graph = None  # the scripts' graph, once loaded
+        self.plan: Plan | None = None
+        self.journal: state.Journal | None = None
+        self.archive = False  # the policy's Archive decision: copy what destructive steps remove
+        self.conflicts: list[str] = []  # declared scripts that differ from the stored copies
+        self.external_connection = False  # env.py ran the steps on a connection (or transaction) not dbrev's
+        self._facts_of_plan: Facts | None = None
+        self._snap: dict | None = None  # the pre-run snapshot
+        self._new_fp: tuple | None = None  # the fingerprint after the steps, recorded when they verify
+        self._current_step: tuple | None = None  # (revision, direction) of the step running or last run
+        self._step_t0: float | None = None
+        self._own_trans = None  # dbrev's own transaction of a single-transaction run
+        self._env_py_ran = False
+        self._env_configured = False
+        self._online_state: tuple | None = None  # (revision, live state) before a step classified online
+        self._rows_missing: list[str] = []  # tables a rollback did not put all rows back into
         self._online_declared: set[str] = set()
         self._online_dropped: set[str] = set()
         self._run_inserted: set[str] = set()
@@ -107,7 +144,7 @@ class Runner:
             f"revision ({len(diff)} difference(s): {'; '.join(diff[:3])})")]
 
     # -- the run ---------------------------------------------------------------
-    def run(self) -> dict:
+    def run(self) -> RunResult:
         t0 = time.monotonic()
         req = self.req
         self.emit({"event": "phase", "phase": "load_scripts"})
@@ -130,24 +167,25 @@ class Runner:
             scripts = self._with_stored(conn, scripts)
             current = self._heads(conn)
             conn.commit()
-            self.result["from_revisions"] = list(current)
+            self.result.from_revisions = list(current)
             for run in state.interrupted_runs(conn, self.schema, self.vt):
                 msg = (f"run {run['id']} ({run['txn']} transaction, started {run['started_at']:%Y-%m-%d %H:%M:%S}) "
                        f"was interrupted during step {run['step_index'] or 0}/{run['step_count']} "
                        f"({run['step_direction'] or '-'} {run['step_revision'] or '-'}); the database is at "
                        f"{state.revisions_key(current)}")
                 L.logger.warning("Interrupted run found", extra={"run_id": run["id"], "status": "interrupted"})
-                self.result["warnings"].append(msg)
+                self.result.warn(msg)
             graph = scripts.graph
             graph.check_live(current)
             target = graph.resolve(req.target, current)
             plan = self._plan(scripts, current, target)
             self.plan = plan
+            r = self.result
             if rehearse.attach_recorded(plan, state.recorded_readiness(conn, self.schema, self.vt), graph):
-                self.result["recorded_readiness"] = plan.recorded_readiness  # a revert: what its upgrade proved
-            self.result.update({"plan_hash": plan.hash, "direction": plan.direction,
-                                "transaction": plan.transaction, "to_revisions": list(plan.to_revisions)})
-            self.result["warnings"].extend(plan.warnings)
+                r.recorded_readiness = plan.recorded_readiness  # a revert: what its upgrade proved
+            r.plan_hash, r.direction, r.transaction = plan.hash, plan.direction, plan.transaction
+            r.to_revisions = list(plan.to_revisions)
+            r.warnings.extend(plan.warnings)
             self.emit({"event": "plan", "plan": plan.to_dict(include_sql=False)})
             if req.expected_hash and not hash_matches(plan.hash, req.expected_hash):
                 raise PlanChanged(f"the plan is now {plan.hash}, not the expected {req.expected_hash}",
@@ -155,11 +193,11 @@ class Runner:
             facts = self._facts(conn, plan)
             conn.commit()
             decision = evaluate(plan, req.policy, req.approval, facts)
-            self.result["decision"] = decision.to_dict()
+            self.result.decision = decision.to_dict()
             self.archive = decision.archive
             self._facts_of_plan = facts
             if decision.archive_reason == "rollback":
-                self.result["warnings"].append(
+                self.result.warn(
                     "the plan runs one transaction per step and removes data: dbrev archives what each "
                     "destructive step removes, so that a rollback can put it back")
             if not decision.allowed:
@@ -177,7 +215,7 @@ class Runner:
                                        direction=plan.direction, steps=len(plan.steps),
                                        transaction=plan.transaction, plan_hash=plan.hash)
                     if plan.transaction != "single" and req.policy.rehearse != rehearse.NEVER:
-                        self.result["rollback_readiness"] = rehearse.unproven(
+                        self.result.rollback_readiness = rehearse.unproven(
                             "the plan runs one transaction per step (a step needs autocommit): the way back "
                             "cannot be rehearsed inside the upgrade's transaction").to_dict()
                     if plan.transaction == "single":
@@ -188,8 +226,8 @@ class Runner:
                 # the run ends here (busy, bad input, an error of dbrev's): the journal says how, not "running"
                 journal.finish(state.outcome_of(e), L.redact(str(e).splitlines()[0] if str(e) else type(e).__name__))
                 raise
-            journal.finish(out["result"], (out.get("error") or {}).get("message"), out.get("rollback_readiness"))
-            out["duration_seconds"] = round(time.monotonic() - t0, 3)
+            journal.finish(out.result, out.error.message if out.error else None, out.rollback_readiness)
+            out.duration_seconds = round(time.monotonic() - t0, 3)
             return out
         finally:
             if locked:
@@ -197,8 +235,8 @@ class Runner:
                     conn.rollback()
                     unlock(conn, self.db.lock_key)
                     conn.commit()
-                except Exception:  # noqa: BLE001 - the lock dies with the session anyway
-                    pass
+                except Exception as e:  # noqa: BLE001 - the lock dies with the session anyway
+                    _quietly_failed("Could not release the migration lock; it goes with the session", e)
             conn.close()
             engine.dispose()
             if jconn is not None:
@@ -263,7 +301,7 @@ class Runner:
             import hashlib
 
             if hashlib.sha256(r["source"].encode()).hexdigest() != r["sha256"]:
-                self.result["warnings"].append(
+                self.result.warn(
                     f"the stored copy of {r['revision']} fails its sha256 check and is ignored")
                 continue
             declared = scripts.infos.get(r["revision"])
@@ -281,7 +319,7 @@ class Runner:
                 lambda rev, up: render(scripts, rev, up, self.db.version_table, self.db.version_table_schema),
                 target_spec=self.req.target, version_table=self.db.version_table,
                 version_table_schema=self.db.version_table_schema)
-        conflicts = getattr(self, "conflicts", [])
+        conflicts = self.conflicts
         if conflicts:
             used = [s.revision for s in plan.steps if s.revision in conflicts and s.direction == "downgrade"]
             note = (f"scripts {', '.join(conflicts)} differ from the copies stored when they were applied")
@@ -293,22 +331,23 @@ class Runner:
                     hint="restore the original script, or remove the changed file so the stored copy is used")
         return plan
 
-    def _refused(self, decision: Decision, t0: float) -> dict:
+    def _refused(self, decision: Decision, t0: float) -> RunResult:
         L.logger.warning("Plan refused by policy", extra={"reason": decision.reason,
                                                           "status": "awaiting_approval" if decision.awaiting_approval
                                                           else "refused"})
-        self.result.update({"result": RESULT_REFUSED, "current_revisions": self.result["from_revisions"],
-                            "duration_seconds": round(time.monotonic() - t0, 3),
-                            "error": {"reason": decision.reason, "message": decision.message,
-                                      "error_type": "PolicyRefused"}})
-        return self.result
+        r = self.result
+        r.result, r.current_revisions = RESULT_REFUSED, r.from_revisions
+        r.duration_seconds = round(time.monotonic() - t0, 3)
+        r.error = RunError(reason=decision.reason, message=decision.message, error_type="PolicyRefused")
+        return r
 
-    def _noop(self, conn: Connection, current, t0: float) -> dict:
+    def _noop(self, conn: Connection, current, t0: float) -> RunResult:
         conn.commit()
         with conn.begin():
             report = self._verify_now(conn, current, record=True)
-        self.result.update({"result": RESULT_NOOP, "current_revisions": list(current), "integrity": report,
-                            "duration_seconds": round(time.monotonic() - t0, 3)})
+        r = self.result
+        r.result, r.current_revisions, r.integrity = RESULT_NOOP, list(current), report
+        r.duration_seconds = round(time.monotonic() - t0, 3)
         L.state_transition(current, current, "noop", message="Database already at target revision")
         return self.result
 
@@ -364,7 +403,7 @@ class Runner:
                 for r in repaired:
                     L.logger.warning("Repaired a sequence the run left behind its column", extra={
                         "sequence": r["sequence"], "column": r["column"], "from": r["from"], "to": r["to"]})
-                self.result["repaired_sequences"] = repaired
+                self.result.repaired_sequences = repaired
                 catalog = self._catalog(conn)
             if "sequences" in snap:
                 catalog = integrity.created_by_run(conn, catalog, snap["sequences"])
@@ -416,7 +455,7 @@ class Runner:
                     "operation": _ps.direction, "step": _i})
                 if _ps.destructive:
                     self._recheck_empty(_ps)
-                if getattr(self, "archive", False) and _ps.destructive:
+                if self.archive and _ps.destructive:
                     self._archive(_ps)
                 if self._online_classify(_ps):
                     self._online_before(_ps)
@@ -431,7 +470,7 @@ class Runner:
         (rows may have arrived since): otherwise the step would lose them unseen."""
         from .options import ALLOW
 
-        facts = getattr(self, "_facts_of_plan", None)
+        facts = self._facts_of_plan
         if facts is None or not facts.empty_tables or self.req.policy.data_loss == ALLOW:
             return
         from alembic import op
@@ -454,7 +493,7 @@ class Runner:
                 raise OnlineDataLoss(
                     f"step {ps.revision} ({ps.direction}): {key} was empty when the plan was decided and holds rows "
                     f"now, and the dataLoss policy ({self.req.policy.data_loss}) was not asked about them: "
-                    f"{e.detail or e.kind}", reason="DataLossDenied", hint="run the apply again: it decides on "
+                    f"{e.detail or e.kind}", reason=C.DATA_LOSS_DENIED, hint="run the apply again: it decides on "
                                                                            "the rows there are now")
 
     def _archive(self, ps) -> None:
@@ -463,10 +502,10 @@ class Runner:
 
         from . import archive
 
-        facts = getattr(self, "_facts_of_plan", None)
+        facts = self._facts_of_plan
         effects = [e for e in ps.effects if lossless(e, facts) is None]
         rows = archive.preserve(op.get_bind(), self.schema, self.vt, ps.revision, ps.direction, effects)
-        self.result.setdefault("archived", []).extend(rows)
+        self.result.archived = (self.result.archived or []) + rows
         for r in rows:
             self.emit({"event": "archived", **r})
 
@@ -487,9 +526,10 @@ class Runner:
             if per_step_deleted is not None:  # per-step transactions: each step's own counters, summed later
                 per_step_deleted.append(changes)
             dur = time.monotonic() - self._step_t0
-            rec = {"revision": rev, "direction": direction, "duration_seconds": round(dur, 3), "status": "applied"}
-            self.result["steps"].append(rec)
-            self.emit({"event": "step_done", **rec, "index": len(self.result["steps"]), "total": len(plan.steps)})
+            rec = StepRecord(rev, direction, R.APPLIED, round(dur, 3))
+            self.result.steps.append(rec)
+            self.emit({"event": "step_done", **rec.to_dict(), "index": len(self.result.steps),
+                       "total": len(plan.steps)})
             ps = next(s for s in plan.steps if s.revision == rev)
             L.logger.debug("Finished migration step", extra={
                 "from_revision": L._rev(ps.from_revisions), "to_revision": L._rev(ps.to_revisions),
@@ -510,8 +550,8 @@ class Runner:
         return bool(choice)
 
     def _warn_once(self, text: str) -> None:
-        if text not in self.result["warnings"]:
-            self.result["warnings"].append(text)
+        if text not in self.result.warnings:
+            self.result.warn(text)
 
     def _execute(self, scripts: ScriptSet, steps, callback, per_step: bool, conn: Connection) -> None:
         """Run ``steps`` through Alembic: dbrev's built-in environment, or the project's env.py.
@@ -611,7 +651,7 @@ class Runner:
                 return heads
             except Exception:  # noqa: BLE001
                 return None
-        journal = getattr(self, "journal", None)
+        journal = self.journal
         if journal is None:
             return None
         try:
@@ -628,7 +668,7 @@ class Runner:
         """
         if trans.is_active and conn.in_transaction() and conn.get_transaction() is trans:
             return trans
-        if not getattr(self, "external_connection", False):
+        if not self.external_connection:
             committed = self._committed_heads(conn)
             if committed is None or not self.graph.same_state(committed, start):
                 self.external_connection = True
@@ -642,19 +682,19 @@ class Runner:
 
     def _env_failed(self, conn: Connection, start) -> None:
         """A single-transaction run failed after env.py ran: roll back what it left open, see what it committed."""
-        if not getattr(self, "_env_py_ran", False):
+        if not self._env_py_ran:
             return
         try:
             if conn.in_transaction():
                 conn.rollback()
-            if not getattr(self, "external_connection", False):
+            if not self.external_connection:
                 committed = self._committed_heads(conn)
                 if committed is None or not self.graph.same_state(committed, start):
                     self.external_connection = True
                     self._warn_once("env.py committed part of the run before it failed: the committed steps "
                                     "are undone by inverse steps")
-        except Exception:  # noqa: BLE001 - the caller reports the original failure
-            pass
+        except Exception as e:  # noqa: BLE001 - the caller reports the original failure
+            _quietly_failed("Could not see what env.py committed before the run failed", e)
 
     # -- online classification (steps that cannot render offline) -------------------------
     def _online_classify(self, ps) -> bool:
@@ -669,16 +709,16 @@ class Runner:
 
     def _online_after(self, conn: Connection, rev: str, direction: str) -> None:
         """Before the step commits: what did it remove that existed before the run?  Decide on that."""
-        pending = getattr(self, "_online_state", None)
+        pending = self._online_state
         if not pending or pending[0] != rev:
             return
         self._online_state = None
         after = integrity.live_state(conn, exclude_schemas=self._exclude_schemas(),
                                      exclude_tables=self._exclude_tables())
-        snap = getattr(self, "_snap", None) or {"tables": {}}
+        snap = self._snap or {"tables": {}}
         effects = integrity.live_effects(pending[1], after, snap["tables"].keys())
         record = {"revision": rev, "direction": direction, "effects": [e.to_dict() for e in effects]}
-        self.result.setdefault("classified_online", []).append(record)
+        self.result.classified_online = (self.result.classified_online or []) + [record]
         if not effects:
             return
         what = "; ".join(e.detail for e in effects)
@@ -695,7 +735,7 @@ class Runner:
                "RequireApproval": "the approved plan did not show it (its offline rendering failed)"}.get(
             pol, "the dataLoss policy is Deny")
         raise OnlineDataLoss(f"step {rev} ({direction}) removed data that existed before the run, and {why}: "
-                             f"{what}", reason="DataLossDenied",
+                             f"{what}", reason=C.DATA_LOSS_DENIED,
                              hint="allow the data loss (--allow-data-loss / dataLoss: Allow), or make the step "
                                   "renderable offline so the plan shows what it removes")
 
@@ -711,20 +751,20 @@ class Runner:
                 loc = f"{files[fr.filename]}:{fr.lineno}"
         return loc
 
-    def _error(self, exc: BaseException, scripts: ScriptSet) -> dict:
-        step = getattr(self, "_current_step", (None, None))
+    def _error(self, exc: BaseException, scripts: ScriptSet) -> RunError:
+        step = self._current_step or (None, None)
         loc = self._failure_location(exc, scripts)
         orig = getattr(exc, "orig", None)
         msg = str(orig or exc).strip()
-        err = {"error_type": type(orig or exc).__name__, "message": L.redact(msg.splitlines()[0] if msg else ""),
-               "detail": L.redact(msg), "step": step[0], "direction": step[1], "location": loc,
-               "reason": "MigrationFailed"}
-        if fk_hint(exc):  # a foreign key blocks the step: name the constraint and the dependent table
-            err["hint"] = L.redact(fk_hint(exc))
-        return err
+        hint = fk_hint(exc)  # a foreign key blocks the step: name the constraint and the dependent table
+        return RunError(reason=C.MIGRATION_FAILED, error_type=type(orig or exc).__name__,
+                        message=L.redact(msg.splitlines()[0] if msg else ""), detail=L.redact(msg),
+                        step=step[0], direction=step[1], location=loc, hint=L.redact(hint) if hint else None,
+                        shown=("step", "direction", "location"))
 
     # -- single transaction --------------------------------------------------------
-    def _run_single(self, conn: Connection, scripts: ScriptSet, plan: Plan, decision: Decision, journal) -> dict:
+    def _run_single(self, conn: Connection, scripts: ScriptSet, plan: Plan, decision: Decision,
+                    journal) -> RunResult:
         self.graph = scripts.graph
         self._single = True
         conn.commit()
@@ -746,135 +786,141 @@ class Runner:
         except BaseException as e:  # noqa: BLE001
             trans.rollback()
             self._env_failed(conn, start)
-            if getattr(self, "external_connection", False) and not isinstance(e, DbrevError):
-                self.result["error"] = self._error(e, scripts)
-                return self._undo_per_step(conn, scripts, start, target, "migration_failure", None)
+            if self.external_connection and not isinstance(e, DbrevError):
+                self.result.error = self._error(e, scripts)
+                return self._undo_per_step(conn, scripts, start, target, R.MIGRATION_FAILURE, None)
             return self._single_failed(conn, scripts, plan, e)
-        if new_errors and self.req.policy.rollback_on_failure and getattr(self, "external_connection", False):
+        messages = [f.message for f in new_errors]
+        if new_errors and self.req.policy.rollback_on_failure and self.external_connection:
             trans.rollback()
-            self.result["error"] = {"reason": "IntegrityCheckFailed", "error_type": "IntegrityCheckFailed",
-                                    "message": "verification failed after the migration: "
-                                               + "; ".join(f.message for f in new_errors[:3])}
-            return self._undo_per_step(conn, scripts, start, target, "integrity_check_failure", report)
+            self.result.error = RunError.integrity_failed(messages, rollback=True)
+            return self._undo_per_step(conn, scripts, start, target, R.INTEGRITY_CHECK_FAILURE, report)
         if new_errors and self.req.policy.rollback_on_failure:
-            trans.rollback()
-            L.rollback_triggered("integrity_check_failure", target, start,
-                                 findings=[f"{f.check}:{f.object}" for f in new_errors])
-            for s in self.result["steps"]:
-                s["status"] = "rolled_back"
-            after = self._after_rollback(conn, start)
-            L.rollback_executed(target, start, after["passed"], method="transaction")
-            self.result.update({
-                "result": RESULT_ROLLED_BACK, "integrity": report, "current_revisions": list(self._heads(conn)),
-                "rollback": {"triggered": True, "reason": "integrity_check_failure", "method": "transaction",
-                             "success": after["passed"], "integrity": after},
-                "error": {"reason": "IntegrityCheckFailed", "error_type": "IntegrityCheckFailed",
-                          "message": "verification failed after the migration: "
-                                     + "; ".join(f.message for f in new_errors[:3])}})
-            self._rollback_verdict()
-            conn.commit()
-            return self.result
+            return self._transaction_rollback(
+                conn, trans, plan, R.INTEGRITY_CHECK_FAILURE, RESULT_ROLLED_BACK, RunError.integrity_failed(
+                    messages, rollback=True), integrity=report,
+                findings=[f"{f.check}:{f.object}" for f in new_errors])
         # --- rehearsal of the way back (issue 14): see dbrev/rehearse.py ---------------------
         if not new_errors:
             refused = self._rehearse(conn, scripts, plan, snap, trans)
             if refused is not None:
                 return refused
         # --- end of rehearsal --------------------------------------------------------------
-        if "fingerprint" in self._checks() and getattr(self, "_new_fp", None):
+        if "fingerprint" in self._checks() and self._new_fp:
             state.record_fingerprint(conn, self.schema, self.vt, target, *self._new_fp)
         trans.commit()
-        result = RESULT_APPLIED if not new_errors else RESULT_FAILED
-        self.result.update({"result": result, "integrity": report, "current_revisions": list(self._heads(conn))})
+        return self._finished(conn, plan, report, new_errors)
+
+    def _finished(self, conn: Connection, plan: Plan, report: dict, new_errors: list) -> RunResult:
+        """The steps are committed: applied, or failed verification with rollbackOnFailure off."""
+        r = self.result
+        r.result = RESULT_APPLIED if not new_errors else RESULT_FAILED
+        r.integrity, r.current_revisions = report, list(self._heads(conn))
         conn.commit()
         if new_errors:
-            self.result["error"] = {"reason": "IntegrityCheckFailed", "error_type": "IntegrityCheckFailed",
-                                    "message": "verification failed and rollbackOnFailure is off: "
-                                               + "; ".join(f.message for f in new_errors[:3])}
-        L.state_transition(start, target, "completed" if result == RESULT_APPLIED else "failed")
-        return self.result
+            r.error = RunError.integrity_failed([f.message for f in new_errors], rollback=False)
+        L.state_transition(plan.from_revisions, plan.to_revisions,
+                           "completed" if r.result == RESULT_APPLIED else "failed")
+        return r
 
-    def _rehearse(self, conn: Connection, scripts: ScriptSet, plan: Plan, snap: dict, trans) -> dict | None:
+    def _rehearse(self, conn: Connection, scripts: ScriptSet, plan: Plan, snap: dict, trans) -> RunResult | None:
         """Rehearse the downgrade in this transaction (savepoint); with Require, refuse a way back that
         is Broken or Irreversible: roll the upgrade back and return the result, else None."""
         mode = self.req.policy.rehearse
         if mode == rehearse.NEVER:
             return None
-        if getattr(self, "external_connection", False):
+        if self.external_connection:
             r = rehearse.unproven("env.py ran the steps on a connection of its own")
-        elif trans is not getattr(self, "_own_trans", None):
+        elif trans is not self._own_trans:
             # env.py committed or replaced dbrev's transaction: running it again for the rehearsal could
             # commit the upgrade (and part of the way back) before it is verified
             r = rehearse.unproven("env.py ends or replaces dbrev's transaction, so the way back cannot be "
                                   "rehearsed inside the upgrade's")
         else:
             r = rehearse.rehearse_in_run(self, conn, scripts, plan, snap["facts"])
-        self.result["rollback_readiness"] = r.to_dict()
+        self.result.rollback_readiness = r.to_dict()
         self.emit({"event": "rehearsal", "readiness": r.to_dict()})
         level = L.logger.warning if r.status in (rehearse.BROKEN, rehearse.IRREVERSIBLE) else L.logger.info
         level("Rollback rehearsed", extra={"status": r.status, "reason": r.message})
         if mode != rehearse.REQUIRE or not r.blocks:
             return None
-        start, target = plan.from_revisions, plan.to_revisions
-        trans.rollback()
-        L.rollback_triggered("rehearsal_failure", target, start)
-        for s in self.result["steps"]:
-            s["status"] = "rolled_back"
-        after = self._after_rollback(conn, start)
-        L.rollback_executed(target, start, after["passed"], method="transaction")
-        self.result.update({
-            "result": RESULT_REFUSED, "integrity": after, "current_revisions": list(self._heads(conn)),
-            "rollback": {"triggered": True, "reason": "rehearsal_failure", "method": "transaction",
-                         "success": after["passed"], "integrity": after},
-            "error": {"reason": "RollbackNotReady", "error_type": "PolicyRefused",
-                      "message": rehearse.refusal_message(r),
-                      "step": r.details.get("step"), "location": r.details.get("location")}})
-        conn.commit()
-        return self.result
+        error = RunError(reason=C.ROLLBACK_NOT_READY, error_type="PolicyRefused", message=rehearse.refusal_message(r),
+                         step=r.details.get("step"), location=r.details.get("location"), shown=("step", "location"))
+        return self._transaction_rollback(conn, trans, plan, R.REHEARSAL_FAILURE, RESULT_REFUSED, error,
+                                          verdict=False)
 
-    def _single_failed(self, conn: Connection, scripts: ScriptSet, plan: Plan, e: BaseException) -> dict:
+    def _single_failed(self, conn: Connection, scripts: ScriptSet, plan: Plan, e: BaseException) -> RunResult:
         start, target = plan.from_revisions, plan.to_revisions
         if is_lock_timeout(e):
-            raise Busy(f"a table lock was not granted within {self.db.lock_timeout:g}s "
-                       f"(lock_timeout) during {getattr(self, '_current_step', ('?',))[0]}",
-                       hint="another session holds a lock on a table the migration alters; retry later") from None
+            raise self._lock_busy() from None
         if isinstance(e, DbrevError):
             raise e
         err = self._error(e, scripts)
         L.log_error("Migration failed", e, from_revision=L._rev(start), to_revision=L._rev(target),
-                    step=err["step"], location=err["location"])
-        L.rollback_triggered("migration_failure", target, start, failed_revision=err["step"])
-        for s in self.result["steps"]:
-            s["status"] = "rolled_back"
-        if err["step"]:
-            self.result["steps"].append({"revision": err["step"], "direction": err["direction"],
-                                         "status": "failed", "duration_seconds":
-                                             round(time.monotonic() - getattr(self, "_step_t0", time.monotonic()), 3)})
+                    step=err.step, location=err.location)
+        return self._transaction_rollback(conn, None, plan, R.MIGRATION_FAILURE, RESULT_ROLLED_BACK, err,
+                                          failed_revision=err.step)
+
+    def _transaction_rollback(self, conn: Connection, trans, plan: Plan, trigger: str, result: str,
+                              error: RunError, *, integrity: dict | None = None, verdict: bool = True,
+                              **log) -> RunResult:
+        """Undo a single-transaction run by ROLLBACK (``trans``, unless it is already rolled back) and prove it.
+
+        The steps that ran are rolled back; the one that failed (``error.step``) is recorded as failed;
+        ``integrity``: the report the run ends with (the check that failed), else the proof's.  ``verdict``:
+        a proof that fails makes the run failed (RollbackFailed)."""
+        start, target = plan.from_revisions, plan.to_revisions
+        if trans is not None:
+            trans.rollback()
+        L.rollback_triggered(trigger, target, start, **log)
+        r = self.result
+        for s in r.steps:
+            s.status = R.ROLLED_BACK
+        if trigger == R.MIGRATION_FAILURE and error.step:
+            r.steps.append(StepRecord(error.step, error.direction, R.FAILED, round(
+                time.monotonic() - self._step_t0 if self._step_t0 is not None else time.monotonic(), 3)))
         after = self._after_rollback(conn, start)
-        L.rollback_executed(target, start, after["passed"], method="transaction")
-        self.result.update({
-            "result": RESULT_ROLLED_BACK, "error": err, "current_revisions": list(self._heads(conn)),
-            "integrity": after,
-            "rollback": {"triggered": True, "reason": "migration_failure", "method": "transaction",
-                         "success": after["passed"], "integrity": after}})
-        self._rollback_verdict()
+        L.rollback_executed(target, start, after["passed"], method=R.TRANSACTION)
+        r.result, r.error, r.current_revisions = result, error, list(self._heads(conn))
+        r.integrity = integrity if integrity is not None else after
+        r.rollback = Rollback(reason=trigger, method=R.TRANSACTION, success=after["passed"], integrity=after)
+        if verdict:
+            self._rollback_verdict()
         conn.commit()
-        return self.result
+        return r
+
+    def _lock_busy(self) -> Busy:
+        """A table lock did not come within lock_timeout: busy (exit 4), whatever the transaction mode."""
+        return Busy(f"a table lock was not granted within {self.db.lock_timeout:g}s "
+                    f"(lock_timeout) during {(self._current_step or ('?',))[0]}",
+                    hint="another session holds a lock on a table the migration alters; retry later")
+
+    def _back_at_start(self, out: RunResult, start) -> bool:
+        """A per-step run that failed is where it started, proven (its rollback, if any, succeeded)."""
+        rb = out.rollback
+        return (out.current_revisions is not None and self.graph.same_state(out.current_revisions, start)
+                and (rb is None or bool(rb.success)))
 
     def _rollback_verdict(self) -> None:
         """A ROLLBACK whose proof failed (rows missing, new errors: someone else's writes) is not a success."""
-        rb = self.result["rollback"]
-        if rb["success"]:
+        rb = self.result.rollback
+        if rb.success:
             return
-        rb["message"] = self._rollback_message(rb, [])
-        self.result["result"] = RESULT_FAILED
-        self.result["error"] = {**(self.result.get("error") or {}), "reason": "RollbackFailed"}
+        rb.message = self._rollback_message(rb, [])
+        self._rollback_failed()
+
+    def _rollback_failed(self) -> None:
+        self.result.result = RESULT_FAILED
+        if self.result.error is None:
+            self.result.error = RunError()
+        self.result.error.reason = C.ROLLBACK_FAILED
 
     def _after_rollback(self, conn: Connection, start) -> dict:
         """Verify the database after a rollback.  Only findings new since the pre-run snapshot count
         (what was already there is reported, never blamed on the rollback), and the rows are proven
         back: exact counts of the tables the plan touches against the snapshot's."""
         conn.commit()
-        snap = getattr(self, "_snap", None) or {"findings": [], "touched_exact": {}}
+        snap = self._snap or {"findings": [], "touched_exact": {}}
         with conn.begin():
             heads = self._heads(conn)
             with L.timed("verify", from_revision=L._rev(heads), to_revision=L._rev(start)):
@@ -900,7 +946,8 @@ class Runner:
         return report
 
     # -- one transaction per step -----------------------------------------------
-    def _run_per_step(self, conn: Connection, scripts: ScriptSet, plan: Plan, decision: Decision, journal) -> dict:
+    def _run_per_step(self, conn: Connection, scripts: ScriptSet, plan: Plan, decision: Decision,
+                      journal) -> RunResult:
         self.graph = scripts.graph
         start, target = plan.from_revisions, plan.to_revisions
         conn.commit()
@@ -914,10 +961,7 @@ class Runner:
             with L.timed("migrate", from_revision=L._rev(start), to_revision=L._rev(target)):
                 self._execute(scripts, steps, self._on_step_done(scripts, plan, deleted_steps), True, conn)
         except BaseException as e:  # noqa: BLE001
-            try:
-                conn.rollback()
-            except Exception:  # noqa: BLE001
-                pass
+            _rollback_quietly(conn)
             if isinstance(e, DbrevError) and not _online_refusal(e):
                 raise
             failure = e
@@ -925,64 +969,58 @@ class Runner:
         if failure is not None:
             err = self._error(failure, scripts)
             if is_lock_timeout(failure):
-                err["reason"] = "LockBusy"
+                err.reason = C.LOCK_BUSY
             if _online_refusal(failure):
-                err.update(reason="DataLossDenied", error_type="PolicyRefused", hint=failure.hint)
+                err.reason, err.error_type, err.hint = C.DATA_LOSS_DENIED, "PolicyRefused", failure.hint
             L.log_error("Migration failed", failure, from_revision=L._rev(start), to_revision=L._rev(target),
-                        step=err["step"], location=err["location"])
-            if err["step"]:
-                self.result["steps"].append({"revision": err["step"], "direction": err["direction"],
-                                             "status": "failed", "duration_seconds": round(
-                                                 time.monotonic() - self._step_t0, 3)})
-            self.result["error"] = err
-            return self._undo_per_step(conn, scripts, start, target, "migration_failure", None)
+                        step=err.step, location=err.location)
+            if err.step:
+                self.result.steps.append(StepRecord(err.step, err.direction, R.FAILED,
+                                                    round(time.monotonic() - self._step_t0, 3)))
+            self.result.error = err
+            busy = self._lock_busy() if is_lock_timeout(failure) else None
+            out = self._undo_per_step(conn, scripts, start, target, R.MIGRATION_FAILURE, None)
+            if busy is not None and self._back_at_start(out, start):
+                raise busy from None  # as in one transaction: nothing changed, exit 4, retried
+            return out
         deleted: dict[str, int] = {}
         for snapshot in deleted_steps:
             for t, v in snapshot.items():
                 deleted[t] = deleted.get(t, 0) + v[2]
         with conn.begin():
             report, new_errors = self._post_verify(conn, plan, snap, deleted, target)
-            if not new_errors and getattr(self, "_new_fp", None):
+            if not new_errors and self._new_fp:
                 state.record_fingerprint(conn, self.schema, self.vt, target, *self._new_fp)
         if new_errors and self.req.policy.rollback_on_failure:
-            self.result["error"] = {"reason": "IntegrityCheckFailed", "error_type": "IntegrityCheckFailed",
-                                    "message": "verification failed after the migration: "
-                                               + "; ".join(f.message for f in new_errors[:3])}
-            return self._undo_per_step(conn, scripts, start, target, "integrity_check_failure", report)
-        result = RESULT_APPLIED if not new_errors else RESULT_FAILED
-        if new_errors:
-            self.result["error"] = {"reason": "IntegrityCheckFailed", "error_type": "IntegrityCheckFailed",
-                                    "message": "verification failed and rollbackOnFailure is off: "
-                                               + "; ".join(f.message for f in new_errors[:3])}
-        self.result.update({"result": result, "integrity": report, "current_revisions": list(self._heads(conn))})
-        conn.commit()
-        L.state_transition(start, target, "completed" if result == RESULT_APPLIED else "failed")
-        return self.result
+            self.result.error = RunError.integrity_failed([f.message for f in new_errors], rollback=True)
+            return self._undo_per_step(conn, scripts, start, target, R.INTEGRITY_CHECK_FAILURE, report)
+        return self._finished(conn, plan, report, new_errors)
 
     def _undo_per_step(self, conn: Connection, scripts: ScriptSet, start, target, reason: str,
-                       report: dict | None) -> dict:
+                       report: dict | None) -> RunResult:
+        r = self.result
         heads = self._heads(conn)
         conn.commit()
-        self.result["current_revisions"] = list(heads)
+        r.current_revisions = list(heads)
         if report is not None:
-            self.result["integrity"] = report
+            r.integrity = report
         self._settle_archived(conn)
         if not self.req.policy.rollback_on_failure:
             L.state_transition(start, heads, "failed", message="Migration failed; rollback disabled by policy")
-            self.result["result"] = RESULT_FAILED
-            self.result["integrity"] = self.result.get("integrity") or self._after_rollback_report(conn, heads)
-            return self.result
-        L.rollback_triggered(reason, heads, start, failed_revision=(self.result.get("error") or {}).get("step"))
-        rollback = {"triggered": True, "reason": reason, "method": "inverse_steps", "steps": []}
+            r.result = RESULT_FAILED
+            r.integrity = r.integrity or self._after_rollback_report(conn, heads)
+            return r
+        L.rollback_triggered(reason, heads, start, failed_revision=r.error.step if r.error else None)
+        rollback = Rollback(reason=reason, method=R.INVERSE_STEPS, steps=[])
         sub = None
         restored: list[dict] = []
         pending: dict[str, list[dict]] = {}
         if self.graph.same_state(heads, start):
-            rollback["success"] = True
+            rollback.success = True
         else:
             try:
                 inverse = self._plan(scripts, heads, start)
-                rollback["transaction"] = inverse.transaction
+                rollback.transaction = inverse.transaction
                 refusal = self._undo_policy(conn, inverse)
                 if refusal is not None:
                     raise refusal
@@ -1019,60 +1057,57 @@ class Runner:
                     else:
                         sub._execute(scripts, steps, callback, True, conn)
                 conn.commit()
-                rollback["success"] = True
+                rollback.success = True
             except BaseException as e:  # noqa: BLE001
-                try:
-                    conn.rollback()
-                except Exception:  # noqa: BLE001
-                    pass
+                _rollback_quietly(conn)
                 L.log_error("Rollback failed", e, from_revision=L._rev(heads), to_revision=L._rev(start))
-                rollback["success"] = False
-                err = {"error_type": type(e).__name__, "message": L.redact(str(e).splitlines()[0] if str(e) else "")}
-                if isinstance(e, DbrevError):
-                    err["reason"] = e.reason
-                rollback["error"] = err
+                rollback.success = False
+                rollback.error = RunError(error_type=type(e).__name__,
+                                          message=L.redact(str(e).splitlines()[0] if str(e) else ""),
+                                          reason=e.reason if isinstance(e, DbrevError) else None)
                 if sub is not None:
-                    cur = getattr(sub, "_current_step", None)
-                    done = [(s["revision"], s["direction"]) for s in sub.result["steps"]]
+                    cur = sub._current_step
+                    done = [(s.revision, s.direction) for s in sub.result.steps]
                     if cur and cur not in done:
-                        sub.result["steps"].append({"revision": cur[0], "direction": cur[1], "status": "failed"})
+                        sub.result.steps.append(StepRecord(cur[0], cur[1], R.FAILED))
             if sub is not None:
-                rollback["steps"] = sub.result["steps"]  # what ran, not what was planned
-                if sub.result.get("archived"):
-                    rollback["archived"] = sub.result["archived"]
+                rollback.steps = sub.result.steps  # what ran, not what was planned
+                if sub.result.archived:
+                    rollback.archived = sub.result.archived
         if restored:
-            rollback["restored"] = restored
+            rollback.restored = restored
         left = [e for entries in pending.values() for e in entries]
         after = self._after_rollback(conn, start)
-        rollback["integrity"] = after
-        rollback["success"] = bool(rollback.get("success")) and after["passed"] and not left
-        if not rollback["success"]:
-            rollback["message"] = self._rollback_message(rollback, left)
+        rollback.integrity = after
+        rollback.success = bool(rollback.success) and after["passed"] and not left
+        if not rollback.success:
+            rollback.message = self._rollback_message(rollback, left)
         now = self._heads(conn)
         conn.commit()
-        L.rollback_executed(heads, start, rollback["success"], method="inverse_steps")
-        for s in self.result["steps"]:
-            if s["status"] == "applied" and rollback["success"]:
-                s["status"] = "rolled_back"
-        self.result.update({"rollback": rollback, "current_revisions": list(now),
-                            "result": RESULT_ROLLED_BACK if rollback["success"] else RESULT_FAILED})
-        self.result.setdefault("integrity", after)
-        if not rollback["success"]:
-            self.result["error"] = {**(self.result.get("error") or {}), "reason": "RollbackFailed"}
-        return self.result
+        L.rollback_executed(heads, start, rollback.success, method=R.INVERSE_STEPS)
+        for s in r.steps:
+            if s.status == R.APPLIED and rollback.success:
+                s.status = R.ROLLED_BACK
+        r.rollback, r.current_revisions = rollback, list(now)
+        r.result = RESULT_ROLLED_BACK if rollback.success else RESULT_FAILED
+        if r.integrity is None:
+            r.integrity = after
+        if not rollback.success:
+            self._rollback_failed()
+        return r
 
-    def _rollback_message(self, rollback: dict, left: list[dict]) -> str:
+    def _rollback_message(self, rollback: Rollback, left: list[dict]) -> str:
         parts = []
-        if rollback.get("error"):
-            parts.append(f"the inverse steps failed: {rollback['error']['message']}")
-        missing = getattr(self, "_rows_missing", [])
+        if rollback.error:
+            parts.append(f"the inverse steps failed: {rollback.error.message}")
+        missing = self._rows_missing
         if missing:
             parts.append(f"rows that existed before the run are missing from {', '.join(missing)}")
         if left:
             parts.append("archived data was not put back: " + ", ".join(
                 f"{e['archive_schema']}.{e['archive_table']} ({e['rows']} rows of {e['source_schema']}."
                 f"{e['source_table']})" for e in left))
-        errs = [f["message"] for f in rollback.get("integrity", {}).get("new_findings", [])
+        errs = [f["message"] for f in (rollback.integrity or {}).get("new_findings", [])
                 if f["severity"] == "error" and f["check"] != "rowCounts"]
         if errs:
             parts.append("verification after the rollback failed: " + "; ".join(errs[:3]))
@@ -1080,19 +1115,17 @@ class Runner:
 
     def _settle_archived(self, conn: Connection) -> None:
         """Archives taken in a step whose transaction rolled back never existed: report only the others."""
-        if not self.result.get("archived"):
+        if not self.result.archived:
             return
         from . import archive
 
         with conn.begin():
             kept = {e["id"] for e in archive.list_archives(conn, self.schema, self.vt)}
-        self.result["archived"] = [a for a in self.result["archived"] if a["id"] in kept]
-        if not self.result["archived"]:
-            del self.result["archived"]
+        self.result.archived = [a for a in self.result.archived if a["id"] in kept] or None
 
     def _restorable(self, conn: Connection) -> dict[str, list[dict]]:
         """This run's archives, by the revision whose inverse step re-makes what they hold (newest first)."""
-        ids = {a["id"] for a in self.result.get("archived", [])}
+        ids = {a["id"] for a in self.result.archived or []}
         if not ids:
             return {}
         from . import archive
@@ -1130,7 +1163,7 @@ class Runner:
 
 
 
-def run(req: RunRequest, emit: Emit) -> dict:
+def run(req: RunRequest, emit: Emit) -> RunResult:
     """Run one apply; errors that are the user's (bad input, busy, refused) raise DbrevError."""
     return Runner(req, emit).run()
 

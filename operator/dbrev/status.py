@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import conditions as C
+from .results import RESULT_FAILED, RunResult
 
 READY_KIND = "ready"
 PROGRESSING_KIND = "progressing"
@@ -212,16 +213,16 @@ def revisions_text(revs) -> str:
     return ",".join(sorted(revs)) if revs else "base"
 
 
-def history_entry(result: dict, trigger: str, started_at: str) -> dict:
+def history_entry(result: RunResult, trigger: str, started_at: str) -> dict:
     return {
-        "from": revisions_text(result.get("from_revisions")),
-        "to": revisions_text(result.get("to_revisions")),
-        "direction": result.get("direction") or "none",
-        "result": result.get("result", "failed"),
+        "from": revisions_text(result.from_revisions),
+        "to": revisions_text(result.to_revisions),
+        "direction": result.direction or "none",
+        "result": result.result or RESULT_FAILED,
         "trigger": trigger,
-        "planHash": result.get("plan_hash", ""),
+        "planHash": result.plan_hash or "",
         "startedAt": started_at,
-        "durationSeconds": float(result.get("duration_seconds") or 0.0),
+        "durationSeconds": float(result.duration_seconds or 0.0),
     }
 
 

@@ -41,7 +41,10 @@ from typing import Callable
 
 from . import log as L
 from .errors import DbrevError
-from .options import RESULT_FAILED, RESULT_ROLLED_BACK, DbOptions, Policy, RunRequest
+from . import conditions as C
+from . import results as R
+from .options import DbOptions, Policy, RunRequest
+from .results import RESULT_FAILED, RESULT_ROLLED_BACK, Rollback, RunError, RunResult
 from .redact import redact, register_secret
 
 _ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "TMPDIR",
@@ -233,13 +236,13 @@ def _run_and_report(req: RunRequest, emit, run) -> None:
             if lost is None:
                 raise
             raise lost from None
-        emit({"event": "result", "result": result})
+        emit({"event": "result", "result": result.to_dict()})
     except DbrevError as e:
         emit({"event": "error", "error": e.to_dict()})
     except BaseException as e:  # noqa: BLE001 - report, never hang
         L.log_error("Worker failed", e)
         emit({"event": "error", "error": {"error_type": type(e).__name__, "message": redact(str(e)),
-                                          "reason": "MigrationFailed", "exit_code": 1}})
+                                          "reason": C.MIGRATION_FAILED, "exit_code": 1}})
 
 
 def _thread_died(args) -> None:
@@ -385,7 +388,7 @@ def _raise_reported(err: dict) -> None:
 def run_in_worker(req: RunRequest, *, timeout: float | None, on_event: Callable[[dict], None] | None = None,
                   log_level: str = "INFO", log_context: dict | None = None,
                   stderr_sink: Callable[[str], None] | None = None, _rollback: bool = True,
-                  isolate: bool = True) -> dict:
+                  isolate: bool = True) -> RunResult:
     """Run ``req`` in a worker process; kill it (and its backend) when ``timeout`` passes.
 
     ``isolate``: a fresh interpreter with a minimal environment that gets the request on stdin (the
@@ -500,9 +503,9 @@ def run_in_worker(req: RunRequest, *, timeout: float | None, on_event: Callable[
                            extra={"grace_s": LINGER_GRACE_S, "operation": "apply"})
         if final_ev["event"] == "error":
             _raise_reported(final_ev["error"])
-        result = final_ev["result"]
+        result = RunResult.from_dict(final_ev["result"])
         if lingered:
-            result.setdefault("warnings", []).append(
+            result.warn(
                 f"the worker did not exit within {LINGER_GRACE_S:g}s of reporting its result (a thread a migration "
                 "started?) and was killed; the result stands")
         return result
@@ -574,11 +577,11 @@ def _after_timeout(req, state, timeout, elapsed, rollback: bool, passthrough: di
     L.logger.error("Worker timed out and was killed", extra={"timeout_s": timeout, "duration_ms": round(elapsed * 1000, 2),
                                                             "operation": "apply"})
     return _after_death(req, state, f"the run passed its {timeout:g}s timeout and was killed by dbrev", elapsed,
-                        timeout, rollback, passthrough, reason="TimedOut", tail=tail)
+                        timeout, rollback, passthrough, reason=C.TIMED_OUT, tail=tail)
 
 
 def _after_death(req: RunRequest, state: dict, message: str, elapsed: float, timeout, rollback: bool,
-                 passthrough: dict, reason: str = "MigrationFailed", tail=None) -> dict:
+                 passthrough: dict, reason: str = C.MIGRATION_FAILED, tail=None) -> RunResult:
     """The worker is gone: stop its session, look where the database is, return it to the start if needed.
 
     Nothing is claimed before it is checked: what an interrupted ``CREATE INDEX CONCURRENTLY`` left (an
@@ -599,45 +602,41 @@ def _after_death(req: RunRequest, state: dict, message: str, elapsed: float, tim
 
                 try:
                     close_run(conn, state["journal"]["schema"], state["journal"]["run_id"],
-                              "timed_out" if reason == "TimedOut" else "died", message)
+                              "timed_out" if reason == C.TIMED_OUT else "died", message)
                     conn.commit()
                 except Exception:  # noqa: BLE001 - the next run then reports it as interrupted
                     conn.rollback()
     except DbrevError:
         heads = None
-    error = {"reason": reason, "error_type": "WorkerTimeout" if reason == "TimedOut" else "WorkerDied",
-             "message": message}
-    if tail:
-        error["details"] = {"output_tail": list(tail)}
-    result = {"result": RESULT_FAILED, "current_revisions": list(heads) if heads is not None else None,
-              "duration_seconds": round(elapsed, 3), "error": error, "warnings": []}
+    error = RunError(reason=reason, error_type="WorkerTimeout" if reason == C.TIMED_OUT else "WorkerDied",
+                     message=message, details={"output_tail": list(tail)} if tail else None)
+    result = RunResult(result=RESULT_FAILED, current_revisions=list(heads) if heads is not None else None,
+                       duration_seconds=round(elapsed, 3), error=error, warnings=[], shown=("current_revisions",))
     leftovers = _interrupted_builds(req.db, state) if heads is not None else {"dropped": [], "left": []}
     if leftovers["dropped"]:
-        result["warnings"].append("dropped the INVALID index(es) an interrupted concurrent build left: "
-                                  + ", ".join(leftovers["dropped"]))
+        result.warn("dropped the INVALID index(es) an interrupted concurrent build left: "
+                    + ", ".join(leftovers["dropped"]))
     if leftovers["left"]:
-        result["warnings"].append("INVALID index(es) left by an interrupted concurrent build could not be "
-                                  "dropped: " + ", ".join(leftovers["left"]) + " (DROP INDEX CONCURRENTLY them)")
+        result.warn("INVALID index(es) left by an interrupted concurrent build could not be "
+                    "dropped: " + ", ".join(leftovers["left"]) + " (DROP INDEX CONCURRENTLY them)")
     if plan:
-        result.update({"from_revisions": plan["from_revisions"], "to_revisions": plan["to_revisions"],
-                       "direction": plan["direction"], "plan_hash": plan["hash"], "transaction": plan["transaction"],
-                       "steps": []})
+        result.from_revisions, result.to_revisions = plan["from_revisions"], plan["to_revisions"]
+        result.direction, result.plan_hash, result.transaction = plan["direction"], plan["hash"], plan["transaction"]
+        result.steps = []
     if plan is None or heads is None:
         return result
     start = sorted(plan["from_revisions"])
+    trigger = R.TIMEOUT if reason == C.TIMED_OUT else R.WORKER_DIED
     if sorted(heads) == start:
         # single transaction, or nothing committed yet: PostgreSQL rolled it back
         ok = not leftovers["left"]
-        L.rollback_executed(plan["to_revisions"], start, ok, method="transaction")
-        rb = {"triggered": True, "reason": "timeout" if reason == "TimedOut" else "worker_died",
-              "method": "transaction", "success": ok}
-        if leftovers["dropped"] or leftovers["left"]:
-            rb["cleanup"] = leftovers
-        result.update({"result": RESULT_ROLLED_BACK if ok else RESULT_FAILED, "rollback": rb})
+        L.rollback_executed(plan["to_revisions"], start, ok, method=R.TRANSACTION)
+        result.rollback = Rollback(reason=trigger, method=R.TRANSACTION, success=ok,
+                                   cleanup=leftovers if leftovers["dropped"] or leftovers["left"] else None)
+        result.result = RESULT_ROLLED_BACK if ok else RESULT_FAILED
         return result
     if not (rollback and req.policy.rollback_on_failure):
         return result
-    trigger = "timeout" if reason == "TimedOut" else "worker_died"  # one of metrics.ROLLBACK_TRIGGERS
     L.rollback_triggered(trigger, heads, start)
     back = RunRequest(db=req.db, migrations=req.migrations, target=",".join(start) or "base",
                       # a rollback never escalates the data-loss policy
@@ -646,18 +645,17 @@ def _after_death(req: RunRequest, state: dict, message: str, elapsed: float, tim
                       actor=f"{req.actor} (rollback)", pythonpath=req.pythonpath, use_env_py=req.use_env_py)
     try:
         sub = run_in_worker(back, timeout=timeout, _rollback=False, **passthrough)
-        ok = sub.get("result") in ("applied", "noop")
-        result["rollback"] = {"triggered": True, "reason": trigger, "method": "inverse_steps", "success": ok,
-                              "steps": sub.get("steps", []), "integrity": sub.get("integrity")}
-        if not ok and sub.get("error"):
-            result["rollback"]["error"] = sub["error"]  # e.g. DataLossDenied: the undo would lose data
-        result["current_revisions"] = sub.get("current_revisions")
+        ok = sub.result in (R.RESULT_APPLIED, R.RESULT_NOOP)
+        result.rollback = Rollback(reason=trigger, method=R.INVERSE_STEPS, success=ok, steps=sub.steps or [],
+                                   integrity=sub.integrity, shown=("integrity",),
+                                   # e.g. DataLossDenied: the undo would lose data
+                                   error=sub.error if not ok else None)
+        result.current_revisions = sub.current_revisions
         if ok:
-            result["result"] = RESULT_ROLLED_BACK
+            result.result = RESULT_ROLLED_BACK
     except DbrevError as e:
-        result["rollback"] = {"triggered": True, "reason": trigger, "method": "inverse_steps", "success": False,
-                              "error": e.to_dict()}
-    L.rollback_executed(heads, start, result["rollback"]["success"], method="inverse_steps")
+        result.rollback = Rollback(reason=trigger, method=R.INVERSE_STEPS, success=False, error=RunError.of(e))
+    L.rollback_executed(heads, start, result.rollback.success, method=R.INVERSE_STEPS)
     return result
 
 

@@ -2,11 +2,16 @@
 
 from dbrev import conditions as C
 from dbrev.controller import decide
-from dbrev.controller.handlers import _conflict, _trigger
+from dbrev.results import RunResult
 from dbrev.controller.spec import SpecError, parse_duration, parse_spec
 from dbrev.status import compute_conditions, initial_conditions, status_patch, Outcome
 
 import pytest
+
+
+def from_result(result: dict, *args, **kw):
+    """decide.from_result on the RunResult the worker would hand over (the document, parsed)."""
+    return decide.from_result(RunResult.from_dict(result), *args, **kw)
 
 NOW = "2026-11-25T10:00:00Z"
 LATER = "2026-11-25T11:00:00Z"
@@ -39,7 +44,7 @@ def test_applied_result_is_ready_with_history_and_events():
               "direction": "upgrade", "steps": [{"revision": "b2", "direction": "upgrade", "status": "applied"}],
               "integrity": {"passed": True, "findings": [], "fingerprint": "sha256:x", "checked_at": NOW},
               "plan_hash": PLAN["hash"], "duration_seconds": 1.5}
-    v = decide.from_result(result, {}, 2, NOW, "spec", NOW, PLAN)
+    v = from_result(result, {}, 2, NOW, "spec", NOW, PLAN)
     assert conds(v.status) == {"Ready": ("True", "AtRevision"), "Reconciling": ("False", "AtRevision"),
                                "Stalled": ("False", "AtRevision")}
     assert v.status["currentRevision"] == "b2" and v.status["observedGeneration"] == 2
@@ -50,7 +55,7 @@ def test_applied_result_is_ready_with_history_and_events():
 
 def test_history_keeps_the_last_ten():
     prev = {"history": [{"result": "applied"}] * 10}
-    v = decide.from_result({"result": "applied", "current_revisions": ["b2"], "steps": []}, prev, 1, NOW, "spec",
+    v = from_result({"result": "applied", "current_revisions": ["b2"], "steps": []}, prev, 1, NOW, "spec",
                            NOW, None)
     assert len(v.status["history"]) == 10
 
@@ -59,7 +64,7 @@ def test_awaiting_approval_is_not_a_failure():
     result = {"result": "refused", "decision": {"reason": C.AWAITING_APPROVAL, "awaiting_approval": True,
                                                 "message": "needs an approval"}, "current_revisions": ["a1"],
               "to_revisions": ["b2"], "error": {"reason": C.AWAITING_APPROVAL, "message": "needs an approval"}}
-    v = decide.from_result(result, {}, 1, NOW, "spec", NOW, PLAN)
+    v = from_result(result, {}, 1, NOW, "spec", NOW, PLAN)
     assert conds(v.status)["Ready"] == ("False", "AwaitingApproval")
     assert conds(v.status)["Stalled"][0] == "False" and conds(v.status)["Reconciling"][0] == "False"
     assert PLAN["hash"] in v.outcome.message and "dbrev approve" in v.outcome.message
@@ -69,11 +74,11 @@ def test_awaiting_approval_is_not_a_failure():
 def test_refusal_is_stalled_with_what_to_do():
     result = {"result": "refused", "decision": {"reason": C.DOWNGRADE_DENIED, "message": "downgrade denied"},
               "error": {"reason": C.DOWNGRADE_DENIED, "message": "downgrade denied"}, "current_revisions": ["b2"]}
-    v = decide.from_result(result, {}, 1, NOW, "spec", NOW, PLAN)
+    v = from_result(result, {}, 1, NOW, "spec", NOW, PLAN)
     assert conds(v.status)["Stalled"] == ("True", "DowngradeDenied")
     assert "spec.policy.downgrade" in v.outcome.message and v.events[0][1] == "Blocked"
     # the same refusal again posts no new Event
-    v2 = decide.from_result(result, v.status | {"plan": {"hash": PLAN["hash"]}}, 1, LATER, "resume", LATER, PLAN)
+    v2 = from_result(result, v.status | {"plan": {"hash": PLAN["hash"]}}, 1, LATER, "resume", LATER, PLAN)
     assert not v2.events
 
 
@@ -86,7 +91,7 @@ def test_rolled_back_run_is_stalled_with_rollback_events_and_metrics():
                         "direction": "upgrade", "location": "c3.py:12"},
               "rollback": {"triggered": True, "reason": "migration_failure", "method": "transaction",
                            "success": True}}
-    v = decide.from_result(result, {}, 1, NOW, "spec", NOW, PLAN)
+    v = from_result(result, {}, 1, NOW, "spec", NOW, PLAN)
     assert conds(v.status)["Stalled"] == ("True", "RolledBack")
     assert "c3.py:12" in v.outcome.message and "rolled back to a1" in v.outcome.message
     assert [e[1] for e in v.events] == ["MigrationFailed", "RollbackTriggered", "RollbackExecuted"]
@@ -96,8 +101,9 @@ def test_rolled_back_run_is_stalled_with_rollback_events_and_metrics():
 
 def test_failed_rollback_says_the_database_is_between_revisions():
     result = {"result": "failed", "current_revisions": ["b2"], "error": {"reason": "MigrationFailed", "message": "x"},
-              "rollback": {"triggered": True, "reason": "migration_failure", "success": False}}
-    v = decide.from_result(result, {}, 1, NOW, "spec", NOW, None)
+              "rollback": {"triggered": True, "reason": "migration_failure", "method": "inverse_steps",
+                           "success": False}}
+    v = from_result(result, {}, 1, NOW, "spec", NOW, None)
     assert conds(v.status)["Stalled"] == ("True", "RollbackFailed")
     assert "between revisions" in v.outcome.message and v.rollback == ("migration_failure", "failure")
 
@@ -128,9 +134,9 @@ def test_timer_check_with_findings_is_stalled_and_clears():
 
 
 def test_status_patch_is_empty_when_nothing_changed():
-    v = decide.from_result({"result": "noop", "current_revisions": ["b2"], "to_revisions": ["b2"]}, {}, 1, NOW,
+    v = from_result({"result": "noop", "current_revisions": ["b2"], "to_revisions": ["b2"]}, {}, 1, NOW,
                            "resume", NOW, None)
-    again = decide.from_result({"result": "noop", "current_revisions": ["b2"], "to_revisions": ["b2"]}, v.status, 1,
+    again = from_result({"result": "noop", "current_revisions": ["b2"], "to_revisions": ["b2"]}, v.status, 1,
                                LATER, "resume", LATER, None)
     assert status_patch(v.status, again.status) == {}
 
@@ -145,15 +151,15 @@ def test_status_patch_is_empty_when_nothing_changed():
     ([("change", ("metadata", "labels", "team"), "a", "b")], "update"),
 ])
 def test_trigger_from_diff(diff, expected):
-    assert _trigger("update", diff) == expected
-    assert _trigger("create", diff) == "create"
+    assert decide.trigger_of("update", diff) == expected
+    assert decide.trigger_of("create", diff) == "create"
 
 
 def test_conflict_goes_to_the_younger_resource():
     index = {"k": [("2026-01-01T00:00:00Z", "ns", "first"), ("2026-02-01T00:00:00Z", "ns", "second")]}
-    assert _conflict(index, "k", "ns", "second", "2026-02-01T00:00:00Z") == "ns/first"
-    assert _conflict(index, "k", "ns", "first", "2026-01-01T00:00:00Z") is None
-    assert _conflict(index, "", "ns", "first", "x") is None
+    assert decide.conflicting_owner(index, "k", "ns", "second", "2026-02-01T00:00:00Z") == "ns/first"
+    assert decide.conflicting_owner(index, "k", "ns", "first", "2026-01-01T00:00:00Z") is None
+    assert decide.conflicting_owner(index, "", "ns", "first", "x") is None
 
 
 def test_spec_parsing_and_durations():
@@ -179,7 +185,7 @@ def test_heal_only_conditions_that_claim_a_pass():
     prog = decide.progressing({}, 1, NOW, "applying")
     assert decide.needs_heal(prog, 1)
     assert decide.needs_heal({"conditions": initial_conditions(1, NOW)}, 1)
-    ready = decide.from_result(APPLIED, {}, 1, NOW, "spec", NOW, PLAN).status
+    ready = from_result(APPLIED, {}, 1, NOW, "spec", NOW, PLAN).status
     assert not decide.needs_heal(ready, 1)
     transient = decide.from_error({"reason": C.DATABASE_UNAVAILABLE, "message": "down"}, {}, 1, NOW).status
     assert not decide.needs_heal(transient, 1)  # Kopf retries it; nothing to heal
@@ -195,14 +201,14 @@ ROLLED_BACK = {"result": "rolled_back", "from_revisions": ["a1"], "to_revisions"
                                             ("configmap/m", False), ("drift", False), ("requested", False)])
 def test_a_stalled_outcome_stands_across_a_restart(trigger, stands):
     """15.11: same generation + same inputs + Stalled: no new run unless something a human did asks for one."""
-    st = {**decide.from_result(ROLLED_BACK, {}, 2, NOW, "spec", NOW, PLAN).status, "inputsHash": "sha256:i"}
+    st = {**from_result(ROLLED_BACK, {}, 2, NOW, "spec", NOW, PLAN).status, "inputsHash": "sha256:i"}
     assert decide.previous_outcome_stands(st, 2, "sha256:i", trigger) is stands
     assert not decide.previous_outcome_stands(st, 3, "sha256:i", "resume")  # a new spec
     assert not decide.previous_outcome_stands(st, 2, "sha256:j", "resume")  # new scripts or Secret
     timed_out = {**ROLLED_BACK, "error": {"reason": C.TIMED_OUT, "message": "took too long"}}
-    st2 = {**decide.from_result(timed_out, {}, 2, NOW, "spec", NOW, PLAN).status, "inputsHash": "sha256:i"}
+    st2 = {**from_result(timed_out, {}, 2, NOW, "spec", NOW, PLAN).status, "inputsHash": "sha256:i"}
     assert conds(st2)["Stalled"] == ("True", "TimedOut") and decide.previous_outcome_stands(st2, 2, "sha256:i", "resume")
-    ready = {**decide.from_result(APPLIED, {}, 2, NOW, "spec", NOW, PLAN).status, "inputsHash": "sha256:i"}
+    ready = {**from_result(APPLIED, {}, 2, NOW, "spec", NOW, PLAN).status, "inputsHash": "sha256:i"}
     assert not decide.previous_outcome_stands(ready, 2, "sha256:i", "resume")
     conflict = {**decide.from_error({"reason": C.CONFLICT, "message": "ns/a manages it"}, {}, 2, NOW).status,
                 "inputsHash": "sha256:i"}
@@ -229,18 +235,18 @@ def test_a_lost_connection_mid_run_is_transient_and_says_where_the_database_is()
             "direction": "upgrade", "steps": [{"revision": "b2", "direction": "upgrade", "status": "applied"}],
             "error": {"reason": C.DATABASE_UNAVAILABLE, "message": "the connection to the database was lost",
                       "step": "c3"}}
-    v = decide.from_result(lost, {}, 1, NOW, "spec", NOW, PLAN, retry=1)
+    v = from_result(lost, {}, 1, NOW, "spec", NOW, PLAN, retry=1)
     assert conds(v.status)["Stalled"][0] == "False" and conds(v.status)["Reconciling"] == ("True",
                                                                                           "DatabaseUnavailable")
     assert v.retry_in == 10 and "the database is at b2" in v.outcome.message and "undone" not in v.outcome.message
     assert v.status["currentRevision"] == "b2" and v.reachable is False
-    unknown = decide.from_result({**lost, "current_revisions": None}, {}, 1, NOW, "spec", NOW, PLAN)
+    unknown = from_result({**lost, "current_revisions": None}, {}, 1, NOW, "spec", NOW, PLAN)
     assert "read on the next try" in unknown.outcome.message
 
 
 def test_an_outage_while_ready_is_a_detail_condition_an_event_once_and_clears():
     """15.13: Ready stays (the revision did not change); DatabaseReachable says the rest; no flapping Events."""
-    ready = decide.from_result(APPLIED, {}, 1, NOW, "spec", NOW, PLAN).status
+    ready = from_result(APPLIED, {}, 1, NOW, "spec", NOW, PLAN).status
     assert decide.database_reachable_again(ready, 1, NOW, "fine") is None  # no outage, nothing to say
     down = decide.database_unreachable(ready, 1, LATER, "cannot connect")
     st = {**ready, **down.status}
@@ -257,7 +263,7 @@ def test_an_outage_while_ready_is_a_detail_condition_an_event_once_and_clears():
     kept = compute_conditions(Outcome("progressing", C.PROGRESSING, "x"), 1, st["conditions"], LATER)
     assert [c["type"] for c in kept] == ["Ready", "Reconciling", "Stalled", "DatabaseReachable"]
     # a run that reaches the database marks it reachable again
-    ran = decide.from_result(APPLIED, st, 1, LATER, "drift", LATER, PLAN)
+    ran = from_result(APPLIED, st, 1, LATER, "drift", LATER, PLAN)
     assert conds(ran.status)["DatabaseReachable"][0] == "True" and ran.reachable is True
 
 
@@ -265,7 +271,7 @@ def test_metrics_follow_the_conditions_while_suspended():
     """15.13: a suspended resource whose Ready is True counts as ready."""
     from dbrev.controller.handlers import _readiness
 
-    ready = decide.from_result(APPLIED, {}, 1, NOW, "spec", NOW, PLAN).status
+    ready = from_result(APPLIED, {}, 1, NOW, "spec", NOW, PLAN).status
     sus = decide.suspended(ready, 2, LATER).status
     assert conds(sus)["Ready"] == ("True", "AtRevision") and _readiness(sus["conditions"]) == (True, False, False)
     fresh = decide.suspended({}, 1, NOW).status

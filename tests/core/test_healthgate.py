@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from dbrev.results import RunResult
 from dbrev.controller.healthgate import (FAILED, HEALTHY, PASSED, PROGRESSING, WAITING, Health,
                                          NoPreviousRevision, deployment_undo, gate, statefulset_undo,
                                          workload_health)
@@ -208,15 +209,15 @@ def rolling(**kw):
 
 
 def run_of(result, status):
-    return decide.from_result(result, status, 3, NOW, "health_gate", NOW, DOWN_PLAN, name="orders")
+    return decide.from_result(RunResult.from_dict(result), status, 3, NOW, "health_gate", NOW, DOWN_PLAN, name="orders")
 
 
 def test_a_verified_schema_downgrade_ends_rolled_back_and_standing():
     st = rolling()
     result = {"result": "applied", "direction": "downgrade", "from_revisions": ["b2"], "to_revisions": ["a1"],
-              "current_revisions": ["a1"], "steps": [{"direction": "downgrade", "status": "applied"}],
+              "current_revisions": ["a1"], "steps": [{"revision": "b2", "direction": "downgrade", "status": "applied"}],
               "integrity": {"passed": True, "findings": []}, "plan_hash": DOWN_PLAN["hash"]}
-    out = HG.schema_rolled_back(run_of(result, st), result, st, 3, NOW, "a1", "b2", "orders", "shop")
+    out = HG.schema_rolled_back(run_of(result, st), RunResult.from_dict(result), st, 3, NOW, "a1", "b2", "orders", "shop")
     assert out.outcome.reason == C.ROLLED_BACK_AFTER_HEALTH_CHECK
     assert cond(out.status, C.STALLED)["status"] == "True" and cond(out.status, C.READY)["status"] == "False"
     assert out.status["currentRevision"] == "a1" and out.status["history"][0]["direction"] == "downgrade"
@@ -235,7 +236,7 @@ def test_a_schema_downgrade_that_loses_data_under_deny_leaves_the_schema_and_say
     result = {"result": "refused", "direction": "downgrade", "from_revisions": ["b2"], "to_revisions": ["a1"],
               "current_revisions": ["b2"], "steps": [],
               "decision": {"reason": C.DATA_LOSS_DENIED, "message": "downgrade b2 drops column orders.note"}}
-    out = HG.schema_rolled_back(run_of(result, st), result, st, 3, NOW, "a1", "b2", "orders", "shop")
+    out = HG.schema_rolled_back(run_of(result, st), RunResult.from_dict(result), st, 3, NOW, "a1", "b2", "orders", "shop")
     assert out.outcome.reason == C.SCHEMA_ROLLBACK_BLOCKED and cond(out.status, C.STALLED)["status"] == "True"
     msg = out.outcome.message
     assert "Rolled back Deployment/shop to ReplicaSet shop-aaa (revision 1); the schema stays at b2" in msg
@@ -249,7 +250,7 @@ def test_a_schema_downgrade_that_needs_an_approval_waits_for_it():
     st = rolling()
     result = {"result": "refused", "decision": {"reason": C.AWAITING_APPROVAL, "awaiting_approval": True,
                                                 "message": "needs approval"}, "steps": []}
-    out = HG.schema_rolled_back(run_of(result, st), result, st, 3, NOW, "a1", "b2", "orders", "shop")
+    out = HG.schema_rolled_back(run_of(result, st), RunResult.from_dict(result), st, 3, NOW, "a1", "b2", "orders", "shop")
     assert out.outcome.reason == C.AWAITING_APPROVAL and out.status["healthGate"]["phase"] == HG.AWAITING_APPROVAL
     assert DOWN_PLAN["hash"] in out.outcome.message and out.status["plan"]["hash"] == DOWN_PLAN["hash"]
     assert HG.holding(out.status, 3) and out.rollback is None
@@ -289,5 +290,5 @@ def test_a_downgrade_that_finds_the_schema_already_back_counts_as_done():
     st = rolling()
     result = {"result": "noop", "from_revisions": ["a1"], "to_revisions": ["a1"], "current_revisions": ["a1"],
               "steps": [], "integrity": {"passed": True, "findings": []}}
-    out = HG.schema_rolled_back(run_of(result, st), result, st, 3, NOW, "a1", "b2", "orders", "shop")
+    out = HG.schema_rolled_back(run_of(result, st), RunResult.from_dict(result), st, 3, NOW, "a1", "b2", "orders", "shop")
     assert out.outcome.reason == C.ROLLED_BACK_AFTER_HEALTH_CHECK and out.status["currentRevision"] == "a1"

@@ -3,8 +3,14 @@ Stalled reason when Require refused, the CRD field and printer column.  Pure."""
 
 from dbrev import conditions as C
 from dbrev.controller import decide
+from dbrev.results import RunResult
 from dbrev.controller.spec import parse_spec  # noqa: F401 - the spec parser takes policy.rehearse
 from dbrev.crd import crd
+
+
+def from_result(result: dict, *args, **kw):
+    """decide.from_result on the RunResult the worker would hand over (the document, parsed)."""
+    return decide.from_result(RunResult.from_dict(result), *args, **kw)
 
 NOW = "2026-11-25T10:00:00Z"
 PLAN = {"hash": "sha256:" + "ab" * 32, "direction": "upgrade", "transaction": "single", "from_revisions": ["a1"],
@@ -20,7 +26,7 @@ def _applied(rr):
 
 
 def test_applied_run_records_its_readiness():
-    v = decide.from_result(_applied({"status": "Proven", "message": "ok", "steps": ["downgrade b2"]}),
+    v = from_result(_applied({"status": "Proven", "message": "ok", "steps": ["downgrade b2"]}),
                            {}, 1, NOW, "spec", NOW, PLAN)
     assert v.status["rollbackReadiness"]["status"] == "Proven"
     assert v.status["rollbackReadiness"]["revision"] == "b2" and v.status["rollbackReadiness"]["from"] == "a1"
@@ -28,7 +34,7 @@ def test_applied_run_records_its_readiness():
 
 
 def test_broken_way_back_warns():
-    v = decide.from_result(_applied({"status": "Broken", "message": "leaves + index public.ix", "step": "b2",
+    v = from_result(_applied({"status": "Broken", "message": "leaves + index public.ix", "step": "b2",
                                      "location": "b2.py:14"}), {}, 1, NOW, "spec", NOW, PLAN)
     assert v.status["rollbackReadiness"]["location"] == "b2.py:14"
     ev = [e for e in v.events if e[1] == "RollbackNotReady"]
@@ -38,7 +44,7 @@ def test_broken_way_back_warns():
 def test_require_refusal_is_stalled_with_its_reason_and_hint():
     res = {"result": "refused", "from_revisions": ["a1"], "to_revisions": ["b2"], "current_revisions": ["a1"],
            "error": {"reason": C.ROLLBACK_NOT_READY, "message": "rehearse: Require refuses ..."}}
-    v = decide.from_result(res, {}, 1, NOW, "spec", NOW, PLAN)
+    v = from_result(res, {}, 1, NOW, "spec", NOW, PLAN)
     st = {c["type"]: (c["status"], c["reason"]) for c in v.status["conditions"]}
     assert st["Stalled"] == ("True", "RollbackNotReady")
     assert v.status["lastError"]["reason"] == "RollbackNotReady"
@@ -94,7 +100,7 @@ def test_a_require_refusal_counts_its_rollback_under_a_declared_trigger():
     res = {"result": "refused", "from_revisions": ["a1"], "to_revisions": ["b2"], "current_revisions": ["a1"],
            "rollback": {"triggered": True, "reason": "rehearsal_failure", "method": "transaction", "success": True},
            "error": {"reason": C.ROLLBACK_NOT_READY, "message": "rehearse: Require refuses ..."}}
-    v = decide.from_result(res, {}, 1, NOW, "spec", NOW, PLAN)
+    v = decide.from_result(RunResult.from_dict(res), {}, 1, NOW, "spec", NOW, PLAN)
     assert v.rollback == ("rehearsal_failure", "success")
     assert v.rollback[0] in M.ROLLBACK_TRIGGERS
     M.set_resource("ns-rt", "orders", is_ready=False, is_stalled=True, current="a1", target="b2")

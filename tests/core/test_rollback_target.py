@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from dbrev.results import RunResult
 from dbrev import errors as E
 from dbrev.rollback import (SOURCE_JOURNAL, SOURCE_REQUESTED, check_direction, choose_target, losses,
                             succeeded)
@@ -86,11 +87,11 @@ def test_losses_list_destructive_effects_only():
 
 def test_success_needs_applied_integrity_and_the_target():
     ok = {"result": "applied", "integrity": {"passed": True}, "current_revisions": ["b"]}
-    assert succeeded(ok, ["b"])
-    assert not succeeded({**ok, "current_revisions": ["c"]}, ["b"])
-    assert not succeeded({**ok, "integrity": {"passed": False}}, ["b"])
-    assert not succeeded({**ok, "result": "rolled_back"}, ["b"])
-    assert succeeded({"result": "applied", "integrity": None, "current_revisions": []}, [])
+    assert succeeded(RunResult.from_dict(ok), ["b"])
+    assert not succeeded(RunResult.from_dict({**ok, "current_revisions": ["c"]}), ["b"])
+    assert not succeeded(RunResult.from_dict({**ok, "integrity": {"passed": False}}), ["b"])
+    assert not succeeded(RunResult.from_dict({**ok, "result": "rolled_back"}), ["b"])
+    assert succeeded(RunResult.from_dict({"result": "applied", "integrity": None, "current_revisions": []}), [])
 
 
 # -- in the cluster: from status.history ----------------------------------------------------------

@@ -8,9 +8,8 @@ import subprocess
 import time
 
 import pytest
-import sqlalchemy as sa
 
-from dbhelp import heads, q
+from dbhelp import heads, q, table_locked
 from clihelp import dbrev, popen
 from scriptgen import linear_history, write_script
 
@@ -275,15 +274,8 @@ def test_table_lock_timeout_is_busy_and_changes_nothing(database_url, tmp_path):
     assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
     write_script(d, "l002aaaa", "l001aaaa", 'op.add_column("hot", sa.Column("x", sa.Integer))',
                  'op.drop_column("hot", "x")')
-    eng = sa.create_engine(database_url)
-    holder = eng.connect()
-    holder.execute(sa.text("LOCK TABLE hot IN ACCESS SHARE MODE"))
-    try:
+    with table_locked(database_url, "hot"):
         r = dbrev("apply", "--migrations", str(d), "-r", "head", "--lock-timeout", "1", url=database_url)
-    finally:
-        holder.rollback()
-        holder.close()
-        eng.dispose()
     assert r.code == 4 and r.json["result"] == "busy", r.stdout
     assert heads(database_url) == ["l001aaaa"]
 
@@ -400,10 +392,10 @@ def test_isolated_worker_gets_a_minimal_environment_and_still_times_out(database
     monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
     monkeypatch.setenv("DBREV_SECRET_TOKEN", "operator-only")
     req = RunRequest(db=DbOptions(url=database_url), migrations=str(d), target="z001aaaa", policy=Policy())
-    assert apply(req, timeout=60, isolate=True)["result"] == "applied"
+    assert apply(req, timeout=60, isolate=True).result == "applied"
     req = RunRequest(db=DbOptions(url=database_url), migrations=str(d), target="head", policy=Policy())
     t0 = time.monotonic()
     result = apply(req, timeout=3, isolate=True)
     assert time.monotonic() - t0 < 30
-    assert result["result"] == "rolled_back" and result["error"]["reason"] == "TimedOut"
+    assert result.result == "rolled_back" and result.error.reason == "TimedOut"
     assert heads(database_url) == ["z001aaaa"]

@@ -5,7 +5,7 @@ Each test counts rows before the run and after its rollback, on the real Postgre
 
 from __future__ import annotations
 
-from dbhelp import heads, q
+from dbhelp import heads, q, table_locked
 from clihelp import dbrev
 from scriptgen import write_script
 
@@ -114,23 +114,14 @@ def test_a_failed_rollback_lists_the_steps_that_ran(database_url, tmp_path):
 
 
 def test_busy_leaves_no_running_journal_row(database_url, tmp_path):
-    import sqlalchemy as sa
-
     d = tmp_path / "m"
     write_script(d, "b001aaaa", None, 'op.create_table("hot", sa.Column("id", sa.Integer, primary_key=True))',
                  'op.drop_table("hot")')
     assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
     write_script(d, "b002aaaa", "b001aaaa", 'op.add_column("hot", sa.Column("x", sa.Integer))',
                  'op.drop_column("hot", "x")')
-    eng = sa.create_engine(database_url)
-    holder = eng.connect()
-    holder.execute(sa.text("LOCK TABLE hot IN ACCESS SHARE MODE"))
-    try:
+    with table_locked(database_url, "hot"):
         r = dbrev("apply", "--migrations", str(d), "-r", "head", "--lock-timeout", "1", url=database_url)
-    finally:
-        holder.rollback()
-        holder.close()
-        eng.dispose()
     assert r.code == 4 and r.json["result"] == "busy", r.stdout
     assert q(database_url, "SELECT status FROM dbrev.runs ORDER BY id DESC LIMIT 1")[0][0] == "busy"
     again = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)

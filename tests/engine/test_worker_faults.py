@@ -11,6 +11,7 @@ from clihelp import dbrev
 from dbhelp import heads, q
 from dbrev.envtest.postgres import PostgresServer, create_database
 from dbrev.options import DbOptions, Policy, RunRequest
+from dbrev.results import RunResult
 from dbrev.worker import run_in_worker
 from scriptgen import write_script
 
@@ -40,7 +41,7 @@ def _run(url, d, target="head", *, timeout=60.0, isolate=True, **policy):
     t0 = time.monotonic()
     result = run_in_worker(req, timeout=timeout, on_event=events.append, stderr_sink=lines.append,
                            isolate=isolate, log_level="INFO")
-    return result, events, lines, time.monotonic() - t0
+    return result.to_dict(), events, lines, time.monotonic() - t0
 
 
 # -- 15.6 / 9.10: the protocol is a channel of its own ------------------------------------------
@@ -234,5 +235,5 @@ def test_a_dead_worker_is_not_blamed_on_a_migration(database_url, tmp_path):
     ''', 'op.drop_table("t")')
     result, _, _, _ = _run(database_url, d)
     assert result["result"] == "rolled_back"
-    v = decide.from_result(result, {}, 1, "2026-01-01T00:00:00Z", "spec", "2026-01-01T00:00:00Z", None)
+    v = decide.from_result(RunResult.from_dict(result), {}, 1, "2026-01-01T00:00:00Z", "spec", "2026-01-01T00:00:00Z", None)
     assert "OOM" in v.outcome.message and "fix the failing migration" not in v.outcome.message

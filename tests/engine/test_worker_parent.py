@@ -54,7 +54,7 @@ def test_worker_run_by_pid_1_operator_applies(tmp_path):
         events = []
         try:
             result = run_in_worker(req, timeout=60, on_event=events.append)
-            print("error_type", (result.get("error") or {}).get("error_type"))
+            print("error_type", result.error.error_type if result.error else None)
         except Exception as e:  # the worker's own report, raised again: it ran
             print("error_type", type(e).__name__)
     """ % str(tmp_path))

@@ -21,7 +21,13 @@ import yaml
 from dbrev import conditions as C
 from dbrev import crd
 from dbrev.controller import decide
+from dbrev.results import RunResult
 from dbrev.status import initial_conditions
+
+
+def from_result(result: dict, *args, **kw):
+    """decide.from_result on the RunResult the worker would hand over (the document, parsed)."""
+    return decide.from_result(RunResult.from_dict(result), *args, **kw)
 
 HERE = Path(__file__).resolve().parent
 TESTDATA = HERE / "lua" / "testdata"
@@ -99,7 +105,7 @@ def build() -> dict[str, dict]:
     applying = merge_status(first, decide.progressing(first, 1, T1, msg, PLAN_UP))
     states["applying"] = resource(1, PHONE, applying)
 
-    ready_v = decide.from_result(_applied_up(), applying, 1, T2, "create", T1, PLAN_UP)
+    ready_v = from_result(_applied_up(), applying, 1, T2, "create", T1, PLAN_UP)
     ready = merge_status(applying, ready_v.status)
     states["ready"] = resource(1, PHONE, ready)
 
@@ -112,7 +118,7 @@ def build() -> dict[str, dict]:
 
     # A downgrade under policy.downgrade=RequireApproval (messages as dbrev.policy.decide words them).
     approval_msg = f"the plan involves downgrade and needs an approval of {HASH_DOWN}"
-    waiting_v = decide.from_result(
+    waiting_v = from_result(
         {"result": "refused", "current_revisions": [PHONE], "to_revisions": [BASE], "from_revisions": [PHONE],
          "decision": {"reason": C.AWAITING_APPROVAL, "awaiting_approval": True, "message": approval_msg},
          "error": {"reason": C.AWAITING_APPROVAL, "message": approval_msg}},
@@ -121,7 +127,7 @@ def build() -> dict[str, dict]:
 
     # The same downgrade under policy.downgrade=Deny.
     denied_msg = f"the plan downgrades from {PHONE} to {BASE} (1 step(s)) and the downgrade policy is Deny"
-    denied_v = decide.from_result(
+    denied_v = from_result(
         {"result": "refused", "current_revisions": [PHONE], "to_revisions": [BASE], "from_revisions": [PHONE],
          "decision": {"reason": C.DOWNGRADE_DENIED, "message": denied_msg},
          "error": {"reason": C.DOWNGRADE_DENIED, "message": denied_msg}},
@@ -132,7 +138,7 @@ def build() -> dict[str, dict]:
     states["stalled_stale_generation"] = resource(3, PHONE, denied)
 
     # A GitOps revert of spec.revision: the downgrade ran and was verified.
-    down_v = decide.from_result(
+    down_v = from_result(
         {"result": "applied", "from_revisions": [PHONE], "to_revisions": [BASE], "current_revisions": [BASE],
          "direction": "downgrade", "plan_hash": HASH_DOWN, "duration_seconds": 0.3,
          "steps": [{"revision": PHONE, "direction": "downgrade", "status": "applied"}],
@@ -141,7 +147,7 @@ def build() -> dict[str, dict]:
     states["reverted"] = resource(2, BASE, merge_status(ready, down_v.status))
 
     # An upgrade whose step failed: dbrev rolled the transaction back.
-    rb_v = decide.from_result(
+    rb_v = from_result(
         {"result": "rolled_back", "from_revisions": [PHONE], "to_revisions": [ITEMS], "current_revisions": [PHONE],
          "direction": "upgrade", "plan_hash": "sha256:" + "7a" * 32, "duration_seconds": 0.4,
          "steps": [{"revision": ITEMS, "direction": "upgrade", "status": "failed"}],
@@ -172,8 +178,8 @@ def build() -> dict[str, dict]:
           "direction": "upgrade", "plan_hash": "sha256:" + "8b" * 32, "duration_seconds": 0.5,
           "steps": [{"revision": ITEMS, "direction": "upgrade", "status": "applied"}],
           "integrity": {"passed": True, "findings": [], "fingerprint": "sha256:" + "e2" * 32, "checked_at": T3}}
-    watched = merge_status(ready, decide.from_result(up, ready, 2, T3, "spec", T3, None).status)
-    watched["healthGate"] = HG.begin(up, [("Deployment", "shop-api")], 600, 2, T3)
+    watched = merge_status(ready, from_result(up, ready, 2, T3, "spec", T3, None).status)
+    watched["healthGate"] = HG.begin(RunResult.from_dict(up), [("Deployment", "shop-api")], 600, 2, T3)
     failed = HG.GateVerdict(HG.FAILED, 'Deployment/shop-api failed: ProgressDeadlineExceeded: ReplicaSet '
                                        '"shop-api-6d9f8" has timed out progressing.', "Deployment/shop-api")
     undo = HG.Undo("Deployment", "shop-api", [], HG.JSON_PATCH, "ReplicaSet shop-api-5c7b4 (revision 1)")
@@ -183,8 +189,8 @@ def build() -> dict[str, dict]:
             "direction": "downgrade", "plan_hash": "sha256:" + "8c" * 32, "duration_seconds": 0.4,
             "steps": [{"revision": ITEMS, "direction": "downgrade", "status": "applied"}],
             "integrity": {"passed": True, "findings": [], "fingerprint": "sha256:" + "e1" * 32, "checked_at": T3}}
-    run = decide.from_result(down, rolling, 2, T3, "health_gate", T3, None)
-    back = HG.schema_rolled_back(run, down, rolling, 2, T3, PHONE, ITEMS, "orders", "shop")
+    run = from_result(down, rolling, 2, T3, "health_gate", T3, None)
+    back = HG.schema_rolled_back(run, RunResult.from_dict(down), rolling, 2, T3, PHONE, ITEMS, "orders", "shop")
     states["health_gate_rolled_back"] = resource(2, ITEMS, merge_status(rolling, back.status))
 
     suspended_v = decide.suspended(ready, 2, T3)

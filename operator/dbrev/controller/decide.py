@@ -11,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .. import conditions as C
-from .. import metrics as M
+from .. import metric_labels as M
+from .. import results as R
+from ..crd import APPROVE_ANNOTATION, RECONCILE_ANNOTATION
+from ..results import RunResult
 from ..status import (
     PROGRESSING_KIND,
     READY_KIND,
@@ -225,9 +228,10 @@ def from_error(err: dict, prev: dict, generation: int, now: str, retry: int = 0,
     run_events: list[tuple[str, str, str]] = []
     if run and run.get("plan"):
         plan = run["plan"]
-        entry = history_entry({"from_revisions": plan.get("from_revisions"), "to_revisions": plan.get("to_revisions"),
-                               "direction": plan.get("direction"), "result": "failed", "plan_hash": plan.get("hash"),
-                               "duration_seconds": run.get("duration_seconds")},
+        entry = history_entry(RunResult(from_revisions=plan.get("from_revisions"),
+                                        to_revisions=plan.get("to_revisions"), direction=plan.get("direction"),
+                                        result=R.RESULT_FAILED, plan_hash=plan.get("hash"),
+                                        duration_seconds=run.get("duration_seconds")),
                               run.get("trigger") or "", run.get("started_at") or now)
         st["history"] = push_history(prev.get("history"), entry)
         st["plan"] = plan_status(plan, now)
@@ -250,7 +254,7 @@ def from_error(err: dict, prev: dict, generation: int, now: str, retry: int = 0,
     return v
 
 
-def from_result(result: dict, prev: dict, generation: int, now: str, trigger: str, started_at: str,
+def from_result(result: RunResult, prev: dict, generation: int, now: str, trigger: str, started_at: str,
                 plan: dict | None, retry: int = 0, name: str = "<name>") -> Verdict:
     """A run's result (``engine.apply``) to the resource's status, events and metrics."""
     v = _from_result(result, prev, generation, now, trigger, started_at, plan, retry, name)
@@ -259,44 +263,42 @@ def from_result(result: dict, prev: dict, generation: int, now: str, trigger: st
     return v
 
 
-def _from_result(result: dict, prev: dict, generation: int, now: str, trigger: str, started_at: str,
+def _from_result(result: RunResult, prev: dict, generation: int, now: str, trigger: str, started_at: str,
                  plan: dict | None, retry: int, name: str) -> Verdict:
-    res = result.get("result")
-    err = result.get("error") or {}
+    res = result.result
+    err = result.error or R.RunError()
     st = _base(prev, generation)
-    if result.get("current_revisions") is not None:
-        st["currentRevision"] = revisions_text(result["current_revisions"])
-    if result.get("to_revisions") is not None:
-        st["targetRevision"] = revisions_text(result["to_revisions"])
+    if result.current_revisions is not None:
+        st["currentRevision"] = revisions_text(result.current_revisions)
+    if result.to_revisions is not None:
+        st["targetRevision"] = revisions_text(result.to_revisions)
     if plan:
         st["plan"] = plan_status(plan, now)
-    integ = integrity_status(result.get("integrity"))
+    integ = integrity_status(result.integrity)
     if integ:
         st["integrity"] = integ
     events: list[tuple[str, str, str]] = []
     prev_hash = (prev.get("plan") or {}).get("hash")
-    steps = [(s.get("direction", "upgrade"), s.get("status", "applied")) for s in result.get("steps", [])]
-    rb = result.get("rollback")
-    rollback = None
-    if rb and rb.get("triggered"):
-        rollback = (rb.get("reason", "migration_failure"), "success" if rb.get("success") else "failure")
-    if res in ("applied", "rolled_back", "failed"):
+    steps = [(s.direction, s.status) for s in result.steps or []]
+    rb = result.rollback if result.rollback_triggered else None
+    rollback = (rb.reason, "success" if rb.success else "failure") if rb else None
+    if res in (R.RESULT_APPLIED, R.RESULT_ROLLED_BACK, R.RESULT_FAILED):
         st["history"] = push_history(prev.get("history"), history_entry(result, trigger, started_at))
-    findings = findings_by_check(result.get("integrity"))
+    findings = findings_by_check(result.integrity)
     drift = bool(findings.get("drift"))
 
-    if res in ("applied", "noop"):
-        cur = revisions_text(result.get("current_revisions"))
-        if res == "applied":
+    if res in (R.RESULT_APPLIED, R.RESULT_NOOP):
+        cur = revisions_text(result.current_revisions)
+        if res == R.RESULT_APPLIED:
             st["lastAppliedTime"] = now
-            msg = (f"at revision {cur}: {result.get('direction')} of {len(result.get('steps', []))} step(s) in "
-                   f"{float(result.get('duration_seconds') or 0):.1f}s, verified")
+            msg = (f"at revision {cur}: {result.direction} of {len(result.steps or [])} step(s) in "
+                   f"{float(result.duration_seconds or 0):.1f}s, verified")
             events.append((NORMAL, EV_APPLIED, msg))
-            rr = result.get("rollback_readiness")
+            rr = result.rollback_readiness
             if rr:  # rehearsed before commit (dbrev.rehearse)
                 st["rollbackReadiness"] = {
                     "status": rr.get("status", ""), "message": str(rr.get("message", ""))[:1024],
-                    "revision": cur, "from": revisions_text(result.get("from_revisions")),
+                    "revision": cur, "from": revisions_text(result.from_revisions),
                     "step": rr.get("step") or "", "location": rr.get("location") or "", "time": now}
                 if rr.get("status") in ("Broken", "Irreversible"):
                     events.append((WARNING, EV_ROLLBACK_NOT_READY,
@@ -307,18 +309,18 @@ def _from_result(result: dict, prev: dict, generation: int, now: str, trigger: s
             if was and was[0].get("status") != "True" and was[0].get("reason") not in (C.INITIALIZING,):
                 events.append((NORMAL, EV_RECOVERED, msg))
         if drift:
-            d = [f for f in result["integrity"]["findings"] if f["check"] == "drift"][0]
+            d = [f for f in result.integrity["findings"] if f["check"] == "drift"][0]
             events.append((WARNING, EV_DRIFT, d["message"]))
         st["lastError"] = None
         out = Outcome(READY_KIND, C.AT_REVISION, msg)
         return Verdict(out, _finish(out, prev, generation, now, st, True), events, None,
-                       M.RESULT_APPLIED if res == "applied" else M.RESULT_NOOP, steps, rollback, findings, drift,
+                       M.RESULT_APPLIED if res == R.RESULT_APPLIED else M.RESULT_NOOP, steps, rollback, findings, drift,
                        reachable=True)
 
-    if res == "refused":
-        decision = result.get("decision") or {}
-        reason = err.get("reason") or decision.get("reason") or C.DOWNGRADE_DENIED
-        message = err.get("message") or decision.get("message") or "refused by policy"
+    if res == R.RESULT_REFUSED:
+        decision = result.decision or {}
+        reason = err.reason or decision.get("reason") or C.DOWNGRADE_DENIED
+        message = err.message or decision.get("message") or "refused by policy"
         if decision.get("awaiting_approval"):
             h = (plan or {}).get("hash", "")
             out = Outcome(WAITING_KIND, C.AWAITING_APPROVAL,
@@ -336,49 +338,49 @@ def _from_result(result: dict, prev: dict, generation: int, now: str, trigger: s
                        steps, rollback, findings or None, None)
 
     # rolled_back or failed
-    reason = err.get("reason") or C.MIGRATION_FAILED
-    where = f" at {err['location']}" if err.get("location") else ""
-    step = f" in {err.get('direction', '')} {err['step']}" if err.get("step") else ""
-    what = f"{err.get('message', 'the run failed')}{step}{where}"
+    reason = err.reason or C.MIGRATION_FAILED
+    where = f" at {err.location}" if err.location else ""
+    step = f" in {err.direction or ''} {err.step}" if err.step else ""
+    what = f"{err.message if err.message is not None else 'the run failed'}{step}{where}"
     integrity_failed = reason == C.INTEGRITY_CHECK_FAILED
     if integrity_failed:
         events.append((WARNING, EV_VERIFICATION_FAILED, what))
     else:
         events.append((WARNING, EV_MIGRATION_FAILED, what))
-    if rb and rb.get("triggered"):
+    if rb:
         events.append((WARNING, EV_ROLLBACK_TRIGGERED,
-                       f"rolling back to {revisions_text(result.get('from_revisions'))} ({rb.get('reason')})"))
-        if rb.get("success"):
+                       f"rolling back to {revisions_text(result.from_revisions)} ({rb.reason})"))
+        if rb.success:
             events.append((NORMAL, EV_ROLLBACK_EXECUTED,
-                           f"rolled back to {revisions_text(result.get('current_revisions'))} by "
-                           f"{'transaction rollback' if rb.get('method') == 'transaction' else 'inverse steps'}, "
+                           f"rolled back to {revisions_text(result.current_revisions)} by "
+                           f"{'transaction rollback' if rb.method == R.TRANSACTION else 'inverse steps'}, "
                            f"verified"))
         else:
             events.append((WARNING, EV_ROLLBACK_FAILED, f"rollback failed; the database is at "
-                           f"{revisions_text(result.get('current_revisions'))}"))
-    st["lastError"] = {"reason": reason, "message": what[:4096], "step": err.get("step") or "",
-                       "location": err.get("location") or "", "time": now}
+                           f"{revisions_text(result.current_revisions)}"))
+    st["lastError"] = {"reason": reason, "message": what[:4096], "step": err.step or "",
+                       "location": err.location or "", "time": now}
     if reason in TRANSIENT_REASONS:
         delay = backoff(retry)
-        cur = result.get("current_revisions")
+        cur = result.current_revisions
         where = (f"the database is at {revisions_text(cur)}" if cur is not None
                  else "where the database is will be read on the next try")
         out = Outcome(TRANSIENT_KIND, reason, f"{what}; {where}; retrying in {delay:g}s")
         lost = reason == C.DATABASE_UNAVAILABLE
         return Verdict(out, _finish(out, prev, generation, now, st, False if lost else True, what), events, delay,
                        M.RESULT_TRANSIENT, steps, rollback, findings or None, drift, reachable=not lost)
-    if res == "rolled_back":
+    if res == R.RESULT_ROLLED_BACK:
         cond_reason = C.TIMED_OUT if reason == C.TIMED_OUT else C.ROLLED_BACK
-        msg = (f"{what}; rolled back to {revisions_text(result.get('current_revisions'))}"
+        msg = (f"{what}; rolled back to {revisions_text(result.current_revisions)}"
                + (" (verification failed)" if integrity_failed else ""))
         # a worker that died says its own cause and hint: no migration failed, so no "fix the migration"
-        out = Outcome(STALLED_KIND, cond_reason, msg if err.get("error_type") == "WorkerDied"
+        out = Outcome(STALLED_KIND, cond_reason, msg if err.error_type == "WorkerDied"
                       else _with_todo(cond_reason, msg))
         metric = M.RESULT_ROLLED_BACK
     else:
-        cond_reason = C.ROLLBACK_FAILED if (rb and rb.get("triggered") and not rb.get("success")) else reason
-        msg = f"{what}; the database is at {revisions_text(result.get('current_revisions'))}"
-        out = Outcome(STALLED_KIND, cond_reason, msg if err.get("error_type") == "WorkerDied"
+        cond_reason = C.ROLLBACK_FAILED if (rb and not rb.success) else reason
+        msg = f"{what}; the database is at {revisions_text(result.current_revisions)}"
+        out = Outcome(STALLED_KIND, cond_reason, msg if err.error_type == "WorkerDied"
                       else _with_todo(cond_reason, msg))
         metric = M.RESULT_FAILED
     return Verdict(out, _finish(out, prev, generation, now, st, True), events, None, metric, steps, rollback,
@@ -417,3 +419,55 @@ def _was(prev: dict, ctype: str, reason: str) -> bool:
         if c.get("type") == ctype:
             return c.get("reason") == reason and (ctype != C.STALLED or c.get("status") == "True")
     return False
+
+
+# -- what started a pass, and who owns a database (from Kopf's diff and index; pure) ------------
+
+def changed_annotations(diff) -> dict[str, str | None]:
+    """Annotation keys whose value a Kopf diff changed, with their new values."""
+    out: dict[str, str | None] = {}
+    for _op, path, old, new in diff or ():
+        path = tuple(path)
+        old_map, new_map = {}, {}
+        if path[:2] == ("metadata", "annotations") and len(path) == 3:
+            old_map, new_map = {path[2]: old}, {path[2]: new}
+        elif path in ((), ("metadata",), ("metadata", "annotations")):
+            depth = {(): 2, ("metadata",): 1, ("metadata", "annotations"): 0}[path]
+
+            def pick(v):
+                for key in ("metadata", "annotations")[2 - depth:]:
+                    v = (v or {}).get(key) if isinstance(v, dict) else None
+                return v or {}
+            old_map, new_map = pick(old), pick(new)
+        for k in set(old_map) | set(new_map):
+            if old_map.get(k) != new_map.get(k):
+                out[k] = new_map.get(k)
+    return out
+
+
+def trigger_of(cause: str, diff) -> str:
+    """What started this pass: create, resume, spec, approval, configmap/<name>, secret/<name>, drift..."""
+    if cause != "update":
+        return cause
+    if any(tuple(path)[:1] == ("spec",) or (tuple(path) == () and (old or {}).get("spec") != (new or {}).get("spec"))
+           for _op, path, old, new in diff or ()):
+        return "spec"
+    changed = changed_annotations(diff)
+    if APPROVE_ANNOTATION in changed:
+        return "approval"
+    if changed.get(RECONCILE_ANNOTATION):
+        return changed[RECONCILE_ANNOTATION].split(" ", 1)[-1] or "requested"
+    return "update"
+
+
+def conflicting_owner(index, key: str, namespace: str, name: str, created: str) -> str | None:
+    """The older resource (namespace/name) that manages the database ``key`` too, if any: the oldest one wins."""
+    if not key or index is None:
+        return None
+    mine = (created or "", namespace, name)
+    for other in index.get(key, []):
+        if (other[1], other[2]) == (namespace, name):
+            continue
+        if (other[0] or "", other[1], other[2]) < mine:
+            return f"{other[1]}/{other[2]}"
+    return None

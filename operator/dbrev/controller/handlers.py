@@ -20,11 +20,12 @@ import kopf
 from .. import conditions as C
 from .. import log as L
 from .. import metrics as M
-from ..crd import APPROVE_ANNOTATION, GROUP, RECONCILE_ANNOTATION, VERSION
+from ..crd import APPROVE_ANNOTATION, GROUP, VERSION
 from ..deployment import deployment_id, stamp_history, with_deployment
 from ..options import DbOptions
 from ..errors import DatabaseUnavailable, DbrevError
 from ..options import RunRequest
+from ..results import RunResult
 from ..status import condition, initial_conditions, is_ready, now_iso, revisions_text, status_patch
 from . import decide, kube
 from . import healthgate as HG
@@ -191,55 +192,6 @@ def carry_out(body, prev: dict, verdict: decide.Verdict, started: float, extra: 
     return merged
 
 
-def _changed_annotations(diff) -> dict[str, str | None]:
-    """Annotation keys whose value a Kopf diff changed, with their new values."""
-    out: dict[str, str | None] = {}
-    for _op, path, old, new in diff or ():
-        path = tuple(path)
-        old_map, new_map = {}, {}
-        if path[:2] == ("metadata", "annotations") and len(path) == 3:
-            old_map, new_map = {path[2]: old}, {path[2]: new}
-        elif path in ((), ("metadata",), ("metadata", "annotations")):
-            depth = {(): 2, ("metadata",): 1, ("metadata", "annotations"): 0}[path]
-
-            def pick(v):
-                for key in ("metadata", "annotations")[2 - depth:]:
-                    v = (v or {}).get(key) if isinstance(v, dict) else None
-                return v or {}
-            old_map, new_map = pick(old), pick(new)
-        for k in set(old_map) | set(new_map):
-            if old_map.get(k) != new_map.get(k):
-                out[k] = new_map.get(k)
-    return out
-
-
-def _trigger(cause: str, diff) -> str:
-    """What started this pass: create, resume, spec, approval, configmap/<name>, secret/<name>, drift..."""
-    if cause != "update":
-        return cause
-    if any(tuple(path)[:1] == ("spec",) or (tuple(path) == () and (old or {}).get("spec") != (new or {}).get("spec"))
-           for _op, path, old, new in diff or ()):
-        return "spec"
-    changed = _changed_annotations(diff)
-    if APPROVE_ANNOTATION in changed:
-        return "approval"
-    if changed.get(RECONCILE_ANNOTATION):
-        return changed[RECONCILE_ANNOTATION].split(" ", 1)[-1] or "requested"
-    return "update"
-
-
-def _conflict(index, key: str, namespace: str, name: str, created: str) -> str | None:
-    if not key or index is None:
-        return None
-    mine = (created or "", namespace, name)
-    for other in index.get(key, []):
-        if (other[1], other[2]) == (namespace, name):
-            continue
-        if (other[0] or "", other[1], other[2]) < mine:
-            return f"{other[1]}/{other[2]}"
-    return None
-
-
 def _db_options(spec: Spec, url: str) -> DbOptions:
     return DbOptions(url=url, connect_timeout=spec.connect_timeout, lock_timeout=spec.lock_timeout,
                      statement_timeout=spec.statement_timeout, version_table=spec.version_table,
@@ -249,7 +201,7 @@ def _db_options(spec: Spec, url: str) -> DbOptions:
 def reconcile(body, cause: str, retry: int = 0, diff=None, index=None) -> None:
     meta = body["metadata"]
     ns, name, gen = meta["namespace"], meta["name"], meta.get("generation") or 0
-    trigger = _trigger(cause, diff)
+    trigger = decide.trigger_of(cause, diff)
     dep = deployment_id(meta).value  # healthgate: what deployed this pass, in its records and Events
     with L.log_context(namespace=ns, name=name, trigger=trigger, deployment_id=dep), _object_lock(ns, name):
         started = time.monotonic()
@@ -280,7 +232,7 @@ def reconcile(body, cause: str, retry: int = 0, diff=None, index=None) -> None:
                 raise kopf.TemporaryError(verdict.outcome.message, delay=verdict.retry_in)
             return
         extra = {"databaseKey": inputs.database_key, "inputsHash": inputs.inputs_hash}
-        other = _conflict(index, inputs.database_key, ns, name, meta.get("creationTimestamp"))
+        other = decide.conflicting_owner(index, inputs.database_key, ns, name, meta.get("creationTimestamp"))
         if other:
             err = {"reason": C.CONFLICT, "message": f"DatabaseRevision {other} already manages this database and "
                                                     f"version table"}
@@ -451,7 +403,8 @@ def _check(body, ns, name, gen, status) -> None:
 
     try:
         spec = parse_spec(dict(body["spec"]))
-    except SpecError:
+    except SpecError as e:  # the pass reports it (InvalidSpec); the timer has nothing to check
+        L.logger.debug("Drift check skipped: the spec is invalid", extra={"error_message": str(e)})
         return
     if spec.suspend or status.get("observedGeneration") != gen:
         return
@@ -523,7 +476,8 @@ EV_HEALTH_GATE_PASSED = "HealthGatePassed"
 EV_WORKLOAD_UNHEALTHY = C.WORKLOAD_UNHEALTHY
 
 
-def _health_gate_begin(verdict: decide.Verdict, spec: Spec, result: dict | None, prev: dict, gen: int) -> None:
+def _health_gate_begin(verdict: decide.Verdict, spec: Spec, result: RunResult | None, prev: dict,
+                       gen: int) -> None:
     """A run that changed the schema starts the gate: Ready=Unknown, Reconciling=True (AwaitingWorkloads)."""
     from ..status import PROGRESSING_KIND, READY_KIND, Outcome, compute_conditions
 

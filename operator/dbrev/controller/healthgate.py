@@ -285,12 +285,13 @@ def holding(status: dict | None, generation: int) -> bool:
     return phase(status, generation) in HOLDING
 
 
-def begin(result: dict | None, workloads, window: float, generation: int, now: str) -> dict | None:
-    """The gate a run starts: only a run that changed the schema (applied, some direction)."""
-    if not result or result.get("result") != "applied" or (result.get("direction") or "none") == "none":
+def begin(result, workloads, window: float, generation: int, now: str) -> dict | None:
+    """The gate a run starts (``result``: the run's :class:`dbrev.results.RunResult`): only a run that
+    changed the schema (applied, some direction)."""
+    if not result or result.result != "applied" or (result.direction or "none") == "none":
         return None
-    frm = ",".join(sorted(result.get("from_revisions") or [])) or "base"
-    to = ",".join(sorted(result.get("current_revisions") or result.get("to_revisions") or [])) or "base"
+    frm = ",".join(sorted(result.from_revisions or [])) or "base"
+    to = ",".join(sorted(result.current_revisions or result.to_revisions or [])) or "base"
     names = ", ".join(f"{k}/{n}" for k, n in workloads)
     return {"phase": WATCHING, "generation": generation, "fromRevision": frm, "toRevision": to, "startedAt": now,
             "windowSeconds": float(window), "message": f"waiting for {names} to roll out healthy"}
@@ -481,7 +482,7 @@ def _schema_incomplete(status, gen, now, name, namespace, why: str, target: str 
                     (TRIGGER, "failure"))
 
 
-def schema_rolled_back(run, result: dict, status: dict, gen: int, now: str, target: str, spec_revision: str,
+def schema_rolled_back(run, result, status: dict, gen: int, now: str, target: str, spec_revision: str,
                        name: str, namespace: str):
     """The verdict of the schema downgrade run, from the run's own verdict (``decide.from_result``).
 
@@ -529,7 +530,7 @@ def _schema_rolled_back(run, result, status, gen, now, target, spec_revision, na
                                                           f"downgrade {to} -> {target}: {run.outcome.message}")
         fields["healthGate"] = {**hg, "schemaTarget": target}
         return _verdict(out, status, gen, now, fields, run.events)
-    refused = result.get("result") == "refused"
+    refused = result.result == "refused"
     why = (f"going back to {target} was refused by the policy: {run.outcome.message}" if refused
            else f"going back to {target} did not succeed: {run.outcome.message}")
     reason = C.ROLLBACK_FAILED if run.outcome.reason == C.ROLLBACK_FAILED else None

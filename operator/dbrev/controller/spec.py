@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
-from ..integrity import ALL_CHECKS
-from ..options import Policy
+from .. import durations
+from ..options import (ALL_CHECKS, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCK_TIMEOUT, DEFAULT_RUN_TIMEOUT,
+                       DEFAULT_STATEMENT_TIMEOUT, Policy)
 
 
 @dataclass(frozen=True)
@@ -56,17 +56,11 @@ class HealthGate:  # healthgate (issue 13 §1)
 
 
 def parse_duration(text: str) -> float:
-    """'10m', '1h30m', '45s' -> seconds."""
-    total = 0.0
-    pos = 0
-    for m in re.finditer(r"([0-9]+(?:\.[0-9]+)?)(h|m|s)", text or ""):
-        if m.start() != pos:
-            raise SpecError(f"invalid duration {text!r}")
-        total += float(m.group(1)) * {"h": 3600, "m": 60, "s": 1}[m.group(2)]
-        pos = m.end()
-    if pos != len(text or "") or not text:
-        raise SpecError(f"invalid duration {text!r}: use e.g. 30s, 10m, 1h")
-    return total
+    """'10m', '1h30m', '45s', '30d' -> seconds (the one grammar: :mod:`dbrev.durations`)."""
+    try:
+        return durations.parse_duration(text)
+    except ValueError as e:
+        raise SpecError(str(e)) from None
 
 
 def parse_spec(spec: dict) -> Spec:
@@ -99,14 +93,14 @@ def parse_spec(spec: dict) -> Spec:
             revision=revision,
             url_secret=SecretKeyRef(url_ref["name"], url_ref.get("key", "url")) if url_ref else None,
             credentials=credentials,
-            connect_timeout=float(db.get("connectTimeoutSeconds", 60)),
-            lock_timeout=float(db.get("lockTimeoutSeconds", 10)),
-            statement_timeout=float(db.get("statementTimeoutSeconds", 0)),
+            connect_timeout=float(db.get("connectTimeoutSeconds", DEFAULT_CONNECT_TIMEOUT)),
+            lock_timeout=float(db.get("lockTimeoutSeconds", DEFAULT_LOCK_TIMEOUT)),
+            statement_timeout=float(db.get("statementTimeoutSeconds", DEFAULT_STATEMENT_TIMEOUT)),
             configmaps=cms,
             version_table=mig.get("versionTable", "alembic_version"),
             version_table_schema=mig.get("versionTableSchema"),
             policy=policy,
-            timeout=float(pol.get("timeoutSeconds", 1800)),
+            timeout=float(pol.get("timeoutSeconds", DEFAULT_RUN_TIMEOUT)),
             suspend=bool(spec.get("suspend", False)),
             drift_check_interval=parse_duration(spec.get("driftCheckInterval", "10m")),
             verify=verify,
