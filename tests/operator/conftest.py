@@ -59,6 +59,8 @@ def session_mode(config) -> str:
     chosen = os.environ.get(MODE_ENV, "").strip().lower()
     if chosen not in ("", "pod", "process"):
         raise pytest.UsageError(f"{MODE_ENV}={chosen!r}: use 'pod' or 'process'")
+    if not chosen and os.environ.get("DBREV_TEST_KUBECONFIG"):
+        chosen = "process"  # an existing cluster (kind...): its pods cannot reach these tests' databases
     if not chosen:
         from fixtures_cluster import node_or_skip_reason
 
@@ -86,8 +88,10 @@ def pytest_report_header(config):
 
 def pytest_collection_modifyitems(config, items):
     here = Path(__file__).parent
-    config._dbrev_long_migration = any(
-        Path(str(i.fspath)).parent == here and "long_migration" in getattr(i, "fixturenames", ()) for i in items)
+    long = [i for i in items if Path(str(i.fspath)).parent == here and "long_migration" in getattr(i, "fixturenames", ())]
+    config._dbrev_long_migration = bool(long)
+    # the test that waits for the ten-minute migration goes last in the session: everything else overlaps it
+    items[:] = [i for i in items if i not in long] + long
 
 
 @pytest.fixture
@@ -237,7 +241,8 @@ def start_operator(request, operator_mode, tmp_path):
 # The ten-minute migration (issue 10: "a 10-minute migration must not get the pod restarted").
 # Ten real minutes, without adding ten minutes to the suite: the first Pod-mode test of a session that
 # includes test_zz_long_migration.py starts it (this fixture), every other test runs meanwhile, and
-# that module, which sorts last, waits for the rest of it and checks the outcome. It has its own
+# that module's test, which sorts last (by name, and pytest_collection_modifyitems moves it to the end
+# of the session), waits for the rest of it and checks the outcome. It has its own
 # namespace, database and operator Deployment (the namespaced overlay, installed into LONG_NS), so
 # the pod kills, rollouts and patches of the shared operator never touch the pod under test.
 
@@ -247,8 +252,12 @@ LONG_REV = "x001aaaa"
 
 
 @pytest.fixture(scope="session")
-def long_migration(node, tmp_path_factory):
+def long_migration(request, tmp_path_factory):
     import time
+
+    if session_mode(request.config) == "process" and os.environ.get("CI") != "true":
+        pytest.skip(f"{MODE_ENV}=process, the quick local option: the ten-minute Pod test runs in Pod mode")
+    node = request.getfixturevalue("node")
 
     from dbrev.envtest.postgres import create_database
     from opharness import dbrev_resource, ready_pods, wait_for

@@ -235,6 +235,9 @@ class PodOperators:
         (dep,) = [o for o in yaml.safe_load_all(built) if o and o["kind"] == "Deployment"]
         c = dep["spec"]["template"]["spec"]["containers"][0]
         self.base_env, self.base_args = c.get("env") or [], c.get("args") or []
+        for e in self.base_env:  # as the API server stores them (so that an equal shape compares equal)
+            if "fieldRef" in e.get("valueFrom", {}):
+                e["valueFrom"]["fieldRef"].setdefault("apiVersion", "v1")
         self.stale: set[tuple[str, int]] = set()  # (pod uid, restarts) of operators a test ended
         self.applied = False
 
