@@ -205,13 +205,13 @@ def kube(request, control_plane, operator_mode) -> Kube:
 
 
 @pytest.fixture(scope="session")
-def pod_operators(request, node, tmp_path_factory) -> PodOperators:
+def pod_operators(request, node) -> PodOperators:
     """The session's operator Deployment on the node (installed on first use)."""
     if getattr(request.config, "_dbrev_long_migration", False):
         # first: the ten-minute migration holds its database's lock before the cluster-wide operator
         # exists (see long_migration)
         request.getfixturevalue("long_migration")
-    return PodOperators(node, tmp_path_factory.mktemp("pod-operators"))
+    return PodOperators(node)
 
 
 @pytest.fixture
@@ -273,7 +273,7 @@ def long_migration(request, tmp_path_factory):
         "patches": [{"patch": "$patch: delete\napiVersion: v1\nkind: Namespace\nmetadata: {name: dbrev-system}\n"}],
     }))
     kube("apply", "-k", str(d))
-    kube("-n", LONG_NS, "rollout", "status", "deployment/dbrev-operator", "--timeout=180s")
+    kube("-n", LONG_NS, "rollout", "status", "deployment/dbrev-operator", "--timeout=110s")
     wait_for(lambda: kube("get", "kopfpeering", "dbrev", "-n", LONG_NS, check=False)[0] == 0, 90,
              "the namespaced peering object")
     url = create_database(node.database_url())

@@ -227,10 +227,9 @@ class PodOperators:
     settings share a pod and only a different shape costs a rollout (seconds). The overlay watches every
     namespace (``--all-namespaces``), so every test namespace is served without a rollout."""
 
-    def __init__(self, node, workdir: Path):
+    def __init__(self, node):
         self.node = node
         self.kube = Kube(node)
-        self.workdir = workdir
         built = self.kube("kustomize", str(OVERLAY))
         (dep,) = [o for o in yaml.safe_load_all(built) if o and o["kind"] == "Deployment"]
         c = dep["spec"]["template"]["spec"]["containers"][0]
@@ -246,7 +245,7 @@ class PodOperators:
         if self.applied:
             return
         self.kube("apply", "-k", str(OVERLAY))
-        self.kube("-n", OP_NS, "rollout", "status", f"deployment/{DEPLOYMENT}", "--timeout=180s")
+        self.kube("-n", OP_NS, "rollout", "status", f"deployment/{DEPLOYMENT}", "--timeout=110s")
         wait_for(lambda: self.kube("get", "clusterkopfpeering", "dbrev", check=False)[0] == 0, 90,
                  "the peering object")
         self.applied = True
@@ -267,7 +266,7 @@ class PodOperators:
             patch = [{"op": "replace", "path": "/spec/template/spec/containers/0/env", "value": envs},
                      {"op": "replace", "path": "/spec/template/spec/containers/0/args", "value": argv}]
             self.kube("patch", "deployment", DEPLOYMENT, "-n", OP_NS, "--type=json", "-p", json.dumps(patch))
-        self.kube("-n", OP_NS, "rollout", "status", f"deployment/{DEPLOYMENT}", "--timeout=180s")
+        self.kube("-n", OP_NS, "rollout", "status", f"deployment/{DEPLOYMENT}", "--timeout=110s")
 
     def current_pod(self, timeout: float = 180) -> dict:
         """The one Ready operator pod that no test has ended (waits through restarts and rollouts)."""
