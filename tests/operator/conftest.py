@@ -209,7 +209,8 @@ def pod_operators(request, node) -> PodOperators:
     """The session's operator Deployment on the node (installed on first use)."""
     if getattr(request.config, "_dbrev_long_migration", False):
         # first: the ten-minute migration holds its database's lock before the cluster-wide operator
-        # exists (see long_migration)
+        # exists, so that operator (which watches every namespace, dbrev-long too) only ever finds the
+        # lock held (LockBusy, retrying) and the pod under test is the one that runs it
         request.getfixturevalue("long_migration")
     return PodOperators(node)
 

@@ -9,7 +9,10 @@ waits for the rest and checks what a restart or a failed probe would have shown:
 container restart, no Unhealthy event (the kubelet records every failed liveness or readiness
 probe), Ready at the end, the revision reached, and exactly one run.
 (The probes: liveness fails after 4 x 15 s without an answer, so a migration that blocked them would
-have had the pod restarted about nine times over.)
+have had the pod restarted about nine times over.) The session's cluster-wide operator sees this
+namespace too, as it would in a cluster with both installs: it finds the database's advisory lock
+held and reports LockBusy, retrying — which is why exactly one run is also a check that two operators
+never run one migration twice.
 """
 
 from __future__ import annotations
