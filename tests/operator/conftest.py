@@ -283,11 +283,11 @@ def long_migration(request, tmp_path_factory):
     write_script(m, LONG_REV, None, f'op.execute("SELECT pg_sleep({LONG_SECONDS}) -- ten-minute-marker")')
     kube.configmap_from(LONG_NS, "migrations", m)
     (pod,) = wait_for(lambda: ready_pods(kube, LONG_NS), 60, "the namespaced operator pod")
+    started = time.monotonic()  # before the run can start: the run's ten minutes end after started + 600
     kube.apply(dbrev_resource(LONG_NS, "long", "head"))
     from dbhelp import q
 
     wait_for(lambda: q(url, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%ten-minute-marker%' "
                             "AND pid <> pg_backend_pid()")[0][0], 120, "the ten-minute step to start")
-    started = time.monotonic()
     yield {"kube": kube, "url": url, "pod": pod, "started": started, "ns": LONG_NS, "name": "long",
            "revision": LONG_REV, "seconds": LONG_SECONDS}
