@@ -212,7 +212,23 @@ def pod_operators(request, node) -> PodOperators:
         # exists, so that operator (which watches every namespace, dbrev-long too) only ever finds the
         # lock held (LockBusy, retrying) and the pod under test is the one that runs it
         request.getfixturevalue("long_migration")
-    return PodOperators(node)
+    runner = PodOperators(node)
+    request.config._dbrev_pod_operators = runner  # for _shared_operator_only_where_used
+    return runner
+
+
+@pytest.fixture(autouse=True)
+def _shared_operator_only_where_used(request):
+    """A test on the node that does not use the shared operator Deployment (it runs an operator of its own,
+    or needs none) runs with that Deployment scaled to 0, which watches every namespace and would serve
+    the test's resources too. The next test that uses it scales it back (PodOperators.ensure)."""
+    names = request.fixturenames
+    if "node" not in names or "pod_operators" in names or (
+            mode_of(request.node) == "pod" and ("start_operator" in names or "kube" in names)):
+        return
+    runner = getattr(request.config, "_dbrev_pod_operators", None)
+    if runner is not None:
+        runner.suspend()
 
 
 @pytest.fixture

@@ -250,6 +250,15 @@ class PodOperators:
                  "the peering object")
         self.applied = True
 
+    def suspend(self) -> None:
+        """No shared operator while a test runs one of its own on the node (it watches every namespace and
+        would serve that test's resources too): the Deployment scaled to 0, its pods gone."""
+        if not self.applied:
+            return
+        self.kube("scale", "deployment", DEPLOYMENT, "-n", OP_NS, "--replicas=0")
+        wait_for(lambda: not json.loads(self.kube("get", "pods", "-n", OP_NS, "-l", SELECTOR, "-o", "json"))["items"],
+                 90, "the shared operator's pods to go")
+
     def shape(self, env: dict | None = None, args: list[str] | None = None, pristine: bool = False):
         extra = {} if pristine else {**TEST_ENV, **(env or {})}
         envs = [e for e in self.base_env if e["name"] not in extra] + \
@@ -261,6 +270,8 @@ class PodOperators:
         self.install()
         envs, argv = self.shape(env, args, pristine)
         dep = json.loads(self.kube("get", "deployment", DEPLOYMENT, "-n", OP_NS, "-o", "json"))
+        if dep["spec"].get("replicas") == 0:  # suspended for a test with its own operator
+            self.kube("scale", "deployment", DEPLOYMENT, "-n", OP_NS, "--replicas=1")
         c = dep["spec"]["template"]["spec"]["containers"][0]
         if (c.get("env") or []) != envs or (c.get("args") or []) != argv:
             patch = [{"op": "replace", "path": "/spec/template/spec/containers/0/env", "value": envs},
