@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CLUSTER_DIR ?= $(CURDIR)/.cluster
 
-.PHONY: setup test test-fast demo bench cluster-assets cluster-up cluster-down crds clean
+.PHONY: setup test test-operator test-fast demo bench cluster-assets cluster-up cluster-down crds clean
 .PHONY: node-assets node-images node-up node-down wheelhouse
 .PHONY: kind-up image kind-load deploy undeploy e2e-kind
 
@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml
 ## Run every test: real PostgreSQL, real kube-apiserver + etcd, real kubectl/promtool/lua.
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+## The operator end-to-end tests only: by default the operator as the Deployment from manifests/, in its
+## Pod on the one-node cluster (root); `make test-operator OPERATOR=process`: as a host process (quick).
+test-operator: setup
+	DBREV_TEST_OPERATOR=$(OPERATOR) $(PY) -m pytest -q tests/operator $(PYTEST_ARGS)
 
 ## Only the tests that need neither a database nor a cluster (the functional core).
 test-fast: setup

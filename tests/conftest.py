@@ -23,8 +23,8 @@ from dbrev.envtest.postgres import PostgresServer, create_database, drop_databas
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url():
-    """A superuser URL of the session's PostgreSQL server."""
+def session_pg_admin_url():
+    """A superuser URL of the session's PostgreSQL server (on loopback)."""
     external = os.environ.get("DBREV_TEST_DATABASE_URL")
     if external:
         yield external
@@ -34,6 +34,12 @@ def pg_admin_url():
         yield server.url()
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(session_pg_admin_url):
+    """The server the tests' databases are made on (tests/operator: the node's, in Pod mode)."""
+    return session_pg_admin_url
 
 
 @pytest.fixture

@@ -2,7 +2,9 @@
 
 Fixtures (mark tests that use them ``@pytest.mark.cluster``):
 
-``control_plane``  session — a started :class:`dbrev.envtest.controlplane.ControlPlane`
+``control_plane``  session — (``session_control_plane`` by its own name, for fixtures that must
+                   keep meaning the bare control plane where a folder overrides ``control_plane``,
+                   as tests/operator does in Pod mode) a started :class:`dbrev.envtest.controlplane.ControlPlane`
                    (``.kubeconfig``, ``.kubectl(...)``, ``.kubectl_path``,
                    ``.api_client(as_service_account=(ns, name))``,
                    ``.service_account_kubeconfig(ns, name)``, ``.request(...)``).
@@ -55,7 +57,7 @@ from dbrev.envtest.controlplane import (  # noqa: E402
     ExistingCluster,
 )
 
-__all__ = ["control_plane", "kubeconfig", "kubectl", "k8s_api", "namespace", "local_control_plane_only", "node",
+__all__ = ["session_control_plane", "control_plane", "kubeconfig", "kubectl", "k8s_api", "namespace", "local_control_plane_only", "node",
            "node_or_skip_reason"]
 
 EXISTING_KUBECONFIG = os.environ.get("DBREV_TEST_KUBECONFIG")
@@ -68,7 +70,7 @@ local_control_plane_only = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="session")
-def control_plane(tmp_path_factory, pytestconfig):
+def session_control_plane(tmp_path_factory, pytestconfig):
     """A real etcd + kube-apiserver for the whole session, stopped at the end."""
     if EXISTING_KUBECONFIG:
         try:
@@ -98,6 +100,11 @@ def control_plane(tmp_path_factory, pytestconfig):
     yield from _with_kubeconfig_env(cp)
 
 
+@pytest.fixture(scope="session")
+def control_plane(session_control_plane):
+    return session_control_plane
+
+
 def _with_kubeconfig_env(cp):
     previous = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = str(cp.kubeconfig)
@@ -112,15 +119,15 @@ def _with_kubeconfig_env(cp):
 
 
 @pytest.fixture(scope="session")
-def kubeconfig(control_plane) -> str:
+def kubeconfig(session_control_plane) -> str:
     """Path of the admin kubeconfig (embedded certificates; system:masters)."""
-    return str(control_plane.kubeconfig)
+    return str(session_control_plane.kubeconfig)
 
 
 @pytest.fixture(scope="session")
-def kubectl(control_plane) -> str:
+def kubectl(session_control_plane) -> str:
     """Path of the kubectl built at the kube-apiserver's version; prefer it to PATH's."""
-    return str(control_plane.kubectl_path)
+    return str(session_control_plane.kubectl_path)
 
 
 @pytest.fixture

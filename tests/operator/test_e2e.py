@@ -1,4 +1,4 @@
-"""The operator end to end: real kube-apiserver, real PostgreSQL, `dbrev operator` as a process."""
+"""The operator end to end: a real cluster, real PostgreSQL, `dbrev operator` as a Pod (or a process: conftest.py)."""
 
 from __future__ import annotations
 
@@ -206,10 +206,10 @@ def test_killing_the_operator_mid_run_ends_consistent(kube, namespace, database_
     assert [r[0] for r in runs] == ["interrupted", "applied"]
 
 
-def test_database_outage_recovers_by_itself(kube, namespace, start_operator, examples_dir):
-    from dbrev.envtest.postgres import PostgresServer, create_database
+def test_database_outage_recovers_by_itself(kube, namespace, start_operator, examples_dir, new_postgres):
+    from dbrev.envtest.postgres import create_database
 
-    server = PostgresServer().start()
+    server = new_postgres().start()
     try:
         url = create_database(server.url())
         kube.secret_url(namespace, "db", url)

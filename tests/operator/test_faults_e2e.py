@@ -1,4 +1,4 @@
-"""Faults, round two (issue 15), end to end: real kube-apiserver, real PostgreSQL, `dbrev operator` as a process.
+"""Faults, round two (issue 15), end to end: a real cluster, real PostgreSQL, `dbrev operator` as a Pod or a process.
 
 Each test reproduces what the adversarial probe saw: a status stuck at Progressing, two URLs of one
 database fighting, a restart re-running a failed plan, a run's record lost while the API server was
@@ -121,10 +121,9 @@ def test_progressing_conditions_with_no_run_are_healed_by_the_timer(kube, namesp
 # ---------------------------------------------------------------------------------------------- 15.5
 
 def test_one_database_under_two_host_names_is_a_conflict(kube, namespace, database_url, examples_dir,
-                                                         start_operator):
-    assert "@127.0.0.1:" in database_url
+                                                         start_operator, second_host_name):
     kube.secret_url(namespace, "db", database_url)
-    kube.secret_url(namespace, "db-localhost", database_url.replace("@127.0.0.1:", "@localhost:"))
+    kube.secret_url(namespace, "db-localhost", second_host_name(namespace, database_url))
     kube.configmap_from(namespace, "migrations", examples_dir)
     start_operator([namespace])
     kube.apply(dbrev_resource(namespace, "first", "e5f6a7b8c9d0"))
@@ -290,10 +289,11 @@ def test_a_run_that_ends_while_the_api_server_is_unreachable_is_recorded_when_it
 
 # ---------------------------------------------------------------------------------------------- 15.13
 
-def test_an_outage_while_ready_is_reported_quickly_once_and_clears(kube, namespace, start_operator, tmp_path):
-    from dbrev.envtest.postgres import PostgresServer, create_database
+def test_an_outage_while_ready_is_reported_quickly_once_and_clears(kube, namespace, start_operator, tmp_path,
+                                                                   new_postgres):
+    from dbrev.envtest.postgres import create_database
 
-    server = PostgresServer().start()
+    server = new_postgres().start()
     try:
         url = create_database(server.url())
         kube.secret_url(namespace, "db", url)
@@ -327,10 +327,11 @@ def test_an_outage_while_ready_is_reported_quickly_once_and_clears(kube, namespa
 
 # ---------------------------------------------------------------------------------------------- 15.3
 
-def test_postgres_restarting_mid_run_is_retried_and_recovers(kube, namespace, start_operator, tmp_path):
-    from dbrev.envtest.postgres import PostgresServer, create_database
+def test_postgres_restarting_mid_run_is_retried_and_recovers(kube, namespace, start_operator, tmp_path,
+                                                             new_postgres):
+    from dbrev.envtest.postgres import create_database
 
-    server = PostgresServer().start()
+    server = new_postgres().start()
     try:
         url = create_database(server.url())
         d = tmp_path / "m"
@@ -362,11 +363,12 @@ def test_postgres_restarting_mid_run_is_retried_and_recovers(kube, namespace, st
         server.cleanup()
 
 
-def test_a_run_stopped_by_an_error_mid_run_is_in_history_with_an_event(kube, namespace, start_operator, tmp_path):
+def test_a_run_stopped_by_an_error_mid_run_is_in_history_with_an_event(kube, namespace, start_operator, tmp_path,
+                                                                       new_postgres):
     """15.12: whatever the error that ended a run that had started, status.history and the Events have it."""
-    from dbrev.envtest.postgres import PostgresServer, create_database
+    from dbrev.envtest.postgres import create_database
 
-    server = PostgresServer().start()
+    server = new_postgres().start()
     try:
         url = create_database(server.url())
         d = tmp_path / "m"

@@ -2,7 +2,8 @@
 on a real node (ServiceAccount and RBAC, in-cluster config, securityContext, probes, limits).
 
 Only a Pod can show these: the operator is PID 1 (issue 10: every migration failed), the kubelet's
-SIGTERM on pod deletion, its memory limit, its probes during a long migration. The databases live in
+SIGTERM on pod deletion, its memory limit, its probes during a long migration (ten minutes of it:
+test_zz_long_migration.py, arranged to overlap the rest of the suite). The databases live in
 the PostgreSQL inside the node (``node.database_url()``), the only one pods can reach.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -22,20 +22,16 @@ from scriptgen import write_script
 
 pytestmark = pytest.mark.cluster
 
-ROOT = Path(__file__).resolve().parents[2]
-OVERLAY = ROOT / "manifests" / "overlays" / "cluster-wide"
 OP_NS = "dbrev-system"
 SELECTOR = "app.kubernetes.io/component=operator"
 
 
 @pytest.fixture(scope="module")
-def deployed(node):
-    """The unmodified overlay, applied once with one command, as docs/install.md says."""
-    kube = Kube(node)
-    kube("apply", "-k", str(OVERLAY))  # CRDs + everything; the peering object comes from its Job
-    kube("-n", OP_NS, "rollout", "status", "deployment/dbrev-operator", "--timeout=120s")
-    wait_for(lambda: kube("get", "clusterkopfpeering", "dbrev", check=False)[0] == 0, 60, "the peering object")
-    return kube
+def deployed(pod_operators):
+    """The unmodified overlay, applied once with one command, as docs/install.md says; the session's other
+    Pod-mode tests share its Deployment and may have patched it: back to the overlay's own shape."""
+    pod_operators.ensure(pristine=True)
+    return pod_operators.kube
 
 
 @pytest.fixture
@@ -155,27 +151,6 @@ def test_worker_killed_by_the_memory_limit_mid_migration(node, deployed, app, tm
     pod_after = operator_pod(kube)
     assert pod_after["metadata"]["name"] == pod_before["metadata"]["name"]
     assert restarts(pod_after) == restarts(pod_before)
-
-
-def test_probes_keep_the_pod_during_a_long_migration(node, deployed, app, tmp_path):
-    # Shortened but honest: liveness fails after 4 x 15 s = 60 s without an answer, so a migration of
-    # 75 s that blocked the probes would get the pod restarted; a 10-minute one behaves the same way.
-    ns, url = app
-    kube = deployed
-    d = tmp_path / "m"
-    write_script(d, "l001aaaa", None, 'op.execute("SELECT pg_sleep(75) -- long-marker")')
-    kube.configmap_from(ns, "migrations", d)
-    pod = operator_pod(kube)
-    kube.apply(dbrev_resource(ns, "long", "head"))
-    wait_for(lambda: sleeping(url, "long-marker"), 90, "the long step to start")
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < 70:
-        now = operator_pod(kube)
-        assert now["metadata"]["name"] == pod["metadata"]["name"] and restarts(now) == restarts(pod)
-        time.sleep(5)
-    ready_at(kube, ns, "long", "l001aaaa", timeout=120)
-    now = operator_pod(kube)
-    assert now["metadata"]["name"] == pod["metadata"]["name"] and restarts(now) == restarts(pod)
 
 
 def test_a_rollout_never_runs_two_peers_and_the_new_pod_serves(node, deployed, app, examples_dir):

@@ -384,7 +384,10 @@ class NodeCluster(Cluster):
 
     # ----- images
     def ctr(self, *args: str, input_file: Path | None = None, timeout: float = 600) -> str:
-        cmd = ["ctr", "--address", str(RUN_DIR / "containerd.sock"), "-n", "k8s.io", *args]
+        # ctr's own dial deadline is 10 s, which a containerd busy unpacking a big image on two loaded
+        # cores can miss (CI saw "failed to dial ... context deadline exceeded" right after an import)
+        cmd = ["ctr", "--address", str(RUN_DIR / "containerd.sock"), "--connect-timeout", "60s", "-n", "k8s.io",
+               *args]
         if input_file:
             with open(input_file, "rb") as fh:
                 proc = subprocess.run(cmd, stdin=fh, capture_output=True, text=True, timeout=timeout)
