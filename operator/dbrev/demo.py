@@ -164,7 +164,7 @@ class Demo:
         self.env = {**os.environ, "KUBECONFIG": str(self.cp.kubeconfig)}
         note(f"control plane ready in {time.monotonic() - t0:.1f}s at {self.cp.server}")
         self.kubectl("apply", "-f", str(ROOT / "crds" / "dbrev.io_databaserevisions.yaml"))
-        self.kubectl("wait", "--for=condition=Established", "crd/databaserevisions.dbrev.io", show=False)
+        self.cp.wait_established("databaserevisions.dbrev.io")
 
     def _operator_pod_mode(self) -> None:
         banner("2. The operator: the image, as the Deployment of manifests/overlays/cluster-wide")

@@ -82,9 +82,7 @@ def eventually(fn, timeout=30.0, interval=0.1):
 @pytest.fixture(scope="module")
 def widget_crd(control_plane):
     control_plane.kubectl("apply", "-f", "-", input=json.dumps(WIDGET_CRD))
-    control_plane.kubectl(
-        "wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=60s"
-    )
+    control_plane.wait_established(f"{PLURAL}.{GROUP}")
     return WIDGET_CRD
 
 

@@ -164,7 +164,7 @@ def second_host_name(request, operator_mode, kube):
 def crd_installed(session_control_plane):
     kube = Kube(session_control_plane)
     kube("apply", "-f", str(ROOT / "crds"))
-    kube("wait", "--for=condition=Established", "crd/databaserevisions.dbrev.io", "--timeout=60s")
+    session_control_plane.wait_established("databaserevisions.dbrev.io")
     return True
 
 

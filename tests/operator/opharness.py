@@ -201,6 +201,16 @@ METRICS_PORT, LIVENESS_PORT = 8080, 8081
 TEST_ENV = {"DBREV_TIMER_INTERVAL": "2"}
 
 
+def ready_at(kube: "Kube", ns: str, name: str, rev: str, timeout: float = 90) -> dict:
+    """Wait until the DatabaseRevision is Ready (AtRevision) at ``rev`` for its current generation; its status."""
+    def check():
+        obj = kube.get(ns, name)
+        st = obj.get("status") or {}
+        return is_state(st, "True", "AtRevision") and st.get("currentRevision") == rev \
+            and st.get("observedGeneration") == obj["metadata"]["generation"] and st
+    return wait_for(check, timeout, f"{ns}/{name} Ready at {rev}")
+
+
 def ready_pods(kube: Kube, ns: str = OP_NS, selector: str = SELECTOR) -> list[dict]:
     pods = json.loads(kube("get", "pods", "-n", ns, "-l", selector, "-o", "json"))["items"]
     return [p for p in pods if not p["metadata"].get("deletionTimestamp")

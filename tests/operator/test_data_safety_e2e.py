@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dbhelp import q
-from opharness import dbrev_resource, is_state, wait_for
+from opharness import dbrev_resource, ready_at, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -15,14 +15,6 @@ HEAD = "f1a2b3c4d5e6"
 MERGE = "e5f6a7b8c9d0"
 NEWER = ("0a1b2c3d4e5f", "f1a2b3c4d5e6")
 
-
-def ready_at(kube, ns, name, rev, timeout=90):
-    def check():
-        obj = kube.get(ns, name)
-        st = obj.get("status") or {}
-        return is_state(st, "True", "AtRevision") and st.get("currentRevision") == rev \
-            and st.get("observedGeneration") == obj["metadata"]["generation"] and st
-    return wait_for(check, timeout, f"{ns}/{name} Ready at {rev}")
 
 
 def test_gitops_revert_without_the_newer_scripts_downgrades_from_the_stored_ones(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dbhelp import heads, q
-from opharness import condition, dbrev_resource, is_state, wait_for
+from opharness import condition, dbrev_resource, is_state, ready_at, wait_for
 from scriptgen import write_script
 
 pytestmark = pytest.mark.cluster
@@ -27,14 +27,6 @@ def shop(kube, namespace, database_url, examples_dir):
     kube.configmap_from(namespace, "migrations", examples_dir)
     return namespace
 
-
-def ready_at(kube, ns, name, rev, timeout=90):
-    def check():
-        st = kube.status(ns, name)
-        gen = kube.get(ns, name)["metadata"]["generation"]
-        return is_state(st, "True", "AtRevision") and st.get("currentRevision") == rev \
-            and st.get("observedGeneration") == gen and st
-    return wait_for(check, timeout, f"{ns}/{name} Ready at {rev}")
 
 
 def test_apply_upgrade_and_gitops_revert(kube, shop, database_url, start_operator):

@@ -18,19 +18,11 @@ import yaml
 
 from clihelp import dbrev as cli
 from dbhelp import heads, q
-from opharness import condition, dbrev_resource, is_state, wait_for
+from opharness import condition, dbrev_resource, is_state, ready_at, wait_for
 from scriptgen import write_script
 
 pytestmark = pytest.mark.cluster
 
-
-def ready_at(kube, ns, name, rev, timeout=90):
-    def check():
-        obj = kube.get(ns, name)
-        st = obj.get("status") or {}
-        return is_state(st, "True", "AtRevision") and st.get("currentRevision") == rev \
-            and st.get("observedGeneration") == obj["metadata"]["generation"] and st
-    return wait_for(check, timeout, f"{ns}/{name} Ready at {rev}")
 
 
 def stalled(kube, ns, name, timeout=90):

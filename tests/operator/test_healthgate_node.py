@@ -56,7 +56,7 @@ def nkube(node):
     """kubectl on the node; the CRDs and the cluster-wide overlay's RBAC objects (no operator Deployment)."""
     kube = Kube(node)
     kube("apply", "-f", str(ROOT / "crds"))
-    kube("wait", "--for=condition=Established", "crd/databaserevisions.dbrev.io", "--timeout=60s")
+    node.wait_established("databaserevisions.dbrev.io")
     built = subprocess.run([str(node.kubectl_path), "kustomize", str(OVERLAY)], capture_output=True, text=True,
                            check=True).stdout
     every = [o for o in yaml.safe_load_all(built) if o]

@@ -17,7 +17,7 @@ import pytest
 
 from dbhelp import heads, q
 from dbrev.envtest.postgres import create_database, drop_database
-from opharness import Kube, condition, dbrev_resource, is_state, wait_for
+from opharness import Kube, condition, dbrev_resource, is_state, ready_at, wait_for
 from scriptgen import write_script
 
 pytestmark = pytest.mark.cluster
@@ -59,12 +59,6 @@ def restarts(pod: dict) -> int:
     return sum(c.get("restartCount", 0) for c in pod["status"].get("containerStatuses", []))
 
 
-def ready_at(kube, ns, name, rev, timeout=120):
-    def check():
-        st = kube.status(ns, name)
-        return is_state(st, "True", "AtRevision") and st.get("currentRevision") == rev and st
-    return wait_for(check, timeout, f"{ns}/{name} Ready at {rev}")
-
 
 def sleeping(url: str, marker: str) -> int:
     return q(url, f"SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' "
@@ -78,7 +72,7 @@ def test_the_image_migrates_as_pid_1_with_in_cluster_config(node, deployed, app,
     kube = deployed
     kube.configmap_from(ns, "migrations", examples_dir)
     kube.apply(dbrev_resource(ns, "orders", "head", policy={"dataLoss": "Allow"}))
-    st = ready_at(kube, ns, "orders", "f1a2b3c4d5e6")
+    st = ready_at(kube, ns, "orders", "f1a2b3c4d5e6", timeout=120)
     assert st["history"][0]["result"] == "applied"
     assert heads(url) == ["f1a2b3c4d5e6"]
     pod = operator_pod(kube)
@@ -182,5 +176,5 @@ def test_a_rollout_never_runs_two_peers_and_the_new_pod_serves(node, deployed, a
     new = operator_pod(kube)["metadata"]["name"]
     assert new != old and list(peers()) == [new]
     kube.apply(dbrev_resource(ns, "orders", "head", policy={"dataLoss": "Allow"}))
-    ready_at(kube, ns, "orders", "f1a2b3c4d5e6")
+    ready_at(kube, ns, "orders", "f1a2b3c4d5e6", timeout=120)
     assert heads(url) == ["f1a2b3c4d5e6"]

@@ -9,19 +9,11 @@ import json
 import pytest
 
 from dbhelp import heads
-from opharness import condition, dbrev_resource, is_state, wait_for
+from opharness import condition, dbrev_resource, ready_at, wait_for
 from scriptgen import write_script
 
 pytestmark = pytest.mark.cluster
 
-
-def _ready_at(kube, ns, name, rev, timeout=90):
-    def check():
-        st = kube.status(ns, name)
-        gen = kube.get(ns, name)["metadata"]["generation"]
-        return is_state(st, "True", "AtRevision") and st.get("currentRevision") == rev \
-            and st.get("observedGeneration") == gen and st
-    return wait_for(check, timeout, f"{ns}/{name} Ready at {rev}")
 
 
 def test_readiness_in_status_metric_wide_column_and_a_reverts_plan(kube, namespace, database_url, start_operator,
@@ -39,10 +31,10 @@ def test_readiness_in_status_metric_wide_column_and_a_reverts_plan(kube, namespa
     kube.configmap_from(namespace, "migrations", d)
     op = start_operator([namespace])
     kube.apply(dbrev_resource(namespace, "acct", "p001aaaa", policy={"downgrade": "RequireApproval", "dataLoss": "Allow"}))
-    _ready_at(kube, namespace, "acct", "p001aaaa")
+    ready_at(kube, namespace, "acct", "p001aaaa")
     kube("patch", "dbrev", "acct", "-n", namespace, "--type", "merge", "-p",
          json.dumps({"spec": {"revision": "p002aaaa"}}))
-    st = _ready_at(kube, namespace, "acct", "p002aaaa")
+    st = ready_at(kube, namespace, "acct", "p002aaaa")
     rr = st["rollbackReadiness"]
     assert rr["status"] == "Lossy" and "3 value(s) of column public.users.nick" in rr["message"], rr
     assert op.metric("dbrev_rollback_readiness", namespace=namespace, name="acct", readiness="Lossy") == 1
@@ -53,7 +45,7 @@ def test_readiness_in_status_metric_wide_column_and_a_reverts_plan(kube, namespa
     # the next revision's way back is Broken: applied (Report), with a Warning Event and the metric
     kube("patch", "dbrev", "acct", "-n", namespace, "--type", "merge", "-p",
          json.dumps({"spec": {"revision": "p003aaaa"}}))
-    st = _ready_at(kube, namespace, "acct", "p003aaaa")
+    st = ready_at(kube, namespace, "acct", "p003aaaa")
     assert st["rollbackReadiness"]["status"] == "Broken" and st["rollbackReadiness"]["step"] == "p003aaaa"
     assert "RollbackNotReady" in kube.reasons(namespace, "acct")
     assert op.metric("dbrev_rollback_readiness", namespace=namespace, name="acct", readiness="Broken") == 1

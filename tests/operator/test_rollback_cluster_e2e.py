@@ -8,7 +8,7 @@ import pytest
 
 from clihelp import dbrev
 from dbhelp import heads, json_lines
-from opharness import dbrev_resource, is_state, wait_for
+from opharness import dbrev_resource, ready_at, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -22,14 +22,6 @@ def shop(kube, namespace, database_url, examples_dir):
     kube.configmap_from(namespace, "migrations", examples_dir)
     return namespace
 
-
-def ready_at(kube, ns, name, rev, timeout=90):
-    def check():
-        st = kube.status(ns, name)
-        gen = kube.get(ns, name)["metadata"]["generation"]
-        return is_state(st, "True", "AtRevision") and st.get("currentRevision") == rev \
-            and st.get("observedGeneration") == gen and st
-    return wait_for(check, timeout, f"{ns}/{name} Ready at {rev}")
 
 
 def test_rollback_of_a_databaserevision_undoes_its_last_run(kube, control_plane, shop, database_url,

@@ -107,8 +107,7 @@ def install_crds(control_plane, files: list[Path]) -> None:
     for f in files:
         for d in load_docs(f.read_text()):
             if d.get("kind") == "CustomResourceDefinition":
-                control_plane.kubectl("wait", "--for=condition=Established", f"crd/{d['metadata']['name']}",
-                                      "--timeout=120s")
+                control_plane.wait_established(d["metadata"]["name"])
 
 
 def go_tool(src: Path, name: str) -> Path:

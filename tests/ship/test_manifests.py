@@ -75,8 +75,8 @@ def built(tool) -> dict[str, list[dict]]:
 def crds_and_namespace(control_plane):
     """Server-side dry runs need the CRDs (for KopfPeering objects) and the namespace to exist for real."""
     control_plane.kubectl("apply", "-k", str(ROOT / "crds"))
-    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/databaserevisions.dbrev.io",
-                          "crd/kopfpeerings.kopf.dev", "crd/clusterkopfpeerings.kopf.dev")
+    control_plane.wait_established("databaserevisions.dbrev.io", "kopfpeerings.kopf.dev",
+                                 "clusterkopfpeerings.kopf.dev")
     control_plane.kubectl("apply", "-f", "-", input=json.dumps(
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))
     return True

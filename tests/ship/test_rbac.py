@@ -77,8 +77,7 @@ def run_scenario(cp: ControlPlane, overlay: str, app_ns: str | None, admin_url: 
     kube = Kube(cp)
     objs = [o for o in yaml.safe_load_all(kube("kustomize", str(ROOT / "manifests" / "overlays" / overlay))) if o]
     kube("apply", "-k", str(ROOT / "crds"))
-    kube("wait", "--for=condition=Established", "--timeout=60s", "crd/databaserevisions.dbrev.io",
-         "crd/kopfpeerings.kopf.dev", "crd/clusterkopfpeerings.kopf.dev")
+    cp.wait_established("databaserevisions.dbrev.io", "kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev")
     wait_for(lambda: kube("get", "databaserevisions", "-A", check=False)[0] == 0, 30, "the CRD to be served")
     kube.apply("---\n".join(yaml.safe_dump(o) for o in objs))  # for real: the Deployment is stored, never run
     dep = [o for o in objs if o["kind"] == "Deployment"][0]

@@ -389,6 +389,28 @@ class Cluster:
         status, body = self.request("GET", "/readyz", timeout=2, raw=True)
         return status == 200 and body.strip() == b"ok"
 
+    def wait_established(self, *crds: str, timeout: float = 120) -> None:
+        """Wait until each CustomResourceDefinition (by name, ``plural.group``) is Established and its
+        resource is served.  ``kubectl wait --for=condition=Established`` right after an apply fails
+        instead of waiting while the new object has no ``status.conditions`` yet (seen under load)."""
+        deadline = time.monotonic() + timeout
+        pending = list(crds)
+        while pending:
+            name = pending[0]
+            status, crd = self.request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
+                                       timeout=5)
+            conds = ((crd or {}).get("status") or {}).get("conditions") or [] if status == 200 else []
+            if any(c.get("type") == "Established" and c.get("status") == "True" for c in conds):
+                group, version = crd["spec"]["group"], crd["spec"]["versions"][0]["name"]
+                served, _ = self.request("GET", f"/apis/{group}/{version}", timeout=5)
+                if served == 200:
+                    pending.pop(0)
+                    continue
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"CustomResourceDefinition {name} not Established after {timeout:.0f}s "
+                                        f"(HTTP {status})")
+            time.sleep(0.2)
+
     def request(
         self,
         method: str,
