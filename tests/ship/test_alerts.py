@@ -26,7 +26,7 @@ OPERATIONS = ROOT / "docs" / "operations.md"
 LABEL_TEMPLATE = re.compile(r"\{\{\s*\$labels\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 REQUIRED_ALERTS = {"DbrevReconcileErrorRatioHigh", "DbrevNotReady", "DbrevRollbackExecuted", "DbrevRollbackFailed",
-                   "DbrevIntegrityFindings", "DbrevSchemaDrift"}
+                   "DbrevIntegrityFindings", "DbrevSchemaDrift", "DbrevRollbackNotReady"}
 
 
 def promtool() -> str:
@@ -124,6 +124,9 @@ def test_alert_expressions_read_only_metrics_dbrev_exports():
     assert ratio["for"] == "10m" and "> 0.1" in ratio["expr"] and ratio["labels"]["severity"] == "warning"
     assert alerts()["DbrevNotReady"]["for"] == "15m"
     assert 'check!="drift"' in alerts()["DbrevIntegrityFindings"]["expr"]
+    # the way back: exactly the two readiness values that mean a rollback would not work, both known to dbrev
+    (values,) = re.findall(r'readiness=~"([^"]+)"', alerts()["DbrevRollbackNotReady"]["expr"])
+    assert values.split("|") == ["Broken", "Irreversible"] and set(values.split("|")) <= set(M.READINESS_VALUES)
 
 
 @pytest.mark.cluster

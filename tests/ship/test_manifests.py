@@ -35,7 +35,8 @@ OPERATOR_RULES = [
     # the health gate: read the named workloads, list their ReplicaSets and pods (read-only)
     {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": ["get", "patch"]},
     {"apiGroups": ["apps"], "resources": ["replicasets", "controllerrevisions"], "verbs": ["list"]},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    # delete: a gated StatefulSet's forced rollback (its stuck pods of the broken revision, OrderedReady)
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "delete"]},
 ]
 
 

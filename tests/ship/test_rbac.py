@@ -6,7 +6,8 @@ the overlay applied for real, and the operator started with the Deployment's own
 goes through a representative scenario: a DatabaseRevision reaches Ready, its ConfigMap changes, a
 downgrade waits for an approval and is approved, a health gate reads the Deployment and StatefulSet it
 names and, under ``onFailure: Rollback``, patches them back to their previous ReplicaSet and
-ControllerRevision, the operator stops (and leaves the peering object).
+ControllerRevision and deletes the StatefulSet's pod stuck on the broken revision, the operator stops
+(and leaves the peering object).
 Then, from the audit log:
 
 1. no request by the ServiceAccount was refused (401/403): nothing is missing;
@@ -152,11 +153,22 @@ def run_scenario(cp: ControlPlane, overlay: str, app_ns: str | None, admin_url: 
                             "spec": {"serviceName": "cache", "selector": {"matchLabels": {"app": "web"}},
                                      "template": tmpl}})
                 previous_revisions(kube, ns, tmpl)
+                stuck_pod(kube, ns)
                 kube.apply(dbrev_resource(ns, "gated", HEAD, secret="gated-db", policy={"dataLoss": "Allow"},
                                           healthGate={"window": "3s", "onFailure": "Rollback", "workloads": [
                                               {"kind": "Deployment", "name": "web"},
                                               {"kind": "StatefulSet", "name": "cache"}]}))
-                # onFailure: Rollback patches both back (the undo's verbs), then nothing rolls them out either
+                # onFailure: Rollback patches both back (the undo's verbs); then the StatefulSet's forced
+                # rollback: once its controller has taken the undo (played here: there is no controller-manager),
+                # the pod stuck on the broken revision is deleted
+                wait_for(lambda: json.loads(kube("get", "statefulset", "cache", "-n", ns, "-o", "json"))[
+                    "metadata"]["generation"] == 2, 60, "the StatefulSet patched back")
+                kube("patch", "statefulset", "cache", "-n", ns, "--subresource=status", "--type=merge", "-p",
+                     json.dumps({"status": {"replicas": 1, "observedGeneration": 2, "updateRevision": "cache-1",
+                                            "currentRevision": "cache-2"}}))
+                wait_for(lambda: "cache-0" not in kube("get", "pods", "-n", ns, "-o", "name"), 60,
+                         "the stuck pod deleted")
+                # then nothing rolls them out: the rollback runs out of its window
                 wait_for(lambda: is_state(kube.status(ns, "gated"), "False", "WorkloadRollbackFailed"), 90,
                          "the health gate's rollback to fail")
                 image = json.loads(kube("get", "deployment", "web", "-n", ns, "-o", "json"))[
@@ -202,6 +214,18 @@ def previous_revisions(kube: Kube, ns: str, tmpl: dict) -> None:
                     "revision": rev, "data": {"spec": {"template": {**template(image), "$patch": "replace"}}}})
     kube("patch", "statefulset", "cache", "-n", ns, "--subresource=status", "--type=merge", "-p",
          json.dumps({"status": {"replicas": 0, "updateRevision": "cache-2", "currentRevision": "cache-2"}}))
+
+
+def stuck_pod(kube: Kube, ns: str) -> None:
+    """A pod of StatefulSet/cache on its broken revision (cache-2), never Ready: no kubelet runs it."""
+    uid = json.loads(kube("get", "statefulset", "cache", "-n", ns, "-o", "json"))["metadata"]["uid"]
+    kube.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": ns}})
+    kube.apply({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "cache-0", "namespace": ns,
+                             "labels": {"app": "web", "controller-revision-hash": "cache-2"},
+                             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "cache",
+                                                  "uid": uid, "controller": True}]},
+                "spec": {"automountServiceAccountToken": False, "containers": [{"name": "c", "image": "x:v2"}]}})
 
 
 @pytest.fixture

@@ -10,7 +10,9 @@ Issue 13 §1.  Decisions over the objects the API server returns (plain dicts), 
   or the window passing while any workload is not healthy, e.g. pods Pending);
 * :func:`deployment_undo` / :func:`statefulset_undo`: what ``kubectl rollout undo`` does, as a
   patch: the previous ReplicaSet's pod template (without ``pod-template-hash``), or the previous
-  ControllerRevision's stored patch.
+  ControllerRevision's stored patch;
+* :func:`stuck_pods`: the pods a StatefulSet's undo waits for forever under ``OrderedReady`` (not Ready,
+  of the broken revision: Kubernetes' "forced rollback" caveat), which the undo deletes.
 
 * :func:`begin` / :func:`conclude`: the ``status.healthGate`` record and the outcome.
 * ``onFailure: Rollback``, application first, then schema: :func:`undo_plan` (the patches for every
@@ -21,8 +23,9 @@ Issue 13 §1.  Decisions over the objects the API server returns (plain dicts), 
   approval, failed).  Afterwards the resource stays Stalled (a standing reason: no loop) until the spec
   changes.
 
-The shell at the end (:func:`observe`, :func:`read_for_undo`, :func:`patch_workload`) reads the
-workloads, their ReplicaSets / ControllerRevisions and pods, and applies the undo patches; the
+The shell at the end (:func:`observe`, :func:`read_for_undo`, :func:`patch_workload`,
+:func:`unstick_statefulset`) reads the workloads, their ReplicaSets / ControllerRevisions and pods,
+applies the undo patches and deletes a StatefulSet's stuck pods; the
 operator's timer (``handlers._check``) calls them on every tick while a gate watches or rolls back.
 """
 
@@ -223,6 +226,7 @@ class Undo:
     patch: object  # a JSON patch (list) for a Deployment, a strategic merge patch (dict) for a StatefulSet
     content_type: str
     to: str  # e.g. "ReplicaSet web-5d9c (revision 1)"
+    revision: str | None = None  # a StatefulSet's: the ControllerRevision it goes back to
 
     @property
     def ref(self) -> str:
@@ -254,8 +258,53 @@ def undo_plan(workloads: list[tuple[dict, list[dict]]]) -> list[Undo]:
         else:
             prev = _previous_controllerrevision(obj, owned)
             out.append(Undo(kind, name, copy.deepcopy(prev.get("data") or {}), STRATEGIC_MERGE_PATCH,
-                            f"ControllerRevision {prev['metadata']['name']} (revision {prev.get('revision')})"))
+                            f"ControllerRevision {prev['metadata']['name']} (revision {prev.get('revision')})",
+                            prev["metadata"]["name"]))
     return out
+
+
+def _ordinal(pod: dict, sts_name: str) -> int | None:
+    tail = (pod.get("metadata") or {}).get("name", "")[len(sts_name) + 1:]
+    return int(tail) if tail.isdigit() else None
+
+
+def _ready(pod: dict) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def stuck_pods(sts: dict, pods: list[dict], target: str) -> list[dict]:
+    """The pods a StatefulSet's rollback waits for forever: the ones dbrev deletes after the undo.
+
+    Kubernetes' "forced rollback" caveat: under ``podManagementPolicy: OrderedReady`` (the default) and
+    ``RollingUpdate``, the controller replaces nothing while a pod is not Running and Ready, so a pod of
+    the broken revision that never becomes Ready blocks the undo; it must be deleted (the controller
+    then recreates it from the revision it goes back to).  Only once the controller has taken the undo
+    (``status.observedGeneration`` reached ``metadata.generation`` and ``status.updateRevision`` is the
+    ``target`` ControllerRevision: a pod recreated from then on is the old revision's), and only pods the
+    StatefulSet controls, not terminating, not Ready, of another revision than ``target``, at an ordinal
+    the rolling update replaces (``>= partition``).  ``Parallel`` needs none deleted (the controller
+    replaces not-Ready pods itself); ``OnDelete`` replaces pods only when someone deletes them, by
+    design: dbrev does not (docs/operations.md).
+    """
+    spec, st, meta = sts.get("spec") or {}, sts.get("status") or {}, sts.get("metadata") or {}
+    strategy = spec.get("updateStrategy") or {}
+    if (spec.get("podManagementPolicy") or "OrderedReady") != "OrderedReady":
+        return []
+    if (strategy.get("type") or "RollingUpdate") != "RollingUpdate":
+        return []
+    if int(st.get("observedGeneration") or 0) < int(meta.get("generation") or 0) or st.get("updateRevision") != target:
+        return []
+    partition = int((strategy.get("rollingUpdate") or {}).get("partition") or 0)
+    out = []
+    for p in pods:
+        pm = p.get("metadata") or {}
+        ordinal = _ordinal(p, meta.get("name", ""))
+        if (not _owned_by(p, sts) or pm.get("deletionTimestamp") or ordinal is None or ordinal < partition
+                or (pm.get("labels") or {}).get(STS_REVISION_LABEL) == target or _ready(p)):
+            continue
+        out.append(p)
+    return sorted(out, key=lambda p: _ordinal(p, meta.get("name", "")) or 0)
 
 
 # -- status transitions (pure) ---------------------------------------------------------------------
@@ -626,17 +675,72 @@ def read_for_undo(namespace: str, workloads) -> list[tuple[dict, list[dict]]]:
     return out
 
 
-def patch_workload(namespace: str, undo: Undo) -> None:
-    """Apply one undo (as ``kubectl rollout undo`` sends it)."""
+def patch_workload(namespace: str, undo: Undo) -> int:
+    """Apply one undo (as ``kubectl rollout undo`` sends it); the workload's generation after it."""
     from kubernetes import client
 
     from . import kube
 
     apps = client.AppsV1Api(kube.api_client())
     if undo.kind == "Deployment":
-        apps.patch_namespaced_deployment(undo.name, namespace, undo.patch, _content_type=undo.content_type)
+        out = apps.patch_namespaced_deployment(undo.name, namespace, undo.patch, _content_type=undo.content_type)
     else:
-        apps.patch_namespaced_stateful_set(undo.name, namespace, undo.patch, _content_type=undo.content_type)
+        out = apps.patch_namespaced_stateful_set(undo.name, namespace, undo.patch, _content_type=undo.content_type)
+    return int(out.metadata.generation or 0)
+
+
+# how long the undo waits for the StatefulSet controller to take it before looking for stuck pods
+UNSTICK_WAIT_SECONDS = 30.0
+
+
+def unstick_statefulset(namespace: str, undo: Undo, generation: int, wait: float = UNSTICK_WAIT_SECONDS) -> list[str]:
+    """The forced rollback of a StatefulSet (:func:`stuck_pods`): delete the pods its undo waits for.
+
+    Waits (at most ``wait`` seconds) for the controller to observe the undone template, then deletes
+    each stuck pod with a precondition on its uid (a pod recreated meanwhile is left alone).  Returns
+    the names deleted.  Raises ``ApiException`` when the API server refuses a read or a delete.
+    """
+    import time
+
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    from .. import log as L
+    from . import kube
+
+    api = kube.api_client()
+    apps, core = client.AppsV1Api(api), kube.core()
+    deadline = time.monotonic() + wait
+    while True:
+        obj = api.sanitize_for_serialization(apps.read_namespaced_stateful_set(undo.name, namespace))
+        st = obj.get("status") or {}
+        if int(st.get("observedGeneration") or 0) >= generation or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    if int(st.get("observedGeneration") or 0) < generation:
+        L.logger.warning(f"{undo.ref}: the StatefulSet controller has not taken the undo within {wait:g}s; no pod "
+                         f"deleted", extra={"workload": undo.ref, "status": "rolling_back"})
+        return []
+    sel = _selector(obj)
+    pods = api.sanitize_for_serialization(core.list_namespaced_pod(namespace, label_selector=sel)).get(
+        "items") or [] if sel else []
+    deleted = []
+    for p in stuck_pods(obj, pods, undo.revision or ""):
+        pm = p["metadata"]
+        try:
+            core.delete_namespaced_pod(pm["name"], namespace, body=client.V1DeleteOptions(
+                preconditions=client.V1Preconditions(uid=pm["uid"])))
+        except ApiException as e:
+            if e.status in (404, 409):  # gone already, or a new pod under that name
+                continue
+            raise
+        L.logger.warning(f"Deleted pod {pm['name']} of {undo.ref}: not Ready on revision "
+                         f"{pm['labels'].get(STS_REVISION_LABEL)}, it blocks the rollback under OrderedReady "
+                         f"(the StatefulSet's forced rollback)",
+                         extra={"event": "stuck_pod_deleted", "workload": undo.ref, "pod": pm["name"],
+                                "revision": pm["labels"].get(STS_REVISION_LABEL), "status": "rolling_back"})
+        deleted.append(pm["name"])
+    return deleted
 
 
 class UndoRefused(Exception):
@@ -650,8 +754,11 @@ class UndoRefused(Exception):
 def roll_back_workloads(namespace: str, workloads) -> list[Undo]:
     """Read, plan (all or none) and patch the named workloads back to their previous revision.
 
+    Then, for a StatefulSet, the forced rollback (:func:`unstick_statefulset`): the pods of the broken
+    revision it would wait for forever are deleted once its controller has taken the undo.
     Raises :class:`NoPreviousRevision` before patching anything when one has nothing to go back to, and
-    :class:`UndoRefused` when the API server refuses a read or a patch (saying which were patched before).
+    :class:`UndoRefused` when the API server refuses a read, a patch or a delete (saying which were
+    patched before).
     """
     from kubernetes.client.rest import ApiException
 
@@ -659,12 +766,21 @@ def roll_back_workloads(namespace: str, workloads) -> list[Undo]:
         undos = undo_plan(read_for_undo(namespace, workloads))
     except ApiException as e:
         raise UndoRefused(f"reading the workloads failed (HTTP {e.status} {e.reason})", []) from None
-    done: list[Undo] = []
+    done: list[tuple[Undo, int]] = []
     for u in undos:
         try:
-            patch_workload(namespace, u)
+            done.append((u, patch_workload(namespace, u)))
         except ApiException as e:
-            first = f"rolled back {', '.join(d.text for d in done)}, but " if done else ""
-            raise UndoRefused(f"{first}patching {u.ref} failed (HTTP {e.status} {e.reason})", done) from None
-        done.append(u)
+            first = f"rolled back {', '.join(d.text for d, _ in done)}, but " if done else ""
+            raise UndoRefused(f"{first}patching {u.ref} failed (HTTP {e.status} {e.reason})",
+                              [d for d, _ in done]) from None
+    for u, generation in done:  # every template is back first; then the StatefulSets' stuck pods go
+        if u.kind != "StatefulSet":
+            continue
+        try:
+            unstick_statefulset(namespace, u, generation)
+        except ApiException as e:
+            raise UndoRefused(f"rolled back {', '.join(d.text for d, _ in done)}, but deleting the pods of "
+                              f"{u.ref} that block it (not Ready on the broken revision, under OrderedReady) failed "
+                              f"(HTTP {e.status} {e.reason})", [d for d, _ in done]) from None
     return undos
