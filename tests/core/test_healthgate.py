@@ -69,6 +69,42 @@ def test_a_crash_looping_pod_of_the_new_revision_fails_but_not_one_of_the_old():
     assert h.state == PROGRESSING
 
 
+def test_a_pod_of_the_new_revision_failing_its_readiness_probe_fails_once_the_probe_has_had_its_chances():
+    """Running but not ready: failed only after initialDelay + failureThreshold periods (+ one period and
+    a timeout); a pod without a readiness probe, or judged without a clock, is only progressing."""
+    from datetime import datetime, timedelta, timezone
+
+    now = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
+
+    def running(seconds, probe=True, startup=None):
+        p = pod("shop-bbb-r", "bbb")
+        p["status"]["containerStatuses"][0]["state"] = {
+            "running": {"startedAt": (now - timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")}}
+        c = {"name": "app"}
+        if probe:
+            c["readinessProbe"] = {"exec": {"command": ["check"]}, "initialDelaySeconds": 5, "periodSeconds": 2,
+                                   "failureThreshold": 3}
+        if startup:
+            c["startupProbe"] = startup
+        p["spec"] = {"containers": [c]}
+        return p
+
+    # allowance: 5 + 2 * 3 + 2 + 1 (default timeout) = 14 s
+    assert workload_health(dep(available=1), [running(13)], RSS, now).state == PROGRESSING
+    h = workload_health(dep(available=1), [running(15)], RSS, now)
+    assert h.state == FAILED and "shop-bbb-r" in h.message and "readiness probe" in h.message
+    assert workload_health(dep(available=1), [running(15)], RSS).state == PROGRESSING  # no clock
+    assert workload_health(dep(available=1), [running(900, probe=False)], RSS, now).state == PROGRESSING
+    # a startup probe's own allowance comes first: 10 * 6 = 60 s more
+    slow = {"exec": {"command": ["up"]}, "periodSeconds": 10, "failureThreshold": 6}
+    assert workload_health(dep(available=1), [running(60, startup=slow)], RSS, now).state == PROGRESSING
+    assert workload_health(dep(available=1), [running(75, startup=slow)], RSS, now).state == FAILED
+    # a pod of the old revision is not judged
+    old = running(900)
+    old["metadata"]["labels"]["pod-template-hash"] = "aaa"
+    assert workload_health(dep(available=1), [old], RSS, now).state == PROGRESSING
+
+
 def test_statefulset_health_by_update_revision():
     sts = {"kind": "StatefulSet", "metadata": {"name": "db", "generation": 3, "uid": "s"},
            "spec": {"replicas": 2},

@@ -5,7 +5,8 @@ Issue 13 §1.  Decisions over the objects the API server returns (plain dicts), 
 * :func:`workload_health`: one Deployment or StatefulSet (and the pods of its new revision):
   ``healthy`` when the new generation is observed and every updated replica is available;
   ``failed`` when the rollout reports ``ProgressDeadlineExceeded`` or a pod of the new revision
-  cannot run (crash loop, image pull, container config); ``progressing`` otherwise;
+  cannot run (crash loop, image pull, container config) or runs but fails its readiness probe for
+  longer than the probe allows (:func:`readiness_allowance`); ``progressing`` otherwise;
 * :func:`gate`: all the named workloads over the window: passed, waiting, or failed (a failure,
   or the window passing while any workload is not healthy, e.g. pods Pending);
 * :func:`deployment_undo` / :func:`statefulset_undo`: what ``kubectl rollout undo`` does, as a
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 HEALTHY, PROGRESSING, FAILED = "healthy", "progressing", "failed"
 PASSED, WAITING = "passed", "waiting"
@@ -71,10 +73,45 @@ def _cond(obj: dict, ctype: str) -> dict:
     return {}
 
 
-def pod_problem(pods: list[dict]) -> str | None:
-    """Why a pod of the new revision will not become ready, if it says so (first found)."""
+def _seconds(probe: dict | None, field: str, default: int) -> int:
+    value = (probe or {}).get(field)
+    return int(value) if value is not None else default
+
+
+def readiness_allowance(container: dict) -> float | None:
+    """How long after a container starts its readiness probe has failed ``failureThreshold`` times in a row
+    if it never passed: the startup probe's allowance, the initial delay, the threshold's periods and one
+    probe timeout (Kubernetes' defaults where unset).  None: the container declares no readiness probe."""
+    probe = container.get("readinessProbe")
+    if not probe:
+        return None
+    startup = container.get("startupProbe")
+    allowance = 0.0
+    if startup:
+        allowance += _seconds(startup, "initialDelaySeconds", 0) + \
+            _seconds(startup, "periodSeconds", 10) * _seconds(startup, "failureThreshold", 3)
+    period = _seconds(probe, "periodSeconds", 10)
+    return allowance + _seconds(probe, "initialDelaySeconds", 0) + period * _seconds(probe, "failureThreshold", 3) \
+        + period + _seconds(probe, "timeoutSeconds", 1)
+
+
+def _age(started: str | None, now: datetime | None) -> float | None:
+    if not started or now is None:
+        return None
+    try:
+        at = datetime.fromisoformat(started.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (now - at).total_seconds()
+
+
+def pod_problem(pods: list[dict], now: datetime | None = None) -> str | None:
+    """Why a pod of the new revision will not become ready, if it says so (first found): a container that
+    cannot run (crash loop, image pull, config), OOM-killed again and again, or (given ``now``) running
+    but failing its readiness probe for longer than the probe allows."""
     for p in pods:
         st = p.get("status") or {}
+        containers = {c.get("name"): c for c in (p.get("spec") or {}).get("containers") or []}
         for cs in (st.get("initContainerStatuses") or []) + (st.get("containerStatuses") or []):
             waiting = (cs.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in BAD_WAITING:
@@ -85,6 +122,15 @@ def pod_problem(pods: list[dict]) -> str | None:
             if last.get("reason") == "OOMKilled" and int(cs.get("restartCount") or 0) >= 2:
                 return f"pod {p['metadata']['name']} container {cs.get('name')}: OOMKilled, restarted " \
                        f"{cs.get('restartCount')} times"
+        if (p.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        for cs in st.get("containerStatuses") or []:
+            running = (cs.get("state") or {}).get("running") or {}
+            allowance = readiness_allowance(containers.get(cs.get("name")) or {})
+            age = _age(running.get("startedAt"), now)
+            if running and not cs.get("ready") and allowance is not None and age is not None and age > allowance:
+                return (f"pod {p['metadata']['name']} container {cs.get('name')}: running {age:.0f}s and not "
+                        f"ready: its readiness probe has failed for longer than it allows ({allowance:.0f}s)")
     return None
 
 
@@ -96,8 +142,10 @@ def _new_pods_deployment(dep: dict, pods: list[dict], replicasets: list[dict]) -
     return [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(TEMPLATE_HASH) == h]
 
 
-def workload_health(obj: dict, pods: list[dict] = (), replicasets: list[dict] = ()) -> Health:
-    """One workload's rollout.  ``pods``: the workload's pods; ``replicasets``: a Deployment's ReplicaSets."""
+def workload_health(obj: dict, pods: list[dict] = (), replicasets: list[dict] = (),
+                    now: datetime | None = None) -> Health:
+    """One workload's rollout.  ``pods``: the workload's pods; ``replicasets``: a Deployment's ReplicaSets;
+    ``now``: the time to judge a failing readiness probe by (without it, only by the pods' states)."""
     kind = obj.get("kind") or "Deployment"
     meta, spec, st = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
     name = meta.get("name", "")
@@ -121,7 +169,7 @@ def workload_health(obj: dict, pods: list[dict] = (), replicasets: list[dict] = 
         done = not new_rev or st.get("currentRevision") == new_rev or updated >= want
         if done and updated >= want and ready >= want and available >= want:
             return Health(kind, name, HEALTHY, f"{ready}/{want} replicas of {new_rev or 'the revision'} ready")
-    problem = pod_problem(new_pods)
+    problem = pod_problem(new_pods, now)
     if problem:
         return Health(kind, name, FAILED, problem)
     return Health(kind, name, PROGRESSING, f"{updated} updated, {available} available of {want} replica(s)")
@@ -617,7 +665,7 @@ def observe(namespace: str, workloads) -> list[Health]:
         if kind == "Deployment" and selector:
             rss = api.sanitize_for_serialization(apps.list_namespaced_replica_set(
                 namespace, label_selector=selector)).get("items") or []
-        out.append(workload_health(obj, pods, rss))
+        out.append(workload_health(obj, pods, rss, datetime.now(timezone.utc)))
     return out
 
 
