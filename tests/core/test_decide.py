@@ -198,13 +198,15 @@ ROLLED_BACK = {"result": "rolled_back", "from_revisions": ["a1"], "to_revisions"
 
 
 @pytest.mark.parametrize("trigger,stands", [("resume", True), ("update", True), ("spec", False), ("approval", False),
-                                            ("configmap/m", False), ("drift", False), ("requested", False)])
+                                            ("configmap/m", True), ("secret/db", True), ("drift", False),
+                                            ("requested", False)])
 def test_a_stalled_outcome_stands_across_a_restart(trigger, stands):
     """15.11: same generation + same inputs + Stalled: no new run unless something a human did asks for one."""
     st = {**from_result(ROLLED_BACK, {}, 2, NOW, "spec", NOW, PLAN).status, "inputsHash": "sha256:i"}
     assert decide.previous_outcome_stands(st, 2, "sha256:i", trigger) is stands
     assert not decide.previous_outcome_stands(st, 3, "sha256:i", "resume")  # a new spec
     assert not decide.previous_outcome_stands(st, 2, "sha256:j", "resume")  # new scripts or Secret
+    assert not decide.previous_outcome_stands(st, 2, "sha256:j", "configmap/m")  # the scripts did change
     timed_out = {**ROLLED_BACK, "error": {"reason": C.TIMED_OUT, "message": "took too long"}}
     st2 = {**from_result(timed_out, {}, 2, NOW, "spec", NOW, PLAN).status, "inputsHash": "sha256:i"}
     assert conds(st2)["Stalled"] == ("True", "TimedOut") and decide.previous_outcome_stands(st2, 2, "sha256:i", "resume")

@@ -99,6 +99,9 @@ TRANSIENT_REASONS = frozenset({C.DATABASE_UNAVAILABLE, C.LOCK_BUSY, C.KUBERNETES
 # timer, or someone asking (`dbrev.io/reconcile-requested-at`).  A restart of the operator ("resume")
 # or an unrelated edit ("update": labels, other annotations) is none of these.
 NOT_A_RETRY = frozenset({"resume", "update"})
+# a watched ConfigMap or Secret changed: a retry only when what the plan reads changed (the inputs hash);
+# a label or another key changing must not run a standing failed plan again (e.g. after a health-gate rollback)
+INPUT_TRIGGERS = ("configmap/", "secret/")
 # Outcomes of a run that changed (or tried to change) the database: running the same plan again would
 # repeat it.  Other Stalled reasons (a Conflict whose rival is gone, a refusal, bad input) are re-checked.
 STANDING_REASONS = frozenset({C.ROLLED_BACK, C.TIMED_OUT, C.MIGRATION_FAILED, C.ROLLBACK_FAILED,
@@ -150,7 +153,7 @@ def previous_outcome_stands(prev: dict, generation: int, inputs_hash: str, trigg
     would repeat what failed (a RolledBack or TimedOut plan would be applied and undone once more).
     A spec change, an approval, changed inputs, drift or an explicit request still run.
     """
-    if trigger not in NOT_A_RETRY:
+    if trigger not in NOT_A_RETRY and not trigger.startswith(INPUT_TRIGGERS):
         return False
     stalled = any(c.get("type") == C.STALLED and c.get("status") == "True" and c.get("reason") in STANDING_REASONS
                   for c in prev.get("conditions") or [])
