@@ -12,6 +12,8 @@
 ARG BASE_IMAGE=python:3.11-slim
 
 # ---- builder: /opt/dbrev, a virtual environment holding dbrev and every dependency
+# The operator image installs dbrev[operator] (kopf, kubernetes, prometheus-client); plain `dbrev` is
+# the lean engine + CLI that migration pods run, also what an application image adds (docs/install.md).
 FROM ${BASE_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
@@ -23,11 +25,12 @@ COPY operator/ operator/
 COPY .wheelhouse/ /wheelhouse/
 RUN python3 -m venv /opt/dbrev \
  && if ls /wheelhouse/*.whl >/dev/null 2>&1; then \
-      /opt/dbrev/bin/pip install --no-index --find-links=/wheelhouse dbrev; \
+      /opt/dbrev/bin/pip install --no-index --find-links=/wheelhouse 'dbrev[operator]'; \
     else \
-      /opt/dbrev/bin/pip install . ; \
+      /opt/dbrev/bin/pip install '.[operator]' ; \
     fi \
- && /opt/dbrev/bin/dbrev --help >/dev/null
+ && /opt/dbrev/bin/dbrev --help >/dev/null \
+ && /opt/dbrev/bin/python -c 'import dbrev.controller.main'
 
 # ---- final: the same base with the environment copied in, running as a non-root user
 FROM ${BASE_IMAGE}

@@ -129,6 +129,12 @@ def add_logging(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", default=os.environ.get("DBREV_LOG_FORMAT", "json"), choices=["json", "text"])
 
 
+def _add_result_file(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--result-file", default=os.environ.get("DBREV_RESULT_FILE"), metavar="PATH",
+                   help="also write the result document there as compact JSON, at most 4096 bytes (a summary "
+                        "when longer), e.g. /dev/termination-log in a migration pod (default: $DBREV_RESULT_FILE)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dbrev", description="Keep a PostgreSQL database at an Alembic revision, "
                                      "safely: plan, policy, atomic apply, verification, automatic rollback.")
@@ -147,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_revisions", action="append", metavar="REV",
                    help="plan from this revision instead of reading the database (repeatable; 'base' for empty)")
     p.add_argument("--sql", action="store_true", help="print each step's SQL (text output)")
+    _add_result_file(p)
 
     p = sub.add_parser("apply", help="bring the database to a revision (upgrade or downgrade)")
     _add_common(p)
@@ -164,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"kill the run after this long (default {DEFAULT_RUN_TIMEOUT:g})")
     p.add_argument("--plan-hash", default=None, metavar="HASH",
                    help="refuse unless the plan is exactly this one (from `dbrev plan`)")
+    _add_result_file(p)
     p.add_argument("--verify", default=None, metavar="CHECKS",
                    help="comma-separated checks (default: constraints,indexes,sequences,orphans,rowCounts,fingerprint)")
     p.add_argument("--exact-counts", action="store_true",
@@ -219,9 +227,53 @@ def db_options(args) -> DbOptions:
     url = args.database_url or os.environ.get("DBREV_DATABASE_URL")
     if not url:
         raise E.DatabaseConfigError("no database URL", hint="pass --database-url or set DBREV_DATABASE_URL")
+    password = os.environ.get("DBREV_DATABASE_PASSWORD")
+    if password:  # a migration pod: the URL without its password, the password from a Secret (never argv)
+        url = with_password(url, password)
     return DbOptions(url=url, connect_timeout=args.connect_timeout, lock_timeout=args.lock_timeout,
                      statement_timeout=args.statement_timeout, version_table=args.version_table,
                      version_table_schema=args.version_table_schema, state_schema=args.state_schema)
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` as its password (registered as a secret first: it is never printed)."""
+    from sqlalchemy.engine import make_url
+
+    from .redact import register_secret
+
+    register_secret(password)
+    try:
+        return make_url(url).set(password=password).render_as_string(hide_password=False)
+    except Exception:  # noqa: BLE001 - the engine's own parse says what is wrong with the URL
+        return url
+
+
+#: Kubernetes keeps at most this many bytes of a container's termination message
+RESULT_FILE_LIMIT = 4096
+#: what a result file keeps of a document too long for it (what the operator decides on)
+RESULT_SUMMARY_KEYS = ("result", "hash", "plan_hash", "direction", "from_revisions", "to_revisions", "target",
+                       "destructive", "run_id", "message", "error")
+
+
+def result_file_text(doc: dict, limit: int = RESULT_FILE_LIMIT) -> str:
+    """``--result-file``'s text: the document as compact JSON, redacted; when longer than ``limit`` bytes,
+    the keys of :data:`RESULT_SUMMARY_KEYS` and ``"truncated": true`` (stdout keeps the whole document)."""
+    def dump(d):
+        return redact(json.dumps(redact_obj(d), separators=(",", ":"), default=str))
+
+    text = dump(doc)
+    if len(text.encode("utf-8")) <= limit:
+        return text
+    small = {k: doc[k] for k in RESULT_SUMMARY_KEYS if k in doc}
+    small["truncated"] = True
+    text = dump(small)
+    if len(text.encode("utf-8")) > limit:
+        err = small.get("error") if isinstance(small.get("error"), dict) else {}
+        small = {"result": doc.get("result"), "hash": doc.get("hash"), "truncated": True,
+                 "error": {k: str(err[k])[:1024] for k in ("error_type", "reason", "message", "exit_code")
+                           if k in err} or None}
+        text = dump(small)
+    return text
 
 
 def _migrations(args) -> str:
@@ -266,6 +318,13 @@ def doc_stream():
 
 
 def _out(args, doc: dict, text: str) -> None:
+    path = getattr(args, "result_file", None)
+    if path:  # a migration pod's /dev/termination-log: the operator reads it without credentials
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(result_file_text(doc))
+        except OSError as e:
+            L.logger.warning("Cannot write the result file", extra={"path": path, "error_message": e.strerror})
     out = doc_stream()
     if args.json:
         out.write(redact(json.dumps(redact_obj(doc), indent=2, default=str)) + "\n")

@@ -155,6 +155,9 @@ def argparse_hidden():
 
 
 def cmd_operator(args) -> int:
+    from .extras import require_operator
+
+    require_operator("dbrev operator")
     os.environ["DBREV_LOG_LEVEL"] = args.log_level.upper()
     from .controller import main as operator_main
     from .log import setup_logging
@@ -176,6 +179,9 @@ def cmd_operator(args) -> int:
 
 def named_resource(namespace: str | None, name: str) -> tuple[str, dict]:
     """The DatabaseRevision a cluster verb names: ``-n`` or the kubeconfig context's namespace."""
+    from .extras import require_operator
+
+    require_operator(f"finding DatabaseRevision {name}")
     from kubernetes import config
 
     from .controller import kube
@@ -195,6 +201,9 @@ def named_resource(namespace: str | None, name: str) -> tuple[str, dict]:
 
 
 def cmd_approve(args) -> int:
+    from .extras import require_operator
+
+    require_operator("dbrev approve")
     import json
 
     from . import conditions as C

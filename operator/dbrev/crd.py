@@ -62,6 +62,100 @@ def _secret_key_ref(desc: str, default_key: str) -> dict:
     }, required=["name"])
 
 
+#: environment variables a migration pod sets itself (the database URL, the scripts): never from spec
+RESERVED_ENV_PREFIX = "DBREV_"
+IMAGE_PATH_PATTERN = r"^/[^\\x00]*$"
+
+
+def _local_ref(desc: str) -> dict:
+    return _o(desc, {"name": _s("Its name, in the same namespace.", minLength=1, maxLength=253)}, required=["name"])
+
+
+def _key_ref(desc: str, what: str) -> dict:
+    return _o(desc, {
+        "name": _s(f"Name of a {what} in the same namespace.", minLength=1, maxLength=253),
+        "key": _s(f"Key inside the {what}.", minLength=1, maxLength=253),
+        "optional": _b(f"Start the pod even when the {what} or its key is missing.", default=False),
+    }, required=["name", "key"])
+
+
+def _quantities(desc: str) -> dict:
+    return {"type": "object", "description": desc, "maxProperties": 16,
+            "additionalProperties": {"description": "A quantity, e.g. 500m, 256Mi.", "x-kubernetes-int-or-string": True,
+                                     "anyOf": [{"type": "integer"}, {"type": "string"}]}}
+
+
+def image_source_schema() -> dict:
+    """``spec.migrations.image``: the scripts live in an application's image (run there, in a Job)."""
+    env_var = _o("An environment variable (as in a container spec).", {
+        "name": _s(f"Its name (not starting with {RESERVED_ENV_PREFIX}: dbrev sets those).", minLength=1,
+                   maxLength=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"),
+        "value": _s("A literal value.", maxLength=32768),
+        "valueFrom": _o("Where the value comes from (exactly one).", {
+            "secretKeyRef": _key_ref("A key of a Secret.", "Secret"),
+            "configMapKeyRef": _key_ref("A key of a ConfigMap.", "ConfigMap"),
+            "fieldRef": _o("A field of the pod.", {"fieldPath": _s("e.g. metadata.namespace.", minLength=1,
+                                                                   maxLength=253)}, required=["fieldPath"]),
+        }, **{"x-kubernetes-validations": [{
+            "rule": "[has(self.secretKeyRef), has(self.configMapKeyRef), has(self.fieldRef)]"
+                    ".filter(x, x).size() == 1",
+            "message": "env[].valueFrom: give exactly one of secretKeyRef, configMapKeyRef or fieldRef"}]}),
+    }, required=["name"], **{"x-kubernetes-validations": [{
+        "rule": "!(has(self.value) && has(self.valueFrom))",
+        "message": "env[]: give value or valueFrom, not both"}, {
+        "rule": f"!self.name.startsWith('{RESERVED_ENV_PREFIX}')",
+        "message": f"env[]: names starting with {RESERVED_ENV_PREFIX} are dbrev's own (the database URL, the "
+                   "scripts' path); the migration pod sets them"}]})
+    env_from = _o("All the keys of a ConfigMap or a Secret as environment variables (as in a container spec).", {
+        "configMapRef": _o("A ConfigMap.", {"name": _s("Its name.", minLength=1, maxLength=253),
+                                            "optional": _b("Start the pod even when it is missing.", default=False)},
+                           required=["name"]),
+        "secretRef": _o("A Secret.", {"name": _s("Its name.", minLength=1, maxLength=253),
+                                      "optional": _b("Start the pod even when it is missing.", default=False)},
+                        required=["name"]),
+        "prefix": _s("Put this before every key's name.", maxLength=253),
+    }, **{"x-kubernetes-validations": [{
+        "rule": "has(self.configMapRef) != has(self.secretRef)",
+        "message": "envFrom[]: give exactly one of configMapRef or secretRef"}]})
+    toleration = _o("A toleration (as in a pod spec).", {
+        "key": _s("The taint key (empty with operator Exists: every taint).", maxLength=317),
+        "operator": _s("Equal or Exists.", enum=["Equal", "Exists"], default="Equal"),
+        "value": _s("The taint value (operator Equal).", maxLength=63),
+        "effect": _s("NoSchedule, PreferNoSchedule or NoExecute (empty: all).",
+                     enum=["", "NoSchedule", "PreferNoSchedule", "NoExecute"]),
+        "tolerationSeconds": _i("NoExecute: stay this long after the taint appears.", minimum=0),
+    })
+    return _o(
+        "Run the migrations from an application's image instead of ConfigMaps: plan and apply run in a Job of "
+        "that image (its packages, models and env.py), with dbrev installed in it (pip install dbrev). Give "
+        "exactly one of configMapRefs or image. A GitOps revert changes the tag; the downgrade then uses the "
+        "copies of the scripts the database keeps.",
+        {
+            "name": _s("The image reference, e.g. registry.example.com/orders-api:1.4.2 (a digest pins it).",
+                       minLength=1, maxLength=1024),
+            "path": _s("Where the migrations are in the image: an Alembic script location (a folder with env.py "
+                       "and versions/, run through its env.py) or a bare folder of version scripts.",
+                       minLength=2, maxLength=4096, pattern=IMAGE_PATH_PATTERN),
+            "imagePullPolicy": _s("As in a container spec (default: Kubernetes', from the tag).",
+                                  enum=["Always", "IfNotPresent", "Never"]),
+            "imagePullSecrets": _a("Secrets in the same namespace to pull the image with.",
+                                   _local_ref("A Secret reference."), maxItems=16),
+            "env": _a("Extra environment variables of the migration container (what the app's env.py reads).",
+                      env_var, maxItems=128),
+            "envFrom": _a("Extra environment variables from ConfigMaps or Secrets.", env_from, maxItems=32),
+            "resources": _o("CPU and memory of the migration container (as in a container spec).", {
+                "limits": _quantities("At most this much."),
+                "requests": _quantities("Scheduled with this much."),
+            }),
+            "nodeSelector": {"type": "object", "description": "Run the migration pod on nodes with these labels.",
+                             "additionalProperties": {"type": "string", "description": "A label value."},
+                             "maxProperties": 32},
+            "tolerations": _a("Taints the migration pod tolerates.", toleration, maxItems=32),
+        },
+        required=["name", "path"],
+    )
+
+
 def spec_schema() -> dict:
     database = _o(
         "How to reach the database. Give exactly one of urlSecretRef or credentials.",
@@ -97,7 +191,8 @@ def spec_schema() -> dict:
         }]},
     )
     migrations = _o(
-        "Where the Alembic version scripts come from.",
+        "Where the Alembic version scripts come from: ConfigMaps (configMapRefs) or an application image (image); "
+        "give exactly one.",
         {
             "configMapRefs": _a(
                 "ConfigMaps in the same namespace holding the version scripts, one key per file (e.g. "
@@ -106,13 +201,16 @@ def spec_schema() -> dict:
                 _o("A ConfigMap reference.", {"name": _s("ConfigMap name.", minLength=1, maxLength=253)},
                    required=["name"]),
                 minItems=1, maxItems=32),
+            "image": image_source_schema(),
             "versionTable": _s("Name of Alembic's version table.", default="alembic_version", minLength=1,
                                maxLength=63),
             "versionTableSchema": _s("Schema of the version table (default: the search_path's first schema, "
                                      "normally public).", minLength=1, maxLength=63),
         },
-        required=["configMapRefs"],
         **{"x-kubernetes-validations": [{
+            "rule": "has(self.configMapRefs) != has(self.image)",
+            "message": "give exactly one of migrations.configMapRefs or migrations.image",
+        }, {
             "rule": "self.versionTable == oldSelf.versionTable && has(self.versionTableSchema) == "
                     "has(oldSelf.versionTableSchema) && (!has(self.versionTableSchema) || "
                     "self.versionTableSchema == oldSelf.versionTableSchema)",

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import platform
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from .extras import require_operator
+
+require_operator(__name__)  # before the import below: a clear error on a lean install
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics  # noqa: E402
 
 from . import __version__
 from .metric_labels import (  # noqa: F401 - the label values, spelled once (pure)

@@ -367,6 +367,9 @@ def _roll_back_workloads(ns: str, names, window: float, log) -> tuple[bool, str]
 
 
 def cmd_rollback_cluster(args) -> int:
+    from .extras import require_operator
+
+    require_operator(f"dbrev rollback {args.name}")
     import getpass
     import json
     import socket

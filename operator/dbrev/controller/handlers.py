@@ -15,6 +15,10 @@ import threading
 import time
 from datetime import datetime, timezone
 
+from ..extras import require_operator
+
+require_operator(__name__)  # before kopf/kubernetes: a clear error on a lean install
+
 import kopf
 
 from .. import conditions as C

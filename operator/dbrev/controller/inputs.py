@@ -12,6 +12,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..extras import require_operator
+
+require_operator(__name__)  # before kopf/kubernetes: a clear error on a lean install
+
 from kubernetes.client.rest import ApiException
 
 from .. import conditions as C

@@ -5,6 +5,10 @@ from __future__ import annotations
 import threading
 from datetime import datetime, timezone
 
+from ..extras import require_operator
+
+require_operator(__name__)  # before kopf/kubernetes: a clear error on a lean install
+
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 

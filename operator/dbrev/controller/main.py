@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 
+from ..extras import require_operator
+
+require_operator(__name__)  # before kopf/kubernetes: a clear error on a lean install
+
 import kopf
 from kubernetes.client.rest import ApiException
 

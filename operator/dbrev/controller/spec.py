@@ -26,6 +26,55 @@ class Credentials:
 
 
 @dataclass(frozen=True)
+class EnvVar:
+    """One ``env`` entry of a migration container: a literal ``value`` or exactly one reference."""
+    name: str
+    value: str | None = None
+    secret: KeyRef | None = None  # valueFrom.secretKeyRef
+    config_map: KeyRef | None = None  # valueFrom.configMapKeyRef
+    field_path: str | None = None  # valueFrom.fieldRef.fieldPath
+
+
+@dataclass(frozen=True)
+class KeyRef:
+    name: str
+    key: str
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class EnvFrom:
+    kind: str  # "configMap" or "secret"
+    name: str
+    prefix: str = ""
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Toleration:
+    key: str | None = None
+    operator: str = "Equal"
+    value: str | None = None
+    effect: str | None = None
+    seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """``spec.migrations.image``: the scripts are in an application's image, at ``path``."""
+    name: str
+    path: str
+    pull_policy: str | None = None
+    pull_secrets: tuple[str, ...] = ()
+    env: tuple[EnvVar, ...] = ()
+    env_from: tuple[EnvFrom, ...] = ()
+    limits: tuple[tuple[str, str], ...] = ()  # resources.limits, sorted by name
+    requests: tuple[tuple[str, str], ...] = ()
+    node_selector: tuple[tuple[str, str], ...] = ()
+    tolerations: tuple[Toleration, ...] = ()
+
+
+@dataclass(frozen=True)
 class Spec:
     revision: str
     url_secret: SecretKeyRef | None
@@ -42,6 +91,7 @@ class Spec:
     drift_check_interval: float
     verify: tuple[str, ...] = field(default=ALL_CHECKS)
     health_gate: HealthGate | None = None
+    image: ImageSource | None = None  # migrations.image (then configmaps is empty)
 
 
 class SpecError(ValueError):
@@ -63,8 +113,19 @@ def parse_duration(text: str) -> float:
         raise SpecError(str(e)) from None
 
 
-def parse_spec(spec: dict) -> Spec:
-    """Defaults match the CRD's; the API server has already applied them, this covers old objects."""
+#: why the operator's reconcile refuses migrations.image until it runs plans and applies in Jobs
+IMAGE_NOT_RUN = ("spec.migrations.image: this build of the dbrev operator does not run migrations from an "
+                 "application image yet (it runs ConfigMap scripts only); give migrations.configMapRefs, or run "
+                 "dbrev plan/apply in that image yourself (pip install dbrev) until an operator with Jobs is "
+                 "installed")
+
+
+def parse_spec(spec: dict, *, allow_image: bool = False) -> Spec:
+    """Defaults match the CRD's; the API server has already applied them, this covers old objects.
+
+    ``allow_image``: accept ``migrations.image`` (the Job builder, :mod:`dbrev.controller.jobs`). The
+    operator's reconcile calls without it, so a resource naming an image is Stalled (InvalidSpec, with
+    :data:`IMAGE_NOT_RUN`) instead of being silently run from nothing."""
     try:
         db = spec.get("database") or {}
         url_ref = db.get("urlSecretRef")
@@ -78,8 +139,12 @@ def parse_spec(spec: dict) -> Spec:
                                       SecretKeyRef(pw["name"], pw.get("key", "password")), creds.get("sslMode"))
         mig = spec.get("migrations") or {}
         cms = tuple(ref["name"] for ref in mig.get("configMapRefs") or [])
-        if not cms:
-            raise SpecError("migrations.configMapRefs names no ConfigMap")
+        image = _image_source(mig["image"]) if mig.get("image") else None
+        if bool(cms) == bool(image):
+            raise SpecError("give exactly one of migrations.configMapRefs (naming at least one ConfigMap) or "
+                            "migrations.image")
+        if image and not allow_image:
+            raise SpecError(IMAGE_NOT_RUN)
         pol = spec.get("policy") or {}
         verify = tuple(pol.get("verify") or ALL_CHECKS)
         policy = Policy(downgrade=pol.get("downgrade", "Allow"), data_loss=pol.get("dataLoss", "Deny"),
@@ -105,6 +170,7 @@ def parse_spec(spec: dict) -> Spec:
             drift_check_interval=parse_duration(spec.get("driftCheckInterval", "10m")),
             verify=verify,
             health_gate=_health_gate(spec.get("healthGate"), policy.downgrade),
+            image=image,
         )
     except (KeyError, TypeError) as e:
         raise SpecError(f"incomplete spec: missing {e}") from None
@@ -131,3 +197,92 @@ def _health_gate(hg: dict | None, downgrade: str = "Allow") -> HealthGate | None
         raise SpecError("healthGate.onFailure Rollback downgrades the schema after rolling the workloads back, but "
                         "spec.policy.downgrade is Deny: set it to Allow or RequireApproval, or use onFailure Report")
     return HealthGate(workloads, parse_duration(hg.get("window", "10m")), on_failure)
+
+
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+
+
+def _key_ref(d: dict, where: str) -> KeyRef:
+    if not d.get("name") or not d.get("key"):
+        raise SpecError(f"{where} needs a name and a key")
+    return KeyRef(str(d["name"]), str(d["key"]), bool(d.get("optional", False)))
+
+
+def _env_var(e: dict, i: int) -> EnvVar:
+    from ..crd import RESERVED_ENV_PREFIX
+
+    where = f"migrations.image.env[{i}]"
+    name = str(e.get("name") or "")
+    if not name:
+        raise SpecError(f"{where} has no name")
+    if name.startswith(RESERVED_ENV_PREFIX):
+        raise SpecError(f"{where}: {name} starts with {RESERVED_ENV_PREFIX}, which names dbrev's own variables "
+                        "(the database URL, the scripts' path); the migration pod sets them itself")
+    vf = e.get("valueFrom") or {}
+    refs = [k for k in ("secretKeyRef", "configMapKeyRef", "fieldRef") if vf.get(k)]
+    if vf and len(refs) != 1:
+        raise SpecError(f"{where}.valueFrom: give exactly one of secretKeyRef, configMapKeyRef or fieldRef")
+    if refs and "value" in e:
+        raise SpecError(f"{where}: give value or valueFrom, not both")
+    if not refs:
+        return EnvVar(name, str(e.get("value", "")))
+    if refs[0] == "fieldRef":
+        path = str(vf["fieldRef"].get("fieldPath") or "")
+        if not path:
+            raise SpecError(f"{where}.valueFrom.fieldRef needs a fieldPath")
+        return EnvVar(name, field_path=path)
+    ref = _key_ref(vf[refs[0]], f"{where}.valueFrom.{refs[0]}")
+    return EnvVar(name, secret=ref) if refs[0] == "secretKeyRef" else EnvVar(name, config_map=ref)
+
+
+def _env_from(e: dict, i: int) -> EnvFrom:
+    where = f"migrations.image.envFrom[{i}]"
+    refs = [k for k in ("configMapRef", "secretRef") if e.get(k)]
+    if len(refs) != 1:
+        raise SpecError(f"{where}: give exactly one of configMapRef or secretRef")
+    ref = e[refs[0]]
+    if not ref.get("name"):
+        raise SpecError(f"{where}.{refs[0]} has no name")
+    return EnvFrom("configMap" if refs[0] == "configMapRef" else "secret", str(ref["name"]),
+                   str(e.get("prefix") or ""), bool(ref.get("optional", False)))
+
+
+def _quantities(d: dict | None, where: str) -> tuple[tuple[str, str], ...]:
+    out = []
+    for k, v in sorted((d or {}).items()):
+        if isinstance(v, bool) or not isinstance(v, (int, str)) or not str(v).strip():
+            raise SpecError(f"migrations.image.resources.{where}.{k}: {v!r} is not a quantity (e.g. 500m, 256Mi)")
+        out.append((str(k), str(v)))
+    return tuple(out)
+
+
+def _image_source(img: dict) -> ImageSource:
+    name = str(img.get("name") or "").strip()
+    if not name:
+        raise SpecError("migrations.image.name is empty: give the image reference, e.g. "
+                        "registry.example.com/orders-api:1.4.2")
+    path = str(img.get("path") or "")
+    if not path.startswith("/") or "\x00" in path or path == "/":
+        raise SpecError(f"migrations.image.path {path!r} is not an absolute folder in the image (e.g. "
+                        "/app/migrations: a script location with env.py, or a folder of version scripts)")
+    policy = img.get("imagePullPolicy")
+    if policy is not None and policy not in PULL_POLICIES:
+        raise SpecError(f"migrations.image.imagePullPolicy {policy!r} is not one of {', '.join(PULL_POLICIES)}")
+    secrets = tuple(str(s["name"]) for s in img.get("imagePullSecrets") or [])
+    res = img.get("resources") or {}
+    tolerations = []
+    for t in img.get("tolerations") or []:
+        op = t.get("operator", "Equal")
+        if op not in ("Equal", "Exists"):
+            raise SpecError(f"migrations.image.tolerations: operator {op!r} is not Equal or Exists")
+        secs = t.get("tolerationSeconds")
+        tolerations.append(Toleration(t.get("key"), op, t.get("value"), t.get("effect") or None,
+                                      int(secs) if secs is not None else None))
+    return ImageSource(
+        name=name, path=path.rstrip("/"), pull_policy=policy, pull_secrets=secrets,
+        env=tuple(_env_var(e, i) for i, e in enumerate(img.get("env") or [])),
+        env_from=tuple(_env_from(e, i) for i, e in enumerate(img.get("envFrom") or [])),
+        limits=_quantities(res.get("limits"), "limits"), requests=_quantities(res.get("requests"), "requests"),
+        node_selector=tuple(sorted((str(k), str(v)) for k, v in (img.get("nodeSelector") or {}).items())),
+        tolerations=tuple(tolerations),
+    )

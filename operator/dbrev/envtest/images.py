@@ -248,7 +248,7 @@ def wheelhouse(repo: Path, python: str = sys.executable) -> Path:
     for old in dest.glob("*.whl"):
         old.unlink()
     dest.mkdir(exist_ok=True)
-    _run([python, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(dest), str(repo)], timeout=1800)
+    _run([python, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(dest), f"{repo}[operator]"], timeout=1800)
     stamp.write_text(key)
     return dest
 
