@@ -280,7 +280,11 @@ def test_no_wildcards_no_writes_to_secrets_or_configmaps(built, overlay):
                 assert "*" not in rule[field], (o["metadata"]["name"], rule)
             if {"secrets", "configmaps"} & set(rule["resources"]):
                 assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
-            assert not {"escalate", "bind", "impersonate", "delete", "deletecollection", "update"} & set(rule["verbs"])
+            verbs = set(rule["verbs"])
+            if rule["apiGroups"] == [""] and rule["resources"] == ["pods"]:
+                # the one delete: a StatefulSet's forced rollback (healthgate.stuck_pods picks the pods)
+                verbs -= {"delete"}
+            assert not {"escalate", "bind", "impersonate", "delete", "deletecollection", "update"} & verbs
 
 
 # ------------------------------------------------------------------ Dockerfile (no Docker here: by review)
