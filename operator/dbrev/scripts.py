@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from . import conditions as C
 from .errors import ScriptError
 from .graph import Graph, Node, graph_from_nodes
 
@@ -205,7 +206,8 @@ def versions_folder(directory: Path) -> tuple[Path, Path | None]:
     """(folder holding the version scripts, env.py if this is a script_location)."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise ScriptError(f"migrations folder {directory} does not exist or is not a folder")
+        raise ScriptError(f"migrations folder {directory} does not exist or is not a folder",
+                          reason=C.MIGRATIONS_NOT_FOUND)
     env = directory / "env.py"
     if env.is_file() and (directory / "versions").is_dir():
         return directory / "versions", env
