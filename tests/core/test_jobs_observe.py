@@ -124,7 +124,10 @@ def test_a_crash_without_a_result_quotes_the_log_tail():
     o = J.observe(job(), [pod(terminated(1, "Error", "Traceback\nImportError: no module named orders"),
                               phase="Failed")])
     assert (o.phase, o.reason, o.started) == (J.FAILED, C.MIGRATION_POD_FAILED, True)
-    assert "ImportError: no module named orders" in o.message
+    assert "died (exit code 1) without a result" in o.message
+    assert o.tail == ("Traceback", "ImportError: no module named orders")
+    killed = J.observe(job(), [pod(terminated(137, "Error", "about to allocate"), phase="Failed")])
+    assert "killed by SIGKILL" in killed.message and "OOM" in killed.message and killed.reason != C.OUT_OF_MEMORY
 
 
 def test_a_config_error_names_it():

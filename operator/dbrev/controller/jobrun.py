@@ -145,7 +145,12 @@ def parse_result(text: str) -> tuple[RunResult, dict | None]:
         raise MigrationJobError(f"the migration pod's result is not JSON: {redact(text)[:300]!r}",
                                 reason=C.MIGRATION_POD_FAILED) from None
     plan = doc.pop("plan", None)
-    if doc.get("result") in (RESULT_REFUSED, RESULT_BUSY, "error") and isinstance(doc.get("error"), dict):
+    # raised where the in-process run raises: an error before any plan (the CLI's "error" document), a busy
+    # lock, a refusal raised as an exception (the CLI's of_error documents carry no plan hash); a plan the policy
+    # refused (awaiting approval, denied) is a result, as in process
+    raised = doc.get("result") == "error" or (doc.get("result") in (RESULT_REFUSED, RESULT_BUSY)
+                                              and not doc.get("plan_hash"))
+    if raised and isinstance(doc.get("error"), dict):
         _raise_reported(doc["error"])
     truncated = doc.pop("truncated", False)
     body = {k: v for k, v in doc.items() if k in _RESULT_KEYS}
@@ -265,11 +270,12 @@ def run(req: RunRequest, *, owner: J.Owner, spec: Spec, settings: J.Settings, ti
             L.logger.info("The migration Job finished", extra={"result": result.result, "exit_code": obs.exit_code,
                                                                "pod": obs.pod})
             return result
-        L.logger.error("The migration Job failed", extra={"reason": obs.reason, "error_message": obs.message,
+        message = redact(obs.message)
+        L.logger.error("The migration Job failed", extra={"reason": obs.reason, "error_message": message,
                                                           "pod": obs.pod, "exit_code": obs.exit_code})
         _delete(ns, name)
         if not obs.started:
-            raise MigrationJobError(obs.message, reason=obs.reason or C.MIGRATION_POD_FAILED)
+            raise MigrationJobError(message, reason=obs.reason or C.MIGRATION_POD_FAILED)
         _end_sessions(req, J.session_name(name))
         state = journaled_state(req, obs.pod)
         if state.get("plan"):
@@ -279,8 +285,9 @@ def run(req: RunRequest, *, owner: J.Owner, spec: Spec, settings: J.Settings, ti
             return run(back, owner=owner, spec=spec, settings=settings, timeout=timeout,
                        configmap_files=configmap_files, run_key=f"{run_key}-back", _rerun=False)
 
-        return recover_after_death(req, state, obs.message, time.monotonic() - t0, rerun if _rerun else None,
-                                   reason=obs.reason or C.MIGRATION_POD_FAILED)
+        return recover_after_death(req, state, message, time.monotonic() - t0, rerun if _rerun else None,
+                                   reason=obs.reason or C.MIGRATION_POD_FAILED,
+                                   tail=[redact(ln) for ln in obs.tail])
 
 
 # ---------------------------------------------------------------------------

@@ -33,6 +33,7 @@ as stdout, so the operator reads it from the pod's status, with no access to the
 from __future__ import annotations
 
 import hashlib
+import signal
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -376,6 +377,7 @@ class Observation:
     exit_code: int | None = None
     started: bool = False
     pod: str | None = None
+    tail: tuple[str, ...] = ()  # the log's last lines, when the pod ended without a result
 
 
 def image_of(job: dict) -> str:
@@ -455,10 +457,21 @@ def observe(job: dict | None, pods: Sequence[dict], seen_pod: bool = False) -> O
             return Observation(FAILED, C.MIGRATION_POD_FAILED, f"the migration pod {name} could not start its "
                                                                f"container ({reason}: {text.strip()[:500]})",
                                exit_code=code, pod=name)
-        tail = " | ".join(ln for ln in text.strip().splitlines()[-5:])[:1500]
+        tail = tuple(ln for ln in text.strip().splitlines()[-12:] if ln.strip())
+        if isinstance(code, int) and code > 128:
+            try:
+                why = f"killed by {signal.Signals(code - 128).name}"
+            except ValueError:
+                why = f"exit code {code}"
+            hint = ("SIGKILL from outside dbrev: most often the kernel's OOM killer (check the pod's memory limit), "
+                    "or something that killed the process" if code - 128 == signal.SIGKILL
+                    else "a signal from outside dbrev stopped it")
+        else:
+            why, hint = f"exit code {code}", ("its last output lines are in the error details" if tail
+                                              else "it printed nothing")
         return Observation(FAILED, C.MIGRATION_POD_FAILED,
-                           f"the migration pod {name} ended ({reason or 'exit code'} {code}) without dbrev's result"
-                           + (f"; its last output: {tail}" if tail else ""), exit_code=code, started=True, pod=name)
+                           f"the migration pod {name} died ({why}) without a result; {hint}; no migration reported "
+                           f"a failure", exit_code=code, started=True, pod=name, tail=tail)
     if (pod.get("metadata") or {}).get("deletionTimestamp"):
         return Observation(FAILED, C.JOB_DELETED, f"the migration pod {name} was deleted while it ran",
                            started=started, pod=name)
