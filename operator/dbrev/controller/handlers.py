@@ -353,19 +353,23 @@ def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, start
                 post_event(body, *planned)
         elif kind == "archived":
             _post_archived(body, ev)
-        elif (kind == "step_started" and ev.get("index") == 1) or kind == "job_started":
+        elif kind == "job_started":  # a migration Job's pod runs: the plan comes from it
+            progress(f"running the plan to {spec.revision} in migration Job {ev['job']} (pod {ev.get('pod')})", None)
+        elif kind == "step_started" and ev.get("index") == 1:
             plan = seen.get("plan") or {}
             msg = (f"applying plan {plan.get('hash', '')[:19]}: {plan.get('direction')} "
                    f"{revisions_text(plan.get('from_revisions'))} -> {revisions_text(plan.get('to_revisions'))}, "
-                   f"{ev['total']} step(s)") if kind == "step_started" else \
-                f"running {spec.revision} in migration Job {ev['job']} (pod {ev.get('pod')})"
-            try:
-                patch = status_patch(written, {**decide.progressing(written, gen, now_iso(), msg, plan), **extra})
-                kube.patch_status(ns, name, patch)
-                written.update(patch)
-            except Exception as e:  # noqa: BLE001
-                L.logger.warning("Could not write progress", extra={"error_type": type(e).__name__})
+                   f"{ev['total']} step(s)")
+            progress(msg, plan)
             post_event(body, decide.NORMAL, decide.EV_APPLYING, msg)
+
+    def progress(msg: str, plan: dict | None) -> None:
+        try:
+            patch = status_patch(written, {**decide.progressing(written, gen, now_iso(), msg, plan), **extra})
+            kube.patch_status(ns, name, patch)
+            written.update(patch)
+        except Exception as e:  # noqa: BLE001
+            L.logger.warning("Could not write progress", extra={"error_type": type(e).__name__})
 
     def run_info() -> dict | None:
         if "plan" not in seen:

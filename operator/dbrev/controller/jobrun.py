@@ -42,6 +42,7 @@ from . import kube
 from .spec import Spec
 
 POLL_S = 0.5
+JOURNAL_EVERY = 2  # polls between two looks at the run's journal row (its progress)
 OWNER_EVERY = 10  # polls between two looks at the DatabaseRevision (deleted: the Job is deleted too)
 #: past the Job's own activeDeadlineSeconds (plus this), the operator stops waiting and deletes it
 WATCH_MARGIN_S = 120.0
@@ -189,36 +190,55 @@ def _end_sessions(req: RunRequest, app: str) -> None:
                          extra={"error_type": type(e).__name__, "error_message": redact(str(e))[:300]})
 
 
-def journaled_state(req: RunRequest, pod: str | None) -> dict:
-    """What the database's journal says of the run the pod ``pod`` started: the ``state`` of
-    :func:`dbrev.worker.recover_after_death` (empty when it journaled nothing: it never began)."""
+def journal_row(req: RunRequest, pod: str | None, running_only: bool = True) -> dict | None:
+    """The newest run the pod ``pod`` journaled in dbrev's ``runs`` (its plan, the step in progress), or None.
+    A catalog query: no user code runs."""
     import sqlalchemy as sa
 
     from ..db import connection, quote_ident
     from ..state import vt_key
 
     if not pod:
-        return {}
+        return None
     s = quote_ident(req.db.state_schema)
     try:
         with connection(req.db) as conn:
             exists = conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": f"{s}.runs"}).scalar()
             if not exists:
                 conn.commit()
-                return {}
+                return None
             row = conn.execute(sa.text(
-                f"SELECT id, from_revisions, to_revisions, direction, plan_hash, txn, step_index FROM {s}.runs "
-                f"WHERE version_table = :vt AND host = :pod AND status = 'running' ORDER BY id DESC LIMIT 1"),
+                f"SELECT id, from_revisions, to_revisions, direction, plan_hash, txn, step_index, step_count, status, "
+                f"plan FROM {s}.runs WHERE version_table = :vt AND host = :pod"
+                + (" AND status = 'running'" if running_only else "") + " ORDER BY id DESC LIMIT 1"),
                 {"vt": vt_key(req.db.version_table, req.db.version_table_schema), "pod": pod[:255]}).mappings().first()
             conn.commit()
     except DbrevError:
-        return {}
+        return None
+    return dict(row) if row is not None else None
+
+
+def journaled_state(req: RunRequest, pod: str | None) -> dict:
+    """What the database's journal says of the run the pod ``pod`` started: the ``state`` of
+    :func:`dbrev.worker.recover_after_death` (empty when it journaled nothing: it never began)."""
+    row = journal_row(req, pod)
     if row is None:
         return {}
-    plan = {"from_revisions": list(row["from_revisions"]), "to_revisions": list(row["to_revisions"]),
-            "direction": row["direction"], "hash": row["plan_hash"], "transaction": row["txn"]}
+    plan = _plan_of(row)
     return {"plan": plan, "journal": {"schema": req.db.state_schema, "run_id": row["id"]},
             "steps_started": row["step_index"] or 0}
+
+
+def _plan_of(row: dict) -> dict:
+    import json
+
+    plan = row.get("plan")
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    if isinstance(plan, dict) and plan.get("hash"):
+        return plan
+    return {"from_revisions": list(row["from_revisions"]), "to_revisions": list(row["to_revisions"]),
+            "direction": row["direction"], "hash": row["plan_hash"], "transaction": row["txn"], "steps": []}
 
 
 def run(req: RunRequest, *, owner: J.Owner, spec: Spec, settings: J.Settings, timeout: float,
@@ -236,7 +256,7 @@ def run(req: RunRequest, *, owner: J.Owner, spec: Spec, settings: J.Settings, ti
     ns = owner.namespace
     t0 = time.monotonic()
     limit = t0 + manifest["spec"]["activeDeadlineSeconds"] + WATCH_MARGIN_S
-    seen_pod = announced = False
+    seen_pod = announced = planned = applying = False
     polls = 0
     with L.log_context(job=name):
         while True:
@@ -253,6 +273,16 @@ def run(req: RunRequest, *, owner: J.Owner, spec: Spec, settings: J.Settings, ti
                 if obs.started and not announced:
                     announced = True
                     emit({"event": "job_started", "job": name, "pod": obs.pod})
+                if obs.started and not applying and polls % JOURNAL_EVERY == 0:
+                    # progress from dbrev's journal in the database: the plan, then the first step
+                    row = journal_row(req, obs.pod)
+                    if row is not None and not planned:
+                        planned = True
+                        emit({"event": "plan", "plan": _plan_of(row)})
+                    if row is not None and (row.get("step_index") or 0) >= 1:
+                        applying = True
+                        emit({"event": "step_started", "index": 1, "total": row.get("step_count") or 0,
+                              "revision": row.get("step_revision")})
                 if time.monotonic() > limit:
                     _delete(ns, name)
                     obs = J.Observation(J.FAILED, C.TIMED_OUT, f"the migration Job {name} ran past its deadline and "
@@ -263,7 +293,7 @@ def run(req: RunRequest, *, owner: J.Owner, spec: Spec, settings: J.Settings, ti
             break
         if obs.phase == J.FINISHED:
             result, plan = parse_result(obs.result_text or "")
-            if plan:
+            if plan and not planned:
                 emit({"event": "plan", "plan": plan})
             for a in result.archived or []:
                 emit({"event": "archived", **a})
@@ -278,8 +308,8 @@ def run(req: RunRequest, *, owner: J.Owner, spec: Spec, settings: J.Settings, ti
             raise MigrationJobError(message, reason=obs.reason or C.MIGRATION_POD_FAILED)
         _end_sessions(req, J.session_name(name))
         state = journaled_state(req, obs.pod)
-        if state.get("plan"):
-            emit({"event": "plan", "plan": {**state["plan"], "steps": []}})
+        if state.get("plan") and not planned:
+            emit({"event": "plan", "plan": state["plan"]})
 
         def rerun(back: RunRequest) -> RunResult:
             return run(back, owner=owner, spec=spec, settings=settings, timeout=timeout,
