@@ -116,3 +116,27 @@ def test_require_approval_refuses_with_the_plan_then_runs_exactly_the_approved_o
     from dbhelp import q
 
     assert "operator:shop/orders" in [r[0] for r in q(database_url, "SELECT actor FROM dbrev.runs")]
+
+
+def test_a_stored_copy_that_imports_what_an_older_image_lacks_says_so(database_url, tmp_path):
+    """A GitOps revert of an app image: the older image lacks the newer script and the module it imports; the
+    downgrade would run the stored copy, and the error says why it cannot, changing nothing."""
+    mods, d = tmp_path / "mods", tmp_path / "m"
+    mods.mkdir()
+    (mods / "ordersapp_gone.py").write_text("DEFAULT = 7\n")
+    revs = linear_history(d, 1)
+    from scriptgen import write_script
+
+    write_script(d, "r002newr", revs[-1],
+                 'op.add_column("t1", sa.Column("x", sa.Integer, server_default=str(ordersapp_gone.DEFAULT)))',
+                 'op.drop_column("t1", "x")', extra="import ordersapp_gone", name="r002newr.py")
+    up = dbrev("apply", "--migrations", str(d), "-r", "head", "--pythonpath", str(mods), url=database_url)
+    assert up.code == 0, up.stdout + up.stderr
+    (d / "r002newr.py").unlink()
+    r = dbrev("apply", "--migrations", str(d), "-r", revs[-1], "--json", "--allow-downgrade", "--allow-data-loss",
+              url=database_url)
+    err = r.json["error"]
+    assert r.code == 2 and err["reason"] == "InvalidScripts", r.stdout
+    assert "stored in the database" in err["message"] and "ordersapp_gone" in err["message"]
+    assert "older than the script" in err["hint"]
+    assert heads(database_url) == ["r002newr"]

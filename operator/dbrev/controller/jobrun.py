@@ -107,8 +107,26 @@ def _owner_gone(owner: J.Owner) -> bool:
         or bool((obj.get("metadata") or {}).get("deletionTimestamp"))
 
 
+def _args(job: dict) -> list:
+    return (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers", [{}])[0] \
+        .get("args", [])
+
+
+def _wait_gone_or_done(ns: str, job: dict) -> None:
+    """Wait until ``job`` (a run of another request) has finished: the database's lock would refuse ours."""
+    name = job["metadata"]["name"]
+    limit = time.monotonic() + (job["spec"].get("activeDeadlineSeconds") or 3600) + WATCH_MARGIN_S
+    while time.monotonic() < limit:
+        cur = _get_job(ns, name)
+        if cur is None or not _active(cur):
+            return
+        time.sleep(POLL_S * 4)
+    _delete(ns, name)
+
+
 def start(owner: J.Owner, manifest: dict) -> str:
-    """Create ``manifest``'s Job, or adopt the one a previous operator started for ``owner`` that still runs."""
+    """Create ``manifest``'s Job, or adopt the one a previous operator started for ``owner`` that still runs the
+    same request (a Job of another request, e.g. of the spec before the last change, is waited for first)."""
     ns = owner.namespace
     try:
         running = [j for j in kube.batch().list_namespaced_job(
@@ -117,11 +135,15 @@ def start(owner: J.Owner, manifest: dict) -> str:
         raise _api_error(f"cannot list the Jobs in {ns}", e) from None
     running = [kube.api_client().sanitize_for_serialization(j) for j in running]
     running = sorted((j for j in running if _active(j)), key=lambda j: j["metadata"].get("creationTimestamp", ""))
-    if running:
-        name = running[-1]["metadata"]["name"]
-        L.logger.warning("A migration Job started earlier still runs: waiting for it instead of starting another",
-                         extra={"job": name})
-        return name
+    for job in running:
+        if _args(job) == _args(manifest):
+            name = job["metadata"]["name"]
+            L.logger.warning("A migration Job started earlier for this request still runs: waiting for it instead "
+                             "of starting another", extra={"job": name})
+            return name
+        L.logger.warning("A migration Job of an earlier request still runs: waiting for it to end first",
+                         extra={"job": job["metadata"]["name"]})
+        _wait_gone_or_done(ns, job)
     ensure_service_account(ns)
     try:
         kube.batch().create_namespaced_job(ns, manifest)
