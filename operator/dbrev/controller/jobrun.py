@@ -317,6 +317,9 @@ def run(req: RunRequest, *, owner: J.Owner, spec: Spec, settings: J.Settings, ti
             result, plan = parse_result(obs.result_text or "")
             if plan and not planned:
                 emit({"event": "plan", "plan": plan})
+            if result.steps and not applying:  # a run quicker than a look at its journal: the same Events, in order
+                emit({"event": "step_started", "index": 1, "total": len((plan or {}).get("steps") or result.steps),
+                      "revision": result.steps[0].revision})
             for a in result.archived or []:
                 emit({"event": "archived", **a})
             L.logger.info("The migration Job finished", extra={"result": result.result, "exit_code": obs.exit_code,
