@@ -35,8 +35,8 @@ _SETUP_LOCK = 0x64627265765F7365  # "dbrev_se": serializes CREATE SCHEMA between
 
 _HAS_READINESS = ("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(:t) "
                   "AND attname = 'readiness' AND NOT attisdropped)")
-_HAS_NEWEST = ("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(:t) "
-               "AND attname = 'plan' AND NOT attisdropped)")  # the newest column (STATE_VERSION)
+_HAS_NEWEST = ("SELECT count(*) = 2 FROM pg_attribute WHERE attrelid = to_regclass(:t) "
+               "AND attname IN ('readiness', 'plan') AND NOT attisdropped")  # the columns versions 2 and 3 added
 
 
 def vt_key(version_table: str, version_table_schema: str | None) -> str:
