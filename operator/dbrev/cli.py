@@ -408,9 +408,8 @@ def show(migrations: str, target: str, db=None, pythonpath=(), version_table: st
     Rendering runs ``upgrade()`` and ``downgrade()`` offline (as ``dbrev plan`` does): their Python side
     effects happen, their SQL is only printed.
     """
-    from . import state
     from .db import connection, read_heads
-    from .engine import _stored, open_scripts
+    from .engine import open_scripts, stored_copies, with_stored
     from .planning import _step
     from .scripts import render
 
@@ -421,10 +420,10 @@ def show(migrations: str, target: str, db=None, pythonpath=(), version_table: st
         version_table, version_table_schema = db.version_table, db.version_table_schema
         with connection(db) as conn:
             heads = read_heads(conn, version_table, version_table_schema)
-            stored = _stored(conn, db)
+            stored = stored_copies(conn, db)
             conn.commit()
-        stored_revs = {r["revision"] for r in stored}
-        scripts = scripts.with_extra(state.stored_sources(stored))
+        stored_revs = {r["revision"] for r in stored.usable}
+        scripts = with_stored(scripts, stored)
     g = scripts.graph
     revs = g.resolve(target, heads or ())
     if len(revs) != 1:
