@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from . import errors as E
 from . import rehearse as R
 from .options import ALL_CHECKS, DbOptions, Policy, RunRequest
+from .text import revisions_shown, revisions_text
 
 PASSED = "passed"
 FAILED = "failed"
@@ -235,7 +236,7 @@ def run_check(migrations: str, db: DbOptions, *, from_rev: str | None = None, he
             continue  # no way back to walk: carry on upwards
         # the stairway: down, compare, up again
         held = _inventory(db) if data else None
-        down = _apply(db, migrations, ",".join(current) or "base", pythonpath, rehearse=R.NEVER)
+        down = _apply(db, migrations, revisions_text(current), pythonpath, rehearse=R.NEVER)
         if down.get("result") != "applied":
             err = down.get("error") or {}
             rc.readiness, rc.failed = R.BROKEN, True
@@ -316,7 +317,7 @@ def markdown(doc: dict) -> str:
     icon = {R.PROVEN: "✅", R.LOSSY: "⚠️", R.BROKEN: "❌", R.IRREVERSIBLE: "⛔", R.UNPROVEN: "❔"}
     ok = doc["result"] == PASSED
     out = [f"### dbrev check: {'passed' if ok else 'FAILED'}", ""]
-    frm = ", ".join(doc.get("from_revisions") or []) or "base"
+    frm = revisions_shown(doc.get("from_revisions") or [])
     out.append(f"{len(doc['revisions'])} revision(s) from `{frm}` to `{', '.join(doc['heads'])}`, "
                f"plan `{doc.get('plan_hash', '')[:19]}`.")
     if doc.get("first_failure"):

@@ -333,10 +333,7 @@ def _out(args, doc: dict, text: str) -> None:
     out.flush()
 
 
-def _revs(revs) -> str:
-    if revs is None:
-        return "unknown"
-    return ", ".join(revs) if revs else "base (empty)"
+from .text import plan_dict_summary, plan_summary, revisions_shown as _revs  # noqa: E402
 
 
 # -- commands ----------------------------------------------------------------
@@ -485,8 +482,7 @@ def cmd_show(args) -> int:
 
 def _plan_text(p, sql: bool = False) -> str:
     lines = [f"plan {p.hash}",
-             f"  {_revs(p.from_revisions)} -> {_revs(p.to_revisions)}: {p.direction}, {len(p.steps)} step(s), "
-             f"transaction: {p.transaction}"]
+             "  " + plan_summary(p.direction, p.from_revisions, p.to_revisions, len(p.steps), p.transaction, _revs)]
     for i, s in enumerate(p.steps, 1):
         flags = []
         if s.destructive:
@@ -532,8 +528,7 @@ class _Progress:
         kind = ev.get("event")
         if kind == "plan":
             p = ev["plan"]
-            print(f"plan {p['hash']}: {_revs(p['from_revisions'])} -> {_revs(p['to_revisions'])}, "
-                  f"{p['direction']}, {len(p['steps'])} step(s), transaction: {p['transaction']}", flush=True)
+            print(f"plan {p['hash']}: {plan_dict_summary(p, shown=_revs)}", flush=True)
         elif kind == "step_started":
             print(f"  [{ev['index']}/{ev['total']}] {ev['direction']} {ev['revision']} {ev.get('doc') or ''} ...",
                   flush=True)

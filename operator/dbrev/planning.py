@@ -15,6 +15,7 @@ from .classify import Classification, Effect, classify_source, classify_sql
 from .errors import ScriptConflict
 from .graph import Graph, Heads
 from .scripts import Rendered, ScriptInfo
+from .text import revisions_text
 
 UPGRADE = "upgrade"
 DOWNGRADE = "downgrade"
@@ -174,7 +175,7 @@ def build_plan(graph: Graph, infos: dict[str, ScriptInfo], sources: dict[str, st
         steps.append(_step(graph, infos[rev], sources[rev], True, render, version_table))
     _mark_created_in_plan(steps)
     plan = Plan(
-        target=target_spec or (",".join(target) or "base"),
+        target=target_spec or revisions_text(target),
         from_revisions=current,
         to_revisions=tuple(sorted(target)),
         direction=direction_of(undo, apply),

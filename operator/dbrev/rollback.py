@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from . import errors as E
+from .options import DEFAULT_RUN_TIMEOUT
 from .results import RunResult
+from .text import revisions_shown as _revs, revisions_text
 
 REASONS = ("migration_failure", "integrity_check_failure", "health_check_failure", "critical_bug")
 JOURNAL_RUNS = 500  # how far back the journal is read for the default target
@@ -54,8 +56,7 @@ def _key(revs: Iterable[str]) -> frozenset:
 
 
 def _spec(revs: Iterable[str]) -> str:
-    revs = sorted(_key(revs))
-    return ",".join(revs) if revs else "base"
+    return revisions_text(_key(revs))
 
 
 def choose_target(current: Iterable[str], runs: list[dict], to: str | None = None) -> Choice:
@@ -186,8 +187,8 @@ def register(sub, add_common) -> None:
                    help="copy what destructive steps would remove into the dbrev_archive schema first")
     p.add_argument("--no-rollback-on-failure", action="store_true",
                    help="if the rollback fails, leave the database where it stopped instead of returning")
-    p.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
-                   help="kill the run after this long (default 3600)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_RUN_TIMEOUT, metavar="SECONDS",
+                   help=f"kill the run after this long (default {DEFAULT_RUN_TIMEOUT:g})")
     p.add_argument("--verify", default=None, metavar="CHECKS", help="comma-separated integrity checks")
     p.add_argument("--exact-counts", action="store_true", help="also compare exact row counts of every table")
     env = p.add_mutually_exclusive_group()
@@ -237,7 +238,7 @@ def cmd_rollback(args) -> int:
         frm, to = a["current_revisions"], list(p.to_revisions)
         L.rollback_triggered(args.reason, frm, to, deployment_id=args.deployment_id, trigger="cli",
                              undoes_run=a["undoes_run"], plan_hash=p.hash)
-        req = RunRequest(db=db, migrations=migrations, target=_revs_spec(to), policy=policy, expected_hash=p.hash,
+        req = RunRequest(db=db, migrations=migrations, target=revisions_text(to), policy=policy, expected_hash=p.hash,
                          exact_counts=args.exact_counts, actor=f"cli rollback ({args.reason})",
                          pythonpath=pythonpath, use_env_py=args.env_py)
         try:
@@ -262,12 +263,6 @@ def cmd_rollback(args) -> int:
         return code if code or ok else 1
 
 
-def _revs(revs) -> str:
-    return ", ".join(revs) if revs else "base (empty)"
-
-
-def _revs_spec(revs) -> str:
-    return ",".join(revs) if revs else "base"
 
 
 def _text(a: dict, p, args, header_only: bool = False) -> str:

@@ -28,12 +28,12 @@ from sqlalchemy.engine import Connection
 from . import integrity, rehearse, state
 from . import log as L
 from .db import acquire_lock, connect, is_lock_timeout, quote_ident, read_heads, server_info, unlock
-from .errors import fk_hint, BadInput, Busy, DbrevError, PlanChanged, PolicyRefused, ScriptConflict
+from .errors import fk_hint, BadInput, Busy, DbrevError, PlanChanged, PolicyRefused
 from .engine import drift_finding, plan_against, plan_steps, stored_copies
 from .planning import Plan, StoredCopies, hash_matches
 from .options import RunRequest  # noqa: F401
 from .policy import Decision, Facts, effect_table_key, evaluate, lossless
-from .scripts import EnvPyFailed, ScriptSet, alembic_config, env_py_failure, load_folder, render, revision_step
+from .scripts import EnvPyFailed, ScriptSet, alembic_config, env_py_failure, load_folder, revision_step
 
 Emit = Callable[[dict], None]
 

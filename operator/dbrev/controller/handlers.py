@@ -31,6 +31,7 @@ from ..errors import DatabaseUnavailable, DbrevError
 from ..options import RunRequest
 from ..results import RunResult
 from ..status import condition, initial_conditions, is_ready, now_iso, revisions_text, status_patch
+from ..text import plan_summary
 from . import decide, kube
 from . import healthgate as HG
 from .inputs import Inputs, gather, identity_key
@@ -323,9 +324,9 @@ def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, start
             _post_archived(body, ev)
         elif kind == "step_started" and ev.get("index") == 1:
             plan = seen.get("plan") or {}
-            msg = (f"applying plan {plan.get('hash', '')[:19]}: {plan.get('direction')} "
-                   f"{revisions_text(plan.get('from_revisions'))} -> {revisions_text(plan.get('to_revisions'))}, "
-                   f"{ev['total']} step(s)")
+            msg = (f"applying plan {plan.get('hash', '')[:19]}: "
+                   + plan_summary(plan.get("direction"), plan.get("from_revisions"), plan.get("to_revisions"),
+                                  ev["total"]))
             try:
                 patch = status_patch(written, {**decide.progressing(written, gen, now_iso(), msg, plan), **extra})
                 kube.patch_status(ns, name, patch)
