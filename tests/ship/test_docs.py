@@ -26,8 +26,9 @@ DOC_FILES = [ROOT / "docs" / n for n in ("operations.md", "crd-reference.md", "w
 
 
 def reasons() -> set[str]:
-    types = set(C.CONDITION_TYPES)
-    return {v for k, v in vars(C).items() if k.isupper() and isinstance(v, str) and v not in types}
+    """Every reason a condition can carry (not the condition types, not the CLI's own refusals)."""
+    not_reasons = set(C.CONDITION_TYPES) | set(C.CLI_REASONS)
+    return {v for k, v in vars(C).items() if k.isupper() and isinstance(v, str) and v not in not_reasons}
 
 
 def section(markdown: str, title: str) -> str:
