@@ -170,8 +170,7 @@ def _apply(db: DbOptions, migrations: str, target: str, pythonpath, rehearse: st
 
 def run_check(migrations: str, db: DbOptions, *, from_rev: str | None = None, heads: int = 1,
               pythonpath=(), allow_irreversible: bool = False, data: bool = False) -> dict:
-    from .engine import open_scripts
-    from .planning import build_plan
+    from .engine import open_scripts, plan_against
     from .scripts import render
 
     migrations = os.path.abspath(migrations)
@@ -188,9 +187,8 @@ def run_check(migrations: str, db: DbOptions, *, from_rev: str | None = None, he
     def rend(rev, up):
         return render(scripts, rev, up, db.version_table, db.version_table_schema)
 
-    plan = build_plan(g, scripts.infos, {r: s.source for r, s in scripts.sources.items()}, start, g.heads, rend,
-                      target_spec="heads", version_table=db.version_table,
-                      version_table_schema=db.version_table_schema)
+    plan = plan_against(scripts, start, "heads", version_table=db.version_table,
+                        version_table_schema=db.version_table_schema)[0]  # the plan apply makes, on a scratch db
     doc["from_revisions"] = list(start)
     doc["plan_hash"] = plan.hash
     doc["warnings"].extend(plan.warnings)
