@@ -4,6 +4,9 @@ Thin, like Alembic's ``command.py``: each verb gathers its inputs and calls
 the machinery (:mod:`graph`, :mod:`planning`, :mod:`policy` for deciding;
 :mod:`db`, :mod:`runner`, :mod:`worker` for doing).  The CLI and the
 operator both call these and nothing below them.
+
+:func:`plan_against` is the one plan: ``dbrev plan``, ``dbrev check`` and the run itself
+(:mod:`runner`, under the lock) make it, so they agree on stored copies, conflicts and the hash.
 """
 
 from __future__ import annotations
