@@ -9,17 +9,24 @@ an existing server instead of starting one.  The control-plane fixtures live in
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
+# tests/ is on sys.path through pyproject's [tool.pytest.ini_options] pythonpath
+from fixtures_cluster import (  # noqa: F401 - the control-plane and node fixtures, for every test
+    control_plane,
+    k8s_api,
+    kubeconfig,
+    kubectl,
+    namespace,
+    node,
+    session_control_plane,
+)
+
+from dbrev.envtest.postgres import PostgresServer, create_database, drop_database
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from fixtures_cluster import *  # noqa: E402,F401,F403
-
-from dbrev.envtest.postgres import PostgresServer, create_database, drop_database  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -45,13 +45,8 @@ from pathlib import Path
 
 import pytest
 
-try:
-    import dbrev  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "operator"))
-
-from dbrev.envtest.assets import AssetError  # noqa: E402
-from dbrev.envtest.controlplane import (  # noqa: E402
+from dbrev.envtest.assets import AssetError  # a checkout without `pip install -e .`: pyproject's pythonpath
+from dbrev.envtest.controlplane import (
     ControlPlane,
     ControlPlaneError,
     ExistingCluster,

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from . import errors as E
 from . import rehearse as R
 from .options import ALL_CHECKS, DbOptions, Policy, RunRequest
+from .text import revisions_shown, revisions_text
 
 PASSED = "passed"
 FAILED = "failed"
@@ -169,8 +170,7 @@ def _apply(db: DbOptions, migrations: str, target: str, pythonpath, rehearse: st
 
 def run_check(migrations: str, db: DbOptions, *, from_rev: str | None = None, heads: int = 1,
               pythonpath=(), allow_irreversible: bool = False, data: bool = False) -> dict:
-    from .engine import open_scripts
-    from .planning import build_plan
+    from .engine import open_scripts, plan_against
     from .scripts import render
 
     migrations = os.path.abspath(migrations)
@@ -187,9 +187,8 @@ def run_check(migrations: str, db: DbOptions, *, from_rev: str | None = None, he
     def rend(rev, up):
         return render(scripts, rev, up, db.version_table, db.version_table_schema)
 
-    plan = build_plan(g, scripts.infos, {r: s.source for r, s in scripts.sources.items()}, start, g.heads, rend,
-                      target_spec="heads", version_table=db.version_table,
-                      version_table_schema=db.version_table_schema)
+    plan = plan_against(scripts, start, "heads", version_table=db.version_table,
+                        version_table_schema=db.version_table_schema)[0]  # the plan apply makes, on a scratch db
     doc["from_revisions"] = list(start)
     doc["plan_hash"] = plan.hash
     doc["warnings"].extend(plan.warnings)
@@ -235,7 +234,7 @@ def run_check(migrations: str, db: DbOptions, *, from_rev: str | None = None, he
             continue  # no way back to walk: carry on upwards
         # the stairway: down, compare, up again
         held = _inventory(db) if data else None
-        down = _apply(db, migrations, ",".join(current) or "base", pythonpath, rehearse=R.NEVER)
+        down = _apply(db, migrations, revisions_text(current), pythonpath, rehearse=R.NEVER)
         if down.get("result") != "applied":
             err = down.get("error") or {}
             rc.readiness, rc.failed = R.BROKEN, True
@@ -316,7 +315,7 @@ def markdown(doc: dict) -> str:
     icon = {R.PROVEN: "✅", R.LOSSY: "⚠️", R.BROKEN: "❌", R.IRREVERSIBLE: "⛔", R.UNPROVEN: "❔"}
     ok = doc["result"] == PASSED
     out = [f"### dbrev check: {'passed' if ok else 'FAILED'}", ""]
-    frm = ", ".join(doc.get("from_revisions") or []) or "base"
+    frm = revisions_shown(doc.get("from_revisions") or [])
     out.append(f"{len(doc['revisions'])} revision(s) from `{frm}` to `{', '.join(doc['heads'])}`, "
                f"plan `{doc.get('plan_hash', '')[:19]}`.")
     if doc.get("first_failure"):

@@ -382,10 +382,7 @@ def _out(args, doc: dict, text: str, plan: dict | None = None) -> None:
     out.flush()
 
 
-def _revs(revs) -> str:
-    if revs is None:
-        return "unknown"
-    return ", ".join(revs) if revs else "base (empty)"
+from .text import plan_dict_summary, plan_summary, revisions_shown as _revs  # noqa: E402
 
 
 # -- commands ----------------------------------------------------------------
@@ -457,9 +454,8 @@ def show(migrations: str, target: str, db=None, pythonpath=(), version_table: st
     Rendering runs ``upgrade()`` and ``downgrade()`` offline (as ``dbrev plan`` does): their Python side
     effects happen, their SQL is only printed.
     """
-    from . import state
     from .db import connection, read_heads
-    from .engine import _stored, open_scripts
+    from .engine import open_scripts, stored_copies, with_stored
     from .planning import _step
     from .scripts import render
 
@@ -470,10 +466,10 @@ def show(migrations: str, target: str, db=None, pythonpath=(), version_table: st
         version_table, version_table_schema = db.version_table, db.version_table_schema
         with connection(db) as conn:
             heads = read_heads(conn, version_table, version_table_schema)
-            stored = _stored(conn, db)
+            stored = stored_copies(conn, db)
             conn.commit()
-        stored_revs = {r["revision"] for r in stored}
-        scripts = scripts.with_extra(state.stored_sources(stored))
+        stored_revs = {r["revision"] for r in stored.usable}
+        scripts = with_stored(scripts, stored)
     g = scripts.graph
     revs = g.resolve(target, heads or ())
     if len(revs) != 1:
@@ -535,8 +531,7 @@ def cmd_show(args) -> int:
 
 def _plan_text(p, sql: bool = False) -> str:
     lines = [f"plan {p.hash}",
-             f"  {_revs(p.from_revisions)} -> {_revs(p.to_revisions)}: {p.direction}, {len(p.steps)} step(s), "
-             f"transaction: {p.transaction}"]
+             "  " + plan_summary(p.direction, p.from_revisions, p.to_revisions, len(p.steps), p.transaction, _revs)]
     for i, s in enumerate(p.steps, 1):
         flags = []
         if s.destructive:
@@ -582,8 +577,7 @@ class _Progress:
         kind = ev.get("event")
         if kind == "plan":
             p = ev["plan"]
-            print(f"plan {p['hash']}: {_revs(p['from_revisions'])} -> {_revs(p['to_revisions'])}, "
-                  f"{p['direction']}, {len(p['steps'])} step(s), transaction: {p['transaction']}", flush=True)
+            print(f"plan {p['hash']}: {plan_dict_summary(p, shown=_revs)}", flush=True)
         elif kind == "step_started":
             print(f"  [{ev['index']}/{ev['total']}] {ev['direction']} {ev['revision']} {ev.get('doc') or ''} ...",
                   flush=True)

@@ -232,8 +232,10 @@ def cmd_approve(args) -> int:
     if args.json:
         print(json.dumps(doc, indent=2), file=doc_stream())
     else:
-        print(f"approved plan {plan_hash} for {ns}/{args.name}: {plan.get('direction')} "
-              f"{plan.get('from')} -> {plan.get('to')}, {len(doc['steps'])} step(s)"
+        from .text import plan_summary
+
+        print(f"approved plan {plan_hash} for {ns}/{args.name}: "
+              + plan_summary(plan.get("direction"), plan.get("from"), plan.get("to"), len(doc["steps"]))
               + (f", destructive: {', '.join(doc['destructive'])}" if doc["destructive"] else ""), file=doc_stream())
     doc_stream().flush()
     return 0

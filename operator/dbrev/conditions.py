@@ -77,3 +77,7 @@ ROLLING_BACK_WORKLOADS = "RollingBackWorkloads"  # Reconciling=True: the workloa
 ROLLED_BACK_AFTER_HEALTH_CHECK = "RolledBackAfterHealthCheck"  # Stalled: both went back; spec.revision failed
 WORKLOAD_ROLLBACK_FAILED = "WorkloadRollbackFailed"  # Stalled: the workloads could not go back; schema left
 SCHEMA_ROLLBACK_BLOCKED = "SchemaRollbackBlocked"  # Stalled: the workloads went back; the schema downgrade did not
+
+# Reasons of the CLI's own refusals (its --json ``error.reason``; never a condition's reason)
+MANAGED_BY_GITOPS = "ManagedByGitOps"  # dbrev rollback NAME: Argo CD / Flux owns spec.revision; revert it in git
+CLI_REASONS = (MANAGED_BY_GITOPS,)

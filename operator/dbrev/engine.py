@@ -4,6 +4,9 @@ Thin, like Alembic's ``command.py``: each verb gathers its inputs and calls
 the machinery (:mod:`graph`, :mod:`planning`, :mod:`policy` for deciding;
 :mod:`db`, :mod:`runner`, :mod:`worker` for doing).  The CLI and the
 operator both call these and nothing below them.
+
+:func:`plan_against` is the one plan: ``dbrev plan``, ``dbrev check`` and the run itself
+(:mod:`runner`, under the lock) make it, so they agree on stored copies, conflicts and the hash.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from . import integrity, rehearse, state
 from . import log as L
 from .db import connection, read_heads, safe_url
 from .options import DbOptions
-from .errors import DbrevError, ScriptConflict
-from .planning import Plan, build_plan
+from .errors import DbrevError
+from .planning import Plan, StoredCopies, build_plan, check_conflicts, sort_stored
 from .options import DEFAULT_RUN_TIMEOUT, RunRequest
 from .results import RunResult
 from .scripts import ScriptSet, load_folder, render
@@ -26,24 +29,75 @@ def open_scripts(migrations: str, pythonpath: Iterable[str] = ()) -> ScriptSet:
         return load_folder(migrations, pythonpath=pythonpath)
 
 
-def _stored(conn, db: DbOptions):
-    vt = state.vt_key(db.version_table, db.version_table_schema)
-    rows = state.stored_scripts(conn, db.state_schema, vt)
-    import hashlib
+def stored_copies(conn, db: DbOptions, scripts: ScriptSet | None = None) -> StoredCopies:
+    """The scripts the database keeps, sorted against ``scripts`` (:func:`dbrev.planning.sort_stored`); without
+    ``scripts`` every intact copy is ``usable`` (a verb that only reads them)."""
+    rows = state.stored_scripts(conn, db.state_schema, state.vt_key(db.version_table, db.version_table_schema))
+    return sort_stored(scripts.infos if scripts is not None else {}, rows)
 
-    return [r for r in rows if hashlib.sha256(r["source"].encode()).hexdigest() == r["sha256"]]
+
+def with_stored(scripts: ScriptSet, stored: StoredCopies) -> ScriptSet:
+    """``scripts`` plus the stored copies of revisions no declared script defines."""
+    return scripts.with_extra(state.stored_sources(stored.usable))
+
+
+def plan_steps(scripts: ScriptSet, current, target, *, target_spec: str, version_table: str,
+               version_table_schema: str | None, conflicts: Iterable[str] = ()) -> Plan:
+    """The steps from ``current`` to ``target`` (resolved ids) and the stored-script conflict rule."""
+    with L.timed("plan", from_revision=L._rev(current), to_revision=L._rev(target)):
+        p = build_plan(scripts.graph, scripts.infos, {r: s.source for r, s in scripts.sources.items()}, current,
+                       target, lambda rev, up: render(scripts, rev, up, version_table, version_table_schema),
+                       target_spec=target_spec, version_table=version_table,
+                       version_table_schema=version_table_schema)
+    return check_conflicts(p, conflicts)
+
+
+def plan_against(scripts: ScriptSet, current, target: str, *, version_table: str, version_table_schema: str | None,
+                 stored: StoredCopies | None = None, recorded: list[dict] | None = None) -> tuple[Plan, ScriptSet]:
+    """The one plan of ``dbrev plan``, ``dbrev apply`` and the operator's runs: the declared scripts plus the
+    usable stored copies, the live revision checked, ``target`` resolved, the steps planned, a changed script
+    warned about (refused when its downgrade would run), and a revert's recorded readiness attached.
+
+    Returns the plan and the script set it was planned over (what the run executes)."""
+    stored = stored or StoredCopies()
+    scripts = with_stored(scripts, stored)
+    g = scripts.graph
+    g.check_live(current)
+    target_revs = g.resolve(target, current)
+    p = plan_steps(scripts, current, target_revs, target_spec=target, version_table=version_table,
+                   version_table_schema=version_table_schema, conflicts=stored.conflicts)
+    p.warnings[:0] = stored.warnings
+    if recorded is not None:
+        rehearse.attach_recorded(p, recorded, g)  # a revert's plan: the readiness recorded when it was applied
+    return p, scripts
+
+
+def drift_finding(conn, state_schema: str, vt: str, heads, fp: str, facts: list[str]
+                  ) -> tuple[bool, integrity.Finding | None]:
+    """Drift: the schema now (``fp``/``facts``) against the fingerprint recorded at ``heads``.
+
+    Returns whether one is recorded, and the warning when it differs (the one drift check of the run and
+    of ``dbrev verify``)."""
+    rec = state.recorded_fingerprint(conn, state_schema, vt, heads)
+    if rec is None or rec[0] == fp:
+        return rec is not None, None
+    diff = integrity.diff_facts(rec[1], facts)
+    return True, integrity.Finding(
+        "drift", state.revisions_key(heads), len(diff), "warning",
+        f"the schema at {state.revisions_key(heads)} differs from when the database was last at this "
+        f"revision ({len(diff)} difference(s): {'; '.join(diff[:3])})")
 
 
 def observe(db: DbOptions, scripts: ScriptSet | None = None) -> dict:
     """The live revision(s), and how they relate to the scripts if given."""
     with connection(db) as conn:
         heads = read_heads(conn, db.version_table, db.version_table_schema)
-        stored = _stored(conn, db) if scripts is not None else []
+        stored = stored_copies(conn, db) if scripts is not None else None
         conn.commit()
     out: dict = {"revisions": list(heads), "database": safe_url(db.url),
                  "version_table": state.vt_key(db.version_table, db.version_table_schema)}
     if scripts is not None:
-        scripts = scripts.with_extra(state.stored_sources(stored))
+        scripts = with_stored(scripts, stored)
         g = scripts.graph
         unknown = [r for r in heads if r not in g.nodes]
         out["unknown"] = unknown
@@ -59,55 +113,32 @@ def observe(db: DbOptions, scripts: ScriptSet | None = None) -> dict:
 def plan(migrations: str, target: str, db: DbOptions | None = None, from_revisions: Iterable[str] | None = None,
          pythonpath: Iterable[str] = (), version_table: str = "alembic_version",
          version_table_schema: str | None = None) -> Plan:
-    """Plan without changing anything; reads the live revision from ``db`` unless ``from_revisions`` is given."""
+    """Plan without changing anything; reads the live revision from ``db`` unless ``from_revisions`` is given.
+
+    From the database it is the run's own plan (:func:`plan_against`): the same stored copies, conflicts and hash.
+    """
     scripts = open_scripts(migrations, pythonpath)
     if db is not None:
         version_table, version_table_schema = db.version_table, db.version_table_schema
-    conflicts: list[str] = []
+    stored, recorded = None, None
     if from_revisions is None:
         if db is None:
             raise DbrevError("planning needs the current revision: give a database URL or --from")
         with connection(db) as conn:
             current = read_heads(conn, db.version_table, db.version_table_schema)
-            stored = _stored(conn, db)
+            stored = stored_copies(conn, db, scripts)
             recorded = state.recorded_readiness(conn, db.state_schema, state.vt_key(db.version_table,
                                                                                     db.version_table_schema))
             conn.commit()
-        # as the run does (runner._with_stored/_plan): stored copies for revisions no file declares,
-        # and declared scripts that differ from the copy that was applied are conflicts
-        conflicts = [r["revision"] for r in stored
-                     if r["revision"] in scripts.infos and scripts.infos[r["revision"]].sha256 != r["sha256"]]
-        stored = [r for r in stored if r["revision"] not in scripts.infos]
-        scripts = scripts.with_extra(state.stored_sources(stored))
     else:
         g0 = scripts.graph
         current = tuple(r for part in from_revisions for r in (g0.resolve(part) if part else ()))
-    g = scripts.graph
-    g.check_live(current)
-    target_revs = g.resolve(target, current)
-    with L.timed("plan", from_revision=L._rev(current), to_revision=L._rev(target_revs)):
-        p = build_plan(g, scripts.infos, {r: s.source for r, s in scripts.sources.items()}, current,
-                       target_revs, lambda rev, up: render(scripts, rev, up, version_table, version_table_schema),
-                       target_spec=target, version_table=version_table, version_table_schema=version_table_schema)
-    if from_revisions is None:
-        rehearse.attach_recorded(p, recorded, g)  # a revert's plan: the readiness recorded when it was applied
+    p, scripts = plan_against(scripts, current, target, version_table=version_table,
+                              version_table_schema=version_table_schema, stored=stored, recorded=recorded)
     if scripts.is_script_location:
         p.warnings.append("apply runs the steps through env.py (use --builtin-env for dbrev's own environment); "
                           "the SQL shown is rendered without it, so names that its naming convention gives "
                           "constraints and indexes may differ")
-    return _check_conflicts(p, conflicts)
-
-
-def _check_conflicts(p: Plan, conflicts: list[str]) -> Plan:
-    """The runner's rule, word for word: a changed script warns; a downgrade through one is refused."""
-    if conflicts:
-        used = [s.revision for s in p.steps if s.revision in conflicts and s.direction == "downgrade"]
-        p.warnings.append(f"scripts {', '.join(conflicts)} differ from the copies stored when they were applied")
-        if used:
-            raise ScriptConflict(
-                f"the downgrade would run {', '.join(used)}, whose declared script differs from the one "
-                f"that was applied (stored in the database)",
-                hint="restore the original script, or remove the changed file so the stored copy is used")
     return p
 
 
@@ -188,7 +219,7 @@ def verify(db: DbOptions, checks: Iterable[str] = integrity.ALL_CHECKS, migratio
             findings = integrity.catalog_findings(conn, checks, exclude_schemas=exclude_schemas)
             fp = None
             if scripts is not None:
-                scripts = scripts.with_extra(state.stored_sources(_stored(conn, db)))
+                scripts = with_stored(scripts, stored_copies(conn, db))
                 unknown = [r for r in heads if r not in scripts.graph.nodes]
                 if unknown:
                     findings.append(integrity.Finding("version", vt, len(unknown), "error",
@@ -207,17 +238,12 @@ def verify(db: DbOptions, checks: Iterable[str] = integrity.ALL_CHECKS, migratio
                 has_state = conn.execute(__import__("sqlalchemy").text("SELECT to_regclass(:t) IS NOT NULL"),
                                          {"t": f'"{db.state_schema}".fingerprints'}).scalar()
                 if has_state:
-                    rec = state.recorded_fingerprint(conn, db.state_schema, vt, heads)
-                    if rec and rec[0] != fp:
-                        diff = integrity.diff_facts(rec[1], facts)
-                        if accept_drift:
-                            state.record_fingerprint(conn, db.state_schema, vt, heads, fp, facts, replace=True)
-                        else:
-                            findings.append(integrity.Finding(
-                                "drift", state.revisions_key(heads), len(diff), "warning",
-                                f"the schema differs from the one recorded at {state.revisions_key(heads)}: "
-                                + "; ".join(diff[:5])))
-                    elif rec is None:
+                    recorded, drift = drift_finding(conn, db.state_schema, vt, heads, fp, facts)
+                    if drift is not None and accept_drift:
+                        state.record_fingerprint(conn, db.state_schema, vt, heads, fp, facts, replace=True)
+                    elif drift is not None:
+                        findings.append(drift)
+                    elif not recorded:
                         state.record_fingerprint(conn, db.state_schema, vt, heads, fp, facts)
             conn.commit()
     report = integrity.IntegrityReport.of(findings, fp).to_dict()
@@ -235,13 +261,13 @@ def history(migrations: str, db: DbOptions | None = None, pythonpath: Iterable[s
     if db is not None:
         with connection(db) as conn:
             heads = read_heads(conn, db.version_table, db.version_table_schema)
-            stored = _stored(conn, db)
-            stored_revs = {r["revision"] for r in stored}
+            stored = stored_copies(conn, db)
+            stored_revs = {r["revision"] for r in stored.usable}
             if runs:
                 recent = state.recent_runs(conn, db.state_schema,
                                            state.vt_key(db.version_table, db.version_table_schema), runs)
             conn.commit()
-        scripts = scripts.with_extra(state.stored_sources(stored))
+        scripts = with_stored(scripts, stored)
     g = scripts.graph
     applied = g.closure(r for r in heads if r in g.nodes)
     entries = []

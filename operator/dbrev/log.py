@@ -216,5 +216,7 @@ def rollback_executed(from_version: Any, to_version: Any, success: bool, **field
 def _rev(value: Any) -> Any:
     """Revisions are tuples internally; logs show ``a,b`` (or ``base``)."""
     if isinstance(value, (tuple, list, set, frozenset)):
-        return ",".join(sorted(value)) if value else "base"
+        from .text import revisions_text
+
+        return revisions_text(value)
     return value

@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from .classify import Classification, Effect, classify_source, classify_sql
+from .errors import ScriptConflict
 from .graph import Graph, Heads
 from .scripts import Rendered, ScriptInfo
+from .text import revisions_text
 
 UPGRADE = "upgrade"
 DOWNGRADE = "downgrade"
@@ -173,7 +175,7 @@ def build_plan(graph: Graph, infos: dict[str, ScriptInfo], sources: dict[str, st
         steps.append(_step(graph, infos[rev], sources[rev], True, render, version_table))
     _mark_created_in_plan(steps)
     plan = Plan(
-        target=target_spec or (",".join(target) or "base"),
+        target=target_spec or revisions_text(target),
         from_revisions=current,
         to_revisions=tuple(sorted(target)),
         direction=direction_of(undo, apply),
@@ -197,6 +199,55 @@ def build_plan(graph: Graph, infos: dict[str, ScriptInfo], sources: dict[str, st
                                  f"{s.render_error}; classified from its source, and online as it runs "
                                  f"(what it removes is checked against the policy before it commits)")
     plan.hash = plan_hash(plan)
+    return plan
+
+
+@dataclass
+class StoredCopies:
+    """The scripts the database keeps (copies stored when they were applied), sorted against the declared ones.
+
+    ``usable``: copies of revisions no declared script defines (the way back after a file was removed);
+    ``conflicts``: revisions whose declared script differs from the copy that was applied;
+    ``corrupt``: copies that fail their own sha256 (ignored).
+    """
+
+    usable: list[dict] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [f"the stored copy of {r} fails its sha256 check and is ignored" for r in self.corrupt]
+
+
+def sort_stored(declared: Mapping[str, ScriptInfo], rows: Iterable[dict]) -> StoredCopies:
+    """The one rule for stored copies, used by every verb and by the run (pure: ``rows`` as
+    :func:`dbrev.state.stored_scripts` reads them)."""
+    out = StoredCopies()
+    for r in rows:
+        if hashlib.sha256(r["source"].encode()).hexdigest() != r["sha256"]:
+            out.corrupt.append(r["revision"])
+            continue
+        info = declared.get(r["revision"])
+        if info is None:
+            out.usable.append(r)
+        elif info.sha256 != r["sha256"]:
+            out.conflicts.append(r["revision"])
+    return out
+
+
+def check_conflicts(plan: Plan, conflicts: Iterable[str]) -> Plan:
+    """A changed script warns; a plan that would run its downgrade is refused (ScriptConflict): the
+    downgrade that undoes what was applied is the stored copy's, not the file's."""
+    conflicts = list(conflicts)
+    if conflicts:
+        used = [s.revision for s in plan.steps if s.revision in conflicts and s.direction == DOWNGRADE]
+        plan.warnings.append(f"scripts {', '.join(conflicts)} differ from the copies stored when they were applied")
+        if used:
+            raise ScriptConflict(
+                f"the downgrade would run {', '.join(used)}, whose declared script differs from the one "
+                f"that was applied (stored in the database)",
+                hint="restore the original script, or remove the changed file so the stored copy is used")
     return plan
 
 

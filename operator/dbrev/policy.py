@@ -174,5 +174,4 @@ def _evaluate(plan: Plan, policy: Policy, approval: str | None, facts: Facts | N
                     archive=archive, archive_reason=archive_reason)
 
 
-def _revs(revs) -> str:
-    return ",".join(revs) if revs else "base"
+from .text import revisions_text as _revs  # noqa: E402

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
 
 PROVEN = "Proven"
 LOSSY = "Lossy"
@@ -103,9 +102,7 @@ class Readiness:
         return self.status in (BROKEN, IRREVERSIBLE)
 
 
-def _revs(revs: Iterable[str]) -> str:
-    revs = list(revs)
-    return ", ".join(revs) if revs else "base (empty)"
+from .text import revisions_shown as _revs  # noqa: E402
 
 
 def classify(o: Outcome) -> Readiness:

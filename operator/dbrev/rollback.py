@@ -27,8 +27,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from . import conditions as C
 from . import errors as E
+from .options import DEFAULT_RUN_TIMEOUT
 from .results import RunResult
+from .text import revisions_shown as _revs, revisions_text
 
 REASONS = ("migration_failure", "integrity_check_failure", "health_check_failure", "critical_bug")
 JOURNAL_RUNS = 500  # how far back the journal is read for the default target
@@ -54,8 +57,7 @@ def _key(revs: Iterable[str]) -> frozenset:
 
 
 def _spec(revs: Iterable[str]) -> str:
-    revs = sorted(_key(revs))
-    return ",".join(revs) if revs else "base"
+    return revisions_text(_key(revs))
 
 
 def choose_target(current: Iterable[str], runs: list[dict], to: str | None = None) -> Choice:
@@ -186,8 +188,8 @@ def register(sub, add_common) -> None:
                    help="copy what destructive steps would remove into the dbrev_archive schema first")
     p.add_argument("--no-rollback-on-failure", action="store_true",
                    help="if the rollback fails, leave the database where it stopped instead of returning")
-    p.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
-                   help="kill the run after this long (default 3600)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_RUN_TIMEOUT, metavar="SECONDS",
+                   help=f"kill the run after this long (default {DEFAULT_RUN_TIMEOUT:g})")
     p.add_argument("--verify", default=None, metavar="CHECKS", help="comma-separated integrity checks")
     p.add_argument("--exact-counts", action="store_true", help="also compare exact row counts of every table")
     env = p.add_mutually_exclusive_group()
@@ -237,7 +239,7 @@ def cmd_rollback(args) -> int:
         frm, to = a["current_revisions"], list(p.to_revisions)
         L.rollback_triggered(args.reason, frm, to, deployment_id=args.deployment_id, trigger="cli",
                              undoes_run=a["undoes_run"], plan_hash=p.hash)
-        req = RunRequest(db=db, migrations=migrations, target=_revs_spec(to), policy=policy, expected_hash=p.hash,
+        req = RunRequest(db=db, migrations=migrations, target=revisions_text(to), policy=policy, expected_hash=p.hash,
                          exact_counts=args.exact_counts, actor=f"cli rollback ({args.reason})",
                          pythonpath=pythonpath, use_env_py=args.env_py)
         try:
@@ -262,12 +264,6 @@ def cmd_rollback(args) -> int:
         return code if code or ok else 1
 
 
-def _revs(revs) -> str:
-    return ", ".join(revs) if revs else "base (empty)"
-
-
-def _revs_spec(revs) -> str:
-    return ",".join(revs) if revs else "base"
 
 
 def _text(a: dict, p, args, header_only: bool = False) -> str:
@@ -403,8 +399,8 @@ def cmd_rollback_cluster(args) -> int:
         msg = (f"{ns}/{args.name} is managed by {plan['gitops']} ({plan['managed_by']}): it would put spec.revision "
                f"back. Revert it in git: set spec.revision to {plan['target']} (it is {plan['spec_revision']}, the "
                f"database at {plan['current']})")
-        return out({**doc, "result": "refused", "error": {"reason": "ManagedByGitOps", "message": msg}},
-                   f"refused (ManagedByGitOps): {msg}", E.EXIT_REFUSED)
+        return out({**doc, "result": "refused", "error": {"reason": C.MANAGED_BY_GITOPS, "message": msg}},
+                   f"refused ({C.MANAGED_BY_GITOPS}): {msg}", E.EXIT_REFUSED)
     workloads, why = ([], "--schema-only: the workloads are left as they are") if args.schema_only \
         else gated_workloads(obj)
     doc["workloads"] = {"roll_back": [f"{k}/{n}" for k, n in workloads], "note": why}
@@ -433,9 +429,9 @@ def cmd_rollback_cluster(args) -> int:
             doc["workloads"]["result"] = what
             if not ok:
                 L.rollback_executed(plan["current"], plan["target"], False, deployment_id=args.deployment_id,
-                                    trigger="cli", result="WorkloadRollbackFailed")
+                                    trigger="cli", result=C.WORKLOAD_ROLLBACK_FAILED)
                 return out({**doc, "result": "failed", "success": False,
-                            "error": {"reason": "WorkloadRollbackFailed", "message": what}},
+                            "error": {"reason": C.WORKLOAD_ROLLBACK_FAILED, "message": what}},
                            f"rollback of {ns}/{args.name} stopped: {what}", 1)
         ann = {REQUESTED_BY_ANNOTATION: who, REASON_ANNOTATION: args.reason}
         if args.deployment_id:
@@ -451,15 +447,15 @@ def cmd_rollback_cluster(args) -> int:
         st: dict = {}
         while time.monotonic() < deadline:
             st = (kube.get(ns, args.name) or {}).get("status") or {}
-            ready, stalled = condition(st, "Ready") or {}, condition(st, "Stalled") or {}
+            ready, stalled = condition(st, C.READY) or {}, condition(st, C.STALLED) or {}
             if st.get("observedGeneration") == gen and ready.get("status") == "True" \
                     and st.get("currentRevision") == plan["target"]:
                 break
             if st.get("observedGeneration") == gen and (stalled.get("status") == "True"
-                                                         or ready.get("reason") == "AwaitingApproval"):
+                                                         or ready.get("reason") == C.AWAITING_APPROVAL):
                 break
             time.sleep(1)
-        ready = condition(st, "Ready") or {}
+        ready = condition(st, C.READY) or {}
         ok = ready.get("status") == "True" and st.get("currentRevision") == plan["target"]
         L.rollback_executed(plan["current"], plan["target"], ok, deployment_id=args.deployment_id, trigger="cli",
                             result=ready.get("reason"))
@@ -467,7 +463,7 @@ def cmd_rollback_cluster(args) -> int:
         text = (f"{first}rolled back {ns}/{args.name}: {plan['current']} -> {plan['target']}, Ready" if ok else
                 f"rollback of {ns}/{args.name} to {plan['target']} did not finish: Ready={ready.get('status')} "
                 f"({ready.get('reason')}): {ready.get('message', '')}")
-        code = 0 if ok else (E.EXIT_REFUSED if ready.get("reason") in ("DowngradeDenied", "DataLossDenied",
-                                                                          "AwaitingApproval") else 1)
+        code = 0 if ok else (E.EXIT_REFUSED if ready.get("reason") in (C.DOWNGRADE_DENIED, C.DATA_LOSS_DENIED,
+                                                                          C.AWAITING_APPROVAL) else 1)
         return out({**doc, "result": "applied" if ok else "failed", "success": ok, "requested_by": who,
                     "condition": ready, "current_revision": st.get("currentRevision")}, text, code)

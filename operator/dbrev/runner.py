@@ -28,12 +28,12 @@ from sqlalchemy.engine import Connection
 from . import integrity, rehearse, state
 from . import log as L
 from .db import acquire_lock, connect, is_lock_timeout, quote_ident, read_heads, server_info, unlock
-from .errors import fk_hint, BadInput, Busy, DbrevError, PlanChanged, PolicyRefused, ScriptConflict
-from .planning import Plan, build_plan, hash_matches
+from .errors import fk_hint, BadInput, Busy, DbrevError, PlanChanged, PolicyRefused
+from .engine import drift_finding, plan_against, plan_steps, stored_copies
+from .planning import Plan, StoredCopies, hash_matches
 from .options import RunRequest  # noqa: F401
 from .policy import Decision, Facts, effect_table_key, evaluate, lossless
-from .scripts import (EnvPyFailed, ScriptSet, alembic_config, env_py_failure, load_folder, render,
-                      revision_step)
+from .scripts import EnvPyFailed, ScriptSet, alembic_config, env_py_failure, load_folder, revision_step
 
 Emit = Callable[[dict], None]
 
@@ -135,14 +135,8 @@ class Runner:
     def _drift(self, conn: Connection, heads, fp: str, facts: list[str]) -> list[integrity.Finding]:
         if "fingerprint" not in self._checks():
             return []
-        rec = state.recorded_fingerprint(conn, self.schema, self.vt, heads)
-        if rec is None or rec[0] == fp:
-            return []
-        diff = integrity.diff_facts(rec[1], facts)
-        return [integrity.Finding(
-            "drift", state.revisions_key(heads), len(diff), "warning",
-            f"the schema at {state.revisions_key(heads)} differs from when the database was last at this "
-            f"revision ({len(diff)} difference(s): {'; '.join(diff[:3])})")]
+        finding = drift_finding(conn, self.schema, self.vt, heads, fp, facts)[1]
+        return [finding] if finding else []
 
     # -- the run ---------------------------------------------------------------
     def run(self) -> RunResult:
@@ -165,8 +159,10 @@ class Runner:
             acquire_lock(conn, self.db)
             locked = True
             self.emit({"event": "phase", "phase": "locked"})
-            scripts = self._with_stored(conn, scripts)
+            stored = stored_copies(conn, self.db, scripts) if req.use_stored_scripts else StoredCopies()
+            self.conflicts = stored.conflicts
             current = self._heads(conn)
+            recorded = state.recorded_readiness(conn, self.schema, self.vt)
             conn.commit()
             self.result.from_revisions = list(current)
             for run in state.interrupted_runs(conn, self.schema, self.vt):
@@ -176,13 +172,13 @@ class Runner:
                        f"{state.revisions_key(current)}")
                 L.logger.warning("Interrupted run found", extra={"run_id": run["id"], "status": "interrupted"})
                 self.result.warn(msg)
-            graph = scripts.graph
-            graph.check_live(current)
-            target = graph.resolve(req.target, current)
-            plan = self._plan(scripts, current, target)
+            # the one plan (as `dbrev plan` makes it): stored copies, conflicts, hash, recorded readiness
+            plan, scripts = plan_against(scripts, current, req.target, version_table=self.db.version_table,
+                                         version_table_schema=self.db.version_table_schema, stored=stored,
+                                         recorded=recorded)
             self.plan = plan
             r = self.result
-            if rehearse.attach_recorded(plan, state.recorded_readiness(conn, self.schema, self.vt), graph):
+            if plan.recorded_readiness:
                 r.recorded_readiness = plan.recorded_readiness  # a revert: what its upgrade proved
             r.plan_hash, r.direction, r.transaction = plan.hash, plan.direction, plan.transaction
             r.to_revisions = list(plan.to_revisions)
@@ -291,46 +287,12 @@ class Runner:
         return Facts(frozenset(empty), types, frozenset(new_t), frozenset(new_c), frozenset(missing),
                      frozenset(unused))
 
-    def _with_stored(self, conn: Connection, scripts: ScriptSet) -> ScriptSet:
-        if not self.req.use_stored_scripts:
-            return scripts
-        rows = state.stored_scripts(conn, self.schema, self.vt)
-        conn.commit()
-        conflicts = []
-        usable = []
-        for r in rows:
-            import hashlib
-
-            if hashlib.sha256(r["source"].encode()).hexdigest() != r["sha256"]:
-                self.result.warn(
-                    f"the stored copy of {r['revision']} fails its sha256 check and is ignored")
-                continue
-            declared = scripts.infos.get(r["revision"])
-            if declared is None:
-                usable.append(r)
-            elif declared.sha256 != r["sha256"]:
-                conflicts.append(r["revision"])
-        self.conflicts = conflicts
-        return scripts.with_extra(state.stored_sources(usable))
-
     def _plan(self, scripts: ScriptSet, current, target) -> Plan:
-        with L.timed("plan", from_revision=L._rev(current), to_revision=L._rev(target)):
-            plan = build_plan(
-                scripts.graph, scripts.infos, {r: s.source for r, s in scripts.sources.items()}, current, target,
-                lambda rev, up: render(scripts, rev, up, self.db.version_table, self.db.version_table_schema),
-                target_spec=self.req.target, version_table=self.db.version_table,
-                version_table_schema=self.db.version_table_schema)
-        conflicts = self.conflicts
-        if conflicts:
-            used = [s.revision for s in plan.steps if s.revision in conflicts and s.direction == "downgrade"]
-            note = (f"scripts {', '.join(conflicts)} differ from the copies stored when they were applied")
-            plan.warnings.append(note)
-            if used:
-                raise ScriptConflict(
-                    f"the downgrade would run {', '.join(used)}, whose declared script differs from the one "
-                    f"that was applied (stored in the database)",
-                    hint="restore the original script, or remove the changed file so the stored copy is used")
-        return plan
+        """A plan over the run's scripts between resolved revisions (a rollback's inverse, a rehearsal):
+        the same planning and conflict rule as the run's own plan."""
+        return plan_steps(scripts, current, target, target_spec=self.req.target,
+                          version_table=self.db.version_table, version_table_schema=self.db.version_table_schema,
+                          conflicts=self.conflicts)
 
     def _refused(self, decision: Decision, t0: float) -> RunResult:
         L.logger.warning("Plan refused by policy", extra={"reason": decision.reason,

@@ -28,6 +28,7 @@ from . import conditions as C
 from .db import is_permission_error, quote_ident
 from .errors import DatabaseConfigError
 from .scripts import ORIGIN_DATABASE, ScriptSource
+from .text import revisions_text
 
 STATE_VERSION = 3  # 2: runs.readiness; 3: runs.plan
 _SETUP_LOCK = 0x64627265765F7365  # "dbrev_se": serializes CREATE SCHEMA between runners
@@ -237,7 +238,8 @@ def recorded_readiness(conn: Connection, schema: str, vt: str, limit: int = 200)
 # -- fingerprints -------------------------------------------------------------
 
 def revisions_key(revs) -> str:
-    return ",".join(sorted(revs)) or "base"
+    """The key of a set of revisions in the state tables (:func:`dbrev.text.revisions_text`)."""
+    return revisions_text(tuple(revs))
 
 
 def recorded_fingerprint(conn: Connection, schema: str, vt: str, revs) -> tuple[str, list[str]] | None:

@@ -26,6 +26,7 @@ from typing import Any
 
 from . import conditions as C
 from .results import RESULT_FAILED, RunResult
+from .text import revisions_text  # noqa: F401 - the controller's revisions formatter, imported from here
 
 READY_KIND = "ready"
 PROGRESSING_KIND = "progressing"
@@ -158,8 +159,8 @@ def plan_status(plan: dict, computed_at: str) -> dict:
         "hash": plan["hash"],
         "direction": plan["direction"],
         "transaction": plan["transaction"],
-        "from": ",".join(plan["from_revisions"]) or "base",
-        "to": ",".join(plan["to_revisions"]) or "base",
+        "from": revisions_text(plan["from_revisions"]),
+        "to": revisions_text(plan["to_revisions"]),
         "destructive": list(plan.get("destructive", [])),
         "steps": [{
             "revision": s["revision"], "direction": s["direction"], "doc": s.get("doc", ""),
@@ -178,7 +179,7 @@ def recorded_readiness_status(recorded: list[dict]) -> list[dict]:
     """status.plan.recordedReadiness: for a plan that undoes upgrades, the readiness of their way back
     as rehearsed when they were applied (dbrev.rehearse.recorded_for)."""
     return [{"status": r.get("status", ""), "message": str(r.get("message", ""))[:1024],
-             "from": ",".join(r.get("from") or []) or "base", "to": ",".join(r.get("to") or []) or "base",
+             "from": revisions_text(r.get("from") or []), "to": revisions_text(r.get("to") or []),
              "step": r.get("step") or "", "location": r.get("location") or "",
              "recordedAt": _iso(r.get("recorded_at")) if r.get("recorded_at") else ""}
             for r in recorded][:20]
@@ -205,12 +206,6 @@ def _iso(value: Any) -> str:
         return now_iso(datetime.fromisoformat(str(value).replace("Z", "+00:00")))
     except ValueError:
         return now_iso()
-
-
-def revisions_text(revs) -> str:
-    if revs is None:
-        return ""
-    return ",".join(sorted(revs)) if revs else "base"
 
 
 def history_entry(result: RunResult, trigger: str, started_at: str) -> dict:

@@ -46,6 +46,7 @@ from . import results as R
 from .options import DbOptions, Policy, RunRequest
 from .results import RESULT_FAILED, RESULT_ROLLED_BACK, Rollback, RunError, RunResult
 from .redact import redact, register_secret
+from .text import revisions_shown, revisions_text
 
 _ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "TMPDIR",
              "PGSSLROOTCERT", "PGSSLMODE", "PGAPPNAME")
@@ -288,7 +289,7 @@ def _lost_connection(req: RunRequest, exc: BaseException) -> DbrevError | None:
         with connection(DbOptions(**{**asdict(req.db), "connect_timeout": min(req.db.connect_timeout, 30)})) as c:
             heads = list(read_heads(c, req.db.version_table, req.db.version_table_schema))
             c.commit()
-        where = f"the database is now at {', '.join(heads) or 'base (empty)'}"
+        where = f"the database is now at {revisions_shown(heads)}"
     except DbrevError:
         heads = None
         where = "the database could not be reached again to read its revision"
@@ -649,7 +650,7 @@ def recover_after_death(req: RunRequest, state: dict, message: str, elapsed: flo
     if not (rerun and req.policy.rollback_on_failure):
         return result
     L.rollback_triggered(trigger, heads, start)
-    back = RunRequest(db=req.db, migrations=req.migrations, target=",".join(start) or "base",
+    back = RunRequest(db=req.db, migrations=req.migrations, target=revisions_text(start),
                       # a rollback never escalates the data-loss policy
                       policy=Policy(downgrade="Allow", data_loss=req.policy.data_loss, rollback_on_failure=False,
                                     verify=req.policy.verify, repair_sequences=req.policy.repair_sequences, rehearse="Never"),

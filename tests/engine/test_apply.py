@@ -10,6 +10,7 @@ import time
 import pytest
 
 from dbhelp import heads, q, table_locked
+from enginehelp import run_apply, run_plan
 from clihelp import dbrev, popen
 from scriptgen import linear_history, write_script
 
@@ -85,9 +86,9 @@ def test_per_step_run_failing_after_an_autocommit_step_is_undone_by_inverse_step
                  'with op.get_context().autocommit_block():\n'
                  '    op.drop_index("ix_items_sku", table_name="items", postgresql_concurrently=True)')
     write_script(d, "p003aaaa", "p002aaaa", 'op.execute("SELECT no_such_function()")', "pass")
-    plan = dbrev("plan", "--migrations", str(d), "-r", "head", url=database_url)
+    plan = run_plan(str(d), "head", url=database_url)
     assert plan.json["transaction"] == "per-step"
-    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    r = run_apply(str(d), "head", url=database_url)
     assert r.code == 1
     doc = r.json
     assert doc["result"] == "rolled_back"
@@ -117,18 +118,17 @@ def test_downgrade_that_drops_a_column_is_refused_without_allow_data_loss(databa
                  'op.drop_table("people")')
     write_script(d, "d002aaaa", "d001aaaa", 'op.add_column("people", sa.Column("phone", sa.Text))',
                  'op.drop_column("people", "phone")')
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url).code == 0
     q(database_url, "INSERT INTO people (phone) VALUES ('+1 555 0100')")
-    r = dbrev("apply", "--migrations", str(d), "-r", "d001aaaa", "--allow-downgrade", url=database_url)
+    r = run_apply(str(d), "d001aaaa", url=database_url, downgrade="Allow")
     assert r.code == 3, r.stdout
     assert r.json["result"] == "refused" and r.json["error"]["reason"] == "DataLossDenied"
     assert "DROP COLUMN phone" in r.json["error"]["message"]
     assert heads(database_url) == ["d002aaaa"]
     assert q(database_url, "SELECT phone FROM people")[0][0] == "+1 555 0100"
-    r = dbrev("apply", "--migrations", str(d), "-r", "d001aaaa", url=database_url)
+    r = run_apply(str(d), "d001aaaa", url=database_url)
     assert r.code == 3 and r.json["error"]["reason"] == "DowngradeDenied"
-    r = dbrev("apply", "--migrations", str(d), "-r", "d001aaaa", "--allow-downgrade", "--allow-data-loss",
-              url=database_url)
+    r = run_apply(str(d), "d001aaaa", url=database_url, downgrade="Allow", data_loss="Allow")
     assert r.code == 0 and heads(database_url) == ["d001aaaa"]
 
 
@@ -159,14 +159,14 @@ def test_undeclared_row_loss_is_caught(database_url, tmp_path):
     write_script(d, "w001aaaa", None,
                  'op.create_table("events", sa.Column("id", sa.Integer, primary_key=True), sa.Column("k", sa.Text))',
                  'op.drop_table("events")')
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url).code == 0
     q(database_url, "INSERT INTO events (k) SELECT 'x' FROM generate_series(1, 50)")
     # deletes rows through the connection: invisible to the offline SQL, so the plan cannot declare it
     write_script(d, "w002aaaa", "w001aaaa",
                  'conn = op.get_bind()\n'
                  'n = conn.execute(sa.text("SELECT count(*) FROM events")).scalar()\n'
                  'conn.execute(sa.text("DELETE FROM events WHERE id > :n"), {"n": n // 2})', "pass")
-    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    r = run_apply(str(d), "head", url=database_url)
     # the step cannot render offline: it is classified online, and its deletes are refused before it commits
     assert r.code == 3 and r.json["result"] == "refused", r.stdout
     assert r.json["error"]["reason"] == "DataLossDenied" and "25 rows" in r.json["error"]["message"]
@@ -271,11 +271,11 @@ def test_table_lock_timeout_is_busy_and_changes_nothing(database_url, tmp_path):
     d = tmp_path / "m"
     write_script(d, "l001aaaa", None, 'op.create_table("hot", sa.Column("id", sa.Integer, primary_key=True))',
                  'op.drop_table("hot")')
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url).code == 0
     write_script(d, "l002aaaa", "l001aaaa", 'op.add_column("hot", sa.Column("x", sa.Integer))',
                  'op.drop_column("hot", "x")')
     with table_locked(database_url, "hot"):
-        r = dbrev("apply", "--migrations", str(d), "-r", "head", "--lock-timeout", "1", url=database_url)
+        r = run_apply(str(d), "head", url=database_url, lock_timeout=1.0)
     assert r.code == 4 and r.json["result"] == "busy", r.stdout
     assert heads(database_url) == ["l001aaaa"]
 
@@ -295,7 +295,7 @@ def test_unknown_revision_in_the_database(database_url, tmp_path):
 def test_plan_json_fields_and_plan_hash_binding(database_url, tmp_path):
     d = tmp_path / "m"
     linear_history(d, 3)
-    p = dbrev("plan", "--migrations", str(d), "-r", "head", url=database_url)
+    p = run_plan(str(d), "head", url=database_url)
     assert p.code == 0
     doc = p.json
     assert doc["direction"] == "upgrade" and doc["hash"].startswith("sha256:")
@@ -303,10 +303,9 @@ def test_plan_json_fields_and_plan_hash_binding(database_url, tmp_path):
     assert {"revision", "destructive", "needs_autocommit", "sql"} <= set(step)
     assert "CREATE TABLE t1" in step["sql"]
     assert heads(database_url) == []  # planning changed nothing
-    wrong = dbrev("apply", "--migrations", str(d), "-r", "head", "--plan-hash", "sha256:" + "0" * 64,
-                  url=database_url)
+    wrong = run_apply(str(d), "head", url=database_url, expected_hash="sha256:" + "0" * 64)
     assert wrong.code == 3 and wrong.json["error"]["reason"] == "PlanChanged"
-    ok = dbrev("apply", "--migrations", str(d), "-r", "head", "--plan-hash", doc["hash"], url=database_url)
+    ok = run_apply(str(d), "head", url=database_url, expected_hash=doc["hash"])
     assert ok.code == 0 and ok.json["plan_hash"] == doc["hash"]
 
 
@@ -321,7 +320,7 @@ def test_scripts_importing_their_application_package(database_url, tmp_path):
                  'for k, v in DEFAULTS.items():\n'
                  '    op.execute(sa.text(f"INSERT INTO {TABLE} VALUES (:k, :v)").bindparams(k=k, v=v))',
                  downgrade='op.drop_table("app_settings")')
-    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    r = run_apply(str(d), "head", url=database_url)
     assert r.code == 2 and r.json["error"]["reason"] == "InvalidScripts"
     assert "shopapp" in r.json["error"]["message"] and "--pythonpath" in r.json["error"]["hint"]
     r = dbrev("apply", "--migrations", str(d), "-r", "head", "--pythonpath", str(tmp_path / "src"),
@@ -336,7 +335,7 @@ def test_scripts_importing_their_application_package(database_url, tmp_path):
 def test_an_import_inside_upgrade_that_fails_is_bad_input(database_url, tmp_path):
     d = tmp_path / "m"
     write_script(d, "i001aaaa", None, "import not_installed_pkg_xyz\nop.execute('SELECT 1')")
-    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    r = run_apply(str(d), "head", url=database_url)
     assert r.code == 2 and r.json["error"]["reason"] == "InvalidScripts"
     assert "not_installed_pkg_xyz" in r.json["error"]["message"] and ".py:" in r.json["error"]["message"]
     assert heads(database_url) == []
@@ -347,11 +346,11 @@ def test_a_table_rename_is_not_row_loss(database_url, tmp_path):
     write_script(d, "n001aaaa", None, 'op.create_table("a", sa.Column("id", sa.Integer, primary_key=True))',
                  'op.drop_table("a")')
     write_script(d, "n002aaaa", "n001aaaa", 'op.rename_table("a", "b")', 'op.rename_table("b", "a")')
-    assert dbrev("apply", "--migrations", str(d), "-r", "n001aaaa", url=database_url).code == 0
+    assert run_apply(str(d), "n001aaaa", url=database_url).code == 0
     q(database_url, "INSERT INTO a DEFAULT VALUES")
-    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    r = run_apply(str(d), "head", url=database_url)
     assert r.code == 0 and r.json["result"] == "applied", r.stdout
-    r = dbrev("apply", "--migrations", str(d), "-r", "n001aaaa", "--allow-downgrade", url=database_url)
+    r = run_apply(str(d), "n001aaaa", url=database_url, downgrade="Allow")
     assert r.code == 0 and q(database_url, "SELECT count(*) FROM a")[0][0] == 1
 
 
@@ -361,13 +360,12 @@ def test_a_fresh_install_that_replaces_its_own_tables_is_not_data_loss(database_
                  'op.drop_table("tmp_import")')
     write_script(d, "f002aaaa", "f001aaaa", 'op.drop_table("tmp_import")',
                  'op.create_table("tmp_import", sa.Column("id", sa.Integer, primary_key=True))')
-    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    r = run_apply(str(d), "head", url=database_url)
     assert r.code == 0, r.stdout
     # once the table existed before the run and holds rows, dropping it is data loss again
-    assert dbrev("apply", "--migrations", str(d), "-r", "f001aaaa", "--allow-downgrade",
-                 url=database_url).code == 0
+    assert run_apply(str(d), "f001aaaa", url=database_url, downgrade="Allow").code == 0
     q(database_url, "INSERT INTO tmp_import DEFAULT VALUES")
-    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    r = run_apply(str(d), "head", url=database_url)
     assert r.code == 3 and r.json["error"]["reason"] == "DataLossDenied"
 
 

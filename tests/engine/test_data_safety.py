@@ -7,6 +7,7 @@ import subprocess
 
 from dbhelp import heads, q
 from clihelp import dbrev
+from enginehelp import run_apply, run_plan
 from dbrev.envtest.postgres import PostgresServer, create_database, find_bindir
 from scriptgen import write_script
 
@@ -83,10 +84,10 @@ def test_archive_of_deleted_rows_keeps_only_what_the_delete_matches(database_url
     d = tmp_path / "m"
     write_script(d, "x001aaaa", None, 'op.create_table("sessions", sa.Column("id", sa.Integer, primary_key=True), '
                  'sa.Column("expired", sa.Boolean))', 'op.drop_table("sessions")')
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url).code == 0
     q(database_url, "INSERT INTO sessions (expired) SELECT g % 4 = 0 FROM generate_series(1, 400) g")
     write_script(d, "x002aaaa", "x001aaaa", 'op.execute("DELETE FROM sessions WHERE expired")', "pass")
-    r = dbrev("apply", "--migrations", str(d), "-r", "head", "--archive", url=database_url)
+    r = run_apply(str(d), "head", url=database_url, data_loss="Archive")
     assert r.code == 0, r.stdout
     (a,) = r.json["archived"]
     assert a["kind"] == "delete_rows" and a["rows"] == 100
@@ -98,10 +99,9 @@ def test_archive_of_deleted_rows_keeps_only_what_the_delete_matches(database_url
 def test_prune_by_count_and_age(database_url, tmp_path):
     d = tmp_path / "m"
     history(d)
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url).code == 0
     populate(database_url)
-    assert dbrev("apply", "--migrations", str(d), "-r", "s001aaaa", "--allow-downgrade", "--archive",
-                 url=database_url).code == 0
+    assert run_apply(str(d), "s001aaaa", url=database_url, downgrade="Allow", data_loss="Archive").code == 0
     dry = dbrev("archive", "prune", "--keep", "1", "--dry-run", url=database_url)
     assert len(dry.json["pruned"]) == 1 and len(dbrev("archive", "list", url=database_url).json["archives"]) == 2
     assert dbrev("archive", "prune", "--keep", "1", url=database_url).code == 0
@@ -115,19 +115,18 @@ def test_prune_by_count_and_age(database_url, tmp_path):
 def test_downgrade_uses_the_scripts_the_database_keeps(database_url, tmp_path):
     full = tmp_path / "full"
     history(full)
-    assert dbrev("apply", "--migrations", str(full), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(full), "head", url=database_url).code == 0
     stored = q(database_url, "SELECT revision, sha256 FROM dbrev.scripts ORDER BY revision")
     assert [r[0] for r in stored] == ["s001aaaa", "s002aaaa", "s003aaaa"]
     # the GitOps revert removed the newer scripts
     old = tmp_path / "old"
     old.mkdir()
     shutil.copy(next(full.glob("s001aaaa_*.py")), old)
-    p = dbrev("plan", "--migrations", str(old), "-r", "s001aaaa", url=database_url)
+    p = run_plan(str(old), "s001aaaa", url=database_url)
     assert p.code == 0
     assert p.json["scripts_from_database"] == ["s003aaaa", "s002aaaa"]
     assert [s["script_origin"] for s in p.json["steps"]] == ["database", "database"]
-    r = dbrev("apply", "--migrations", str(old), "-r", "s001aaaa", "--allow-downgrade", "--allow-data-loss",
-              url=database_url)
+    r = run_apply(str(old), "s001aaaa", url=database_url, downgrade="Allow", data_loss="Allow")
     assert r.code == 0, r.stdout + r.stderr
     assert heads(database_url) == ["s001aaaa"]
     h = dbrev("history", "--migrations", str(old), url=database_url, json_out=False)
@@ -137,15 +136,14 @@ def test_downgrade_uses_the_scripts_the_database_keeps(database_url, tmp_path):
 def test_a_changed_script_under_an_applied_id_is_a_conflict(database_url, tmp_path):
     d = tmp_path / "m"
     history(d)
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url).code == 0
     f = next(d.glob("s003aaaa_*.py"))
     f.write_text(f.read_text().replace('op.drop_index("ix_notes_customer", table_name="notes")',
                                        'op.execute("DROP TABLE notes CASCADE")'))
-    r = dbrev("apply", "--migrations", str(d), "-r", "s002aaaa", "--allow-downgrade", "--allow-data-loss",
-              url=database_url)
+    r = run_apply(str(d), "s002aaaa", url=database_url, downgrade="Allow", data_loss="Allow")
     assert r.code == 2 and r.json["error"]["reason"] == "ScriptConflict"
     assert heads(database_url) == ["s003aaaa"]
-    p = dbrev("plan", "--migrations", str(d), "-r", "head", url=database_url)
+    p = run_plan(str(d), "head", url=database_url)
     assert p.code == 0  # an upgrade does not use it
     # a tampered stored copy is not trusted
     q(database_url, "UPDATE dbrev.scripts SET source = source || '# tampered' WHERE revision = 's002aaaa'")
@@ -153,7 +151,7 @@ def test_a_changed_script_under_an_applied_id_is_a_conflict(database_url, tmp_pa
     old.mkdir()
     shutil.copy(next(d.glob("s001aaaa_*.py")), old)
     shutil.copy(f, old)
-    r = dbrev("plan", "--migrations", str(old), "-r", "s001aaaa", url=database_url)
+    r = run_plan(str(old), "s001aaaa", url=database_url)
     assert r.code == 2  # s003's parent s002 now has no trustworthy script
 
 
@@ -161,7 +159,7 @@ def test_a_restored_dump_rolls_back_with_no_newer_scripts_on_disk(tmp_path, pg_a
     d = tmp_path / "m"
     history(d)
     src = create_database(pg_admin_url)
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=src).code == 0
+    assert run_apply(str(d), "head", url=src).code == 0
     populate(src)
     bindir = find_bindir()
     dump = tmp_path / "shop.dump"
@@ -179,7 +177,7 @@ def test_a_restored_dump_rolls_back_with_no_newer_scripts_on_disk(tmp_path, pg_a
         old = tmp_path / "old"
         old.mkdir()
         shutil.copy(next(d.glob("s001aaaa_*.py")), old)
-        r = dbrev("apply", "--migrations", str(old), "-r", "s001aaaa", "--allow-downgrade", "--archive", url=dst)
+        r = run_apply(str(old), "s001aaaa", url=dst, downgrade="Allow", data_loss="Archive")
         assert r.code == 0, r.stdout + r.stderr
         assert heads(dst) == ["s001aaaa"]
         assert {a["object"] for a in r.json["archived"]} == {"public.notes", "public.customers.phone"}
@@ -194,9 +192,9 @@ def test_archive_runs_inside_the_step_transaction(database_url, tmp_path):
     write_script(d, "h001aaaa", None, 'op.create_table("t", sa.Column("id", sa.Integer, primary_key=True))',
                  'op.execute("SELECT 1/0")')
     write_script(d, "h002aaaa", "h001aaaa", 'op.add_column("t", sa.Column("c", sa.Text))', 'op.drop_column("t", "c")')
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url).code == 0
     q(database_url, "INSERT INTO t (c) SELECT 'v' || g FROM generate_series(1, 10) g")
-    r = dbrev("apply", "--migrations", str(d), "-r", "base", "--allow-downgrade", "--archive", url=database_url)
+    r = run_apply(str(d), "base", url=database_url, downgrade="Allow", data_loss="Archive")
     assert r.code == 1 and r.json["result"] == "rolled_back", r.stdout
     assert heads(database_url) == ["h002aaaa"]
     assert q(database_url, "SELECT count(c) FROM t")[0][0] == 10
@@ -210,11 +208,11 @@ def test_archive_of_a_table_dropped_with_its_enum_type_and_its_restore(database_
                  'op.execute("CREATE TYPE mood AS ENUM (\'sad\', \'ok\', \'happy\')")\n'
                  'op.execute("CREATE TABLE person (id serial PRIMARY KEY, name text, mood mood, past mood[])")',
                  'op.drop_table("person")\nop.execute("DROP TYPE mood")', doc="people and moods")
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url).code == 0
     q(database_url, "INSERT INTO person (name, mood, past) SELECT 'p' || g, (ARRAY['sad','ok','happy'])[1 + g % 3]"
                     "::mood, ARRAY['ok', 'sad']::mood[] FROM generate_series(1, 30) g")
     before = q(database_url, "SELECT id, name, mood::text, past::text FROM person ORDER BY id")
-    r = dbrev("apply", "--migrations", str(d), "-r", "base", "--allow-downgrade", "--archive", url=database_url)
+    r = run_apply(str(d), "base", url=database_url, downgrade="Allow", data_loss="Archive")
     assert r.code == 0, r.stdout + r.stderr
     assert [a["object"] for a in r.json["archived"]] == ["public.person"]
     assert q(database_url, "SELECT to_regtype('mood')")[0][0] is None
@@ -224,7 +222,7 @@ def test_archive_of_a_table_dropped_with_its_enum_type_and_its_restore(database_
                                "relnamespace = 'dbrev_archive'::regnamespace) AND a.attname IN ('mood', 'past') "
                                "ORDER BY 1")
     assert comments == [("mood", "dbrev type: mood"), ("past", "dbrev type: mood[]")]
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url).code == 0
     res = dbrev("archive", "restore", "--revision", "m001aaaa", url=database_url)
     assert res.code == 0, res.stdout + res.stderr
     assert q(database_url, "SELECT id, name, mood::text, past::text FROM person ORDER BY id") == before

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dbhelp import heads, q
 from clihelp import dbrev
+from enginehelp import run_apply
 from scriptgen import write_script
 
 # drops behind an inspect() guard, in a loop: offline rendering cannot run inspect()
@@ -53,10 +54,10 @@ def test_a_drop_in_a_loop_behind_inspect_is_seen_online(database_url, tmp_path):
 def test_guarded_drops_and_computed_alter_column_are_not_false_positives(database_url, tmp_path):
     d = tmp_path / "m"
     base(d)
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url).code == 0
     q(database_url, "INSERT INTO keep (v) VALUES ('a'), ('b')")
     write_script(d, "o002aaaa", "o001aaaa", GUARDED, "pass")
-    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)  # Deny
+    r = run_apply(str(d), "head", url=database_url)  # Deny
     assert r.code == 0 and r.json["result"] == "applied", r.stdout
     assert r.json["classified_online"][0]["effects"] == []  # widened varchar(20) -> text, dropped nothing
     assert q(database_url, "SELECT count(*) FROM keep")[0][0] == 2
@@ -65,7 +66,7 @@ def test_guarded_drops_and_computed_alter_column_are_not_false_positives(databas
 def test_a_per_step_run_refused_online_undoes_its_earlier_steps(database_url, tmp_path):
     d = tmp_path / "m"
     base(d)
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url).code == 0
     q(database_url, "INSERT INTO old_a SELECT g FROM generate_series(1, 5) g")
     write_script(d, "o002aaaa", "o001aaaa",
                  'with op.get_context().autocommit_block():\n'
@@ -73,7 +74,7 @@ def test_a_per_step_run_refused_online_undoes_its_earlier_steps(database_url, tm
                  'with op.get_context().autocommit_block():\n'
                  '    op.drop_index("ix_keep_v", table_name="keep", postgresql_concurrently=True)')
     write_script(d, "o003aaaa", "o002aaaa", LOOP_DROP, "pass")
-    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    r = run_apply(str(d), "head", url=database_url)
     doc = r.json
     assert doc["transaction"] == "per-step"
     assert doc["result"] == "rolled_back" and doc["error"]["reason"] == "DataLossDenied", doc

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dbhelp import heads, q
 from clihelp import dbrev
+from enginehelp import run_apply
 from scriptgen import write_script
 
 CONCURRENT_UP = ('with op.get_context().autocommit_block():\n'
@@ -24,7 +25,7 @@ def people(d):
 def test_widenings_and_drops_of_empty_tables_are_not_data_loss(database_url, tmp_path):
     d = tmp_path / "m"
     people(d)
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url).code == 0
     q(database_url, "INSERT INTO people (name, n) SELECT 'p' || g, g FROM generate_series(1, 20) g")
     write_script(d, "w002aaaa", "w001aaaa",
                  'op.alter_column("people", "name", type_=sa.String(500), existing_type=sa.String(255))\n'
@@ -33,7 +34,7 @@ def test_widenings_and_drops_of_empty_tables_are_not_data_loss(database_url, tmp
                  'op.create_table("scratch", sa.Column("id", sa.Integer, primary_key=True))\n'
                  'op.alter_column("people", "n", type_=sa.Integer, existing_type=sa.BigInteger)\n'
                  'op.alter_column("people", "name", type_=sa.String(255), existing_type=sa.String(500))')
-    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)  # dataLoss Deny
+    r = run_apply(str(d), "head", url=database_url)  # dataLoss Deny
     assert r.code == 0, r.stdout + r.stderr
     why = {x["effect"]: x["why"] for x in r.json["decision"]["not_data_loss"]}
     assert any("only widens" in w for w in why.values()) and any("is empty" in w for w in why.values()), why
@@ -41,7 +42,7 @@ def test_widenings_and_drops_of_empty_tables_are_not_data_loss(database_url, tmp
     # narrowing a column that holds rows is data loss again
     write_script(d, "w003aaaa", "w002aaaa",
                  'op.alter_column("people", "name", type_=sa.String(5), existing_type=sa.String(500))', "pass")
-    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    r = run_apply(str(d), "head", url=database_url)
     assert r.code == 3 and r.json["error"]["reason"] == "DataLossDenied", r.stdout
     assert "name" in r.json["error"]["message"]
 
@@ -49,10 +50,10 @@ def test_widenings_and_drops_of_empty_tables_are_not_data_loss(database_url, tmp
 def test_a_drop_of_a_table_that_holds_rows_is_still_refused(database_url, tmp_path):
     d = tmp_path / "m"
     people(d)
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url).code == 0
     q(database_url, "INSERT INTO scratch DEFAULT VALUES")
     write_script(d, "w002aaaa", "w001aaaa", 'op.drop_table("scratch")', "pass")
-    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    r = run_apply(str(d), "head", url=database_url)
     assert r.code == 3 and r.json["error"]["reason"] == "DataLossDenied"
     assert q(database_url, "SELECT count(*) FROM scratch")[0][0] == 1
 
@@ -87,11 +88,11 @@ def test_a_seed_row_with_an_explicit_id_is_repaired_on_request(database_url, tmp
 def test_a_sequence_already_behind_never_fails_a_run(database_url, tmp_path):
     d = tmp_path / "m"
     seeded(d)
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", "--repair-sequences", url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url, repair_sequences=True).code == 0
     q(database_url, "INSERT INTO plans (id, k) VALUES (10, 'by hand')")
     write_script(d, "q002aaaa", "q001aaaa", 'op.add_column("plans", sa.Column("note", sa.Text))',
                  'op.drop_column("plans", "note")')
-    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    r = run_apply(str(d), "head", url=database_url)
     assert r.code == 0 and r.json["result"] == "applied", r.stdout
     assert "repaired_sequences" not in r.json
 
@@ -111,9 +112,9 @@ def undo_narrows(d):
 def test_a_rollback_never_escalates_the_data_loss_policy(database_url, tmp_path):
     d = tmp_path / "m"
     undo_narrows(d)
-    assert dbrev("apply", "--migrations", str(d), "-r", "u001aaaa", url=database_url).code == 0
+    assert run_apply(str(d), "u001aaaa", url=database_url).code == 0
     q(database_url, "INSERT INTO people (name) VALUES ('ann'), ('bob')")
-    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)  # dataLoss Deny
+    r = run_apply(str(d), "head", url=database_url)  # dataLoss Deny
     doc = r.json
     assert doc["result"] == "failed" and doc["error"]["reason"] == "RollbackFailed", doc
     rb = doc["rollback"]
@@ -122,9 +123,8 @@ def test_a_rollback_never_escalates_the_data_loss_policy(database_url, tmp_path)
     assert rb["steps"] == []  # nothing ran: the undo was refused before its first step
     assert heads(database_url) == ["u003aaaa"]
     # under Archive the same undo keeps a copy and runs
-    assert dbrev("apply", "--migrations", str(d), "-r", "u001aaaa", "--allow-downgrade", "--archive",
-                 url=database_url).code == 0
-    r = dbrev("apply", "--migrations", str(d), "-r", "head", "--archive", url=database_url)
+    assert run_apply(str(d), "u001aaaa", url=database_url, downgrade="Allow", data_loss="Archive").code == 0
+    r = run_apply(str(d), "head", url=database_url, data_loss="Archive")
     assert r.json["result"] == "rolled_back" and r.json["rollback"]["success"], r.stdout
     assert [a["object"] for a in r.json["rollback"]["archived"]] == ["public.people.name"]
     assert heads(database_url) == ["u001aaaa"]
@@ -133,17 +133,17 @@ def test_a_rollback_never_escalates_the_data_loss_policy(database_url, tmp_path)
 def test_a_table_empty_at_plan_time_and_seeded_by_the_run_may_still_be_dropped(database_url, tmp_path):
     d = tmp_path / "m"
     people(d)
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url).code == 0
     write_script(d, "w002aaaa", "w001aaaa", 'op.execute("INSERT INTO scratch DEFAULT VALUES")', "pass")
     write_script(d, "w003aaaa", "w002aaaa", 'op.drop_table("scratch")', "pass")
-    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    r = run_apply(str(d), "head", url=database_url)
     assert r.code == 0 and r.json["result"] == "applied", r.stdout
 
 
 def test_rows_that_arrive_after_the_decision_are_not_dropped_unseen(database_url, tmp_path):
     d = tmp_path / "m"
     people(d)
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url).code == 0
     # another session writes into the empty table while the run is under way
     write_script(d, "w002aaaa", "w001aaaa",
                  'if not op.get_context().as_sql:\n'
@@ -152,7 +152,7 @@ def test_rows_that_arrive_after_the_decision_are_not_dropped_unseen(database_url
                  '        c.execute(sa.text("INSERT INTO scratch DEFAULT VALUES"))\n'
                  '    eng.dispose()', "pass", extra="import os")
     write_script(d, "w003aaaa", "w002aaaa", 'op.drop_table("scratch")', "pass")
-    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    r = run_apply(str(d), "head", url=database_url)
     assert r.code == 3 and r.json["error"]["reason"] == "DataLossDenied", r.stdout
     assert "holds rows now" in r.json["error"]["message"]
     assert q(database_url, "SELECT count(*) FROM scratch")[0][0] == 1 and heads(database_url) == ["w001aaaa"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dbhelp import heads, q
 from clihelp import dbrev
+from enginehelp import run_apply, run_plan
 from scriptgen import write_script
 
 from dbrev import rehearse
@@ -17,14 +18,19 @@ def _base(d):
 
 
 def _at_base_rev(d, url, rows=0):
-    r = dbrev("apply", "--migrations", str(d), "-r", "r001aaaa", url=url)
+    r = run_apply(str(d), "r001aaaa", url=url)
     assert r.code == 0, r.stdout + r.stderr
     if rows:
         q(url, f"INSERT INTO users (name) SELECT 'u' || g FROM generate_series(1, {rows}) g")
 
 
-def _apply(d, url, *extra):
-    return dbrev("apply", "--migrations", str(d), "-r", "head", *extra, url=url)
+FLAGS = {"--allow-data-loss": {"data_loss": "Allow"}, "--archive": {"data_loss": "Archive"},
+         "--rehearse=never": {"rehearse": "Never"}, "--rehearse=require": {"rehearse": "Require"}}
+
+
+def _apply(d, url, *flags):
+    """`dbrev apply -r head FLAGS` in this process (the CLI's --rehearse: test_require_refuses_...)."""
+    return run_apply(d, "head", url=url, **{k: v for f in flags for k, v in FLAGS[f].items()})
 
 
 def test_correct_downgrade_is_proven(database_url, tmp_path):
@@ -142,7 +148,7 @@ def test_require_refuses_and_leaves_the_database_at_the_start(database_url, tmp_
     _at_base_rev(d, database_url, rows=2)
     write_script(d, "r002aaaa", "r001aaaa", 'op.create_index("ix_users_name", "users", ["name"])', "pass")
     before = dbrev("verify", url=database_url).json["fingerprint"]
-    r = _apply(d, database_url, "--rehearse=require")
+    r = dbrev("apply", "--migrations", str(d), "-r", "head", "--rehearse=require", url=database_url)
     assert r.code == 3, r.stdout + r.stderr
     doc = r.json
     assert doc["result"] == "refused" and doc["error"]["reason"] == "RollbackNotReady"
@@ -242,7 +248,7 @@ def _env_project(tmp_path, env_py):
 
 def test_rehearsal_runs_through_the_projects_env_py(database_url, tmp_path):
     loc = _env_project(tmp_path, SHARED_ENV_PY)
-    r = dbrev("apply", "--migrations", str(loc), "-r", "head", url=database_url)
+    r = run_apply(str(loc), "head", url=database_url)
     assert r.code == 0, r.stdout + r.stderr
     assert r.json["rollback_readiness"]["status"] == "Proven", r.json["rollback_readiness"]
     assert heads(database_url) == ["r001aaaa"]
@@ -252,7 +258,7 @@ def test_env_py_that_would_commit_during_the_rehearsal_cannot(database_url, tmp_
     loc = _env_project(tmp_path, SECOND_TIME_COMMITS_ENV_PY)
     write_script(loc / "versions", "r002aaaa", "r001aaaa", 'op.add_column("users", sa.Column("x", sa.Text))',
                  'op.drop_column("users", "x")')
-    r = dbrev("apply", "--migrations", str(loc), "-r", "head", url=database_url)
+    r = run_apply(str(loc), "head", url=database_url)
     assert r.code == 0, r.stdout + r.stderr
     rr = r.json["rollback_readiness"]
     assert rr["status"] == "Unproven" and "end dbrev's transaction" in rr["reason"], rr
@@ -301,7 +307,7 @@ def test_a_reverts_plan_shows_the_readiness_recorded_when_the_upgrade_ran(databa
     assert up.code == 0 and up.json["rollback_readiness"]["status"] == "Lossy", up.stdout + up.stderr
     assert "recorded_readiness" not in up.json  # an upgrade undoes nothing
     # the GitOps revert: plan back to r001aaaa
-    p = dbrev("plan", "--migrations", str(d), "-r", "r001aaaa", url=database_url)
+    p = run_plan(str(d), "r001aaaa", url=database_url)
     assert p.code == 0, p.stdout + p.stderr
     rec = p.json["recorded_readiness"]
     assert len(rec) == 1 and rec[0]["status"] == "Lossy" and rec[0]["from"] == ["r002aaaa"]
@@ -312,13 +318,12 @@ def test_a_reverts_plan_shows_the_readiness_recorded_when_the_upgrade_ran(databa
     assert "rehearsed: Lossy r002aaaa -> r001aaaa: restores the starting schema, losing 4 value(s) of column " \
            "public.users.nick" in line and " UTC, run " in line and "(recorded 20" in line, text
     # further back: each upgrade's own record, newest first (r001aaaa was applied, rehearsed, by _at_base_rev)
-    rec = dbrev("plan", "--migrations", str(d), "-r", "base", url=database_url).json["recorded_readiness"]
+    rec = run_plan(str(d), "base", url=database_url).json["recorded_readiness"]
     assert [(x["status"], x["from"], x["to"]) for x in rec] == [("Lossy", ["r002aaaa"], ["r001aaaa"]),
                                                               ("Proven", ["r001aaaa"], [])]
     # the downgrade itself reports it too, and an upgrade's plan has none
-    assert "recorded_readiness" not in dbrev("plan", "--migrations", str(d), "-r", "head", url=database_url).json
-    down = dbrev("apply", "--migrations", str(d), "-r", "r001aaaa", "--allow-downgrade", "--allow-data-loss",
-                 url=database_url)
+    assert "recorded_readiness" not in run_plan(str(d), "head", url=database_url).json
+    down = run_apply(str(d), "r001aaaa", url=database_url, downgrade="Allow", data_loss="Allow")
     assert down.code == 0, down.stdout + down.stderr
     assert down.json["recorded_readiness"][0]["status"] == "Lossy"
     assert heads(database_url) == ["r001aaaa"]
@@ -331,7 +336,7 @@ def test_bookkeeping_of_state_version_1_gains_the_readiness_column(database_url,
     q(database_url, "ALTER TABLE dbrev.runs DROP COLUMN readiness")  # as state version 1 made it
     write_script(d, "r002aaaa", "r001aaaa", 'op.add_column("users", sa.Column("x", sa.Text))',
                  'op.drop_column("users", "x")')
-    assert "recorded_readiness" not in dbrev("plan", "--migrations", str(d), "-r", "base", url=database_url).json
+    assert "recorded_readiness" not in run_plan(str(d), "base", url=database_url).json
     assert _apply(d, database_url).code == 0
     assert q(database_url, "SELECT readiness->>'status' FROM dbrev.runs ORDER BY id DESC LIMIT 1") == [("Proven",)]
     # r001aaaa's run was recorded without one: a plan to base says what has no rehearsal on record

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from clihelp import dbrev
+from enginehelp import run_apply
 from dbhelp import heads, q
 from scriptgen import linear_history, write_script
 
@@ -60,8 +61,8 @@ def test_default_target_is_the_revision_before_the_last_applied_run(database_url
 def test_rolling_back_twice_goes_two_releases_back_and_data_loss_is_refused_without_flags(database_url, tmp_path):
     d = tmp_path / "m"
     _indexed_history(d)
-    assert dbrev("apply", "--migrations", str(d), "-r", R1, url=database_url).code == 0
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(d), R1, url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url).code == 0
     assert dbrev("rollback", "--migrations", str(d), url=database_url).code == 0  # r3 -> r1
     # the next rollback undoes the first run (base -> r1): dropping t loses its rows
     res = dbrev("rollback", "--migrations", str(d), "--deployment-id", "d7", url=database_url)
@@ -84,7 +85,7 @@ def test_rolling_back_twice_goes_two_releases_back_and_data_loss_is_refused_with
 def test_to_a_revision_or_relative(database_url, tmp_path):
     d = tmp_path / "m"
     _indexed_history(d)
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url).code == 0
     res = dbrev("rollback", "--migrations", str(d), "--to", "-1", url=database_url)
     assert res.code == 0 and heads(database_url) == [R2]
     assert res.json["assessment"]["target_source"] == "requested"
@@ -101,8 +102,8 @@ def test_to_a_revision_or_relative(database_url, tmp_path):
 def test_dry_run_shows_the_plan_and_changes_nothing(database_url, tmp_path):
     d = tmp_path / "m"
     linear_history(d, 2)
-    assert dbrev("apply", "--migrations", str(d), "-r", R1, url=database_url).code == 0
-    assert dbrev("apply", "--migrations", str(d), "-r", R2, url=database_url).code == 0
+    assert run_apply(str(d), R1, url=database_url).code == 0
+    assert run_apply(str(d), R2, url=database_url).code == 0
     res = dbrev("rollback", "--migrations", str(d), "--dry-run", url=database_url)
     assert res.code == 0 and res.json["result"] == "planned"
     assert res.json["assessment"]["plan"]["to_revisions"] == [R1]
@@ -122,7 +123,7 @@ def test_nothing_to_roll_back(database_url, tmp_path):
     assert res.code == 0 and res.json["result"] == "noop" and "nothing to roll back" in res.json["message"]
     assert not _records(res, "rollback_triggered")
     # already at the requested target: noop too
-    assert dbrev("apply", "--migrations", str(d), "-r", R2, url=database_url).code == 0
+    assert run_apply(str(d), R2, url=database_url).code == 0
     res = dbrev("rollback", "--migrations", str(d), "--to", R2, url=database_url)
     assert res.code == 0 and res.json["result"] == "noop"
     # at a revision no journaled run ended at (moved outside dbrev): no safe default, exit 2, unchanged

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dbhelp import heads, q, table_locked
 from clihelp import dbrev
+from enginehelp import run_apply
 from scriptgen import write_script
 
 CONCURRENT_UP = ('with op.get_context().autocommit_block():\n'
@@ -28,11 +29,10 @@ def destructive_per_step_history(d, first_down='op.execute("SELECT 1/0")', big_d
 def test_per_step_rollback_of_a_destructive_downgrade_puts_the_rows_back(database_url, tmp_path):
     d = tmp_path / "m"
     destructive_per_step_history(d)
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url).code == 0
     q(database_url, "INSERT INTO big (v) SELECT 'row ' || g FROM generate_series(1, 1000) g")
     before = q(database_url, "SELECT id, v FROM big ORDER BY id")
-    r = dbrev("apply", "--migrations", str(d), "-r", "base", "--allow-downgrade", "--allow-data-loss",
-              url=database_url)
+    r = run_apply(str(d), "base", url=database_url, downgrade="Allow", data_loss="Allow")
     assert r.code == 1, r.stdout + r.stderr
     doc = r.json
     assert doc["transaction"] == "per-step"
@@ -53,10 +53,9 @@ def test_a_rollback_that_cannot_put_rows_back_says_so_and_names_the_table(databa
     destructive_per_step_history(
         d, big_down='op.execute("DO $$ BEGIN DELETE FROM big WHERE id > 400; END $$")\n'
                     'op.execute("ALTER TABLE big ALTER COLUMN v SET DEFAULT \'x\'")')
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url).code == 0
     q(database_url, "INSERT INTO big (v) SELECT 'row ' || g FROM generate_series(1, 1000) g")
-    r = dbrev("apply", "--migrations", str(d), "-r", "base", "--allow-downgrade", "--allow-data-loss",
-              url=database_url)
+    r = run_apply(str(d), "base", url=database_url, downgrade="Allow", data_loss="Allow")
     doc = r.json
     assert q(database_url, "SELECT count(*) FROM big")[0][0] == 400
     assert doc["rollback"]["success"] is False, doc["rollback"]
@@ -70,12 +69,12 @@ def test_pre_existing_findings_do_not_fail_a_per_step_rollback(database_url, tmp
     d = tmp_path / "m"
     write_script(d, "e001aaaa", None, 'op.create_table("keep", sa.Column("id", sa.Integer, primary_key=True), '
                  'sa.Column("v", sa.Text))', 'op.drop_table("keep")')
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url).code == 0
     # a sequence behind its column, made by hand long before this run
     q(database_url, "INSERT INTO keep (id, v) VALUES (50, 'by hand')")
     write_script(d, "e002aaaa", "e001aaaa", CONCURRENT_UP, CONCURRENT_DOWN)
     write_script(d, "e003aaaa", "e002aaaa", 'op.execute("SELECT 1/0")', "pass")
-    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    r = run_apply(str(d), "head", url=database_url)
     doc = r.json
     import json; assert doc["result"] == "rolled_back", json.dumps(doc["rollback"], indent=1, default=str)[:4000]
     assert doc["rollback"]["success"] is True and doc["rollback"]["integrity"]["passed"] is True
@@ -86,12 +85,12 @@ def test_pre_existing_not_valid_constraint_does_not_fail_a_transaction_rollback(
     d = tmp_path / "m"
     write_script(d, "n001aaaa", None, 'op.create_table("keep", sa.Column("id", sa.Integer, primary_key=True), '
                  'sa.Column("v", sa.Integer))', 'op.drop_table("keep")')
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url).code == 0
     q(database_url, "INSERT INTO keep (v) VALUES (-1)")
     q(database_url, "ALTER TABLE keep ADD CONSTRAINT v_positive CHECK (v > 0) NOT VALID")
     write_script(d, "n002aaaa", "n001aaaa", 'op.add_column("keep", sa.Column("w", sa.Text))\n'
                  'op.execute("SELECT 1/0")', "pass")
-    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    r = run_apply(str(d), "head", url=database_url)
     doc = r.json
     assert doc["transaction"] == "single" and doc["result"] == "rolled_back", doc
     assert doc["rollback"]["success"] is True, doc["rollback"]
@@ -106,7 +105,7 @@ def test_a_failed_rollback_lists_the_steps_that_ran(database_url, tmp_path):
                  'op.execute("SELECT 1/0")')
     write_script(d, "g003aaaa", "g002aaaa", CONCURRENT_UP, CONCURRENT_DOWN)
     write_script(d, "g004aaaa", "g003aaaa", 'op.execute("SELECT 1/0")', "pass")
-    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    r = run_apply(str(d), "head", url=database_url)
     doc = r.json
     assert doc["rollback"]["success"] is False
     ran = [(s["revision"], s["status"]) for s in doc["rollback"]["steps"]]
@@ -117,14 +116,14 @@ def test_busy_leaves_no_running_journal_row(database_url, tmp_path):
     d = tmp_path / "m"
     write_script(d, "b001aaaa", None, 'op.create_table("hot", sa.Column("id", sa.Integer, primary_key=True))',
                  'op.drop_table("hot")')
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url).code == 0
     write_script(d, "b002aaaa", "b001aaaa", 'op.add_column("hot", sa.Column("x", sa.Integer))',
                  'op.drop_column("hot", "x")')
     with table_locked(database_url, "hot"):
-        r = dbrev("apply", "--migrations", str(d), "-r", "head", "--lock-timeout", "1", url=database_url)
+        r = run_apply(str(d), "head", url=database_url, lock_timeout=1.0)
     assert r.code == 4 and r.json["result"] == "busy", r.stdout
     assert q(database_url, "SELECT status FROM dbrev.runs ORDER BY id DESC LIMIT 1")[0][0] == "busy"
-    again = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    again = run_apply(str(d), "head", url=database_url)
     assert again.code == 0 and not [w for w in again.json["warnings"] if "interrupted" in w]
 
 
@@ -137,7 +136,7 @@ def test_a_timed_out_run_closes_its_journal_row(database_url, tmp_path):
     assert r.json["error"]["reason"] == "TimedOut"
     assert q(database_url, "SELECT status FROM dbrev.runs ORDER BY id DESC LIMIT 1")[0][0] == "timed_out"
     write_script(d, "t002aaaa", "t001aaaa", "pass", "pass")
-    again = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    again = run_apply(str(d), "head", url=database_url)
     assert again.code == 0 and not [w for w in again.json["warnings"] if "interrupted" in w], again.json
 
 
@@ -145,7 +144,7 @@ def test_the_undo_after_a_timeout_keeps_the_data_loss_policy(database_url, tmp_p
     d = tmp_path / "m"
     write_script(d, "x001aaaa", None, 'op.create_table("keep", sa.Column("id", sa.Integer, primary_key=True), '
                  'sa.Column("v", sa.Text))', 'op.drop_table("keep")')
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url).code == 0
     q(database_url, "INSERT INTO keep (v) SELECT 'v' || g FROM generate_series(1, 10) g")
     write_script(d, "x002aaaa", "x001aaaa", CONCURRENT_UP, CONCURRENT_DOWN)
     write_script(d, "x003aaaa", "x002aaaa", 'op.add_column("keep", sa.Column("extra", sa.Text))\n'
@@ -167,7 +166,7 @@ def test_a_transaction_rollback_proves_its_rows_too(database_url, tmp_path):
     d = tmp_path / "m"
     write_script(d, "y001aaaa", None, 'op.create_table("keep", sa.Column("id", sa.Integer, primary_key=True), '
                  'sa.Column("v", sa.Text))', 'op.drop_table("keep")')
-    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    assert run_apply(str(d), "head", url=database_url).code == 0
     q(database_url, "INSERT INTO keep (v) SELECT 'v' || g FROM generate_series(1, 10) g")
     # while the run's transaction is open, another session deletes rows (here: the script itself, through a
     # connection of its own); ROLLBACK cannot bring them back, and the rollback must not claim it did
@@ -179,7 +178,7 @@ def test_a_transaction_rollback_proves_its_rows_too(database_url, tmp_path):
                  '    eng.dispose()\n'
                  'op.add_column("keep", sa.Column("w", sa.Text))\n'
                  'op.execute("SELECT 1/0")', "pass", extra="import os")
-    r = dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url)
+    r = run_apply(str(d), "head", url=database_url)
     doc = r.json
     assert doc["transaction"] == "single" and doc["rollback"]["method"] == "transaction"
     assert doc["rollback"]["success"] is False, doc["rollback"]

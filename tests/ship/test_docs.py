@@ -26,8 +26,9 @@ DOC_FILES = [ROOT / "docs" / n for n in ("operations.md", "crd-reference.md", "w
 
 
 def reasons() -> set[str]:
-    types = set(C.CONDITION_TYPES)
-    return {v for k, v in vars(C).items() if k.isupper() and isinstance(v, str) and v not in types}
+    """Every reason a condition can carry (not the condition types, not the CLI's own refusals)."""
+    not_reasons = set(C.CONDITION_TYPES) | set(C.CLI_REASONS)
+    return {v for k, v in vars(C).items() if k.isupper() and isinstance(v, str) and v not in not_reasons}
 
 
 def section(markdown: str, title: str) -> str:
@@ -50,14 +51,30 @@ def test_every_condition_reason_has_a_troubleshooting_entry():
     assert not entries - reasons(), f"entries for reasons dbrev does not have: {sorted(entries - reasons())}"
 
 
+# what a hint can name for the user to change or run: a field of the resource, a dbrev command
+FIELD = re.compile(r"\b(?:spec|status)(?:\.[a-zA-Z]+)+")
+COMMAND = re.compile(r"\bdbrev (?:apply|approve|check|current|plan|rollback|verify)\b")
+
+
+def named(text: str) -> set[str]:
+    return set(FIELD.findall(text)) | set(COMMAND.findall(text))
+
+
 def test_every_stalled_reason_with_a_todo_is_explained():
-    """decide.TODO's short hint and the long entry exist for the same reasons."""
+    """The long entry of a reason says what decide.TODO's short "To fix" says: each field and command the hint
+    names is in the entry, and each field either names is one the CRD has."""
     from dbrev.controller.decide import TODO
 
     text = section(OPERATIONS.read_text(), "Troubleshooting by condition reason")
-    for reason in TODO:
-        body = re.search(rf"^### {reason}\n(.*?)(?=^### |\Z)", text, re.S | re.M).group(1)
-        assert len(body.split()) > 10, f"{reason}: entry too short"
+    fields = (ROOT / "docs" / "crd-reference.md").read_text()
+    assert named(TODO[C.DOWNGRADE_DENIED]) == {"spec.policy.downgrade", "spec.revision"}
+    for reason, hint in TODO.items():
+        m = re.search(rf"^### {reason}\n(.*?)(?=^### |\Z)", text, re.S | re.M)
+        assert m, f"no troubleshooting entry for {reason}"
+        missing = {n for n in named(hint) if not re.search(rf"\b{re.escape(n)}\b", m.group(1))}
+        assert not missing, f"### {reason} does not say what its hint says: {sorted(missing)}"
+        for field in FIELD.findall(hint) + FIELD.findall(m.group(1)):
+            assert f"| `{field}` |" in fields, f"{reason} names {field}, which the CRD does not have"
 
 
 def test_every_event_reason_is_listed():
@@ -95,6 +112,7 @@ def test_crd_reference_lists_every_field():
 
 
 def test_relative_links_and_anchors_resolve():
+    checked = 0
     for doc in DOC_FILES:
         text = re.sub(r"`[^`\n]*`", "", re.sub(r"```.*?```", "", doc.read_text(), flags=re.S))  # not code
         for target in re.findall(r"\]\(([^)\s]+)\)", text):
@@ -105,6 +123,8 @@ def test_relative_links_and_anchors_resolve():
             assert dest.exists(), f"{doc.name}: broken link {target}"
             if anchor and dest.suffix == ".md":
                 assert anchor in anchors(dest.read_text()), f"{doc.name}: no anchor #{anchor} in {dest.name}"
+            checked += 1
+    assert checked > 20  # the docs link to each other: a search that found none would check nothing
 
 
 def test_cli_prints_the_health_check_and_the_argocd_cm_patch():

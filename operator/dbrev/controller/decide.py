@@ -15,6 +15,7 @@ from .. import metric_labels as M
 from .. import results as R
 from ..crd import APPROVE_ANNOTATION, RECONCILE_ANNOTATION
 from ..results import RunResult
+from ..text import plan_dict_summary
 from ..status import (
     PROGRESSING_KIND,
     READY_KIND,
@@ -204,8 +205,7 @@ def planned_event(plan: dict, prev: dict) -> tuple[str, str, str] | None:
     if not plan.get("steps") or plan.get("hash") == (prev.get("plan") or {}).get("hash"):
         return None
     return (NORMAL, EV_PLANNED,
-            f"plan {plan['hash'][:19]}: {plan['direction']} {revisions_text(plan['from_revisions'])} -> "
-            f"{revisions_text(plan['to_revisions'])}, {len(plan['steps'])} step(s), transaction {plan['transaction']}"
+            f"plan {plan['hash'][:19]}: {plan_dict_summary(plan)}"
             + (f", destructive: {', '.join(plan['destructive'])}" if plan.get("destructive") else ""))
 
 

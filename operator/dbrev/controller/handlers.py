@@ -31,6 +31,7 @@ from ..errors import BadInput, DatabaseUnavailable, DbrevError
 from ..options import RunRequest
 from ..results import RunResult
 from ..status import condition, initial_conditions, is_ready, now_iso, revisions_text, status_patch
+from ..text import plan_summary
 from . import decide, kube
 from . import healthgate as HG
 from .inputs import Inputs, gather, identity_key
@@ -357,9 +358,9 @@ def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, start
             progress(f"running the plan to {spec.revision} in migration Job {ev['job']} (pod {ev.get('pod')})", None)
         elif kind == "step_started" and ev.get("index") == 1:
             plan = seen.get("plan") or {}
-            msg = (f"applying plan {plan.get('hash', '')[:19]}: {plan.get('direction')} "
-                   f"{revisions_text(plan.get('from_revisions'))} -> {revisions_text(plan.get('to_revisions'))}, "
-                   f"{ev['total']} step(s)")
+            msg = (f"applying plan {plan.get('hash', '')[:19]}: "
+                   + plan_summary(plan.get("direction"), plan.get("from_revisions"), plan.get("to_revisions"),
+                                  ev["total"]))
             progress(msg, plan)
             post_event(body, decide.NORMAL, decide.EV_APPLYING, msg)
 

@@ -36,6 +36,8 @@ import copy
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from ..text import parse_revisions as _revs, revisions_text
+
 HEALTHY, PROGRESSING, FAILED = "healthy", "progressing", "failed"
 PASSED, WAITING = "passed", "waiting"
 KINDS = ("Deployment", "StatefulSet")
@@ -387,8 +389,8 @@ def begin(result, workloads, window: float, generation: int, now: str) -> dict |
     changed the schema (applied, some direction)."""
     if not result or result.result != "applied" or (result.direction or "none") == "none":
         return None
-    frm = ",".join(sorted(result.from_revisions or [])) or "base"
-    to = ",".join(sorted(result.current_revisions or result.to_revisions or [])) or "base"
+    frm = revisions_text(result.from_revisions or [])
+    to = revisions_text(result.current_revisions or result.to_revisions or [])
     names = ", ".join(f"{k}/{n}" for k, n in workloads)
     return {"phase": WATCHING, "generation": generation, "fromRevision": frm, "toRevision": to, "startedAt": now,
             "windowSeconds": float(window), "message": f"waiting for {names} to roll out healthy"}
@@ -522,8 +524,6 @@ def workloads_back(status: dict, verdict: GateVerdict) -> tuple[str, str, str]:
                                                f"{hg.get('fromRevision')}")
 
 
-def _revs(text: str | None) -> list[str]:
-    return [] if not text or text == "base" else text.split(",")
 
 
 def schema_target(status: dict) -> str:
