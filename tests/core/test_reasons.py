@@ -10,7 +10,7 @@ from dbrev import conditions as C
 
 PACKAGE = Path(dbrev.__file__).parent
 # reasons Kubernetes writes (a container's last state, a Deployment's Progressing condition), read by the gate
-KUBERNETES_REASONS = {"OOMKilled", "ProgressDeadlineExceeded"}
+KUBERNETES_REASONS = {"OOMKilled", "ProgressDeadlineExceeded", "DeadlineExceeded", "Evicted"}  # the kubelet's and the controllers' own
 
 
 def _is_reason(node: ast.AST) -> bool:
