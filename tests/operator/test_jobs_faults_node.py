@@ -72,7 +72,7 @@ def test_an_image_that_cannot_be_pulled_is_retried_and_changes_nothing(deployed,
 def test_an_image_without_dbrev_is_stalled_with_the_line_to_add(deployed, app):
     ns, url = app
     kube = deployed
-    kube.apply(dbrev_resource(ns, "nodbrev", "head", migrations=image_spec(images.PAUSE_IMAGE, "/")))
+    kube.apply(dbrev_resource(ns, "nodbrev", "head", migrations=image_spec(images.PAUSE_IMAGE, "/migrations")))
     st = wait_for(lambda: (s := kube.status(ns, "nodbrev")) and is_state(s, "False", "DbrevNotInImage") and s, 120,
                   "DbrevNotInImage")
     ready = condition(st, "Ready")
