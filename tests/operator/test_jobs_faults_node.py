@@ -121,6 +121,6 @@ def test_the_migration_pod_deleted_mid_run_is_recovered_and_retried(deployed, ap
     assert heads(url) == ["p002aaaa"]
     assert any(h["result"] == "applied" for h in st["history"])
     events = [e for e in kube.events(ns) if e["involvedObject"].get("name") == "gone"]
-    assert any("deleted while it ran" in e["message"] for e in events if e["reason"] == "Retrying"), \
+    assert any(e["reason"] == "MigrationFailed" and "deleted while it ran" in e["message"] for e in events), \
         [(e["reason"], e["message"]) for e in events]
     assert any(h.get("result") in ("rolled_back", "failed") for h in st["history"]), st["history"]
