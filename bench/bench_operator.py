@@ -66,7 +66,9 @@ def main() -> int:
         op = subprocess.Popen([sys.executable, "-m", "dbrev", "operator", "-n", ns, "--metrics-port", "0",
                                "--liveness-address", "127.0.0.1", "--liveness-port", str(free_port()),
                                "--log-level", "warning"],
-                              env={**env, "DBREV_SCRIPTS_DIR": str(work / "scripts")},
+                              # no kubelet on the local control plane: migrations in the operator's process
+                              env={**env, "DBREV_SCRIPTS_DIR": str(work / "scripts"),
+                                   "DBREV_MIGRATIONS_IN_PROCESS": "1"},
                               stdout=open(work / "operator.log", "w"), stderr=subprocess.STDOUT)
         api = cp.api_client()
         from kubernetes import client

@@ -26,7 +26,7 @@ from . import __version__
 from . import errors as E
 from . import log as L
 from .options import (DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCK_TIMEOUT, DEFAULT_RUN_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT,
-                      DbOptions)
+                      DATA_LOSS_VALUES, DOWNGRADE_VALUES, DbOptions)
 from .redact import redact, redact_obj
 from .results import (RESULT_APPLIED, RESULT_BUSY, RESULT_FAILED, RESULT_NOOP, RESULT_REFUSED, RESULT_ROLLED_BACK,
                       RunResult, apply_document)
@@ -160,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", "-r", required=True, metavar="TARGET")
     p.add_argument("--allow-downgrade", action="store_true", help="permit a plan that downgrades")
     p.add_argument("--allow-data-loss", action="store_true", help="permit steps that drop or delete data")
+    # spec.policy's words, as the operator's migration Job passes them (one policy, one code path)
+    p.add_argument("--downgrade", default=None, choices=list(DOWNGRADE_VALUES), metavar="POLICY",
+                   help=f"the downgrade policy: {', '.join(DOWNGRADE_VALUES)} (as spec.policy.downgrade; "
+                        "--allow-downgrade is Allow, the default Deny)")
+    p.add_argument("--data-loss", default=None, choices=list(DATA_LOSS_VALUES), metavar="POLICY",
+                   help=f"the data-loss policy: {', '.join(DATA_LOSS_VALUES)} (as spec.policy.dataLoss; "
+                        "--allow-data-loss is Allow, --archive Archive, the default Deny)")
+    p.add_argument("--approve", default=None, metavar="HASH",
+                   help="approve the plan with this hash where the policy says RequireApproval")
+    p.add_argument("--actor", default="cli", metavar="WHO", help="who the run is recorded as (default cli)")
     p.add_argument("--repair-sequences", action="store_true",
                    help="move sequences the run leaves behind their column (seed rows with explicit ids) past "
                         "the column's maximum, in the same transaction, logged")
@@ -255,25 +265,62 @@ RESULT_SUMMARY_KEYS = ("result", "hash", "plan_hash", "direction", "from_revisio
                        "destructive", "run_id", "message", "error")
 
 
-def result_file_text(doc: dict, limit: int = RESULT_FILE_LIMIT) -> str:
-    """``--result-file``'s text: the document as compact JSON, redacted; when longer than ``limit`` bytes,
-    the keys of :data:`RESULT_SUMMARY_KEYS` and ``"truncated": true`` (stdout keeps the whole document)."""
+#: what a result file keeps of a plan (what the operator's status.plan shows; dbrev.status.plan_status)
+RESULT_PLAN_KEYS = ("hash", "direction", "transaction", "from_revisions", "to_revisions", "destructive", "warnings",
+                    "recorded_readiness")
+RESULT_PLAN_STEP_KEYS = ("revision", "direction", "doc", "destructive", "needs_autocommit", "heavy_locks",
+                         "renderable", "script_origin")
+
+
+def compact_plan(plan: dict) -> dict:
+    """A plan (``Plan.to_dict``) as a result file carries it: no SQL, no classification details."""
+    out = {k: plan[k] for k in RESULT_PLAN_KEYS if k in plan}
+    out["steps"] = [{k: st[k] for k in RESULT_PLAN_STEP_KEYS if k in st} for st in plan.get("steps", [])]
+    return out
+
+
+def result_file_text(doc: dict, limit: int = RESULT_FILE_LIMIT, plan: dict | None = None) -> str:
+    """``--result-file``'s text: the document as compact JSON, redacted, with the run's ``plan``
+    (:func:`compact_plan`) under ``"plan"`` when given.  When longer than ``limit`` bytes, in this order
+    until it fits: the keys of :data:`RESULT_SUMMARY_KEYS` and ``"truncated": true``; the plan's first
+    steps only (``"steps_total"`` says how many there are); the plan without steps; the least the operator
+    decides on.  Stdout keeps the whole document."""
     def dump(d):
         return redact(json.dumps(redact_obj(d), separators=(",", ":"), default=str))
 
-    text = dump(doc)
-    if len(text.encode("utf-8")) <= limit:
-        return text
+    def fits(d):
+        return len(dump(d).encode("utf-8")) <= limit
+
+    small_plan = compact_plan(plan) if plan else None
+    full = {**doc, **({"plan": small_plan} if small_plan else {})}
+    if fits(full):
+        return dump(full)
     small = {k: doc[k] for k in RESULT_SUMMARY_KEYS if k in doc}
     small["truncated"] = True
-    text = dump(small)
-    if len(text.encode("utf-8")) > limit:
-        err = small.get("error") if isinstance(small.get("error"), dict) else {}
-        small = {"result": doc.get("result"), "hash": doc.get("hash"), "truncated": True,
-                 "error": {k: str(err[k])[:1024] for k in ("error_type", "reason", "message", "exit_code")
-                           if k in err} or None}
-        text = dump(small)
-    return text
+    if small_plan:
+        steps = small_plan["steps"]
+        lo, hi = 0, len(steps)
+        while lo < hi:  # the most steps that fit
+            mid = (lo + hi + 1) // 2
+            if fits({**small, "plan": {**small_plan, "steps": steps[:mid], "steps_total": len(steps)}}):
+                lo = mid
+            else:
+                hi = mid - 1
+        trimmed = {**small_plan, "steps": steps[:lo], "steps_total": len(steps)}
+        if fits({**small, "plan": trimmed}):
+            return dump({**small, "plan": trimmed})
+        bare = {k: small_plan[k] for k in ("hash", "direction", "transaction", "from_revisions", "to_revisions")
+                if k in small_plan}
+        bare.update(steps=[], steps_total=len(steps))
+        if fits({**small, "plan": bare}):
+            return dump({**small, "plan": bare})
+    if fits(small):
+        return dump(small)
+    err = small.get("error") if isinstance(small.get("error"), dict) else {}
+    small = {"result": doc.get("result"), "hash": doc.get("hash"), "truncated": True,
+             "error": {k: str(err[k])[:1024] for k in ("error_type", "reason", "message", "exit_code")
+                       if k in err} or None}
+    return dump(small)
 
 
 def _migrations(args) -> str:
@@ -317,12 +364,14 @@ def doc_stream():
     return _DOC or sys.stdout
 
 
-def _out(args, doc: dict, text: str) -> None:
+def _out(args, doc: dict, text: str, plan: dict | None = None) -> None:
+    """Print ``doc`` (``--json``) or ``text``; with ``--result-file``, also write the document there, with the
+    run's ``plan`` (what the operator writes to status.plan: the document alone does not carry its steps)."""
     path = getattr(args, "result_file", None)
     if path:  # a migration pod's /dev/termination-log: the operator reads it without credentials
         try:
             with open(path, "w", encoding="utf-8") as f:
-                f.write(result_file_text(doc))
+                f.write(result_file_text(doc, plan=plan))
         except OSError as e:
             L.logger.warning("Cannot write the result file", extra={"path": path, "error_message": e.strerror})
     out = doc_stream()
@@ -546,26 +595,55 @@ def cmd_apply(args) -> int:
     from .engine import apply
     from .options import Policy, RunRequest
 
-    db = db_options(args)
-    data_loss = "Archive" if args.archive else ("Allow" if args.allow_data_loss else "Deny")
-    policy = Policy(downgrade="Allow" if args.allow_downgrade else "Deny", data_loss=data_loss,
-                    rollback_on_failure=not args.no_rollback_on_failure, verify=_checks(args.verify),
-                    repair_sequences=args.repair_sequences, rehearse=args.rehearse.capitalize())
+    req = apply_request(args)
     empty = _empty_folder_warning(_migrations(args))
-    req = RunRequest(db=db, migrations=os.path.abspath(_migrations(args)), target=args.revision, policy=policy,
-                     expected_hash=args.plan_hash, exact_counts=args.exact_counts, actor="cli",
-                     pythonpath=tuple(os.path.abspath(p) for p in args.pythonpath), use_env_py=args.env_py)
+    progress = _Progress(not args.json)
+    seen: dict = {}
+
+    def on_event(ev: dict) -> None:
+        if ev.get("event") == "plan":
+            seen["plan"] = ev["plan"]
+        progress(ev)
+
     try:
-        result = apply(req, timeout=args.timeout, on_event=_Progress(not args.json), log_level=args.log_level,
-                       isolate=False)
+        result = apply(req, timeout=args.timeout, on_event=on_event, log_level=args.log_level, isolate=False)
     except E.Busy as e:
         result = RunResult.of_error(RESULT_BUSY, e)
     except E.PolicyRefused as e:
         result = RunResult.of_error(RESULT_REFUSED, e)
     if empty:
         result.warnings = [empty, *(result.warnings or [])]
-    _out(args, _apply_doc(result), _apply_text(result, args))
+    _out(args, _apply_doc(result), _apply_text(result, args), plan=seen.get("plan"))
     return RESULT_EXIT.get(result.result, 1)
+
+
+def apply_request(args) -> "RunRequest":
+    """The run ``dbrev apply``'s arguments ask for (the operator's migration Job passes its request this way:
+    ``controller.jobs.request_args`` is the inverse)."""
+    from .options import Policy, RunRequest
+
+    policy = Policy(downgrade=_downgrade_policy(args), data_loss=_data_loss_policy(args),
+                    rollback_on_failure=not args.no_rollback_on_failure, verify=_checks(args.verify),
+                    repair_sequences=args.repair_sequences, rehearse=args.rehearse.capitalize())
+    return RunRequest(db=db_options(args), migrations=os.path.abspath(_migrations(args)), target=args.revision,
+                      policy=policy, approval=args.approve, expected_hash=args.plan_hash,
+                      exact_counts=args.exact_counts, actor=args.actor,
+                      pythonpath=tuple(os.path.abspath(p) for p in args.pythonpath), use_env_py=args.env_py)
+
+
+def _downgrade_policy(args) -> str:
+    if args.downgrade and args.allow_downgrade and args.downgrade != "Allow":
+        raise E.BadInput(f"--allow-downgrade contradicts --downgrade {args.downgrade}", hint="give one of them")
+    return args.downgrade or ("Allow" if args.allow_downgrade else "Deny")
+
+
+def _data_loss_policy(args) -> str:
+    implied = [v for flag, v in ((args.archive, "Archive"), (args.allow_data_loss, "Allow")) if flag]
+    if len(implied) > 1 or (args.data_loss and implied and implied != [args.data_loss]):
+        given = ", ".join(filter(None, (args.archive and "--archive", args.allow_data_loss and "--allow-data-loss",
+                                        args.data_loss and f"--data-loss {args.data_loss}")))
+        raise E.BadInput(f"{given} contradict each other", hint="give one data-loss policy")
+    return args.data_loss or (implied[0] if implied else "Deny")
 
 
 def _apply_doc(r: RunResult) -> dict:

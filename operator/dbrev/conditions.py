@@ -34,6 +34,16 @@ LOCK_BUSY = "LockBusy"
 TIMED_OUT = "TimedOut"
 KUBERNETES_UNAVAILABLE = "KubernetesAPIUnavailable"  # reading a Secret/ConfigMap got a 5xx or no answer
 
+# Reasons: a migration Job (the operator runs every plan and apply in a Pod of its own, controller/jobrun)
+IMAGE_PULL_FAILED = "ImagePullFailed"  # transient: the image cannot be pulled (yet); retried with backoff
+POD_EVICTED = "PodEvicted"  # transient: the node evicted the migration pod (pressure, drain)
+JOB_DELETED = "JobDeleted"  # transient: the Job or its pod was deleted mid-run
+NO_DBREV_IN_IMAGE = "DbrevNotInImage"  # Stalled: the image has no `dbrev` command
+MIGRATIONS_NOT_FOUND = "MigrationsNotFound"  # Stalled: no migrations at spec.migrations.image.path
+OUT_OF_MEMORY = "OutOfMemory"  # Stalled: the migration pod was OOM-killed (its memory limit)
+MIGRATION_POD_FAILED = "MigrationPodFailed"  # Stalled: the pod could not run (config error, crash without a result)
+JOB_TRANSIENT_REASONS = (IMAGE_PULL_FAILED, POD_EVICTED, JOB_DELETED)
+
 # Reasons: failures that need a human (Stalled)
 DOWNGRADE_DENIED = "DowngradeDenied"
 DATA_LOSS_DENIED = "DataLossDenied"

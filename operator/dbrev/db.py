@@ -22,6 +22,7 @@ lock, nor its transaction).
 from __future__ import annotations
 
 import importlib.util
+import os
 import random
 import re
 import time
@@ -37,7 +38,7 @@ from sqlalchemy.pool import NullPool
 from . import conditions as C
 from .errors import Busy, DatabaseConfigError, DatabaseUnavailable, SessionLost
 from .log import logger, timed
-from .options import DbOptions
+from .options import APPLICATION_NAME_ENV, DbOptions
 from .redact import redact, register_secret
 
 _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<rest>.*)$", re.S)
@@ -217,6 +218,10 @@ class _OneSession(Connection):
         return super()._revalidate_connection()
 
 
+def application_name() -> str:
+    return (os.environ.get(APPLICATION_NAME_ENV) or "dbrev")[:63]
+
+
 def make_engine(opts: DbOptions, attempt_timeout: float = 10.0) -> Engine:
     u = normalize_url(opts.url)
     settings = [f"-c lock_timeout={int(opts.lock_timeout * 1000)}",
@@ -224,13 +229,13 @@ def make_engine(opts: DbOptions, attempt_timeout: float = 10.0) -> Engine:
     if u.get_driver_name() == "asyncpg":
         engine = sa.create_engine(u, poolclass=NullPool, _is_async=True, connect_args={
             "timeout": max(1, int(attempt_timeout)),
-            "server_settings": {"application_name": "dbrev", "lock_timeout": f"{int(opts.lock_timeout * 1000)}",
+            "server_settings": {"application_name": application_name(), "lock_timeout": f"{int(opts.lock_timeout * 1000)}",
                                 "statement_timeout": f"{int(opts.statement_timeout * 1000)}"}})
         engine._connection_cls = _OneSession  # type: ignore[attr-defined]
         return engine
     connect_args = {
         "connect_timeout": max(1, int(attempt_timeout)),
-        "application_name": "dbrev",
+        "application_name": application_name(),
         "options": " ".join(settings),
     }
     engine = sa.create_engine(u, poolclass=NullPool, connect_args=connect_args)

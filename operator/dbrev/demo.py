@@ -184,7 +184,9 @@ class Demo:
             [sys.executable, "-m", "dbrev", "operator", "-n", NS, "--metrics-address", "127.0.0.1",
              "--metrics-port", str(self.metrics_port), "--liveness-address", "127.0.0.1",
              "--liveness-port", str(free_port())],
-            env={**self.env, "DBREV_SCRIPTS_DIR": str(self.work / "scripts"), "DBREV_TIMER_INTERVAL": "5"},
+            # the local control plane runs no kubelet, so no migration Job could run: the development switch
+            env={**self.env, "DBREV_SCRIPTS_DIR": str(self.work / "scripts"), "DBREV_TIMER_INTERVAL": "5",
+                 "DBREV_MIGRATIONS_IN_PROCESS": "1"},
             stdout=open(self.work / "operator.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
         note(f"dbrev operator -n {NS} (JSON logs in {self.work / 'operator.log'}, metrics on "
              f"127.0.0.1:{self.metrics_port}/metrics)")

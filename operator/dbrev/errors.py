@@ -109,6 +109,16 @@ class Busy(DbrevError):
     transient = True
 
 
+class MigrationJobError(DbrevError):
+    """A migration Job could not give a result: its image, its pod, Kubernetes (controller/jobrun).
+
+    Transient (retried with backoff) for the reasons of :data:`dbrev.conditions.JOB_TRANSIENT_REASONS`."""
+
+    def __init__(self, message: str, *, reason: str, **kw):
+        super().__init__(message, reason=reason, **kw)
+        self.transient = reason in C.JOB_TRANSIENT_REASONS or reason == C.KUBERNETES_UNAVAILABLE
+
+
 class PolicyRefused(DbrevError):
     exit_code = EXIT_REFUSED
     reason = C.DOWNGRADE_DENIED

@@ -9,6 +9,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+#: the application_name of dbrev's sessions comes from this variable when set (default "dbrev"): a migration Job
+#: sets its own so that the operator can find and end the session of a pod that died mid-run
+APPLICATION_NAME_ENV = "DBREV_APPLICATION_NAME"
+
 # Defaults of the run's settings, shared by the CLI flags, the CRD (its defaults and reference) and the spec parser.
 DEFAULT_CONNECT_TIMEOUT = 60.0
 DEFAULT_LOCK_TIMEOUT = 10.0

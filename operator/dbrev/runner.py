@@ -32,7 +32,8 @@ from .errors import fk_hint, BadInput, Busy, DbrevError, PlanChanged, PolicyRefu
 from .planning import Plan, build_plan, hash_matches
 from .options import RunRequest  # noqa: F401
 from .policy import Decision, Facts, effect_table_key, evaluate, lossless
-from .scripts import EnvPyFailed, ScriptSet, alembic_config, env_py_failure, load_folder, render, revision_step
+from .scripts import (EnvPyFailed, ScriptSet, alembic_config, env_py_failure, load_folder, render,
+                      revision_step)
 
 Emit = Callable[[dict], None]
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from . import conditions as C
 from .errors import ScriptError
 from .graph import Graph, Node, graph_from_nodes
 
@@ -205,7 +206,8 @@ def versions_folder(directory: Path) -> tuple[Path, Path | None]:
     """(folder holding the version scripts, env.py if this is a script_location)."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise ScriptError(f"migrations folder {directory} does not exist or is not a folder")
+        raise ScriptError(f"migrations folder {directory} does not exist or is not a folder",
+                          reason=C.MIGRATIONS_NOT_FOUND)
     env = directory / "env.py"
     if env.is_file() and (directory / "versions").is_dir():
         return directory / "versions", env
@@ -350,6 +352,16 @@ def _new_module(src: ScriptSource) -> types.ModuleType:
     return module
 
 
+def _import_hint(src: ScriptSource) -> str:
+    if src.origin == ORIGIN_DATABASE:
+        return ("this script is not among the migrations here, so dbrev runs the copy the database stored, and "
+                "that copy imports a module this environment lacks (an application image older than the script, "
+                "after a revert?): run the downgrade in an image that has the module, or make the script import it "
+                "inside upgrade()/downgrade() only")
+    return ("the script imports a module that is not installed where dbrev runs: install the application package, "
+            "or add its folder with --pythonpath")
+
+
 def compile_script(source: str, filename: str):
     """Compile like importlib's source loader does: none of dbrev's own ``__future__`` flags leak in."""
     return compile(source, filename, "exec", dont_inherit=True)
@@ -367,11 +379,9 @@ def _exec_module(src: ScriptSource) -> types.ModuleType:
         raise ScriptError(f"syntax error: {e.msg}", path=src.name, line=e.lineno) from None
     except BaseException as e:  # noqa: BLE001 - any failure while importing is the script's
         line = _line_in(e, src.filename)
-        hint = None
-        if isinstance(e, ImportError):
-            hint = ("the script imports a module that is not installed where dbrev runs: install the "
-                    "application package, or add its folder with --pythonpath")
-        raise ScriptError(f"cannot import: {type(e).__name__}: {e}", path=src.name, line=line,
+        hint = _import_hint(src) if isinstance(e, ImportError) else None
+        where = " (the copy stored in the database when it was applied)" if src.origin == ORIGIN_DATABASE else ""
+        raise ScriptError(f"cannot import{where}: {type(e).__name__}: {e}", path=src.name, line=line,
                           hint=hint) from None
     return module
 
@@ -501,8 +511,7 @@ def render(scripts: ScriptSet, revision: str, upgrade: bool, version_table: str 
                         f"{_line_in(e, src.filename)})", irreversible=True)
     except ImportError as e:
         raise ScriptError(f"cannot import: {type(e).__name__}: {e}", path=src.name, line=_line_in(e, src.filename),
-                          hint="the script imports a module that is not installed where dbrev runs: install the "
-                               "application package, or add its folder with --pythonpath") from None
+                          hint=_import_hint(src)) from None
     except (SystemExit, KeyboardInterrupt) as e:
         line = _line_in(e, src.filename)
         if isinstance(e, KeyboardInterrupt) and not raised_in(e, src.filename):
@@ -554,3 +563,4 @@ def materialize(files: dict[str, str], root: Path) -> Path:
 
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
+

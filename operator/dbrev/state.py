@@ -29,12 +29,14 @@ from .db import is_permission_error, quote_ident
 from .errors import DatabaseConfigError
 from .scripts import ORIGIN_DATABASE, ScriptSource
 
-STATE_VERSION = 2  # 2: runs.readiness
+STATE_VERSION = 3  # 2: runs.readiness; 3: runs.plan
 _SETUP_LOCK = 0x64627265765F7365  # "dbrev_se": serializes CREATE SCHEMA between runners
 
 
 _HAS_READINESS = ("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(:t) "
                   "AND attname = 'readiness' AND NOT attisdropped)")
+_HAS_NEWEST = ("SELECT count(*) = 2 FROM pg_attribute WHERE attrelid = to_regclass(:t) "
+               "AND attname IN ('readiness', 'plan') AND NOT attisdropped")  # the columns versions 2 and 3 added
 
 
 def vt_key(version_table: str, version_table_schema: str | None) -> str:
@@ -50,7 +52,7 @@ def ensure_schema(conn: Connection, schema: str = "dbrev") -> None:
             exists = conn.execute(sa.text("SELECT to_regclass(:t) IS NOT NULL"),
                                   {"t": f"{s}.runs"}).scalar() and conn.execute(
                 sa.text("SELECT to_regclass(:t) IS NOT NULL"), {"t": f"{s}.archive_manifest"}).scalar()
-            if exists and conn.execute(sa.text(_HAS_READINESS), {"t": f"{s}.runs"}).scalar():
+            if exists and conn.execute(sa.text(_HAS_NEWEST), {"t": f"{s}.runs"}).scalar():
                 return
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SETUP_LOCK})
             conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {s}"))
@@ -78,6 +80,9 @@ def ensure_schema(conn: Connection, schema: str = "dbrev") -> None:
                 )"""))
             # state version 1 had no readiness column: the rehearsed way back of each run (dbrev.rehearse)
             conn.execute(sa.text(f"ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS readiness jsonb"))
+            # state version 3: the run's plan (no SQL), so that whoever watches a run it did not start (the operator
+            # watching its migration Job) can say what it does, and recover it if its process dies
+            conn.execute(sa.text(f"ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS plan jsonb"))
             conn.execute(sa.text(f"CREATE INDEX IF NOT EXISTS runs_vt_status ON {s}.runs (version_table, status)"))
             conn.execute(sa.text(f"""
                 CREATE TABLE IF NOT EXISTS {s}.fingerprints (
@@ -139,11 +144,12 @@ class Journal:
         s = quote_ident(self.schema)
         self.run_id = self.conn.execute(sa.text(
             f"INSERT INTO {s}.runs (version_table, from_revisions, to_revisions, direction, plan_hash, txn, "
-            f"status, step_count, actor, host, pid) VALUES (:vt, :f, :t, :d, :h, :x, 'running', :n, :a, :host, :pid) "
-            f"RETURNING id"),
+            f"status, step_count, actor, host, pid, plan) VALUES (:vt, :f, :t, :d, :h, :x, 'running', :n, :a, :host, "
+            f":pid, CAST(:p AS jsonb)) RETURNING id"),
             {"vt": vt, "f": list(plan.from_revisions), "t": list(plan.to_revisions), "d": plan.direction,
              "h": plan.hash, "x": plan.transaction, "n": len(plan.steps), "a": actor,
-             "host": socket.gethostname(), "pid": os.getpid()}).scalar()
+             "host": socket.gethostname(), "pid": os.getpid(),
+             "p": json.dumps(plan.to_dict(include_sql=False), default=str)}).scalar()
         return self.run_id
 
     def step(self, index: int, revision: str, direction: str) -> None:

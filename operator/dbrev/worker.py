@@ -582,10 +582,21 @@ def _after_timeout(req, state, timeout, elapsed, rollback: bool, passthrough: di
 
 def _after_death(req: RunRequest, state: dict, message: str, elapsed: float, timeout, rollback: bool,
                  passthrough: dict, reason: str = C.MIGRATION_FAILED, tail=None) -> RunResult:
-    """The worker is gone: stop its session, look where the database is, return it to the start if needed.
+    rerun = (lambda back: run_in_worker(back, timeout=timeout, _rollback=False, **passthrough)) if rollback else None
+    return recover_after_death(req, state, message, elapsed, rerun, reason, tail)
 
-    Nothing is claimed before it is checked: what an interrupted ``CREATE INDEX CONCURRENTLY`` left (an
-    INVALID index that was not there before the run) is dropped, or reported when it cannot be.
+
+def recover_after_death(req: RunRequest, state: dict, message: str, elapsed: float,
+                        rerun: Callable[[RunRequest], RunResult] | None, reason: str = C.MIGRATION_FAILED,
+                        tail=None, error_type: str | None = None) -> RunResult:
+    """The process that ran ``req`` (a worker, a migration Job's pod) is gone without a result: stop its
+    session, look where the database is, return it to the start if needed.
+
+    ``state``: what is known of the run (``plan``, ``journal``, ``backend_pid``, ``invalid_indexes``,
+    ``steps_started``). ``rerun`` runs the way back (a per-step run that had committed steps) the way
+    ``req`` ran, or None to leave the database where it is. Nothing is claimed before it is checked: what an
+    interrupted ``CREATE INDEX CONCURRENTLY`` left (an INVALID index that was not there before the run) is
+    dropped, or reported when it cannot be.
     """
     from .db import connection, read_heads
 
@@ -608,7 +619,7 @@ def _after_death(req: RunRequest, state: dict, message: str, elapsed: float, tim
                     conn.rollback()
     except DbrevError:
         heads = None
-    error = RunError(reason=reason, error_type="WorkerTimeout" if reason == C.TIMED_OUT else "WorkerDied",
+    error = RunError(reason=reason, error_type=error_type or ("WorkerTimeout" if reason == C.TIMED_OUT else "WorkerDied"),
                      message=message, details={"output_tail": list(tail)} if tail else None)
     result = RunResult(result=RESULT_FAILED, current_revisions=list(heads) if heads is not None else None,
                        duration_seconds=round(elapsed, 3), error=error, warnings=[], shown=("current_revisions",))
@@ -635,7 +646,7 @@ def _after_death(req: RunRequest, state: dict, message: str, elapsed: float, tim
                                    cleanup=leftovers if leftovers["dropped"] or leftovers["left"] else None)
         result.result = RESULT_ROLLED_BACK if ok else RESULT_FAILED
         return result
-    if not (rollback and req.policy.rollback_on_failure):
+    if not (rerun and req.policy.rollback_on_failure):
         return result
     L.rollback_triggered(trigger, heads, start)
     back = RunRequest(db=req.db, migrations=req.migrations, target=",".join(start) or "base",
@@ -644,7 +655,7 @@ def _after_death(req: RunRequest, state: dict, message: str, elapsed: float, tim
                                     verify=req.policy.verify, repair_sequences=req.policy.repair_sequences, rehearse="Never"),
                       actor=f"{req.actor} (rollback)", pythonpath=req.pythonpath, use_env_py=req.use_env_py)
     try:
-        sub = run_in_worker(back, timeout=timeout, _rollback=False, **passthrough)
+        sub = rerun(back)
         ok = sub.result in (R.RESULT_APPLIED, R.RESULT_NOOP)
         result.rollback = Rollback(reason=trigger, method=R.INVERSE_STEPS, success=ok, steps=sub.steps or [],
                                    integrity=sub.integrity, shown=("integrity",),

@@ -5,6 +5,8 @@ Pure: plain data in, a manifest out. The last test has the real API server valid
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import pytest
@@ -35,7 +37,7 @@ def image_spec(**image) -> dict:
 
 
 def build(spec: dict, verb: str = J.APPLY, **kw) -> dict:
-    s = parse_spec(spec, allow_image=True)
+    s = parse_spec(spec)
     return J.job_manifest(OWNER, s, verb, kw.pop("settings", SETTINGS), HASH if verb == J.APPLY else None,
                           configmap_files=FILES, **kw)
 
@@ -103,7 +105,7 @@ def test_no_privileges(spec, verb):
 @pytest.mark.parametrize("spec, verb", ALL)
 def test_bounded_once_and_cleaned_up(spec, verb):
     job = build(spec, verb)
-    s = parse_spec(spec, allow_image=True)
+    s = parse_spec(spec)
     assert job["spec"]["backoffLimit"] == 0
     assert pod(job)["restartPolicy"] == "Never"
     assert job["spec"]["activeDeadlineSeconds"] == int(s.timeout + s.connect_timeout + SETTINGS.deadline_margin)
@@ -174,7 +176,7 @@ def test_configmap_scripts_mounted_read_only_in_dbrevs_image():
 
 
 def test_a_configmap_env_py_makes_a_script_location_as_the_operator_does():
-    s = parse_spec(cm_spec(), allow_image=True)
+    s = parse_spec(cm_spec())
     job = J.job_manifest(OWNER, s, J.PLAN, SETTINGS, configmap_files={
         "orders-migrations": ["env.py", "a1_create.py"], "orders-more": ["c3_more.py"]})
     (vol,) = [v for v in pod(job)["volumes"] if v["name"] == "scripts"]
@@ -221,17 +223,52 @@ def test_plan_and_apply_command_lines():
                    migrations={"configMapRefs": [{"name": "orders-migrations"}, {"name": "orders-more"}],
                                "versionTable": "orders_version", "versionTableSchema": "app"})
     apply = ctr(build(spec, J.APPLY))["args"]
-    assert apply[:5] == ["apply", "--revision", "head", "--plan-hash", HASH]
+    assert apply[:3] == ["apply", "--revision", "head"]
     for flag, value in (("--timeout", "900"), ("--verify", "constraints,indexes"), ("--rehearse", "require"),
                         ("--version-table", "orders_version"), ("--version-table-schema", "app"),
-                        ("--lock-timeout", "10"), ("--connect-timeout", "60")):
+                        ("--lock-timeout", "10"), ("--connect-timeout", "60"), ("--plan-hash", HASH),
+                        ("--downgrade", "RequireApproval"), ("--data-loss", "Archive")):
         assert apply[apply.index(flag) + 1] == value
-    assert {"--allow-downgrade", "--archive", "--no-rollback-on-failure", "--repair-sequences"} <= set(apply)
-    assert "--allow-data-loss" not in apply
+    assert {"--no-rollback-on-failure", "--repair-sequences"} <= set(apply)
+    # the policy goes as spec.policy says it, never widened: approvals are checked in the pod against the hash
+    assert not {"--allow-downgrade", "--allow-data-loss", "--archive", "--approve"} & set(apply)
     deny = ctr(build(cm_spec(policy={"downgrade": "Deny", "dataLoss": "Deny"}), J.APPLY))["args"]
-    assert not {"--allow-downgrade", "--archive", "--allow-data-loss"} & set(deny)
-    with pytest.raises(J.JobSpecError, match="give its hash"):
-        J.job_manifest(OWNER, parse_spec(cm_spec()), J.APPLY, SETTINGS, None, configmap_files=FILES)
+    assert deny[deny.index("--downgrade") + 1] == "Deny" and deny[deny.index("--data-loss") + 1] == "Deny"
+
+
+def _request(spec, **kw):
+    base = J.request_of(parse_spec(spec))
+    return dataclasses.replace(base, **kw)
+
+
+@pytest.mark.parametrize("req", [
+    pytest.param(_request(cm_spec()), id="defaults"),
+    pytest.param(_request(cm_spec(policy={"downgrade": "RequireApproval", "dataLoss": "RequireApproval",
+                                          "rollbackOnFailure": False, "repairSequences": True, "rehearse": "Never",
+                                          "verify": ["orphans"]}),
+                          approval="sha256:" + "ef" * 32, expected_hash="sha256:" + "ef" * 32,
+                          actor="operator:shop/orders", exact_counts=True, use_env_py=False), id="everything"),
+    pytest.param(_request(cm_spec(), target="base", use_env_py=True,
+                          db=dataclasses.replace(J.request_of(parse_spec(cm_spec())).db, state_schema="ops",
+                                                 version_table_schema="app")), id="downgrade-to-base"),
+])
+def test_the_cli_parses_the_jobs_arguments_back_into_the_operators_request(req, monkeypatch):
+    """One request, two transports: what the in-process worker gets is what the Job's `dbrev apply` builds."""
+    from dbrev.cli import apply_request, build_parser
+
+    monkeypatch.setenv("DBREV_DATABASE_URL", "postgresql://u@db/app")
+    args = build_parser().parse_args(J.request_args(req, 900, "/dbrev/migrations"))
+    back = apply_request(args)
+    assert back.db == dataclasses.replace(req.db, url="postgresql://u@db/app")
+    assert dataclasses.replace(back, db=req.db, migrations="") == req
+
+
+def test_a_request_a_job_cannot_carry_is_refused():
+    req = J.request_of(parse_spec(cm_spec()))
+    with pytest.raises(J.JobSpecError, match="pythonpath"):
+        J.request_args(dataclasses.replace(req, pythonpath=("/x",)), 60, "/m")
+    with pytest.raises(J.JobSpecError, match="stores"):
+        J.request_args(dataclasses.replace(req, use_stored_scripts=False), 60, "/m")
 
 
 def test_every_flag_the_job_passes_exists_in_the_cli():
@@ -260,7 +297,7 @@ def test_names_are_deterministic_and_fit_a_label():
 def test_the_api_server_accepts_the_manifests(control_plane, namespace):
     docs = [J.service_account_manifest(namespace)]
     for spec, verb in [(cm_spec(), J.PLAN), (cm_spec(), J.APPLY), (image_spec(), J.APPLY)]:
-        s = parse_spec(spec, allow_image=True)
+        s = parse_spec(spec)
         job = J.job_manifest(J.Owner("orders", namespace, OWNER.uid), s, verb, SETTINGS,
                              HASH if verb == J.APPLY else None, configmap_files=FILES)
         docs.append(job)

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from dbrev.controller.spec import (IMAGE_NOT_RUN, EnvFrom, EnvVar, ImageSource, KeyRef, SpecError, Toleration,
+from dbrev.controller.spec import (EnvFrom, EnvVar, ImageSource, KeyRef, SpecError, Toleration,
                                    parse_spec)
 
 IMAGE = {
@@ -32,7 +32,7 @@ def spec(**migrations) -> dict:
 
 
 def test_an_image_source_parses_to_typed_plain_data():
-    s = parse_spec(spec(image=IMAGE), allow_image=True)
+    s = parse_spec(spec(image=IMAGE))
     assert s.configmaps == ()
     assert s.image == ImageSource(
         name="registry.example.com/orders-api:1.4.2", path="/app/migrations", pull_policy="IfNotPresent",
@@ -54,15 +54,7 @@ def test_configmap_specs_are_unchanged():
                                         {"configMapRefs": [{"name": "a"}], "image": IMAGE}])
 def test_exactly_one_of_configmaps_or_image(migrations):
     with pytest.raises(SpecError, match="exactly one of migrations.configMapRefs .* or migrations.image"):
-        parse_spec(spec(**migrations), allow_image=True)
-
-
-def test_the_operator_refuses_an_image_until_it_runs_jobs():
-    """Never silently run nothing: the reconcile's parse (no allow_image) is Stalled, InvalidSpec, saying why."""
-    with pytest.raises(SpecError) as e:
-        parse_spec(spec(image=IMAGE))
-    assert str(e.value) == IMAGE_NOT_RUN
-    assert "does not run migrations from an application image" in IMAGE_NOT_RUN
+        parse_spec(spec(**migrations))
 
 
 @pytest.mark.parametrize("change, message", [
@@ -81,13 +73,13 @@ def test_the_operator_refuses_an_image_until_it_runs_jobs():
 ])
 def test_bad_image_fields_are_named(change, message):
     with pytest.raises(SpecError, match=message):
-        parse_spec(spec(image={**IMAGE, **change}), allow_image=True)
+        parse_spec(spec(image={**IMAGE, **change}))
 
 
 def test_missing_path_is_an_incomplete_spec_not_a_crash():
     img = {k: v for k, v in IMAGE.items() if k != "path"}
     with pytest.raises(SpecError, match="not an absolute folder"):
-        parse_spec(spec(image=img), allow_image=True)
+        parse_spec(spec(image=img))
 
 
 # -- the CRD's rules, on the real API server -----------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 
 CORE = ("dbrev.graph", "dbrev.planning", "dbrev.policy", "dbrev.classify", "dbrev.conditions", "dbrev.results",
         "dbrev.metric_labels", "dbrev.status", "dbrev.errors", "dbrev.options", "dbrev.redact",
-        "dbrev.controller.decide", "dbrev.controller.spec", "dbrev.crd")
+        "dbrev.controller.decide", "dbrev.controller.spec", "dbrev.controller.jobs", "dbrev.crd")
 FORBIDDEN = ("sqlalchemy", "psycopg", "psycopg2", "asyncpg", "kopf", "kubernetes", "prometheus_client")
 
 PROBE = """

@@ -65,3 +65,78 @@ def test_a_long_document_becomes_a_summary_that_fits():
     huge_error = {"result": "error", "error": {"error_type": "ScriptError", "message": "m" * 9000, "exit_code": 2}}
     text = result_file_text(huge_error)
     assert len(text.encode()) <= RESULT_FILE_LIMIT and json.loads(text)["error"]["error_type"] == "ScriptError"
+
+
+def test_the_apply_result_file_carries_the_plan_and_trims_it_to_fit():
+    doc = {"result": "applied", "plan_hash": "sha256:" + "b" * 64, "direction": "upgrade", "steps": []}
+    plan = {"hash": doc["plan_hash"], "direction": "upgrade", "transaction": "single", "from_revisions": [],
+            "to_revisions": ["r199"], "destructive": [], "warnings": [],
+            "steps": [{"revision": f"r{i:03d}", "direction": "upgrade", "doc": "d" * 40, "sql": "x" * 900,
+                       "destructive": False} for i in range(200)]}
+    small = json.loads(result_file_text(doc, plan={**plan, "steps": plan["steps"][:2]}))
+    assert small["plan"]["steps"] == [{k: v for k, v in s.items() if k != "sql"} for s in plan["steps"][:2]]
+    assert small["result"] == "applied" and "truncated" not in small
+    text = result_file_text(doc, plan=plan)
+    big = json.loads(text)
+    assert len(text.encode()) <= RESULT_FILE_LIMIT and big["truncated"] is True
+    assert big["plan"]["hash"] == plan["hash"] and big["plan"]["steps_total"] == 200
+    assert 0 < len(big["plan"]["steps"]) < 200 and big["plan"]["steps"][0]["revision"] == "r000"
+
+
+@pytest.mark.parametrize("flags", [["--allow-downgrade", "--downgrade", "Deny"],
+                                   ["--archive", "--allow-data-loss"],
+                                   ["--archive", "--data-loss", "Allow"]])
+def test_contradicting_policy_flags_are_refused_and_change_nothing(database_url, tmp_path, flags):
+    d = tmp_path / "m"
+    linear_history(d, 1)
+    r = dbrev("apply", "--migrations", str(d), "-r", "head", "--json", *flags, url=database_url)
+    assert r.code == 2 and r.json["error"]["error_type"] == "BadInput", r.stdout + r.stderr
+    assert "contradict" in r.json["error"]["message"]
+    assert heads(database_url) == []
+
+
+def test_require_approval_refuses_with_the_plan_then_runs_exactly_the_approved_one(database_url, tmp_path):
+    """What the operator's Job does: spec.policy's words on the command line, the approval as a hash."""
+    d = tmp_path / "m"
+    revs = linear_history(d, 2)
+    assert dbrev("apply", "--migrations", str(d), "-r", "head", url=database_url).code == 0
+    result = tmp_path / "r.json"
+    args = ["apply", "--migrations", str(d), "-r", revs[0], "--json", "--result-file", str(result),
+            "--downgrade", "RequireApproval", "--data-loss", "Allow", "--actor", "operator:shop/orders"]
+    waiting = dbrev(*args, url=database_url)
+    doc = json.loads(result.read_text())
+    assert doc["result"] == "refused" and doc["error"]["reason"] == "AwaitingApproval", doc
+    assert doc["plan"]["direction"] == "downgrade" and doc["plan"]["hash"] == doc["plan_hash"]
+    assert waiting.code != 0 and heads(database_url) == [revs[-1]]
+    wrong = dbrev(*args, "--approve", "sha256:" + "0" * 64, url=database_url)
+    assert json.loads(result.read_text())["result"] == "refused" and heads(database_url) == [revs[-1]], wrong.stdout
+    ok = dbrev(*args, "--approve", doc["plan_hash"], url=database_url)
+    assert ok.code == 0 and json.loads(result.read_text())["result"] == "applied", ok.stdout + ok.stderr
+    assert heads(database_url) == [revs[0]]
+    from dbhelp import q
+
+    assert "operator:shop/orders" in [r[0] for r in q(database_url, "SELECT actor FROM dbrev.runs")]
+
+
+def test_a_stored_copy_that_imports_what_an_older_image_lacks_says_so(database_url, tmp_path):
+    """A GitOps revert of an app image: the older image lacks the newer script and the module it imports; the
+    downgrade would run the stored copy, and the error says why it cannot, changing nothing."""
+    mods, d = tmp_path / "mods", tmp_path / "m"
+    mods.mkdir()
+    (mods / "ordersapp_gone.py").write_text("DEFAULT = 7\n")
+    revs = linear_history(d, 1)
+    from scriptgen import write_script
+
+    write_script(d, "r002newr", revs[-1],
+                 'op.add_column("t1", sa.Column("x", sa.Integer, server_default=str(ordersapp_gone.DEFAULT)))',
+                 'op.drop_column("t1", "x")', extra="import ordersapp_gone", name="r002newr.py")
+    up = dbrev("apply", "--migrations", str(d), "-r", "head", "--pythonpath", str(mods), url=database_url)
+    assert up.code == 0, up.stdout + up.stderr
+    (d / "r002newr.py").unlink()
+    r = dbrev("apply", "--migrations", str(d), "-r", revs[-1], "--json", "--allow-downgrade", "--allow-data-loss",
+              url=database_url)
+    err = r.json["error"]
+    assert r.code == 2 and err["reason"] == "InvalidScripts", r.stdout
+    assert "stored in the database" in err["message"] and "ordersapp_gone" in err["message"]
+    assert "older than the script" in err["hint"]
+    assert heads(database_url) == ["r002newr"]

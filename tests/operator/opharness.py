@@ -34,8 +34,10 @@ class Operator:
 
     def start(self, wait: bool = True) -> "Operator":
         env = dict(os.environ)
+        # a host process has no pod to take the migration image from, and the bare control plane runs no
+        # kubelet: migrations run in the operator's own process (the development switch) unless a test says
         env.update({"KUBECONFIG": self.kubeconfig, "DBREV_TIMER_INTERVAL": "2",
-                    "DBREV_SCRIPTS_DIR": str(self.workdir / "scripts")})
+                    "DBREV_SCRIPTS_DIR": str(self.workdir / "scripts"), "DBREV_MIGRATIONS_IN_PROCESS": "1"})
         env.update(self.env)
         cmd = [sys.executable, "-m", "dbrev", "operator", "--metrics-address", "127.0.0.1",
                "--metrics-port", str(self.metrics_port), "--liveness-address", "127.0.0.1",

@@ -90,34 +90,43 @@ def test_the_image_migrates_as_pid_1_with_in_cluster_config(node, deployed, app,
     assert restarts(pod) == 0
 
 
-def test_sigterm_on_pod_deletion_mid_migration_then_the_next_pod_finishes(node, deployed, app, tmp_path):
+def migration_pods(kube, ns: str) -> list[dict]:
+    return json.loads(kube("get", "pods", "-n", ns, "-l", "app.kubernetes.io/managed-by=dbrev", "-o", "json"))["items"]
+
+
+def test_operator_pod_deleted_mid_migration_the_job_goes_on_and_the_next_pod_adopts_it(node, deployed, app,
+                                                                                          tmp_path):
+    """The migration runs in its Job's pod, not in the operator's: `kubectl delete pod` of the operator (a
+    rollout, a node drain) stops nothing; the next operator pod finds the Job still running, waits for it
+    instead of starting another, and reports its result."""
     ns, url = app
     kube = deployed
     d = tmp_path / "m"
     write_script(d, "t001aaaa", None, 'op.create_table("t1", sa.Column("id", sa.Integer, primary_key=True))',
                  'op.drop_table("t1")')
     write_script(d, "t002aaaa", "t001aaaa", 'op.create_table("t2", sa.Column("id", sa.Integer, primary_key=True))\n'
-                 'op.execute("SELECT pg_sleep(12) -- sigterm-marker")', 'op.drop_table("t2")')
+                 'op.execute("SELECT pg_sleep(15) -- sigterm-marker")', 'op.drop_table("t2")')
     kube.configmap_from(ns, "migrations", d)
     before = operator_pod(kube)["metadata"]["name"]
     kube.apply(dbrev_resource(ns, "k", "head"))
     wait_for(lambda: sleeping(url, "sigterm-marker"), 90, "the slow step to start")
+    (job_pod,) = migration_pods(kube, ns)
     # what `kubectl delete pod` and a rollout do: the kubelet sends SIGTERM (grace period 30 s)
     kube("delete", "pod", "-n", OP_NS, before, "--wait=false")
-    # the worker dies with the operator; PostgreSQL rolls the open transaction back and frees the lock
-    wait_for(lambda: not sleeping(url, "sigterm-marker") or None, 40, "the slow step's backend to go away")
-    assert heads(url) in ([], ["t002aaaa"])  # consistent: nothing half-done (single transaction)
-    st = ready_at(kube, ns, "k", "t002aaaa", timeout=180)  # the next pod does the job
+    st = ready_at(kube, ns, "k", "t002aaaa", timeout=180)  # the next pod reports the Job's result
     assert operator_pod(kube)["metadata"]["name"] != before
     assert heads(url) == ["t002aaaa"]
     runs = [r[0] for r in q(url, "SELECT status FROM dbrev.runs ORDER BY id")]
-    assert runs[-1] == "applied" and set(runs[:-1]) <= {"interrupted"}, runs
+    assert runs == ["applied"], runs  # one run: the Job was adopted, never started twice
+    pods = migration_pods(kube, ns)
+    assert [p["metadata"]["name"] for p in pods] == [job_pod["metadata"]["name"]]
     assert st["currentRevision"] == "t002aaaa"
 
 
-def test_worker_killed_by_the_memory_limit_mid_migration(node, deployed, app, tmp_path):
-    # The Deployment's limit is 1Gi for the container, workers included. A migration that needs more
-    # is killed by the kernel's OOM killer; the database stays at its revision and the operator says so.
+def test_a_migration_pod_killed_by_its_memory_limit(node, deployed, app, tmp_path):
+    # A migration pod of dbrev's own image has a 512Mi limit (DBREV_MIGRATION_MEMORY_LIMIT). A migration
+    # that needs more is killed by the kernel's OOM killer; the database stays at its revision and the
+    # operator, in its own pod, says so.
     ns, url = app
     kube = deployed
     d = tmp_path / "m"
@@ -139,9 +148,12 @@ def test_worker_killed_by_the_memory_limit_mid_migration(node, deployed, app, tm
     assert heads(url) == []  # one transaction: the first step was rolled back with the second
     assert "m2" not in [r[0] for r in q(url, "SELECT tablename FROM pg_tables WHERE schemaname='public'")]
     ready = condition(st, "Ready")
-    # the kernel killed the biggest process, the worker, and the status says so
-    assert ready["status"] == "False" and "SIGKILL" in ready["message"] and "OOM" in ready["message"], ready
-    # the operator itself survived it: same pod, no restart
+    assert ready["status"] == "False" and ready["reason"] == "OutOfMemory", ready
+    assert "OOM-killed" in ready["message"] and "memory limit" in ready["message"], ready
+    assert st["lastError"]["reason"] == "OutOfMemory"
+    runs = [r[0] for r in q(url, "SELECT status FROM dbrev.runs ORDER BY id")]
+    assert runs == ["died"], runs  # the journal says how the run ended, not "running"
+    # the operator itself was never at risk: same pod, no restart
     pod_after = operator_pod(kube)
     assert pod_after["metadata"]["name"] == pod_before["metadata"]["name"]
     assert restarts(pod_after) == restarts(pod_before)

@@ -36,7 +36,11 @@ OPERATOR_RULES = [
     {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": ["get", "patch"]},
     {"apiGroups": ["apps"], "resources": ["replicasets", "controllerrevisions"], "verbs": ["list"]},
     # delete: a gated StatefulSet's forced rollback (its stuck pods of the broken revision, OrderedReady)
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "delete"]},
+    # get: the operator's own pod (its image); list: also a migration Job's pod (its result, its failure)
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "delete"]},
+    # the migration Jobs (controller/jobrun) and their ServiceAccount, which nothing binds
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "create", "delete"]},
+    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["create"]},
 ]
 
 

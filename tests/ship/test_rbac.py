@@ -118,7 +118,9 @@ def run_scenario(cp: ControlPlane, overlay: str, app_ns: str | None, admin_url: 
                               ).get("status") or {}
 
         token = cp.service_account_kubeconfig(*sa, create=False)
-        op = Operator(str(token), [], workdir, env=env, args=args).start()
+        # no kubelet here: the migrations of this part run in the operator's own process (the development
+        # switch); the migration Jobs' verbs are used in the part after it
+        op = Operator(str(token), [], workdir, env={**env, "DBREV_MIGRATIONS_IN_PROCESS": "1"}, args=args).start()
         try:
             kube.apply(dbrev_resource(ns, "orders", HEAD,
                                       policy={"downgrade": "RequireApproval", "dataLoss": "Allow"}))
@@ -182,11 +184,41 @@ def run_scenario(cp: ControlPlane, overlay: str, app_ns: str | None, admin_url: 
             op.stop()
         logs, returncode = op.tail(200), op.proc.returncode
         assert env["POD_ID"] not in peers(), "a stopped operator leaves the peering object"
+        logs += "\n--- the Job part:\n" + job_part(kube, cp, ns, op_ns, str(token), env, args, workdir, c["image"])
     finally:
         drop_database(admin_url, url.rsplit("/", 1)[1])
     time.sleep(1)
     return {"objs": objs, "sa": sa, "events": cp.audit_events(user=service_account_username(*sa)), "logs": logs,
             "returncode": returncode}
+
+
+def job_part(kube: Kube, cp: ControlPlane, ns: str, op_ns: str, token: str, env: dict, args: list[str],
+             workdir: Path, image: str) -> str:
+    """The migration Jobs' verbs, for real: the operator reads its own pod for the image (the pod object is made
+    here: no kubelet), creates the migration pods' ServiceAccount, lists Jobs (to adopt one still running),
+    creates the Job and watches it and its pods. No controller runs the Job here, so a human deletes it (as
+    `kubectl delete job` mid-run): the operator sees JobDeleted, a transient reason, and deletes what is left."""
+    kube.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": env["POD_ID"], "namespace": op_ns},
+                "spec": {"automountServiceAccountToken": False,
+                         "containers": [{"name": "operator", "image": image, "imagePullPolicy": "Never"}]}})
+    op = Operator(token, [], workdir, env={**env, "DBREV_MIGRATIONS_IN_PROCESS": "0"}, args=args).start()
+    try:
+        kube.apply(dbrev_resource(ns, "jobs", HEAD))
+        sel = "app.kubernetes.io/managed-by=dbrev,dbrev.io/name=jobs"
+        name = wait_for(lambda: kube("get", "jobs", "-n", ns, "-l", sel, "-o", "name").strip(), 60,
+                        "the migration Job")
+        job = json.loads(kube("get", name, "-n", ns, "-o", "json"))
+        ctr = job["spec"]["template"]["spec"]["containers"][0]
+        assert ctr["image"] == image and ctr["imagePullPolicy"] == "Never", ctr  # the operator's own, from its pod
+        assert kube("get", "serviceaccount", "dbrev-migrations", "-n", ns, "-o", "name").strip()
+        kube("delete", name, "-n", ns, "--cascade=background", "--wait=false")
+        wait_for(lambda: is_state(kube.status(ns, "jobs"), "False", "JobDeleted")
+                 or condition(kube.status(ns, "jobs"), "Reconciling").get("reason") == "JobDeleted", 60,
+                 "JobDeleted")
+        kube("delete", "dbrev", "jobs", "-n", ns, "--wait=true")
+    finally:
+        op.stop()
+    return op.tail(100)
 
 
 def previous_revisions(kube: Kube, ns: str, tmpl: dict) -> None:

@@ -90,9 +90,17 @@ TODO = {
     C.INVALID_SPEC: "fix the spec",
     C.PLAN_CHANGED: "review the new plan",
     C.TIMED_OUT: "raise spec.policy.timeoutSeconds, or make the migration faster (e.g. batch it)",
+    C.NO_DBREV_IN_IMAGE: "add dbrev to the application's image (`RUN pip install dbrev`, next to alembic), or "
+                         "fix spec.migrations.image.name",
+    C.MIGRATIONS_NOT_FOUND: "set spec.migrations.image.path to the image's Alembic script location (the folder "
+                            "with env.py) or versions folder",
+    C.OUT_OF_MEMORY: "raise the migration pod's memory limit (spec.migrations.image.resources, or the operator's "
+                     "DBREV_MIGRATION_MEMORY_LIMIT for ConfigMap scripts), or make the migration use less",
+    C.MIGRATION_POD_FAILED: "read the message and the Job's pod (kubectl describe/logs), fix the cause",
 }
 
-TRANSIENT_REASONS = frozenset({C.DATABASE_UNAVAILABLE, C.LOCK_BUSY, C.KUBERNETES_UNAVAILABLE})
+TRANSIENT_REASONS = frozenset({C.DATABASE_UNAVAILABLE, C.LOCK_BUSY, C.KUBERNETES_UNAVAILABLE,
+                               *C.JOB_TRANSIENT_REASONS})
 
 # What started a pass that may run a plan again although the last run's outcome needs a human:
 # a changed spec (a new generation), an approval, a changed ConfigMap/Secret (new inputs), the drift
@@ -373,12 +381,13 @@ def _from_result(result: RunResult, prev: dict, generation: int, now: str, trigg
         return Verdict(out, _finish(out, prev, generation, now, st, False if lost else True, what), events, delay,
                        M.RESULT_TRANSIENT, steps, rollback, findings or None, drift, reachable=not lost)
     if res == R.RESULT_ROLLED_BACK:
-        cond_reason = C.TIMED_OUT if reason == C.TIMED_OUT else C.ROLLED_BACK
+        # a run stopped from outside (its deadline, its pod's memory limit) names that cause, not RolledBack
+        cond_reason = reason if reason in (C.TIMED_OUT, C.OUT_OF_MEMORY, C.MIGRATION_POD_FAILED) else C.ROLLED_BACK
         msg = (f"{what}; rolled back to {revisions_text(result.current_revisions)}"
                + (" (verification failed)" if integrity_failed else ""))
         # a worker that died says its own cause and hint: no migration failed, so no "fix the migration"
-        out = Outcome(STALLED_KIND, cond_reason, msg if err.error_type == "WorkerDied"
-                      else _with_todo(cond_reason, msg))
+        out = Outcome(STALLED_KIND, cond_reason, _with_todo(cond_reason, msg) if cond_reason == C.OUT_OF_MEMORY
+                      else msg if err.error_type == "WorkerDied" else _with_todo(cond_reason, msg))
         metric = M.RESULT_ROLLED_BACK
     else:
         cond_reason = C.ROLLBACK_FAILED if (rb and not rb.success) else reason

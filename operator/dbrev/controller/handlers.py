@@ -27,7 +27,7 @@ from .. import metrics as M
 from ..crd import APPROVE_ANNOTATION, GROUP, VERSION
 from ..deployment import deployment_id, stamp_history, with_deployment
 from ..options import DbOptions
-from ..errors import DatabaseUnavailable, DbrevError
+from ..errors import BadInput, DatabaseUnavailable, DbrevError
 from ..options import RunRequest
 from ..results import RunResult
 from ..status import condition, initial_conditions, is_ready, now_iso, revisions_text, status_patch
@@ -226,6 +226,10 @@ def reconcile(body, cause: str, retry: int = 0, diff=None, index=None) -> None:
         if spec.suspend:
             carry_out(body, prev, decide.suspended(prev, gen, now), started)
             return
+        if spec.image is not None and _in_process():
+            carry_out(body, prev, decide.from_error({"reason": C.INVALID_SPEC, "message": IMAGE_IN_PROCESS}, prev,
+                                                    gen, now), started)
+            return
         try:
             inputs = gather(kube.core(), ns, spec)
             inputs, live = _probe(spec, inputs)
@@ -301,9 +305,37 @@ def _post_archived(body, ev: dict) -> None:
                f"before {ev.get('revision', '')} dropped them; restore with: dbrev archive restore {ev['id']}")
 
 
-def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, started, extra) -> None:
-    from ..engine import apply
+IMAGE_IN_PROCESS = ("spec.migrations.image: the operator runs migrations in its own process (DBREV_MIGRATIONS_IN_PROCESS, "
+                    "a development switch) and cannot run an application image's; unset it so that it runs them "
+                    "in Jobs")
 
+
+def _in_process() -> bool:
+    from .jobrun import in_process
+
+    return in_process()
+
+
+def execute(body, spec: Spec, inputs: Inputs, req: RunRequest, on_event, log_context: dict,
+            run_key: str) -> RunResult:
+    """Run ``req``: in a migration Job (:mod:`.jobrun`), or, with the development switch
+    ``DBREV_MIGRATIONS_IN_PROCESS``, in a worker process of the operator's own."""
+    from . import jobrun
+
+    if _in_process():
+        if spec.image is not None:
+            raise BadInput(IMAGE_IN_PROCESS, reason=C.INVALID_SPEC)
+        from ..engine import apply
+
+        return apply(req, timeout=spec.timeout, on_event=on_event,
+                     log_level=os.environ.get("DBREV_LOG_LEVEL", "INFO"), log_context=log_context)
+    meta = body["metadata"]
+    owner = jobrun.J.Owner(meta["name"], meta["namespace"], meta["uid"])
+    return jobrun.run(req, owner=owner, spec=spec, settings=jobrun.settings(), timeout=spec.timeout,
+                      configmap_files=dict(inputs.configmap_files), on_event=on_event, run_key=run_key)
+
+
+def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, started, extra) -> None:
     meta = body["metadata"]
     ns, name, gen = meta["namespace"], meta["name"], meta.get("generation") or 0
     started_at = now_iso()
@@ -321,18 +353,23 @@ def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, start
                 post_event(body, *planned)
         elif kind == "archived":
             _post_archived(body, ev)
+        elif kind == "job_started":  # a migration Job's pod runs: the plan comes from it
+            progress(f"running the plan to {spec.revision} in migration Job {ev['job']} (pod {ev.get('pod')})", None)
         elif kind == "step_started" and ev.get("index") == 1:
             plan = seen.get("plan") or {}
             msg = (f"applying plan {plan.get('hash', '')[:19]}: {plan.get('direction')} "
                    f"{revisions_text(plan.get('from_revisions'))} -> {revisions_text(plan.get('to_revisions'))}, "
                    f"{ev['total']} step(s)")
-            try:
-                patch = status_patch(written, {**decide.progressing(written, gen, now_iso(), msg, plan), **extra})
-                kube.patch_status(ns, name, patch)
-                written.update(patch)
-            except Exception as e:  # noqa: BLE001
-                L.logger.warning("Could not write progress", extra={"error_type": type(e).__name__})
+            progress(msg, plan)
             post_event(body, decide.NORMAL, decide.EV_APPLYING, msg)
+
+    def progress(msg: str, plan: dict | None) -> None:
+        try:
+            patch = status_patch(written, {**decide.progressing(written, gen, now_iso(), msg, plan), **extra})
+            kube.patch_status(ns, name, patch)
+            written.update(patch)
+        except Exception as e:  # noqa: BLE001
+            L.logger.warning("Could not write progress", extra={"error_type": type(e).__name__})
 
     def run_info() -> dict | None:
         if "plan" not in seen:
@@ -348,14 +385,13 @@ def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, start
             L.logger.warning("Cannot read the gated workloads' images", extra={"error_type": type(e).__name__})
         if dep:
             L.bind_context(deployment_id=dep)
-    req = RunRequest(db=_db_options(spec, inputs.url), migrations=str(inputs.migrations), target=spec.revision,
-                     policy=spec.policy, approval=approval, actor=f"operator:{ns}/{name}")
+    req = RunRequest(db=_db_options(spec, inputs.url), migrations=str(inputs.migrations or ""),
+                     target=spec.revision, policy=spec.policy, approval=approval, actor=f"operator:{ns}/{name}")
     M.active_workers.inc()
     result = None
     try:
-        result = apply(req, timeout=spec.timeout, on_event=on_event,
-                       log_level=os.environ.get("DBREV_LOG_LEVEL", "INFO"),
-                       log_context={"namespace": ns, "name": name, "deployment_id": dep})
+        result = execute(body, spec, inputs, req, on_event, {"namespace": ns, "name": name, "deployment_id": dep},
+                         run_key=f"{started_at}/{retry}")
         verdict = decide.from_result(result, written, gen, now_iso(), trigger, started_at, seen.get("plan"), retry,
                                      name=name)
     except DbrevError as e:
@@ -611,8 +647,6 @@ def _health_gate_schema(body, status: dict, spec: Spec, meta: dict, started) -> 
     ``engine.apply`` with spec.policy as it is (data loss Deny / Archive, approvals), the approval
     annotation as a normal pass passes it; the verdict of the run (``decide.from_result``) decides the rest.
     """
-    from ..engine import apply
-
     ns, name, gen = meta["namespace"], meta["name"], meta.get("generation") or 0
     hg = status["healthGate"]
     frm = hg.get("toRevision")
@@ -641,14 +675,13 @@ def _health_gate_schema(body, status: dict, spec: Spec, meta: dict, started) -> 
             _post_archived(body, ev)
 
     started_at = now_iso()
-    req = RunRequest(db=_db_options(spec, inputs.url), migrations=str(inputs.migrations), target=target,
+    req = RunRequest(db=_db_options(spec, inputs.url), migrations=str(inputs.migrations or ""), target=target,
                      policy=spec.policy, approval=approval, actor=f"operator:{ns}/{name} (health gate rollback)")
     M.active_workers.inc()
     try:
-        result = apply(req, timeout=spec.timeout, on_event=on_event,
-                       log_level=os.environ.get("DBREV_LOG_LEVEL", "INFO"),
-                       log_context={"namespace": ns, "name": name, "deployment_id": dep,
-                                    "rollback_reason": HG.TRIGGER})
+        result = execute(body, spec, inputs, req, on_event, {"namespace": ns, "name": name, "deployment_id": dep,
+                                                             "rollback_reason": HG.TRIGGER},
+                         run_key=f"{started_at}/health-gate")
         run = decide.from_result(result, status, gen, now_iso(), "health_gate", started_at, seen.get("plan"),
                                  name=name)
     except DbrevError as e:

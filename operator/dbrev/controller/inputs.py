@@ -40,10 +40,11 @@ class KubernetesUnavailable(DbrevError):
 @dataclass(frozen=True)
 class Inputs:
     url: str
-    migrations: Path
-    scripts_hash: str  # over every script's name and content
+    migrations: Path | None  # ConfigMap scripts materialized (None: the scripts are in spec.migrations.image)
+    scripts_hash: str  # over every script's name and content (an image: its name and path)
     secret_version: str  # resourceVersion of the Secret(s) used
     database_key: str  # identifies the history (URL-based here; the handler replaces it by the server's identity)
+    configmap_files: tuple[tuple[str, tuple[str, ...]], ...] = ()  # each ConfigMap's script keys (a Job mounts them)
 
     @property
     def inputs_hash(self) -> str:
@@ -114,8 +115,9 @@ def read_url(core, namespace: str, spec: Spec) -> tuple[str, str]:
     return url.render_as_string(hide_password=False), version
 
 
-def read_scripts(core, namespace: str, spec: Spec) -> tuple[Path, str]:
-    """Materialize every ``*.py`` key of the ConfigMaps into a folder; (folder, content hash)."""
+def read_scripts(core, namespace: str, spec: Spec) -> tuple[Path, str, tuple]:
+    """Materialize every ``*.py`` key of the ConfigMaps into a folder; (folder, content hash, each ConfigMap's
+    script keys)."""
     files: dict[str, str] = {}
     origin: dict[str, str] = {}
     for cm_name in spec.configmaps:
@@ -137,7 +139,14 @@ def read_scripts(core, namespace: str, spec: Spec) -> tuple[Path, str]:
     h = hashlib.sha256()
     for name in sorted(files):
         h.update(name.encode() + b"\0" + files[name].encode() + b"\0")
-    return materialize(files, scripts_root()), h.hexdigest()
+    by_cm = tuple((cm, tuple(sorted(k for k, o in origin.items() if o == cm))) for cm in spec.configmaps)
+    return materialize(files, scripts_root()), h.hexdigest(), by_cm
+
+
+def image_hash(spec: Spec) -> str:
+    """The inputs an image brings: its name (a new tag is new scripts) and where the migrations are in it."""
+    img = spec.image
+    return hashlib.sha256(f"image\0{img.name}\0{img.path}".encode()).hexdigest()
 
 
 def identity_key(identity: str) -> str:
@@ -160,5 +169,7 @@ def database_key(url: str, spec: Spec) -> str:
 
 def gather(core, namespace: str, spec: Spec) -> Inputs:
     url, secret_version = read_url(core, namespace, spec)
-    folder, scripts_hash = read_scripts(core, namespace, spec)
-    return Inputs(url, folder, scripts_hash, secret_version, database_key(url, spec))
+    if spec.image is not None:
+        return Inputs(url, None, image_hash(spec), secret_version, database_key(url, spec))
+    folder, scripts_hash, by_cm = read_scripts(core, namespace, spec)
+    return Inputs(url, folder, scripts_hash, secret_version, database_key(url, spec), by_cm)

@@ -33,10 +33,13 @@ as stdout, so the operator reads it from the pod's status, with no access to the
 from __future__ import annotations
 
 import hashlib
+import signal
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+from .. import conditions as C
 from ..crd import GROUP, VERSION
+from ..options import APPLICATION_NAME_ENV, DbOptions, RunRequest
 from .spec import ImageSource, Spec
 
 PLAN, APPLY = "plan", "apply"
@@ -191,12 +194,15 @@ def _configmap_volume(files: Mapping[str, Sequence[str]], configmaps: Sequence[s
     return {"name": "scripts", "projected": {"sources": sources, "defaultMode": 0o444}}
 
 
-def _common_args(spec: Spec, migrations: str) -> list[str]:
+def _common_args(db, migrations: str) -> list[str]:
+    """``db``: the run's :class:`~dbrev.options.DbOptions` (its URL is never used: it reaches the pod from a Secret)."""
     args = ["--migrations", migrations, "--json", "--result-file", RESULT_FILE,
-            "--connect-timeout", _num(spec.connect_timeout), "--lock-timeout", _num(spec.lock_timeout),
-            "--statement-timeout", _num(spec.statement_timeout), "--version-table", spec.version_table]
-    if spec.version_table_schema:
-        args += ["--version-table-schema", spec.version_table_schema]
+            "--connect-timeout", _num(db.connect_timeout), "--lock-timeout", _num(db.lock_timeout),
+            "--statement-timeout", _num(db.statement_timeout), "--version-table", db.version_table]
+    if db.version_table_schema:
+        args += ["--version-table-schema", db.version_table_schema]
+    if db.state_schema != "dbrev":
+        args += ["--state-schema", db.state_schema]
     return args
 
 
@@ -204,30 +210,63 @@ def _num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else str(v)
 
 
-def command_args(spec: Spec, verb: str, plan_hash: str | None, migrations: str, log_level: str = "info") -> list[str]:
-    """The CLI's arguments: the same verbs a person runs, the operator's decisions as flags, no secret."""
-    if verb == PLAN:
-        return [PLAN, "--revision", spec.revision, *_common_args(spec, migrations), "--log-level", log_level]
-    if verb != APPLY:
-        raise JobSpecError(f"verb {verb!r} is not one of {', '.join(VERBS)}")
-    if not plan_hash:
-        raise JobSpecError("an apply Job runs exactly one plan: give its hash")
-    pol = spec.policy
-    args = [APPLY, "--revision", spec.revision, "--plan-hash", plan_hash, *_common_args(spec, migrations),
-            "--timeout", _num(spec.timeout), "--verify", ",".join(spec.verify), "--rehearse", pol.rehearse.lower(),
+def request_of(spec: Spec, plan_hash: str | None = None, approval: str | None = None,
+               actor: str = "operator") -> RunRequest:
+    """The run the operator asks for from ``spec``, as :func:`dbrev.controller.handlers` builds it (no URL)."""
+    db = DbOptions(url="", connect_timeout=spec.connect_timeout, lock_timeout=spec.lock_timeout,
+                   statement_timeout=spec.statement_timeout, version_table=spec.version_table,
+                   version_table_schema=spec.version_table_schema)
+    return RunRequest(db=db, migrations="", target=spec.revision, policy=spec.policy, approval=approval,
+                      expected_hash=plan_hash, actor=actor)
+
+
+def request_args(req: RunRequest, timeout: float, migrations: str, log_level: str = "info") -> list[str]:
+    """``dbrev apply``'s arguments for exactly ``req``: the same request the in-process worker would get (policy in
+    spec.policy's words, the approval, the plan hash), with no secret (``tests/core/test_jobs.py`` parses them back
+    with the CLI's own parser and compares the request)."""
+    if req.pythonpath:
+        raise JobSpecError("a migration Job has no --pythonpath: the image's own Python path applies")
+    if not req.use_stored_scripts:
+        raise JobSpecError("a migration Job always uses the scripts the database stores")
+    pol = req.policy
+    args = [APPLY, "--revision", req.target, *_common_args(req.db, migrations), "--timeout", _num(timeout),
+            "--verify", ",".join(pol.verify), "--rehearse", pol.rehearse.lower(),
+            "--downgrade", pol.downgrade, "--data-loss", pol.data_loss, "--actor", req.actor,
             "--log-level", log_level]
-    # the operator has applied policy and approvals to exactly this plan (the hash binds them)
-    if pol.downgrade in ("Allow", "RequireApproval"):
-        args.append("--allow-downgrade")
-    if pol.data_loss == "Archive":
-        args.append("--archive")
-    elif pol.data_loss in ("Allow", "RequireApproval"):
-        args.append("--allow-data-loss")
+    if req.expected_hash:
+        args += ["--plan-hash", req.expected_hash]
+    if req.approval:
+        args += ["--approve", req.approval]
     if not pol.rollback_on_failure:
         args.append("--no-rollback-on-failure")
     if pol.repair_sequences:
         args.append("--repair-sequences")
+    if req.exact_counts:
+        args.append("--exact-counts")
+    if req.use_env_py is True:
+        args.append("--env-py")
+    elif req.use_env_py is False:
+        args.append("--builtin-env")
     return args
+
+
+def command_args(spec: Spec, verb: str, plan_hash: str | None, migrations: str, log_level: str = "info",
+                 request: RunRequest | None = None) -> list[str]:
+    """The CLI's arguments: the same verbs a person runs, the operator's decisions as flags, no secret.
+
+    An apply runs ``request`` (the operator's, :func:`request_of` of the spec when not given)."""
+    if verb == PLAN:
+        return [PLAN, "--revision", spec.revision, *_common_args(request_of(spec).db, migrations),
+                "--log-level", log_level]
+    if verb != APPLY:
+        raise JobSpecError(f"verb {verb!r} is not one of {', '.join(VERBS)}")
+    req = request or request_of(spec, plan_hash)
+    return request_args(req, spec.timeout, migrations, log_level)
+
+
+def session_name(job: str) -> str:
+    """The PostgreSQL application_name of a Job's sessions (unique per Job, within the 63 characters allowed)."""
+    return f"dbrev-job-{_h(job)[:16]}"
 
 
 def _spec_key(spec: Spec) -> str:
@@ -235,11 +274,14 @@ def _spec_key(spec: Spec) -> str:
 
 
 def job_manifest(owner: Owner, spec: Spec, verb: str, settings: Settings, plan_hash: str | None = None,
-                 configmap_files: Mapping[str, Sequence[str]] | None = None) -> dict:
+                 configmap_files: Mapping[str, Sequence[str]] | None = None, *, request: RunRequest | None = None,
+                 run_key: str = "") -> dict:
     """The Job running ``dbrev <verb>`` for ``owner``.
 
     ``configmap_files``: for ConfigMap scripts, each ConfigMap's file names (the operator reads them;
-    the Job mounts exactly those keys). Ignored for ``spec.migrations.image``."""
+    the Job mounts exactly those keys). Ignored for ``spec.migrations.image``. ``request``: the run an apply
+    Job carries out (:func:`request_args`). ``run_key``: what tells this run's Job from an earlier one of the
+    same request (the operator's pass), part of the name."""
     img = spec.image
     if img is None and not spec.configmaps:
         raise JobSpecError("the spec names no migrations (neither configMapRefs nor image)")
@@ -253,13 +295,16 @@ def job_manifest(owner: Owner, spec: Spec, verb: str, settings: Settings, plan_h
     else:
         migrations, image, pull_policy = img.path, img.name, img.pull_policy
         requests, limits = img.requests, img.limits
+    args = command_args(spec, verb, plan_hash, migrations, settings.log_level, request)
+    name = job_name(owner, verb, plan_hash, _spec_key(spec) + run_key + "\0".join(args))
     env = (_user_env(img) if img else []) + [
         {"name": "HOME", "value": TMP}, {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
         {"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "DBREV_LOG_FORMAT", "value": "json"},
+        {"name": APPLICATION_NAME_ENV, "value": session_name(name)},
         *_database_env(spec)]  # dbrev's own last: env wins over envFrom, and spec cannot name DBREV_*
     container: dict = {
         "name": CONTAINER, "image": image,
-        "command": ["dbrev"], "args": command_args(spec, verb, plan_hash, migrations, settings.log_level),
+        "command": ["dbrev"], "args": args,
         "env": env, "volumeMounts": mounts, "workingDir": TMP,
         "terminationMessagePath": RESULT_FILE, "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {"runAsNonRoot": True, "runAsUser": settings.run_as_user,
@@ -295,7 +340,7 @@ def job_manifest(owner: Owner, spec: Spec, verb: str, settings: Settings, plan_h
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {
-            "name": job_name(owner, verb, plan_hash, _spec_key(spec)), "namespace": owner.namespace,
+            "name": name, "namespace": owner.namespace,
             "labels": lab, "annotations": annotations,
             "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "DatabaseRevision",
                                  "name": owner.name, "uid": owner.uid, "controller": True,
@@ -306,3 +351,145 @@ def job_manifest(owner: Owner, spec: Spec, verb: str, settings: Settings, plan_h
             "template": {"metadata": {"labels": lab, "annotations": annotations}, "spec": pod_spec},
         },
     }
+
+
+# ---------------------------------------------------------------------------
+# Reading a Job: what its pod says, as a reason (pure; the operator's controller/jobrun watches)
+
+RUNNING, FINISHED, FAILED = "running", "finished", "failed"
+#: a container waiting for these will not start: its image cannot be had (ErrImagePull is the first try; Kubernetes
+#: retries it as ImagePullBackOff, which is where dbrev stops waiting)
+PULL_FAILURES = ("ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "RegistryUnavailable")
+#: the container runtime could not start the command
+START_FAILURES = ("CreateContainerError", "RunContainerError", "StartError", "ContainerCannotRun")
+_NOT_FOUND = ("executable file not found", "no such file or directory", "not found")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Where a migration Job stands. ``phase``: running (wait), finished (``result_text`` holds the
+    CLI's result document) or failed (``reason``, a :mod:`dbrev.conditions` reason, and ``message``).
+    ``started``: dbrev's container has run (a failure after that may have changed the database)."""
+    phase: str
+    reason: str | None = None
+    message: str = ""
+    result_text: str | None = None
+    exit_code: int | None = None
+    started: bool = False
+    pod: str | None = None
+    tail: tuple[str, ...] = ()  # the log's last lines, when the pod ended without a result
+
+
+def image_of(job: dict) -> str:
+    """The image of a migration Job's container."""
+    return (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers", [{}])[0] \
+        .get("image", "")
+
+
+def _cond(obj: dict, type_: str) -> dict | None:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_ and c.get("status") == "True":
+            return c
+    return None
+
+
+def _container(pod: dict) -> dict:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") == CONTAINER:
+            return cs
+    return {}
+
+
+def _no_dbrev(image: str, detail: str) -> str:
+    return (f"the image {image} has no `dbrev` command ({detail.strip()[:300]}): the Job runs `dbrev apply` in "
+            f"it; add `RUN pip install dbrev` to the image")
+
+
+def observe(job: dict | None, pods: Sequence[dict], seen_pod: bool = False) -> Observation:
+    """What ``job`` and its ``pods`` (``job-name`` label) say. ``seen_pod``: a pod of it was seen before, so one
+    missing now was deleted."""
+    if job is None:
+        return Observation(FAILED, C.JOB_DELETED, "the migration Job was deleted while it ran", started=seen_pod)
+    if (job.get("metadata") or {}).get("deletionTimestamp"):
+        return Observation(FAILED, C.JOB_DELETED, "the migration Job is being deleted", started=seen_pod)
+    image = image_of(job)
+    pods = sorted(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
+    pod = pods[-1] if pods else None
+    deadline = _cond(job, "Failed")
+    if deadline and deadline.get("reason") == "DeadlineExceeded":
+        cs = _container(pod) if pod else {}
+        return Observation(FAILED, C.TIMED_OUT, "the migration Job passed its activeDeadlineSeconds and Kubernetes "
+                                                "stopped its pod", started=bool(cs.get("state", {}).get("terminated")
+                                                                                 or cs.get("lastState")) or seen_pod,
+                           pod=(pod or {}).get("metadata", {}).get("name"))
+    if pod is None:
+        if seen_pod:
+            return Observation(FAILED, C.JOB_DELETED, "the migration pod was deleted while it ran", started=True)
+        if deadline:
+            return Observation(FAILED, C.MIGRATION_POD_FAILED, f"the migration Job failed before its pod ran: "
+                                                               f"{deadline.get('reason')}: {deadline.get('message')}")
+        return Observation(RUNNING)
+    name = pod["metadata"]["name"]
+    st = pod.get("status") or {}
+    cs = _container(pod)
+    state = cs.get("state") or {}
+    term = state.get("terminated")
+    started = "terminated" in state or "running" in state or "terminated" in (cs.get("lastState") or {})
+    if st.get("reason") == "Evicted" or (_cond(pod, "DisruptionTarget") and not (term and term.get("exitCode") == 0)):
+        why = _cond(pod, "DisruptionTarget") or {}
+        return Observation(FAILED, C.POD_EVICTED, f"the node evicted the migration pod {name}: "
+                                                  f"{st.get('message') or why.get('message') or why.get('reason')}",
+                           started=started, pod=name)
+    if term is not None:
+        code = term.get("exitCode")
+        text = term.get("message") or ""
+        reason = term.get("reason") or ""
+        if text.lstrip().startswith("{"):
+            return Observation(FINISHED, result_text=text, exit_code=code, started=True, pod=name)
+        if reason == "OOMKilled":
+            return Observation(FAILED, C.OUT_OF_MEMORY, f"the migration pod {name} was OOM-killed (exit code {code}): "
+                                                        f"it used more than its memory limit", exit_code=code,
+                               started=True, pod=name)
+        if (reason in START_FAILURES or code in (126, 127)) and any(n in text.lower() for n in _NOT_FOUND):
+            return Observation(FAILED, C.NO_DBREV_IN_IMAGE, _no_dbrev(image, text or reason), exit_code=code,
+                               pod=name)
+        if reason in START_FAILURES:
+            return Observation(FAILED, C.MIGRATION_POD_FAILED, f"the migration pod {name} could not start its "
+                                                               f"container ({reason}: {text.strip()[:500]})",
+                               exit_code=code, pod=name)
+        tail = tuple(ln for ln in text.strip().splitlines()[-12:] if ln.strip())
+        if isinstance(code, int) and code > 128:
+            try:
+                why = f"killed by {signal.Signals(code - 128).name}"
+            except ValueError:
+                why = f"exit code {code}"
+            hint = ("SIGKILL from outside dbrev: most often the kernel's OOM killer (check the pod's memory limit), "
+                    "or something that killed the process" if code - 128 == signal.SIGKILL
+                    else "a signal from outside dbrev stopped it")
+        else:
+            why, hint = f"exit code {code}", ("its last output lines are in the error details" if tail
+                                              else "it printed nothing")
+        return Observation(FAILED, C.MIGRATION_POD_FAILED,
+                           f"the migration pod {name} died ({why}) without a result; {hint}; no migration reported "
+                           f"a failure", exit_code=code, started=True, pod=name, tail=tail)
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return Observation(FAILED, C.JOB_DELETED, f"the migration pod {name} was deleted while it ran",
+                           started=started, pod=name)
+    waiting = state.get("waiting") or {}
+    wreason, wmsg = waiting.get("reason") or "", waiting.get("message") or ""
+    if wreason in PULL_FAILURES:
+        return Observation(FAILED, C.IMAGE_PULL_FAILED, f"the image {image} cannot be pulled ({wreason}: "
+                                                        f"{wmsg.strip()[:500]})", pod=name)
+    if wreason in START_FAILURES:
+        if any(n in wmsg.lower() for n in _NOT_FOUND):
+            return Observation(FAILED, C.NO_DBREV_IN_IMAGE, _no_dbrev(image, wmsg), pod=name)
+        return Observation(FAILED, C.MIGRATION_POD_FAILED, f"the migration pod {name} cannot start its container "
+                                                           f"({wreason}: {wmsg.strip()[:500]})", pod=name)
+    if wreason == "CreateContainerConfigError":
+        return Observation(FAILED, C.MIGRATION_POD_FAILED, f"the migration pod {name} cannot be configured "
+                                                           f"({wmsg.strip()[:500]})", pod=name)
+    if st.get("phase") == "Failed":
+        return Observation(FAILED, C.MIGRATION_POD_FAILED, f"the migration pod {name} failed: "
+                                                           f"{st.get('reason')}: {st.get('message')}",
+                           started=started, pod=name)
+    return Observation(RUNNING, started=started, pod=name)

@@ -39,6 +39,10 @@ def core() -> client.CoreV1Api:
     return client.CoreV1Api(api_client())
 
 
+def batch() -> client.BatchV1Api:
+    return client.BatchV1Api(api_client())
+
+
 def custom() -> client.CustomObjectsApi:
     return client.CustomObjectsApi(api_client())
 

@@ -45,6 +45,12 @@ def _startup(settings: kopf.OperatorSettings, **_) -> None:
     # follow CRDs installed after the start and namespaces matching a glob in -n.  Exact names and -A
     # need neither, and without it the operator needs no cluster-wide read access to CRDs or namespaces
     # (manifests/ grants none).  Kopf then serves what exists at start: check that, and fail fast.
+    from .jobrun import IN_PROCESS_ENV, in_process
+
+    if in_process():
+        logger.warning("Migrations run in the operator's own process: a development switch. Their scripts can "
+                       "read the operator's credentials; unset it in any shared cluster",
+                       extra={"setting": IN_PROCESS_ENV})
     settings.scanning.disabled = not _serving["globs"]
     if settings.scanning.disabled:
         _require_served()

@@ -113,19 +113,8 @@ def parse_duration(text: str) -> float:
         raise SpecError(str(e)) from None
 
 
-#: why the operator's reconcile refuses migrations.image until it runs plans and applies in Jobs
-IMAGE_NOT_RUN = ("spec.migrations.image: this build of the dbrev operator does not run migrations from an "
-                 "application image yet (it runs ConfigMap scripts only); give migrations.configMapRefs, or run "
-                 "dbrev plan/apply in that image yourself (pip install dbrev) until an operator with Jobs is "
-                 "installed")
-
-
-def parse_spec(spec: dict, *, allow_image: bool = False) -> Spec:
-    """Defaults match the CRD's; the API server has already applied them, this covers old objects.
-
-    ``allow_image``: accept ``migrations.image`` (the Job builder, :mod:`dbrev.controller.jobs`). The
-    operator's reconcile calls without it, so a resource naming an image is Stalled (InvalidSpec, with
-    :data:`IMAGE_NOT_RUN`) instead of being silently run from nothing."""
+def parse_spec(spec: dict) -> Spec:
+    """Defaults match the CRD's; the API server has already applied them, this covers old objects."""
     try:
         db = spec.get("database") or {}
         url_ref = db.get("urlSecretRef")
@@ -143,8 +132,6 @@ def parse_spec(spec: dict, *, allow_image: bool = False) -> Spec:
         if bool(cms) == bool(image):
             raise SpecError("give exactly one of migrations.configMapRefs (naming at least one ConfigMap) or "
                             "migrations.image")
-        if image and not allow_image:
-            raise SpecError(IMAGE_NOT_RUN)
         pol = spec.get("policy") or {}
         verify = tuple(pol.get("verify") or ALL_CHECKS)
         policy = Policy(downgrade=pol.get("downgrade", "Allow"), data_loss=pol.get("dataLoss", "Deny"),
