@@ -173,7 +173,7 @@ def test_the_job_path_gives_the_schema_plain_alembic_gives_in_the_same_image(nod
     kube.apply(app_resource(ns, "orders", "head", V2, secret="db-b", suspend=True))  # owns the Jobs; no operator
     obj = json.loads(kube("get", "databaserevision", "orders", "-n", ns, "-o", "json"))
     owner = J.Owner("orders", ns, obj["metadata"]["uid"])
-    spec = parse_spec(obj["spec"], allow_image=True)
+    spec = parse_spec(obj["spec"])
     settings = J.Settings(image=images.OPERATOR_IMAGE, image_pull_policy="Never", ttl_seconds=600)
     plan_job = J.job_manifest(owner, spec, J.PLAN, settings)
     assert plan_job["spec"]["template"]["spec"]["containers"][0]["image"] == V2
