@@ -468,6 +468,7 @@ def run_in_worker(req: RunRequest, *, timeout: float | None, on_event: Callable[
     t_proto.start()
     t_out.start()
     t0 = time.monotonic()
+    oom_before = oom_kills()
     if isolate:
         try:
             proc.stdin.write(request_to_json(req, log_level, context, key))  # type: ignore[union-attr]
@@ -515,8 +516,31 @@ def run_in_worker(req: RunRequest, *, timeout: float | None, on_event: Callable[
                               list(tail))
     code = proc.returncode
     why, hint = death_cause(code, timed_out=False, started=bool(state.get("backend_pid")), tail=list(tail))
+    reason = C.MIGRATION_FAILED
+    if code == -signal.SIGKILL and oom_before is not None and (oom_kills() or 0) > oom_before:
+        # the cgroup's own OOM counter moved while the worker ran: it was the kernel's OOM killer, for sure
+        reason, hint = C.OUT_OF_MEMORY, ("the kernel's OOM killer stopped it at the memory limit (OOM-killed): "
+                                         "it used more memory than this container or cgroup may")
     return _after_death(req, state, f"the worker process died ({why}) without a result; {hint}",
-                        time.monotonic() - t0, timeout, _rollback, passthrough, tail=list(tail))
+                        time.monotonic() - t0, timeout, _rollback, passthrough, reason=reason, tail=list(tail))
+
+
+#: where a process reads its own cgroup's OOM-kill counter (v2, then v1)
+OOM_COUNTERS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+
+
+def oom_kills() -> int | None:
+    """How many processes the kernel's OOM killer has killed in this process's memory cgroup (None: unknown)."""
+    for path in OOM_COUNTERS:
+        try:
+            with open(path, encoding="ascii") as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def death_cause(code: int | None, *, timed_out: bool, started: bool, tail: list[str]) -> tuple[str, str]:

@@ -116,6 +116,8 @@ def test_deleted_job_or_pod():
     assert J.observe(None, [], seen_pod=True).reason == C.JOB_DELETED
     assert J.observe(job(deleting=True), []).reason == C.JOB_DELETED
     assert J.observe(job(), [pod({"running": {}}, phase="Running", deleting=True)]).reason == C.JOB_DELETED
+    stopped = J.observe(job(), [pod(terminated(143, "Error", "Terminated"), phase="Failed", deleting=True)])
+    assert stopped.reason == C.JOB_DELETED and stopped.started and "exit code 143" in stopped.message
     gone = J.observe(job(), [], seen_pod=True)
     assert gone.reason == C.JOB_DELETED and gone.started
 

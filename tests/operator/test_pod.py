@@ -152,7 +152,9 @@ def test_a_migration_pod_killed_by_its_memory_limit(node, deployed, app, tmp_pat
     assert "OOM-killed" in ready["message"] and "memory limit" in ready["message"], ready
     assert st["lastError"]["reason"] == "OutOfMemory"
     runs = [r[0] for r in q(url, "SELECT status FROM dbrev.runs ORDER BY id")]
-    assert runs == ["died"], runs  # the journal says how the run ended, not "running"
+    # the hog runs as soon as the step's upgrade() does: while the plan renders it offline (no run journaled
+    # yet), or in the run (its journal row closed as died, never left "running")
+    assert set(runs) <= {"died"}, runs
     # the operator itself was never at risk: same pod, no restart
     pod_after = operator_pod(kube)
     assert pod_after["metadata"]["name"] == pod_before["metadata"]["name"]

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from dbhelp import heads
-from opharness import condition, dbrev_resource, is_state, wait_for
+from opharness import condition, dbrev_resource, is_state, json_lines, wait_for
 from scriptgen import write_script
 
 pytestmark = pytest.mark.cluster
@@ -21,7 +21,7 @@ PASSWORD = "Wk3rD1esPw"
 
 
 def test_a_worker_killed_mid_migration_is_explained_not_blamed_on_the_migration(
-        kube, namespace, database_url, start_operator, tmp_path):
+        kube, namespace, database_url, start_operator, tmp_path, operator_mode):
     d = tmp_path / "m"
     write_script(d, "w001aaaa", None, '''
         import os, signal, sys
@@ -45,10 +45,17 @@ def test_a_worker_killed_mid_migration_is_explained_not_blamed_on_the_migration(
     assert "died (killed by SIGKILL) without a result" in ready["message"], ready
     assert "OOM" in ready["message"] and "fix the failing migration" not in ready["message"]
     assert heads(database_url) == []  # one transaction: nothing of the step is left
-    # the last lines the worker wrote are in the operator's log, the password masked
-    ended = wait_for(lambda: [r for r in op.logs() if r.get("message") == "The worker ended without a result"],
-                     30, "the operator's record of the dead worker")
+    # the last lines the worker wrote are in the log of what ran it (the operator in process; the migration
+    # Job's pod, where dbrev apply ran the worker, in Pod mode), the password masked
+    def records():
+        if operator_mode == "process":
+            return op.logs()
+        return json_lines(kube("logs", "-n", namespace, "-l", "app.kubernetes.io/managed-by=dbrev", "--tail=-1"))
+    ended = wait_for(lambda: [r for r in records() if r.get("message") == "The worker ended without a result"],
+                     30, "the record of the dead worker")
     tail = ended[-1]["output_tail"]
     assert any("about to allocate a lot" in ln for ln in tail), tail
     everything = json.dumps(kube.get(namespace, "w")) + json.dumps(kube.events(namespace)) + op.tail(400)
+    if operator_mode != "process":
+        everything += kube("logs", "-n", namespace, "-l", "app.kubernetes.io/managed-by=dbrev", "--tail=-1")
     assert PASSWORD not in everything

@@ -446,6 +446,10 @@ def observe(job: dict | None, pods: Sequence[dict], seen_pod: bool = False) -> O
         reason = term.get("reason") or ""
         if text.lstrip().startswith("{"):
             return Observation(FINISHED, result_text=text, exit_code=code, started=True, pod=name)
+        if (pod.get("metadata") or {}).get("deletionTimestamp") and reason != "OOMKilled":
+            return Observation(FAILED, C.JOB_DELETED, f"the migration pod {name} was deleted while it ran (it ended "
+                                                      f"with exit code {code}, without a result)", exit_code=code,
+                               started=True, pod=name, tail=tuple(text.strip().splitlines()[-12:]))
         if reason == "OOMKilled":
             return Observation(FAILED, C.OUT_OF_MEMORY, f"the migration pod {name} was OOM-killed (exit code {code}): "
                                                         f"it used more than its memory limit", exit_code=code,

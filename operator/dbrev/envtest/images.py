@@ -11,7 +11,9 @@ Each is kept as an image archive under ``<cache>/images`` (keyed by what it is b
 imported into the node's containerd with ``ctr images import``.  buildah keeps its own storage under
 ``<cache>/buildah`` and leaves no working container behind.
 
-Run as ``python -m dbrev.envtest.images`` to build (or confirm) all three.
+Run as ``python -m dbrev.envtest.images`` to build (or confirm) all three; ``... images apps`` builds
+the test application's images (:func:`app_archive`: ``tests/appimage``, dbrev added with ``pip install
+dbrev`` as an application's image adds it).
 """
 
 from __future__ import annotations
@@ -290,12 +292,169 @@ def _build_operator(repo: Path, name: str, dest: Path) -> Path:
     return dest
 
 
+# ---- application images (tests/appimage): an app's image with its migrations, dbrev added the documented way
+
+APP_SOURCE = REPO_ROOT / "tests" / "appimage"  # ordersapp/ (the package, alembic.ini, migrations/), broken/
+ORDERSAPP_IMAGE = "dbrev-test/ordersapp"
+NODBREV_IMAGE = "dbrev-test/noddbrev"
+APP_ROOT = "/app"  # where the application is in its image: /app/alembic.ini, /app/ordersapp, /app/migrations
+APP_MIGRATIONS = f"{APP_ROOT}/migrations"  # the script location (env.py + versions/): spec.migrations.image.path
+#: what an application needs of its own, before dbrev is added (the requirements of a typical Alembic app)
+APP_REQUIREMENTS = ("alembic", "sqlalchemy", "psycopg[binary]")
+#: tag -> (how many of ordersapp's version scripts it carries, oldest first; extra scripts from broken/;
+#: dbrev installed)
+APP_TAGS: dict[str, tuple[int, tuple[str, ...], bool]] = {
+    f"{ORDERSAPP_IMAGE}:v1": (3, (), True),
+    f"{ORDERSAPP_IMAGE}:v2": (5, (), True),
+    f"{ORDERSAPP_IMAGE}:broken": (5, ("c0de00000006_one_order_per_customer.py",), True),
+    f"{NODBREV_IMAGE}:v1": (3, (), False),
+}
+
+# The application's own Containerfile, as its team would write it; `RUN pip install dbrev` is the one
+# line docs/install.md gives (the lean install: engine + CLI, not the operator's extra). The wheels
+# are only the build's package index (no network here): ARG, so nothing of them stays in the image.
+APP_DEPS_CONTAINERFILE = """\
+FROM {base}
+ARG PIP_NO_INDEX=1
+ARG PIP_FIND_LINKS=/wheels
+ARG PIP_DISABLE_PIP_VERSION_CHECK=1
+ARG PIP_NO_CACHE_DIR=1
+COPY wheels/ /wheels/
+RUN python3 -m venv /opt/app
+ENV PATH=/opt/app/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \\
+    PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+RUN pip install {requirements}
+{dbrev}RUN rm -rf /wheels
+"""
+APP_DBREV_LINE = "RUN pip install dbrev\n"
+APP_CONTAINERFILE = """\
+FROM {deps}
+COPY app/ /app/
+WORKDIR /app
+USER 65532:65532
+CMD ["alembic", "upgrade", "head"]
+"""
+
+
+def _app_files(tag: str, source: Path = APP_SOURCE) -> dict[str, bytes]:
+    """What goes into /app for ``tag``: path in the image (relative to /app) -> bytes."""
+    count, extra, _with_dbrev = APP_TAGS[tag]
+    app = source / "ordersapp"
+    out: dict[str, bytes] = {}
+    for p in sorted(app.rglob("*")):
+        rel = p.relative_to(app)
+        if not p.is_file() or "__pycache__" in rel.parts or p.suffix == ".pyc" or rel.parts[:2] == ("migrations", "versions"):
+            continue
+        out[str(rel)] = p.read_bytes()
+    versions = sorted((app / "migrations" / "versions").glob("*.py"))
+    if count > len(versions):
+        raise AssetError(f"{tag}: wants {count} version scripts, {app / 'migrations' / 'versions'} has {len(versions)}")
+    for p in versions[:count]:
+        out[f"migrations/versions/{p.name}"] = p.read_bytes()
+    for name in extra:
+        out[f"migrations/versions/{name}"] = (source / "broken" / name).read_bytes()
+    return out
+
+
+def _app_deps_containerfile(with_dbrev: bool) -> str:
+    return APP_DEPS_CONTAINERFILE.format(base=BASE_IMAGE, requirements=" ".join(f"'{r}'" for r in APP_REQUIREMENTS),
+                                         dbrev=APP_DBREV_LINE if with_dbrev else "")
+
+
+def _slug(tag: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", tag)
+
+
+def app_archive(tag: str, repo: Path = REPO_ROOT, source: Path = APP_SOURCE) -> Path:
+    """The test application's image ``tag`` (one of :data:`APP_TAGS`) as an archive (``ctr images import``).
+
+    The local Debian base + a venv with the app's requirements and (but for ``noddbrev``) ``pip install
+    dbrev`` from the wheels of this checkout + /app with the first N version scripts. Kept in
+    ``<cache>/images`` under a key of everything it is built from (the Containerfiles, the wheels' source
+    key, the app's files); an older archive of the same tag is removed when a new one is built."""
+    if tag not in APP_TAGS:
+        raise AssetError(f"no test application image {tag!r}: one of {', '.join(APP_TAGS)}")
+    with_dbrev = APP_TAGS[tag][2]
+    files = _app_files(tag, source)
+    deps_file = _app_deps_containerfile(with_dbrev)
+    h = hashlib.sha256()
+    suite = host_suite()  # the base archive's name (base_archive's key), without building it here
+    base_name = f"debian-python-{suite}-{_short(f'{suite} {chr(32).join(BASE_PACKAGES)}')}.tar"
+    for part in (base_name, _context_key(repo), deps_file, APP_CONTAINERFILE):
+        h.update(part.encode() + b"\0")
+    for rel, data in sorted(files.items()):
+        h.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+    key = h.hexdigest()[:12]
+    dest = images_dir() / f"app-{_slug(tag)}-{key}.tar"
+    if dest.is_file():
+        return dest
+    from .assets import _BuildLock
+
+    with _BuildLock(images_dir() / ".build.lock"):  # the same lock as the operator image: one store
+        if dest.is_file():
+            return dest
+        return _build_app(repo, tag, files, deps_file, dest)
+
+
+def app_archives(tags=None, repo: Path = REPO_ROOT) -> dict[str, Path]:
+    """Every test application image (or ``tags``): tag -> archive."""
+    return {t: app_archive(t, repo) for t in (tags or APP_TAGS)}
+
+
+def _build_app(repo: Path, tag: str, files: dict[str, bytes], deps_file: str, dest: Path) -> Path:
+    t0 = time.monotonic()
+    base = base_archive()
+    b = Buildah()
+    b("rm", "--all")  # working containers an interrupted build left in this (private) store
+    if not b.has(BASE_IMAGE):
+        b("pull", f"docker-archive:{base}")
+    wheels = wheelhouse(repo)
+    # the venv with the requirements (and dbrev): built once per (wheels, Containerfile), kept in buildah's
+    # store, shared by every tag as its lower layers (containerd then stores them once)
+    deps_repo, source_key = "dbrev.local/app-deps", _context_key(repo)
+    deps = f"{deps_repo}:{source_key}-{_short(deps_file)}"
+    for line in b("images", "--format", "{{.Name}}:{{.Tag}}").split():  # those of older sources
+        if line.rsplit(":", 1)[0].endswith(deps_repo) and not line.rsplit(":", 1)[1].startswith(source_key):
+            b("rmi", line)
+    work = images_dir() / "build"
+    work.mkdir(parents=True, exist_ok=True)
+    ctx = Path(tempfile.mkdtemp(prefix="app-", dir=work))
+    try:
+        if not b.has(deps):
+            (ctx / "wheels").mkdir()
+            for whl in wheels.glob("*.whl"):
+                shutil.copy2(whl, ctx / "wheels" / whl.name)
+            (ctx / "Containerfile.deps").write_text(deps_file)
+            b("bud", "--isolation", "oci", "--network", "none", "--layers=false", "--pull-never", "-t", deps,
+              "-f", str(ctx / "Containerfile.deps"), str(ctx))
+            shutil.rmtree(ctx / "wheels")
+        for rel, data in files.items():
+            target = ctx / "app" / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        (ctx / "Containerfile").write_text(APP_CONTAINERFILE.format(deps=deps))
+        b("bud", "--isolation", "oci", "--network", "none", "--layers=false", "--pull-never", "-t", tag,
+          "-f", str(ctx / "Containerfile"), str(ctx))
+        for old in images_dir().glob(f"app-{_slug(tag)}-*.tar"):
+            old.unlink()
+        b.save(tag, dest)
+        b("rmi", tag)
+    finally:
+        shutil.rmtree(ctx, ignore_errors=True)
+    _log(f"built the test application image {tag} in {time.monotonic() - t0:.0f}s")
+    return dest
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     which = argv or ["pause", "base", "operator"]
     t0 = time.monotonic()
     try:
         for w in which:
+            if w == "apps":  # the test application's images (tests/appimage): not built by default
+                for tag, path in app_archives().items():
+                    print(f"{tag}: {path}")
+                continue
             path = {"pause": pause_archive, "base": base_archive, "operator": operator_archive}[w]()
             print(f"{w}: {path}")
     except AssetError as e:
