@@ -307,3 +307,26 @@ def long_migration(request, tmp_path_factory):
                             "AND pid <> pg_backend_pid()")[0][0], 120, "the ten-minute step to start")
     yield {"kube": kube, "url": url, "pod": pod, "started": started, "ns": LONG_NS, "name": "long",
            "revision": LONG_REV, "seconds": LONG_SECONDS}
+
+
+@pytest.fixture(scope="module")
+def deployed(pod_operators):
+    """The unmodified overlay's operator Deployment, applied once with one command, as docs/install.md says; the
+    session's other Pod-mode tests share it and may have patched it: back to the overlay's own shape."""
+    pod_operators.ensure(pristine=True)
+    return pod_operators.kube
+
+
+@pytest.fixture
+def app(request, node, deployed):
+    """A fresh namespace with a fresh database of the node's PostgreSQL in the Secret ``db``."""
+    from dbrev.envtest.postgres import create_database, drop_database
+
+    prefix = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")[:8].replace("_", "-")
+    ns = node.create_namespace(f"{prefix}-{uuid.uuid4().hex[:6]}")
+    admin = node.database_url()
+    url = create_database(admin)
+    deployed.secret_url(ns, "db", url)
+    yield ns, url
+    deployed("delete", "dbrev", "--all", "-n", ns, "--wait=false", check=False)
+    drop_database(admin, url.rsplit("/", 1)[1])

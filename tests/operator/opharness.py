@@ -415,3 +415,20 @@ def _samples(text: str) -> dict[tuple, float]:
         is_counter = name.endswith("_total") and name[: -len("_total")] in counters
         out[(name, labels, is_counter)] = float(m.group(4))
     return out
+
+
+def run_job(kube: Kube, manifest: dict, timeout: float = 240) -> tuple[dict, dict, str]:
+    """Create the Job and wait until it finishes: (the Job, its pod's terminated state, its pod's log)."""
+    kube.apply(manifest)
+    ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+
+    def finished():
+        job = json.loads(kube("get", "job", name, "-n", ns, "-o", "json"))
+        done = [c for c in job.get("status", {}).get("conditions", [])
+                if c["type"] in ("Complete", "Failed") and c["status"] == "True"]
+        return job if done else None
+    job = wait_for(finished, timeout, f"Job {ns}/{name} finished", interval=0.5)
+    (pod,) = json.loads(kube("get", "pods", "-n", ns, "-l", f"job-name={name}", "-o", "json"))["items"]
+    (cs,) = pod["status"]["containerStatuses"]
+    log = kube("logs", pod["metadata"]["name"], "-n", ns)
+    return job, cs["state"]["terminated"], log

@@ -29,7 +29,7 @@ from dbrev.controller import jobs as J
 from dbrev.controller.spec import parse_spec
 from dbrev.envtest import images
 from dbrev.envtest.postgres import drop_database
-from opharness import Kube, condition, is_state, ready_at, wait_for
+from opharness import Kube, condition, is_state, ready_at, run_job, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "appimage"))
@@ -121,23 +121,6 @@ def alembic_job(ns: str, name: str, image: str, secret: str) -> dict:
                                 "command": ["alembic", "upgrade", "head"], "workingDir": images.APP_ROOT,
                                 "env": [{"name": "DATABASE_URL",
                                          "valueFrom": {"secretKeyRef": {"name": secret, "key": "url"}}}]}]}}}}
-
-
-def run_job(kube: Kube, manifest: dict, timeout: float = 240) -> tuple[dict, dict, str]:
-    """Create the Job and wait until it finishes: (the Job, its pod's terminated state, its pod's log)."""
-    kube.apply(manifest)
-    ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-
-    def finished():
-        job = json.loads(kube("get", "job", name, "-n", ns, "-o", "json"))
-        done = [c for c in job.get("status", {}).get("conditions", [])
-                if c["type"] in ("Complete", "Failed") and c["status"] == "True"]
-        return job if done else None
-    job = wait_for(finished, timeout, f"Job {ns}/{name} finished", interval=0.5)
-    (pod,) = json.loads(kube("get", "pods", "-n", ns, "-l", f"job-name={name}", "-o", "json"))["items"]
-    (cs,) = pod["status"]["containerStatuses"]
-    log = kube("logs", pod["metadata"]["name"], "-n", ns)
-    return job, cs["state"]["terminated"], log
 
 
 def secret_parts(url: str) -> list[str]:

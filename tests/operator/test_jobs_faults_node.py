@@ -9,36 +9,17 @@ test_appimage_node.py.
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 
 from dbhelp import heads, q
 from dbrev.envtest import images
-from dbrev.envtest.postgres import create_database, drop_database
 from opharness import condition, dbrev_resource, is_state, ready_at, wait_for
 from scriptgen import write_script
 
 pytestmark = pytest.mark.cluster
 
 SELECTOR = "app.kubernetes.io/managed-by=dbrev,dbrev.io/name={}"
-
-
-@pytest.fixture(scope="module")
-def deployed(pod_operators):
-    pod_operators.ensure(pristine=True)
-    return pod_operators.kube
-
-
-@pytest.fixture
-def app(node, deployed):
-    ns = node.create_namespace(f"jf-{uuid.uuid4().hex[:6]}")
-    admin = node.database_url()
-    url = create_database(admin)
-    deployed.secret_url(ns, "db", url)
-    yield ns, url
-    deployed("delete", "dbrev", "--all", "-n", ns, "--wait=false", check=False)
-    drop_database(admin, url.rsplit("/", 1)[1])
 
 
 def jobs(kube, ns: str, name: str) -> list[dict]:

@@ -21,7 +21,7 @@ from dbrev.controller import jobs as J
 from dbrev.controller.spec import parse_spec
 from dbrev.envtest import images
 from dbrev.envtest.postgres import create_database, drop_database
-from opharness import Kube, dbrev_resource, wait_for
+from opharness import Kube, dbrev_resource, run_job
 from scriptgen import linear_history, write_script
 
 pytestmark = pytest.mark.cluster
@@ -89,23 +89,6 @@ def app(node):
     drop_database(admin, url.rsplit("/", 1)[1])
 
 
-def run_job(kube: Kube, manifest: dict, timeout: float = 240) -> tuple[dict, dict]:
-    """Create the Job, wait until it finishes; (its last state, its pod's terminated state)."""
-    kube.apply(manifest)
-    ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-
-    def finished():
-        job = json.loads(kube("get", "job", name, "-n", ns, "-o", "json"))
-        done = [c for c in job.get("status", {}).get("conditions", [])
-                if c["type"] in ("Complete", "Failed") and c["status"] == "True"]
-        return job if done else None
-    job = wait_for(finished, timeout, f"Job {ns}/{name} finished")
-    pods = json.loads(kube("get", "pods", "-n", ns, "-l", f"job-name={name}", "-o", "json"))["items"]
-    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]  # backoffLimit 0: one pod, one run
-    (cs,) = pods[0]["status"]["containerStatuses"]
-    return job, cs["state"]["terminated"]
-
-
 def test_plan_then_apply_in_jobs_and_the_attack_finds_nothing(node, app, tmp_path):
     kube, ns, url = app
     d = tmp_path / "m"
@@ -123,14 +106,14 @@ def test_plan_then_apply_in_jobs_and_the_attack_finds_nothing(node, app, tmp_pat
     cm_files = {"migrations": sorted(files)}
 
     plan_job = J.job_manifest(owner, spec, J.PLAN, settings, configmap_files=cm_files)
-    job, term = run_job(kube, plan_job)
+    job, term, _ = run_job(kube, plan_job)
     assert term["exitCode"] == 0, term
     plan = json.loads(term["message"])
     assert plan["direction"] == "upgrade" and plan["to_revisions"] == ["r003aaaa"]
     assert heads(url) == []  # planning changed nothing
 
     apply_job = J.job_manifest(owner, spec, J.APPLY, settings, plan["hash"], configmap_files=cm_files)
-    job, term = run_job(kube, apply_job)
+    job, term, _ = run_job(kube, apply_job)
     assert term["exitCode"] == 0, term
     result = json.loads(term["message"])
     assert result["result"] == "applied", result

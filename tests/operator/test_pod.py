@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 import pytest
 
 from dbhelp import heads, q
-from dbrev.envtest.postgres import create_database, drop_database
 from opharness import Kube, condition, dbrev_resource, is_state, ready_at, wait_for
 from scriptgen import write_script
 
@@ -24,26 +22,6 @@ pytestmark = pytest.mark.cluster
 
 OP_NS = "dbrev-system"
 SELECTOR = "app.kubernetes.io/component=operator"
-
-
-@pytest.fixture(scope="module")
-def deployed(pod_operators):
-    """The unmodified overlay, applied once with one command, as docs/install.md says; the session's other
-    Pod-mode tests share its Deployment and may have patched it: back to the overlay's own shape."""
-    pod_operators.ensure(pristine=True)
-    return pod_operators.kube
-
-
-@pytest.fixture
-def app(node, deployed):
-    """A fresh namespace with a fresh database of the node's PostgreSQL in a Secret."""
-    ns = node.create_namespace(f"app-{uuid.uuid4().hex[:6]}")
-    admin = node.database_url()
-    url = create_database(admin)
-    deployed.secret_url(ns, "db", url)
-    yield ns, url
-    deployed("delete", "dbrev", "--all", "-n", ns, "--wait=false", check=False)
-    drop_database(admin, url.rsplit("/", 1)[1])
 
 
 def operator_pod(kube) -> dict:
