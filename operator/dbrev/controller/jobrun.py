@@ -69,8 +69,12 @@ def ensure_service_account(namespace: str) -> None:
 
 
 def _active(job: dict) -> bool:
-    conds = {c.get("type") for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}
-    return not conds & {"Complete", "Failed"} and not (job.get("metadata") or {}).get("deletionTimestamp")
+    """Still running: no Complete/Failed condition yet, and no pod of it has ended (the Job controller counts an
+    ended pod before it sets the condition)."""
+    st = job.get("status") or {}
+    conds = {c.get("type") for c in st.get("conditions") or [] if c.get("status") == "True"}
+    return not conds & {"Complete", "Failed"} and not (st.get("succeeded") or st.get("failed")) \
+        and not (job.get("metadata") or {}).get("deletionTimestamp")
 
 
 def _get_job(ns: str, name: str) -> dict | None:
@@ -107,9 +111,10 @@ def _owner_gone(owner: J.Owner) -> bool:
         or bool((obj.get("metadata") or {}).get("deletionTimestamp"))
 
 
-def _args(job: dict) -> list:
-    return (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers", [{}])[0] \
-        .get("args", [])
+def _args(job: dict) -> tuple:
+    """What a Job runs: its image and its command line (the same request in the same image is the same run)."""
+    c = (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers", [{}])[0]
+    return c.get("image"), c.get("args", [])
 
 
 def _wait_gone_or_done(ns: str, job: dict) -> None:
