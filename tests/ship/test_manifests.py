@@ -38,6 +38,7 @@ OPERATOR_RULES = [
     # delete: a gated StatefulSet's forced rollback (its stuck pods of the broken revision, OrderedReady)
     # get: the operator's own pod (its image); list: also a migration Job's pod (its result, its failure)
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "delete"]},
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     # the migration Jobs (controller/jobrun) and their ServiceAccount, which nothing binds
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "create", "delete"]},
     {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["create"]},

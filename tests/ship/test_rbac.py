@@ -278,7 +278,10 @@ def test_rbac_is_exactly_what_the_operator_uses(audited, pg_admin_url, tmp_path,
     assert not refused, "requests the manifests do not allow:\n" + "\n".join(sorted(set(refused))) + \
         "\n--- operator log:\n" + r["logs"]
     assert not have - grants, f"used without a grant (cannot happen without a 403): {sorted(have - grants)}"
-    assert not grants - have, f"granted but never used by the operator: {sorted(grants - have)}"
+    # no kubelet here, so no migration pod ever has a log: the relay is proven by the Pod-mode end-to-end tests
+    # (tests/operator/test_e2e.py finds the run's records in the operator's log)
+    unused = grants - have - {("", "pods/log", "get")}
+    assert not unused, f"granted but never used by the operator: {sorted(unused)}"
     assert r["returncode"] == 0, r["logs"]  # it stopped cleanly on SIGTERM (and left the peering object)
     # and the expected shape: the namespaced operator never reads anything cluster-wide
     scopes = {(e["objectRef"]["resource"], e["objectRef"].get("namespace"))

@@ -354,8 +354,8 @@ def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, start
                 post_event(body, *planned)
         elif kind == "archived":
             _post_archived(body, ev)
-        elif kind == "job_started":  # a migration Job's pod runs: the plan comes from it
-            progress(f"running the plan to {spec.revision} in migration Job {ev['job']} (pod {ev.get('pod')})", None)
+        elif kind == "job_started":  # a migration Job's pod runs: the status changes once its journal says the plan
+            L.logger.info("The migration Job's pod runs", extra={"job": ev["job"], "pod": ev.get("pod")})
         elif kind == "step_started" and ev.get("index") == 1:
             plan = seen.get("plan") or {}
             msg = (f"applying plan {plan.get('hash', '')[:19]}: "

@@ -160,6 +160,26 @@ def start(owner: J.Owner, manifest: dict) -> str:
     return name
 
 
+#: at most this much of a migration pod's log is relayed into the operator's log
+RELAY_LIMIT_BYTES = 4 * 1024 * 1024
+
+
+def relay_log(ns: str, pod: str | None) -> None:
+    """The migration pod's log, re-logged here, redacted, within this pass's context (namespace, name, deployment
+    id): the run's records (plan, steps, rollback_triggered/executed, ...) are in the operator's log as when it
+    ran them itself. Best effort: a log the kubelet no longer has is said so, never fatal."""
+    if not pod:
+        return
+    try:
+        text = kube.core().read_namespaced_pod_log(pod, ns, container=J.CONTAINER, limit_bytes=RELAY_LIMIT_BYTES)
+    except ApiException as e:
+        L.logger.warning("Cannot read the migration pod's log", extra={"pod": pod, "status_code": e.status})
+        return
+    for line in (text or "").splitlines():
+        if line.strip():
+            L.relay(line)
+
+
 def parse_result(text: str) -> tuple[RunResult, dict | None]:
     """The CLI's result file: (the result, the plan it ran). A refused or busy run, or an error before any run,
     is raised as the :class:`~dbrev.errors.DbrevError` it was, as the in-process worker raises it."""
@@ -318,6 +338,7 @@ def run(req: RunRequest, *, owner: J.Owner, spec: Spec, settings: J.Settings, ti
                     time.sleep(POLL_S)
                     continue
             break
+        relay_log(ns, obs.pod)
         if obs.phase == J.FINISHED:
             result, plan = parse_result(obs.result_text or "")
             if plan and not planned:
