@@ -326,7 +326,7 @@ def run(req: RunRequest, *, owner: J.Owner, spec: Spec, settings: J.Settings, ti
                     if row is not None and not planned:
                         planned = True
                         emit({"event": "plan", "plan": _plan_of(row)})
-                    if row is not None and (row.get("step_index") or 0) >= 1:
+                    if row is not None:  # journaled: the steps are under way (a single transaction records no index)
                         applying = True
                         emit({"event": "step_started", "index": 1, "total": row.get("step_count") or 0,
                               "revision": row.get("step_revision")})
