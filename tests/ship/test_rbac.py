@@ -184,7 +184,7 @@ def run_scenario(cp: ControlPlane, overlay: str, app_ns: str | None, admin_url: 
             op.stop()
         logs, returncode = op.tail(200), op.proc.returncode
         assert env["POD_ID"] not in peers(), "a stopped operator leaves the peering object"
-        logs += "\n--- the Job part:\n" + job_part(kube, cp, ns, op_ns, str(token), env, args, workdir, c["image"])
+        logs += "\n--- the Job part:\n" + job_part(kube, cp, ns, op_ns, str(token), env, args, workdir, c["image"], pod)
     finally:
         drop_database(admin_url, url.rsplit("/", 1)[1])
     time.sleep(1)
@@ -193,17 +193,20 @@ def run_scenario(cp: ControlPlane, overlay: str, app_ns: str | None, admin_url: 
 
 
 def job_part(kube: Kube, cp: ControlPlane, ns: str, op_ns: str, token: str, env: dict, args: list[str],
-             workdir: Path, image: str) -> str:
+             workdir: Path, image: str, pod_spec: dict) -> str:
     """The migration Jobs' verbs, for real: the operator reads its own pod for the image (the pod object is made
     here: no kubelet), creates the migration pods' ServiceAccount, lists Jobs (to adopt one still running),
     creates the Job and watches it and its pods. No controller runs the Job here, so a human deletes it (as
     `kubectl delete job` mid-run): the operator sees JobDeleted, a transient reason, and deletes what is left."""
+    tmpl = pod_spec  # the Deployment's own pod spec: it passes the namespace's "restricted" Pod Security
     kube.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": env["POD_ID"], "namespace": op_ns},
-                "spec": {"automountServiceAccountToken": False,
-                         "containers": [{"name": "operator", "image": image, "imagePullPolicy": "Never"}]}})
+                "spec": {**tmpl, "automountServiceAccountToken": False,
+                         "containers": [{**tmpl["containers"][0], "image": image, "imagePullPolicy": "Never"}]}})
     op = Operator(token, [], workdir, env={**env, "DBREV_MIGRATIONS_IN_PROCESS": "0"}, args=args).start()
     try:
-        kube.apply(dbrev_resource(ns, "jobs", HEAD))
+        # its own version table: "orders" (still there) manages the database's alembic_version
+        kube.apply(dbrev_resource(ns, "jobs", HEAD, migrations={"configMapRefs": [{"name": "migrations"}],
+                                                                "versionTable": "jobs_version"}))
         sel = "app.kubernetes.io/managed-by=dbrev,dbrev.io/name=jobs"
         name = wait_for(lambda: kube("get", "jobs", "-n", ns, "-l", sel, "-o", "name").strip(), 60,
                         "the migration Job")

@@ -139,7 +139,9 @@ def start(owner: J.Owner, manifest: dict) -> str:
     except ApiException as e:
         raise _api_error(f"cannot list the Jobs in {ns}", e) from None
     running = [kube.api_client().sanitize_for_serialization(j) for j in running]
-    running = sorted((j for j in running if _active(j)), key=lambda j: j["metadata"].get("creationTimestamp", ""))
+    # a Job whose pod has ended is done even before the Job controller says so (its counts lag by a moment)
+    running = sorted((j for j in running if _active(j) and J.observe(j, _pods(ns, j["metadata"]["name"])).phase
+                      == J.RUNNING), key=lambda j: j["metadata"].get("creationTimestamp", ""))
     for job in running:
         if _args(job) == _args(manifest):
             name = job["metadata"]["name"]
