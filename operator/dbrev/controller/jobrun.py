@@ -239,7 +239,7 @@ def _end_sessions(req: RunRequest, app: str) -> None:
                          extra={"error_type": type(e).__name__, "error_message": redact(str(e))[:300]})
 
 
-def journal_row(req: RunRequest, pod: str | None, running_only: bool = True) -> dict | None:
+def journal_row(req: RunRequest, pod: str | None) -> dict | None:
     """The newest run the pod ``pod`` journaled in dbrev's ``runs`` (its plan, the step in progress), or None.
     A catalog query: no user code runs."""
     import sqlalchemy as sa
@@ -259,7 +259,7 @@ def journal_row(req: RunRequest, pod: str | None, running_only: bool = True) -> 
             row = conn.execute(sa.text(
                 f"SELECT id, from_revisions, to_revisions, direction, plan_hash, txn, step_index, step_count, status, "
                 f"plan FROM {s}.runs WHERE version_table = :vt AND host = :pod"
-                + (" AND status = 'running'" if running_only else "") + " ORDER BY id DESC LIMIT 1"),
+                " AND status = 'running' ORDER BY id DESC LIMIT 1"),
                 {"vt": vt_key(req.db.version_table, req.db.version_table_schema), "pod": pod[:255]}).mappings().first()
             conn.commit()
     except DbrevError:
