@@ -79,12 +79,13 @@ def test_teardown_after_a_crashed_run_leaves_nothing(tmp_path):
         before = N.leftovers(d)
         assert before["processes"] and before["netns"] and before["mounts"] and before["cgroups"], before
         assert before["veth"] == [N.VETH_HOST]
+        assert len(before["routes"]) == 1 and "blackhole" in before["routes"][0]  # the host never routes NODE_IP out
     finally:
         # what a user (and .ci/run) does after a crash: `down`
         down = subprocess.run([sys.executable, "-m", "dbrev.envtest.node", "down", "--dir", str(d)],
                               capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr
-    nothing = {"processes": [], "netns": [], "veth": [], "mounts": [], "cgroups": []}
+    nothing = {"processes": [], "netns": [], "veth": [], "mounts": [], "cgroups": [], "routes": []}
     assert N.leftovers(d) == nothing and N.leftovers() == nothing
     lo = subprocess.run([sys.executable, "-m", "dbrev.envtest.node", "leftovers"], capture_output=True, text=True)
     assert lo.returncode == 0, lo.stdout
@@ -109,3 +110,18 @@ def test_node_is_ready_and_its_network_stays_local(node):
     assert Path(f"/proc/sys/net/ipv4/conf/{N.VETH_HOST}/forwarding").read_text().strip() == "0"
     # PostgreSQL runs inside the node, on its address
     assert node.database_url().startswith(f"postgresql+psycopg://postgres@{N.NODE_IP}:5432/")
+
+
+def test_a_stray_down_leaves_a_held_node_alone_and_the_host_never_routes_to_it_elsewhere(node):
+    """``down`` from another shell while a test session holds the node refuses and changes nothing; and the host's
+    way to NODE_IP is the veth, with the blackhole behind it (were the veth gone, no packet would leave the host)."""
+    from dbrev.envtest import node as N
+
+    down = subprocess.run([sys.executable, "-m", "dbrev.envtest.node", "down", "--dir", str(node.dir)],
+                          capture_output=True, text=True, timeout=60)
+    assert down.returncode == 3 and "holds the one-node cluster" in down.stderr, down.stdout + down.stderr
+    got = json.loads(node.kubectl("get", "node", N.NODE_NAME, "-o", "json").stdout)
+    assert {c["type"]: c["status"] for c in got["status"]["conditions"]}["Ready"] == "True"
+    route = subprocess.run(["ip", "route", "get", N.NODE_IP], capture_output=True, text=True, check=True).stdout
+    assert f"dev {N.VETH_HOST}" in route, route
+    assert len(N.leftovers()["routes"]) == 1

@@ -66,6 +66,10 @@ NETNS = "dbrev-node"
 VETH_HOST, VETH_NODE = "dbrev-h0", "dbrev-n0"
 HOST_IP, NODE_IP, PREFIX = "10.200.0.1", "10.200.0.2", 30
 POD_CIDR, POD_GATEWAY, BRIDGE = "10.244.0.0/24", "10.244.0.1", "cni0"
+# While a node is up, the host reaches NODE_IP over the veth; the moment the veth is gone (a crash, a stray
+# `down`) the host's default route would carry a test's connection to NODE_IP out of the machine. This
+# blackhole (a higher metric than the veth's own route) makes that a local "no route" error instead.
+BLACKHOLE = ("10.200.0.0/30", "4242")
 NODE_NAME = "dbrev-node"
 API_PORT, ETCD_PORT, ETCD_PEER_PORT = 6443, 2379, 2380
 RUN_DIR = Path("/run/dbrev-node")  # sockets (short paths) and containerd's state
@@ -174,7 +178,13 @@ def leftovers(dir: Path | None = None) -> dict[str, list]:
         "mounts": _mounts_under(prefixes) + [m for m in _mounts_under(["/run/netns"])
                                              if Path(m).name == NETNS or Path(m).name.startswith("cni-")],
         "cgroups": [str(c) for c in _kubepods_cgroups()],
+        "routes": _blackhole_routes(),
     }
+
+
+def _blackhole_routes() -> list[str]:
+    out = _sh("ip", "route", "show", "type", "blackhole", BLACKHOLE[0], check=False).stdout
+    return [line.strip() for line in out.splitlines() if line.strip()]
 
 
 def _kill_all(pids: list[tuple[int, str]], sig: int) -> None:
@@ -227,6 +237,8 @@ def teardown(dir: Path | None = None, log=lambda m: None) -> dict[str, list]:
     for ns in leftovers(dir)["netns"]:
         _sh("ip", "netns", "delete", ns, check=False)
     _sh("ip", "link", "delete", VETH_HOST, check=False)
+    for _ in _blackhole_routes():
+        _sh("ip", "route", "delete", "blackhole", BLACKHOLE[0], "metric", BLACKHOLE[1], check=False)
     # 4. cgroups: kubelet's kubepods trees, leaf first (only empty ones can go)
     for cg in _kubepods_cgroups():
         for d in sorted((p for p in cg.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
@@ -421,6 +433,8 @@ class NodeCluster(Cluster):
 
     # ----- pieces
     def _network(self) -> None:
+        if not _blackhole_routes():
+            _sh("ip", "route", "add", "blackhole", BLACKHOLE[0], "metric", BLACKHOLE[1])
         _sh("ip", "netns", "add", NETNS)
         _sh("ip", "link", "add", VETH_HOST, "type", "veth", "peer", "name", VETH_NODE)
         _sh("ip", "link", "set", VETH_NODE, "netns", NETNS)
@@ -672,7 +686,14 @@ def _cmd_up(args) -> int:
 
 
 def _cmd_down(args) -> int:
-    left = teardown(Path(args.dir))
+    with open(LOCK, "a") as fh:  # a node a running test session holds (`up` from here holds nothing once it returns)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"error: a running process holds the one-node cluster (lock {LOCK}): stop that test session "
+                  f"instead (its teardown removes the node); nothing was changed", file=sys.stderr)
+            return 3
+        left = teardown(Path(args.dir))
     if any(left.values()):
         print(f"error: left behind: {left}", file=sys.stderr)
         return 2
