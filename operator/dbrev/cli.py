@@ -113,6 +113,10 @@ def _add_common(p: argparse.ArgumentParser, db: bool = True, migrations: bool = 
                             "(default: $DBREV_MIGRATIONS)")
         p.add_argument("--pythonpath", action="append", default=[], metavar="DIR",
                        help="add a folder to sys.path before loading the scripts (repeatable)")
+        p.add_argument("--scripts-sha256", default=None, metavar="HEX",
+                       help="refuse, changing nothing, unless the folder's *.py files hash to this (the operator "
+                            "passes what it read from the ConfigMaps: a pod's volume that lags an update is "
+                            "retried, exit 1 with reason ScriptsOutOfDate)")
     p.add_argument("--version-table", default="alembic_version", metavar="NAME", type=identifier)
     p.add_argument("--version-table-schema", default=None, metavar="NAME", type=schema_name)
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -326,6 +330,10 @@ def result_file_text(doc: dict, limit: int = RESULT_FILE_LIMIT, plan: dict | Non
 def _migrations(args) -> str:
     if not args.migrations:
         raise E.BadInput("no migrations folder", hint="pass --migrations DIR or set DBREV_MIGRATIONS")
+    if getattr(args, "scripts_sha256", None):
+        from .scripts import check_files_sha256
+
+        check_files_sha256(args.migrations, args.scripts_sha256)
     return args.migrations
 
 

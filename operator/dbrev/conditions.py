@@ -38,11 +38,14 @@ KUBERNETES_UNAVAILABLE = "KubernetesAPIUnavailable"  # reading a Secret/ConfigMa
 IMAGE_PULL_FAILED = "ImagePullFailed"  # transient: the image cannot be pulled (yet); retried with backoff
 POD_EVICTED = "PodEvicted"  # transient: the node evicted the migration pod (pressure, drain)
 JOB_DELETED = "JobDeleted"  # transient: the Job or its pod was deleted mid-run
+# transient: the pod's ConfigMap volume does not hold the scripts the operator read (the kubelet's copy lags an
+# update); nothing ran, the next pass starts a new pod
+SCRIPTS_OUT_OF_DATE = "ScriptsOutOfDate"
 NO_DBREV_IN_IMAGE = "DbrevNotInImage"  # Stalled: the image has no `dbrev` command
 MIGRATIONS_NOT_FOUND = "MigrationsNotFound"  # Stalled: no migrations at spec.migrations.image.path
 OUT_OF_MEMORY = "OutOfMemory"  # Stalled: the migration pod was OOM-killed (its memory limit)
 MIGRATION_POD_FAILED = "MigrationPodFailed"  # Stalled: the pod could not run (config error, crash without a result)
-JOB_TRANSIENT_REASONS = (IMAGE_PULL_FAILED, POD_EVICTED, JOB_DELETED)
+JOB_TRANSIENT_REASONS = (IMAGE_PULL_FAILED, POD_EVICTED, JOB_DELETED, SCRIPTS_OUT_OF_DATE)
 
 # Reasons: failures that need a human (Stalled)
 DOWNGRADE_DENIED = "DowngradeDenied"

@@ -116,7 +116,18 @@ class MigrationJobError(DbrevError):
 
     def __init__(self, message: str, *, reason: str, **kw):
         super().__init__(message, reason=reason, **kw)
-        self.transient = reason in C.JOB_TRANSIENT_REASONS or reason == C.KUBERNETES_UNAVAILABLE
+
+    @property
+    def transient(self) -> bool:  # a property: a reported error re-made without __init__ (worker) has it too
+        return self.reason in C.JOB_TRANSIENT_REASONS or self.reason == C.KUBERNETES_UNAVAILABLE
+
+
+class ScriptsOutOfDate(DbrevError):
+    """The migrations folder does not hold the scripts the operator read (``dbrev apply --scripts-sha256``): the
+    ConfigMap volume of a migration pod lags an update. Raised before anything touches the database; transient."""
+
+    reason = C.SCRIPTS_OUT_OF_DATE
+    transient = True
 
 
 class PolicyRefused(DbrevError):

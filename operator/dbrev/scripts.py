@@ -534,21 +534,57 @@ def describe_exit(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def files_sha256(files: dict[str, str]) -> str:
+    """The content hash of ConfigMap-style {file name: text}: what the operator read (its inputs hash), and what a
+    migration pod checks its mounted folder against (:func:`check_files_sha256`)."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(name.encode() + b"\0" + files[name].encode() + b"\0")
+    return h.hexdigest()
+
+
+def folder_files(directory: Path | str) -> dict[str, str]:
+    """{file name: text} of the ``*.py`` files of a folder laid out as :func:`materialize` (or a migration Job's
+    ConfigMap volume) lays out ConfigMap keys: ``env.py`` beside ``versions/``, or every script at the top."""
+    root = Path(directory)
+    files: dict[str, str] = {}
+    env = root / "env.py"
+    if env.is_file():
+        files["env.py"] = env.read_text(encoding="utf-8")
+    folder = root / "versions" if env.is_file() and (root / "versions").is_dir() else root
+    for path in sorted(folder.glob("*.py")):
+        if path.is_file():
+            files[path.name] = path.read_text(encoding="utf-8")
+    return files
+
+
+def check_files_sha256(directory: Path | str, expected: str) -> None:
+    """Refuse (transiently, before anything runs) a migrations folder whose scripts are not the ones hashed as
+    ``expected``: a ConfigMap volume the kubelet has not yet brought up to date runs yesterday's scripts."""
+    from .errors import ScriptsOutOfDate
+
+    try:
+        got = files_sha256(folder_files(directory))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScriptsOutOfDate(f"cannot read the migrations folder {directory}: {e}") from None
+    if got != expected.removeprefix("sha256:"):
+        raise ScriptsOutOfDate(
+            f"the migrations folder {directory} does not hold the scripts the operator read (sha256 {got[:12]}, "
+            f"expected {expected.removeprefix('sha256:')[:12]}): its ConfigMap volume is not yet up to date; nothing "
+            f"ran", hint="the operator retries with a new pod; if it persists, check the ConfigMap volume")
+
+
 def materialize(files: dict[str, str], root: Path) -> Path:
     """Write ConfigMap-style {file name: text} into a folder keyed by content hash.
 
     With an ``env.py`` key the folder is an Alembic script location (``env.py`` beside ``versions/``
     holding the other scripts), so the run goes through the project's env.py, as Alembic's would.
     """
-    h = hashlib.sha256()
     script_location = "env.py" in files
-    if script_location:
-        h.update(b"script-location\0")
-    for name in sorted(files):
-        h.update(name.encode() + b"\0" + files[name].encode() + b"\0")
-    folder = root / h.hexdigest()[:24]
+    key = files_sha256(files)  # the layout follows from the files (an env.py key), so the key names the folder
+    folder = root / key[:24]
     if not folder.is_dir():
-        tmp = root / f".tmp-{os.getpid()}-{h.hexdigest()[:8]}"
+        tmp = root / f".tmp-{os.getpid()}-{key[:8]}"
         tmp.mkdir(parents=True, exist_ok=True)
         versions = tmp / "versions" if script_location else tmp
         versions.mkdir(exist_ok=True)

@@ -293,6 +293,20 @@ def test_names_are_deterministic_and_fit_a_label():
     assert len(job["metadata"]["labels"]["dbrev.io/name"]) <= 63
 
 
+def test_configmap_scripts_are_pinned_to_what_the_operator_read():
+    """The pod checks its ConfigMap volume against the operator's hash (``--scripts-sha256``, parsed by the CLI's own
+    parser); another content is another Job; an application image's scripts are the image's, nothing to pin."""
+    from dbrev.cli import build_parser
+
+    pinned = build(cm_spec(), scripts_sha256="ef" * 32)
+    args = ctr(pinned)["args"]
+    assert args[args.index("--scripts-sha256") + 1] == "ef" * 32
+    assert build_parser().parse_args(args).scripts_sha256 == "ef" * 32
+    assert build(cm_spec(), scripts_sha256="01" * 32)["metadata"]["name"] != pinned["metadata"]["name"]
+    assert "--scripts-sha256" not in ctr(build(cm_spec()))["args"]
+    assert "--scripts-sha256" not in ctr(build(image_spec(), scripts_sha256="ef" * 32))["args"]
+
+
 @pytest.mark.cluster
 def test_the_api_server_accepts_the_manifests(control_plane, namespace):
     docs = [J.service_account_manifest(namespace)]

@@ -140,3 +140,39 @@ def test_a_stored_copy_that_imports_what_an_older_image_lacks_says_so(database_u
     assert "stored in the database" in err["message"] and "ordersapp_gone" in err["message"]
     assert "older than the script" in err["hint"]
     assert heads(database_url) == ["r002newr"]
+
+
+@pytest.mark.parametrize("with_env_py", [False, True], ids=["scripts", "script-location"])
+def test_a_folder_other_than_the_operators_scripts_is_refused_transiently_and_changes_nothing(
+        database_url, tmp_path, with_env_py):
+    """``--scripts-sha256``: a migration pod whose ConfigMap volume lags an update runs nothing, and says so in a
+    reason the operator retries; the hash is the one the operator computes over the ConfigMap's keys."""
+    from dbrev.errors import ScriptsOutOfDate
+    from dbrev.scripts import files_sha256, materialize
+    from dbrev.worker import _raise_reported
+
+    src = tmp_path / "src"
+    linear_history(src, 2)
+    files = {p.name: p.read_text() for p in src.glob("*.py")}
+    if with_env_py:
+        files["env.py"] = "# the project's env.py: it lays the folder out as a script location (not run here)\n"
+    folder = materialize(files, tmp_path / "mounted")
+    assert (folder / "versions").is_dir() == with_env_py
+    right = files_sha256(files)
+    wrong = files_sha256({**files, "zz_new.py": "revision = 'x'\n"})
+    stale = dbrev("apply", "--migrations", str(folder), "-r", "head", "--builtin-env", "--scripts-sha256", wrong,
+                  url=database_url)
+    assert stale.code == 1, stale.stdout + stale.stderr
+    err = stale.json["error"]
+    assert err["reason"] == "ScriptsOutOfDate" and err["error_type"] == "ScriptsOutOfDate", err
+    assert "nothing ran" in err["message"] and wrong[:12] in err["message"] and right[:12] in err["message"]
+    assert heads(database_url) == []  # no version table, no run journaled
+    with pytest.raises(ScriptsOutOfDate) as raised:  # the operator re-raises the pod's document: transient
+        _raise_reported(err)
+    assert raised.value.transient
+    plan = dbrev("plan", "--migrations", str(folder), "-r", "head", "--scripts-sha256", wrong,
+                 url=database_url)
+    assert plan.code == 1 and plan.json["error"]["reason"] == "ScriptsOutOfDate"
+    ok = dbrev("apply", "--migrations", str(folder), "-r", "head", "--builtin-env", "--scripts-sha256",
+               "sha256:" + right, url=database_url, timeout=300)
+    assert ok.code == 0 and ok.json["result"] == "applied", ok.stdout + ok.stderr

@@ -333,7 +333,8 @@ def execute(body, spec: Spec, inputs: Inputs, req: RunRequest, on_event, log_con
     meta = body["metadata"]
     owner = jobrun.J.Owner(meta["name"], meta["namespace"], meta["uid"])
     return jobrun.run(req, owner=owner, spec=spec, settings=jobrun.settings(), timeout=spec.timeout,
-                      configmap_files=dict(inputs.configmap_files), on_event=on_event, run_key=run_key)
+                      configmap_files=dict(inputs.configmap_files), on_event=on_event, run_key=run_key,
+                      scripts_sha256=inputs.scripts_hash if spec.image is None else None)
 
 
 def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, started, extra) -> None:
@@ -354,6 +355,8 @@ def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, start
                 post_event(body, *planned)
         elif kind == "archived":
             _post_archived(body, ev)
+        elif kind == "job_created":  # Reconciling from now on, not the last outcome while the pod starts
+            progress(f"started migration Job {ev['job']}; waiting for its pod to plan", None)
         elif kind == "job_started":  # a migration Job's pod runs: the status changes once its journal says the plan
             L.logger.info("The migration Job's pod runs", extra={"job": ev["job"], "pod": ev.get("pod")})
         elif kind == "step_started" and ev.get("index") == 1:

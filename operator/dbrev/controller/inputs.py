@@ -21,7 +21,7 @@ from kubernetes.client.rest import ApiException
 from .. import conditions as C
 from ..errors import BadInput, DatabaseUnavailable, DbrevError, ScriptError
 from ..redact import register_secret
-from ..scripts import materialize
+from ..scripts import files_sha256, materialize
 from .spec import Spec
 
 
@@ -136,11 +136,8 @@ def read_scripts(core, namespace: str, spec: Spec) -> tuple[Path, str, tuple]:
     if not files:
         raise InputError(f"ConfigMap(s) {', '.join(spec.configmaps)} hold no *.py scripts",
                          reason=C.INVALID_SCRIPTS)
-    h = hashlib.sha256()
-    for name in sorted(files):
-        h.update(name.encode() + b"\0" + files[name].encode() + b"\0")
     by_cm = tuple((cm, tuple(sorted(k for k, o in origin.items() if o == cm))) for cm in spec.configmaps)
-    return materialize(files, scripts_root()), h.hexdigest(), by_cm
+    return materialize(files, scripts_root()), files_sha256(files), by_cm
 
 
 def image_hash(spec: Spec) -> str:

@@ -292,7 +292,7 @@ def _plan_of(row: dict) -> dict:
 
 def run(req: RunRequest, *, owner: J.Owner, spec: Spec, settings: J.Settings, timeout: float,
         configmap_files: dict | None = None, on_event: Callable[[dict], None] | None = None,
-        run_key: str = "", _rerun: bool = True) -> RunResult:
+        run_key: str = "", scripts_sha256: str | None = None, _rerun: bool = True) -> RunResult:
     """Run ``req`` (an apply) in a migration Job; its :class:`RunResult` (see the module's docstring)."""
     from ..db import url_password
     from ..worker import recover_after_death
@@ -300,8 +300,9 @@ def run(req: RunRequest, *, owner: J.Owner, spec: Spec, settings: J.Settings, ti
     register_secret(url_password(req.db.url))
     emit = on_event or (lambda ev: None)
     manifest = J.job_manifest(owner, spec, J.APPLY, settings, configmap_files=configmap_files, request=req,
-                              run_key=run_key)
+                              run_key=run_key, scripts_sha256=scripts_sha256)
     name = start(owner, manifest)
+    emit({"event": "job_created", "job": name})
     ns = owner.namespace
     t0 = time.monotonic()
     limit = t0 + manifest["spec"]["activeDeadlineSeconds"] + WATCH_MARGIN_S
@@ -366,7 +367,8 @@ def run(req: RunRequest, *, owner: J.Owner, spec: Spec, settings: J.Settings, ti
 
         def rerun(back: RunRequest) -> RunResult:
             return run(back, owner=owner, spec=spec, settings=settings, timeout=timeout,
-                       configmap_files=configmap_files, run_key=f"{run_key}-back", _rerun=False)
+                       configmap_files=configmap_files, run_key=f"{run_key}-back", scripts_sha256=scripts_sha256,
+                       _rerun=False)
 
         return recover_after_death(req, state, message, time.monotonic() - t0, rerun if _rerun else None,
                                    reason=obs.reason or C.MIGRATION_POD_FAILED,

@@ -275,13 +275,15 @@ def _spec_key(spec: Spec) -> str:
 
 def job_manifest(owner: Owner, spec: Spec, verb: str, settings: Settings, plan_hash: str | None = None,
                  configmap_files: Mapping[str, Sequence[str]] | None = None, *, request: RunRequest | None = None,
-                 run_key: str = "") -> dict:
+                 run_key: str = "", scripts_sha256: str | None = None) -> dict:
     """The Job running ``dbrev <verb>`` for ``owner``.
 
     ``configmap_files``: for ConfigMap scripts, each ConfigMap's file names (the operator reads them;
     the Job mounts exactly those keys). Ignored for ``spec.migrations.image``. ``request``: the run an apply
     Job carries out (:func:`request_args`). ``run_key``: what tells this run's Job from an earlier one of the
-    same request (the operator's pass), part of the name."""
+    same request (the operator's pass), part of the name. ``scripts_sha256``: the hash of the ConfigMap scripts
+    the operator read (``dbrev.scripts.files_sha256``); the pod refuses to run others (``--scripts-sha256``: the
+    kubelet's copy of a ConfigMap can lag an update)."""
     img = spec.image
     if img is None and not spec.configmaps:
         raise JobSpecError("the spec names no migrations (neither configMapRefs nor image)")
@@ -296,6 +298,8 @@ def job_manifest(owner: Owner, spec: Spec, verb: str, settings: Settings, plan_h
         migrations, image, pull_policy = img.path, img.name, img.pull_policy
         requests, limits = img.requests, img.limits
     args = command_args(spec, verb, plan_hash, migrations, settings.log_level, request)
+    if img is None and scripts_sha256:
+        args += ["--scripts-sha256", scripts_sha256]
     name = job_name(owner, verb, plan_hash, _spec_key(spec) + run_key + "\0".join(args))
     env = (_user_env(img) if img else []) + [
         {"name": "HOME", "value": TMP}, {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
