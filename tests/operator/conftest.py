@@ -40,14 +40,6 @@ RBAC_KINDS = ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"
 MODE_ENV = "DBREV_TEST_OPERATOR"  # "pod" or "process"
 # file, or file::test -> why it runs the operator as a host process in every mode
 PROCESS_ONLY = {
-    "test_faults_e2e.py::test_a_restart_does_not_run_a_failed_plan_again":
-        "KNOWN BUG in the Job path (issue 12, open): after an operator restart the history's first entry shows "
-        "trigger 'create' where 'retry' is expected through a Job (seen at the end of the session, not yet "
-        "understood); runs host-process until it is fixed, and the closing note says so",
-    "test_e2e.py::test_failing_migration_is_rolled_back_stalled_with_events_and_metrics":
-        "KNOWN BUG in the Job path (issue 12, open): after the ConfigMap is fixed, the Job of the next pass "
-        "did not reach Ready on the node within 90 s (seen once, cause not yet found: a stale ConfigMap mount is "
-        "the suspect); runs host-process until it is fixed, and the closing note says so",
     "test_ha.py::test_peered_replicas_never_both_work_and_fail_over":
         "two operators of different peering priorities side by side, one of them SIGKILLed: the Deployment "
         "has one shape; through a real rollout, peering is test_pod.py::test_a_rollout_never_runs_two_peers...",

@@ -205,12 +205,22 @@ TEST_ENV = {"DBREV_TIMER_INTERVAL": "2"}
 
 def ready_at(kube: "Kube", ns: str, name: str, rev: str, timeout: float = 90) -> dict:
     """Wait until the DatabaseRevision is Ready (AtRevision) at ``rev`` for its current generation; its status."""
+    seen: dict = {}
+
     def check():
         obj = kube.get(ns, name)
-        st = obj.get("status") or {}
+        st = seen["status"] = obj.get("status") or {}
         return is_state(st, "True", "AtRevision") and st.get("currentRevision") == rev \
             and st.get("observedGeneration") == obj["metadata"]["generation"] and st
-    return wait_for(check, timeout, f"{ns}/{name} Ready at {rev}")
+    try:
+        return wait_for(check, timeout, f"{ns}/{name} Ready at {rev}")
+    except AssertionError as e:  # say where it stood: the conditions and the last run, not only "False"
+        st = seen.get("status") or {}
+        where = {"conditions": [{k: c.get(k) for k in ("type", "status", "reason", "message")}
+                                for c in st.get("conditions") or []],
+                 "currentRevision": st.get("currentRevision"), "lastError": st.get("lastError"),
+                 "history": (st.get("history") or [])[:2]}
+        raise AssertionError(f"{e}; status: {json.dumps(where)[:3000]}") from None
 
 
 def ready_pods(kube: Kube, ns: str = OP_NS, selector: str = SELECTOR) -> list[dict]:

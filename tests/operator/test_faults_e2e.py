@@ -169,7 +169,10 @@ def test_a_restart_does_not_run_a_failed_plan_again(kube, namespace, database_ur
     # asking for a retry runs it again
     kube("annotate", "dbrev", "rb", "-n", namespace, "--overwrite", "dbrev.io/reconcile-requested-at=retry")
     wait_for(lambda: len(runs(database_url)) > len(before[0]), 60, "the requested retry")
-    st = stalled(kube, namespace, "rb")
+    # Stalled again only once the retry's outcome is written (a Job's pod journals its run before the operator
+    # reads its result; meanwhile the status says Reconciling, never the old outcome as if it were the new one)
+    st = wait_for(lambda: (s := kube.status(namespace, "rb")) and len(s["history"]) > len(before[2])
+                  and condition(s, "Stalled").get("status") == "True" and s, 90, "the retry's outcome")
     assert st["history"][0]["trigger"] == "retry" and len(st["history"]) == len(before[2]) + 1
 
 
