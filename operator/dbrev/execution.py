@@ -87,16 +87,20 @@ class Checks:
         finding = drift_finding(conn, self.schema, self.vt, heads, fp, facts)[1]
         return [finding] if finding else []
 
+    def catalog_and_drift(self, conn: Connection, heads) -> tuple[list[integrity.Finding], str | None, list | None]:
+        """The catalog checks, and drift at ``heads`` when the fingerprint check is on: (findings, fp, facts)."""
+        findings = self.catalog(conn)
+        if "fingerprint" not in self.enabled():
+            return findings, None, None
+        fp, facts = self.fingerprint(conn)
+        return findings + self.drift(conn, heads, fp, facts), fp, facts
+
     def verify_now(self, conn: Connection, heads, record: bool) -> dict:
         """The catalog checks and drift at ``heads`` (``record``: the fingerprint is recorded there)."""
         with L.timed("verify", from_revision=L._rev(heads), to_revision=L._rev(heads)):
-            findings = self.catalog(conn)
-            fp = None
-            if "fingerprint" in self.enabled():
-                fp, facts = self.fingerprint(conn)
-                findings += self.drift(conn, heads, fp, facts)
-                if record:
-                    state.record_fingerprint(conn, self.schema, self.vt, heads, fp, facts)
+            findings, fp, facts = self.catalog_and_drift(conn, heads)
+            if record and fp is not None:
+                state.record_fingerprint(conn, self.schema, self.vt, heads, fp, facts)
         return integrity.IntegrityReport.of(findings, fp).to_dict()
 
     def plan_between(self, scripts: ScriptSet, current, target, conflicts) -> Plan:

@@ -91,11 +91,7 @@ class Undo:
         with conn.begin():
             heads = ck.heads(conn)
             with L.timed("verify", from_revision=L._rev(heads), to_revision=L._rev(start)):
-                findings = ck.catalog(conn)
-                fp = None
-                if "fingerprint" in ck.enabled():
-                    fp, facts = ck.fingerprint(conn)
-                    findings += ck.drift(conn, heads, fp, facts)
+                findings, fp, _ = ck.catalog_and_drift(conn, heads)
                 if not self.graph.same_state(heads, start):
                     findings.append(integrity.Finding(
                         "version", ck.vt, 1, "error",
