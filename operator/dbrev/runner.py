@@ -10,6 +10,9 @@ step or a check fails.
 * ``per-step`` (a step needs autocommit): each step commits; a failure is
   undone by running the inverse steps back to the starting revision, which is
   then verified again.
+
+The steps run in a :class:`~dbrev.execution.StepExecution`; both ways back (and the
+one after a dead worker) are :mod:`dbrev.undo`'s.
 """
 
 from __future__ import annotations
