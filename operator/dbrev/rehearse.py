@@ -252,7 +252,7 @@ def rehearse_in_run(runner, conn, scripts, plan, before_facts: list[str]) -> Rea
     t0 = time.monotonic()
     start, target = tuple(plan.from_revisions), tuple(plan.to_revisions)
     try:
-        inverse = runner._plan(scripts, target, start)
+        inverse = runner.checks.plan_between(scripts, target, start, runner.conflicts)
     except Exception as e:  # noqa: BLE001 - e.g. a stored script conflict: the way back cannot be planned
         return classify(Outcome(error={"message": L.redact(str(e).splitlines()[0]), "step": None}))
     names = {s.revision: script_location(scripts, s.revision, s.direction) for s in inverse.steps}
@@ -265,13 +265,14 @@ def rehearse_in_run(runner, conn, scripts, plan, before_facts: list[str]) -> Rea
         need = ", ".join(s.revision for s in inverse.steps if s.needs_autocommit)
         return unproven(f"the way back needs autocommit ({need}), so it cannot run inside the upgrade's "
                         f"transaction to be rehearsed")
-    ex_s, ex_t = runner._exclude_schemas(), runner._exclude_tables()
+    ex_s, ex_t = runner.checks.exclude_schemas(), runner.checks.exclude_tables()
     objs_before = _objects(conn, ex_s, ex_t)
     xact_before = _xact_by_oid(conn)
     events: list = []
-    sub = type(runner)(runner.req, lambda ev: events.append(ev))
-    sub.graph = runner.graph
-    sub._single = True
+    from .execution import StepExecution, step_error
+    from .results import RunResult
+
+    ex = StepExecution(runner.req, events.append, scripts, inverse, RunResult.started(), journal=None, single=True)
     error = None
     after_facts: list[str] = []
     heads_after = None
@@ -280,15 +281,15 @@ def rehearse_in_run(runner, conn, scripts, plan, before_facts: list[str]) -> Rea
     restore = _guard_transaction(conn)
     try:
         try:
-            steps = sub._steps_for(scripts, inverse, None)
+            steps = ex.steps()
             t1 = time.monotonic()
             with L.timed("rehearse", from_revision=L._rev(target), to_revision=L._rev(start)):
-                sub._execute(scripts, steps, sub._on_step_done(scripts, inverse, None), False, conn)
+                ex.execute(steps, ex.on_step_done(None), False, conn)
             steps_seconds = time.monotonic() - t1
-            if getattr(sub, "external_connection", False) or not sp.is_active:
+            if ex.external_connection or not sp.is_active:
                 raise RuntimeError("env.py left dbrev's transaction while rehearsing the way back")
-            _, after_facts = runner._fingerprint(conn)
-            heads_after = tuple(runner._heads(conn))
+            _, after_facts = runner.checks.fingerprint(conn)
+            heads_after = tuple(runner.checks.heads(conn))
             objs_after = _objects(conn, ex_s, ex_t)
             xact_after = _xact_by_oid(conn)
         except LeftTransaction as e:
@@ -302,8 +303,8 @@ def rehearse_in_run(runner, conn, scripts, plan, before_facts: list[str]) -> Rea
                 if sp.is_active:
                     sp.rollback()
                 return unproven("env.py tried to end dbrev's transaction while the way back was rehearsed")
-            error = sub._error(e, scripts).to_dict()
-            error["step"] = error.get("step") or (sub._current_step or (None,))[0]
+            error = step_error(e, scripts, ex.current).to_dict()
+            error["step"] = error.get("step") or (ex.current or (None,))[0]
     finally:
         restore()
         if sp.is_active:

@@ -20,6 +20,11 @@ SIGKILL and terminates its database backend, so PostgreSQL rolls back the open
 transaction and releases the lock at once instead of when it notices.  A result
 once received is final: a worker that lingers after it (a thread a script left
 running) is killed and reported, never rolled back.
+
+This module is the process transport only.  What follows a dead or timed-out
+worker (closing its journal row, the way back to the starting revision) is
+:func:`dbrev.undo.recover_after_death`'s; the worker only starts the way back's
+own worker when asked (``rerun``).
 """
 
 from __future__ import annotations
@@ -42,11 +47,10 @@ from typing import Callable
 from . import log as L
 from .errors import DbrevError
 from . import conditions as C
-from . import results as R
 from .options import DbOptions, Policy, RunRequest
-from .results import RESULT_FAILED, RESULT_ROLLED_BACK, Rollback, RunError, RunResult
+from .results import RunResult
 from .redact import redact, register_secret
-from .text import revisions_shown, revisions_text
+from .text import revisions_shown
 
 _ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "TMPDIR",
              "PGSSLROOTCERT", "PGSSLMODE", "PGAPPNAME")
@@ -511,9 +515,12 @@ def run_in_worker(req: RunRequest, *, timeout: float | None, on_event: Callable[
                 f"the worker did not exit within {LINGER_GRACE_S:g}s of reporting its result (a thread a migration "
                 "started?) and was killed; the result stands")
         return result
+    from . import undo
+
+    # the way back, when it needs steps run: another worker, started as this one was
+    rerun = (lambda back: run_in_worker(back, timeout=timeout, _rollback=False, **passthrough)) if _rollback else None
     if timed_out:
-        return _after_timeout(req, state, timeout or 0, time.monotonic() - t0, _rollback, passthrough,
-                              list(tail))
+        return undo.after_timeout(req, state, timeout or 0, time.monotonic() - t0, rerun, list(tail))
     code = proc.returncode
     why, hint = death_cause(code, timed_out=False, started=bool(state.get("backend_pid")), tail=list(tail))
     reason = C.MIGRATION_FAILED
@@ -521,8 +528,8 @@ def run_in_worker(req: RunRequest, *, timeout: float | None, on_event: Callable[
         # the cgroup's own OOM counter moved while the worker ran: it was the kernel's OOM killer, for sure
         reason, hint = C.OUT_OF_MEMORY, ("the kernel's OOM killer stopped it at the memory limit (OOM-killed): "
                                          "it used more memory than this container or cgroup may")
-    return _after_death(req, state, f"the worker process died ({why}) without a result; {hint}",
-                        time.monotonic() - t0, timeout, _rollback, passthrough, reason=reason, tail=list(tail))
+    return undo.recover_after_death(req, state, f"the worker process died ({why}) without a result; {hint}",
+                                    time.monotonic() - t0, rerun, reason=reason, tail=list(tail))
 
 
 #: where a process reads its own cgroup's OOM-kill counter (v2, then v1)
@@ -575,7 +582,8 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def _terminate_backend(db: DbOptions, pid: int | None) -> None:
+def terminate_backend(db: DbOptions, pid: int | None) -> None:
+    """Stop the database session ``pid`` of a worker that is gone, and wait (10 s) until it is."""
     if not pid:
         return
     import sqlalchemy as sa
@@ -596,135 +604,6 @@ def _terminate_backend(db: DbOptions, pid: int | None) -> None:
     except Exception as e:  # noqa: BLE001
         L.logger.warning("Could not terminate the worker's database session",
                          extra={"error_type": type(e).__name__, "error_message": redact(str(e))})
-
-
-def _after_timeout(req, state, timeout, elapsed, rollback: bool, passthrough: dict, tail=None):
-    L.logger.error("Worker timed out and was killed", extra={"timeout_s": timeout, "duration_ms": round(elapsed * 1000, 2),
-                                                            "operation": "apply"})
-    return _after_death(req, state, f"the run passed its {timeout:g}s timeout and was killed by dbrev", elapsed,
-                        timeout, rollback, passthrough, reason=C.TIMED_OUT, tail=tail)
-
-
-def _after_death(req: RunRequest, state: dict, message: str, elapsed: float, timeout, rollback: bool,
-                 passthrough: dict, reason: str = C.MIGRATION_FAILED, tail=None) -> RunResult:
-    rerun = (lambda back: run_in_worker(back, timeout=timeout, _rollback=False, **passthrough)) if rollback else None
-    return recover_after_death(req, state, message, elapsed, rerun, reason, tail)
-
-
-def recover_after_death(req: RunRequest, state: dict, message: str, elapsed: float,
-                        rerun: Callable[[RunRequest], RunResult] | None, reason: str = C.MIGRATION_FAILED,
-                        tail=None, error_type: str | None = None) -> RunResult:
-    """The process that ran ``req`` (a worker, a migration Job's pod) is gone without a result: stop its
-    session, look where the database is, return it to the start if needed.
-
-    ``state``: what is known of the run (``plan``, ``journal``, ``backend_pid``, ``invalid_indexes``,
-    ``steps_started``). ``rerun`` runs the way back (a per-step run that had committed steps) the way
-    ``req`` ran, or None to leave the database where it is. Nothing is claimed before it is checked: what an
-    interrupted ``CREATE INDEX CONCURRENTLY`` left (an INVALID index that was not there before the run) is
-    dropped, or reported when it cannot be.
-    """
-    from .db import connection, read_heads
-
-    _terminate_backend(req.db, state.get("backend_pid"))
-    plan = state.get("plan")
-    L.logger.error("The worker ended without a result", extra={"reason": reason, "error_message": message,
-                                                               "output_tail": list(tail or [])})
-    try:
-        with connection(req.db) as conn:
-            heads = read_heads(conn, req.db.version_table, req.db.version_table_schema)
-            conn.commit()
-            if state.get("journal"):  # the journal row says how the run ended, not "running"
-                from .state import close_run
-
-                try:
-                    close_run(conn, state["journal"]["schema"], state["journal"]["run_id"],
-                              "timed_out" if reason == C.TIMED_OUT else "died", message)
-                    conn.commit()
-                except Exception:  # noqa: BLE001 - the next run then reports it as interrupted
-                    conn.rollback()
-    except DbrevError:
-        heads = None
-    error = RunError(reason=reason, error_type=error_type or ("WorkerTimeout" if reason == C.TIMED_OUT else "WorkerDied"),
-                     message=message, details={"output_tail": list(tail)} if tail else None)
-    result = RunResult(result=RESULT_FAILED, current_revisions=list(heads) if heads is not None else None,
-                       duration_seconds=round(elapsed, 3), error=error, warnings=[], shown=("current_revisions",))
-    leftovers = _interrupted_builds(req.db, state) if heads is not None else {"dropped": [], "left": []}
-    if leftovers["dropped"]:
-        result.warn("dropped the INVALID index(es) an interrupted concurrent build left: "
-                    + ", ".join(leftovers["dropped"]))
-    if leftovers["left"]:
-        result.warn("INVALID index(es) left by an interrupted concurrent build could not be "
-                    "dropped: " + ", ".join(leftovers["left"]) + " (DROP INDEX CONCURRENTLY them)")
-    if plan:
-        result.from_revisions, result.to_revisions = plan["from_revisions"], plan["to_revisions"]
-        result.direction, result.plan_hash, result.transaction = plan["direction"], plan["hash"], plan["transaction"]
-        result.steps = []
-    if plan is None or heads is None:
-        return result
-    start = sorted(plan["from_revisions"])
-    trigger = R.TIMEOUT if reason == C.TIMED_OUT else R.WORKER_DIED
-    if sorted(heads) == start:
-        # single transaction, or nothing committed yet: PostgreSQL rolled it back
-        ok = not leftovers["left"]
-        L.rollback_executed(plan["to_revisions"], start, ok, method=R.TRANSACTION)
-        result.rollback = Rollback(reason=trigger, method=R.TRANSACTION, success=ok,
-                                   cleanup=leftovers if leftovers["dropped"] or leftovers["left"] else None)
-        result.result = RESULT_ROLLED_BACK if ok else RESULT_FAILED
-        return result
-    if not (rerun and req.policy.rollback_on_failure):
-        return result
-    L.rollback_triggered(trigger, heads, start)
-    back = RunRequest(db=req.db, migrations=req.migrations, target=revisions_text(start),
-                      # a rollback never escalates the data-loss policy
-                      policy=Policy(downgrade="Allow", data_loss=req.policy.data_loss, rollback_on_failure=False,
-                                    verify=req.policy.verify, repair_sequences=req.policy.repair_sequences, rehearse="Never"),
-                      actor=f"{req.actor} (rollback)", pythonpath=req.pythonpath, use_env_py=req.use_env_py)
-    try:
-        sub = rerun(back)
-        ok = sub.result in (R.RESULT_APPLIED, R.RESULT_NOOP)
-        result.rollback = Rollback(reason=trigger, method=R.INVERSE_STEPS, success=ok, steps=sub.steps or [],
-                                   integrity=sub.integrity, shown=("integrity",),
-                                   # e.g. DataLossDenied: the undo would lose data
-                                   error=sub.error if not ok else None)
-        result.current_revisions = sub.current_revisions
-        if ok:
-            result.result = RESULT_ROLLED_BACK
-    except DbrevError as e:
-        result.rollback = Rollback(reason=trigger, method=R.INVERSE_STEPS, success=False, error=RunError.of(e))
-    L.rollback_executed(heads, start, result.rollback.success, method=R.INVERSE_STEPS)
-    return result
-
-
-def _interrupted_builds(db: DbOptions, state: dict) -> dict:
-    """Drop the INVALID indexes that appeared during the run (an interrupted concurrent build); report the rest."""
-    import sqlalchemy as sa
-
-    from .db import connection, invalid_indexes, quote_ident
-
-    out: dict = {"dropped": [], "left": []}
-    try:
-        with connection(db, autocommit=True) as conn:
-            now = invalid_indexes(conn)
-            before = state.get("invalid_indexes")
-            if before is None:
-                # no baseline: report them, drop nothing that may have been there before
-                out["left"] = [i for i in now if state.get("steps_started")]
-                return out
-            for name in sorted(set(now) - set(before)):
-                schema, _, index = name.partition(".")
-                try:
-                    conn.execute(sa.text(f"DROP INDEX CONCURRENTLY IF EXISTS {quote_ident(schema)}."
-                                         f"{quote_ident(index)}"))
-                    out["dropped"].append(name)
-                    L.logger.warning("Dropped an INVALID index left by an interrupted concurrent build",
-                                     extra={"index": name})
-                except Exception as e:  # noqa: BLE001
-                    out["left"].append(name)
-                    L.logger.error("Could not drop an INVALID index left by an interrupted build",
-                                   extra={"index": name, "error_message": redact(str(e))})
-    except DbrevError:
-        pass
-    return out
 
 
 if __name__ == "__main__":

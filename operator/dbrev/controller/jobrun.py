@@ -295,7 +295,7 @@ def run(req: RunRequest, *, owner: J.Owner, spec: Spec, settings: J.Settings, ti
         run_key: str = "", scripts_sha256: str | None = None, _rerun: bool = True) -> RunResult:
     """Run ``req`` (an apply) in a migration Job; its :class:`RunResult` (see the module's docstring)."""
     from ..db import url_password
-    from ..worker import recover_after_death
+    from ..undo import recover_after_death
 
     register_secret(url_password(req.db.url))
     emit = on_event or (lambda ev: None)
