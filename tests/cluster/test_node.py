@@ -112,7 +112,7 @@ def test_node_is_ready_and_its_network_stays_local(node):
     assert node.database_url().startswith(f"postgresql+psycopg://postgres@{N.NODE_IP}:5432/")
 
 
-def test_a_stray_down_leaves_a_held_node_alone_and_the_host_never_routes_to_it_elsewhere(node):
+def test_a_stray_down_leaves_a_held_node_alone_and_the_host_never_routes_to_it_elsewhere(node, tmp_path):
     """``down`` from another shell while a test session holds the node refuses and changes nothing; and the host's
     way to NODE_IP is the veth, with the blackhole behind it (were the veth gone, no packet would leave the host)."""
     from dbrev.envtest import node as N
@@ -120,6 +120,11 @@ def test_a_stray_down_leaves_a_held_node_alone_and_the_host_never_routes_to_it_e
     down = subprocess.run([sys.executable, "-m", "dbrev.envtest.node", "down", "--dir", str(node.dir)],
                           capture_output=True, text=True, timeout=60)
     assert down.returncode == 3 and "holds the one-node cluster" in down.stderr, down.stdout + down.stderr
+    # a second session's node (a test run beside this one) cannot start, and its clean-up leaves ours alone
+    other = N.NodeCluster(tmp_path / "second")
+    with pytest.raises(N.NodeError, match="another one-node cluster"):
+        other.start()
+    other.stop()
     got = json.loads(node.kubectl("get", "node", N.NODE_NAME, "-o", "json").stdout)
     assert {c["type"]: c["status"] for c in got["status"]["conditions"]}["Ready"] == "True"
     route = subprocess.run(["ip", "route", "get", N.NODE_IP], capture_output=True, text=True, check=True).stdout

@@ -328,11 +328,13 @@ class NodeCluster(Cluster):
             raise NodeError(reason)
         t0 = time.monotonic()
         LOCK.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = open(LOCK, "w")
+        lock = open(LOCK, "w")
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            lock.close()  # not ours: stop() must then leave the other session's node alone
             raise NodeError(f"another one-node cluster is running on this machine (lock {LOCK})") from None
+        self._lock = lock
         try:
             teardown(self.dir)  # a crashed earlier run's leftovers
             for stale in ("pki", "etcd-data", "kubelet", "containerd", "logs", "cni", "pod-logs", "pg"):
@@ -362,7 +364,12 @@ class NodeCluster(Cluster):
         return self
 
     def stop(self) -> None:
-        """Delete the pods cleanly (kubelet tears their sandboxes down), then remove everything."""
+        """Delete the pods cleanly (kubelet tears their sandboxes down), then remove everything.
+
+        Only a node this object started (it holds the machine's lock): after a start that found another session's
+        node running, there is nothing of ours to stop, and tearing down would destroy theirs."""
+        if self._lock is None:
+            return
         if self._procs.get("kubelet") and self._procs["kubelet"].poll() is None:
             try:
                 self._stop_component("kube-controller-manager")  # nothing re-creates pods now
