@@ -27,6 +27,7 @@ import random
 import re
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Iterator
 from urllib.parse import quote, unquote
 
@@ -437,3 +438,30 @@ def database_identity(conn: Connection, version_table: str = "alembic_version",
         "(SELECT oid FROM pg_database WHERE datname = current_database())::text AS dboid, "
         "coalesce(:schema, current_schema()) AS schema"), {"schema": version_table_schema}).mappings().one()
     return f"{row['sysid']}/{row['dboid']}|{row['schema']}.{version_table}"
+
+
+def end_sessions(db: DbOptions, *, pid: int | None = None, application_name: str | None = None,
+                 wait: float = 10.0) -> None:
+    """End the database sessions of a run whose process is gone: the backend ``pid`` (a dead worker's), or every
+    session named ``application_name`` (a dead migration pod's: a vanished pod's TCP session can linger for
+    minutes), and wait up to ``wait`` seconds until they are. Best effort: a failure is logged, never raised (the
+    lock then says whether the session is gone)."""
+    if not (pid or application_name):
+        return
+    which, params = ("pid = :p", {"p": pid}) if pid else ("application_name = :a", {"a": application_name})
+    try:
+        with connection(replace(db, connect_timeout=min(db.connect_timeout, 10))) as conn:
+            conn.execute(sa.text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {which} "
+                                 "AND pid <> pg_backend_pid()"), params)
+            conn.commit()
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                left = conn.execute(sa.text(f"SELECT count(*) FROM pg_stat_activity WHERE {which} "
+                                            "AND pid <> pg_backend_pid()"), params).scalar()
+                conn.commit()
+                if not left:
+                    break
+                time.sleep(0.1)
+    except Exception as e:  # noqa: BLE001
+        logger.warning("Could not end the database sessions of a run that is gone",
+                       extra={"error_type": type(e).__name__, "error_message": redact(str(e))[:300]})

@@ -205,6 +205,19 @@ def interrupted_runs(conn: Connection, schema: str, vt: str) -> list[dict]:
     return [dict(r) for r in rows]
 
 
+def running_run_of(conn: Connection, schema: str, vt: str, host: str) -> dict | None:
+    """The newest run still marked running that ``host`` (a process's host name: a migration pod's name) journaled,
+    or None (no bookkeeping yet, or none). What a watcher reads of a run under way: its plan, the step in progress."""
+    s = quote_ident(schema)
+    if not conn.execute(sa.text("SELECT to_regclass(:t) IS NOT NULL"), {"t": f"{s}.runs"}).scalar():
+        return None
+    row = conn.execute(sa.text(
+        f"SELECT id, from_revisions, to_revisions, direction, plan_hash, txn, step_index, step_count, step_revision, "
+        f"status, plan FROM {s}.runs WHERE version_table = :vt AND host = :host AND status = 'running' "
+        f"ORDER BY id DESC LIMIT 1"), {"vt": vt, "host": host[:255]}).mappings().first()
+    return dict(row) if row is not None else None
+
+
 def recent_runs(conn: Connection, schema: str, vt: str, limit: int = 20) -> list[dict]:
     s = quote_ident(schema)
     if not conn.execute(sa.text("SELECT to_regclass(:t) IS NOT NULL"), {"t": f"{s}.runs"}).scalar():

@@ -339,9 +339,9 @@ def recover_after_death(req: RunRequest, state: dict, message: str, elapsed: flo
     dropped, or reported when it cannot be.
     """
     from .db import connection, read_heads
-    from .worker import terminate_backend
+    from .db import end_sessions
 
-    terminate_backend(req.db, state.get("backend_pid"))
+    end_sessions(req.db, pid=state.get("backend_pid"))
     plan = state.get("plan")
     L.logger.error("The worker ended without a result", extra={"reason": reason, "error_message": message,
                                                                "output_tail": list(tail or [])})

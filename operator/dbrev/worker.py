@@ -582,29 +582,5 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def terminate_backend(db: DbOptions, pid: int | None) -> None:
-    """Stop the database session ``pid`` of a worker that is gone, and wait (10 s) until it is."""
-    if not pid:
-        return
-    import sqlalchemy as sa
-
-    from .db import connection
-
-    try:
-        with connection(DbOptions(**{**asdict(db), "connect_timeout": 10})) as conn:
-            conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
-            conn.commit()
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                alive = conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid=:p"), {"p": pid}).scalar()
-                conn.commit()
-                if not alive:
-                    break
-                time.sleep(0.1)
-    except Exception as e:  # noqa: BLE001
-        L.logger.warning("Could not terminate the worker's database session",
-                         extra={"error_type": type(e).__name__, "error_message": redact(str(e))})
-
-
 if __name__ == "__main__":
     sys.exit(main())

@@ -104,7 +104,7 @@ def test_worker_is_transport_only():
     tree = _tree("worker.py")
     defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     assert {"recover_after_death", "_after_death", "_after_timeout", "_interrupted_builds"} & defined == set()
-    assert {"run_in_worker", "terminate_backend", "oom_kills", "death_cause"} <= defined
+    assert {"run_in_worker", "oom_kills", "death_cause"} <= defined
     from dbrev import undo, worker
 
     assert not hasattr(worker, "recover_after_death")

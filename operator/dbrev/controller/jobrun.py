@@ -15,7 +15,7 @@ What comes back, and how:
   touched the database;
 * a pod that dies after it started (OOM-killed, evicted, deleted, past its deadline): its database
   sessions are ended (they carry the Job's own ``application_name``), the run it journaled is looked up by
-  the pod's name, and :func:`dbrev.worker.recover_after_death` returns the database to where the run
+  the pod's name, and :func:`dbrev.undo.recover_after_death` returns the database to where the run
   began, as after a killed worker (a per-step run's way back runs in another Job);
 * a Job a previous operator started and that still runs is adopted, never run twice.
 """
@@ -215,61 +215,29 @@ def parse_result(text: str) -> tuple[RunResult, dict | None]:
     return result, plan
 
 
-def _end_sessions(req: RunRequest, app: str) -> None:
-    """End the database sessions the dead pod left (a vanished pod's TCP session can linger for minutes)."""
-    import sqlalchemy as sa
-
-    from ..db import connection
-
-    try:
-        with connection(req.db) as conn:
-            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                 "WHERE application_name = :a AND pid <> pg_backend_pid()"), {"a": app})
-            conn.commit()
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                left = conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :a "
-                                            "AND pid <> pg_backend_pid()"), {"a": app}).scalar()
-                conn.commit()
-                if not left:
-                    break
-                time.sleep(0.2)
-    except Exception as e:  # noqa: BLE001 - recovery goes on: the lock then says whether the session is gone
-        L.logger.warning("Could not end the dead migration pod's database sessions",
-                         extra={"error_type": type(e).__name__, "error_message": redact(str(e))[:300]})
-
-
 def journal_row(req: RunRequest, pod: str | None) -> dict | None:
     """The newest run the pod ``pod`` journaled in dbrev's ``runs`` (its plan, the step in progress), or None.
     A catalog query: no user code runs."""
     import sqlalchemy as sa
 
-    from ..db import connection, quote_ident
-    from ..state import vt_key
+    from ..db import connection
+    from ..state import running_run_of, vt_key
 
     if not pod:
         return None
-    s = quote_ident(req.db.state_schema)
     try:
         with connection(req.db) as conn:
-            exists = conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": f"{s}.runs"}).scalar()
-            if not exists:
-                conn.commit()
-                return None
-            row = conn.execute(sa.text(
-                f"SELECT id, from_revisions, to_revisions, direction, plan_hash, txn, step_index, step_count, status, "
-                f"plan FROM {s}.runs WHERE version_table = :vt AND host = :pod"
-                " AND status = 'running' ORDER BY id DESC LIMIT 1"),
-                {"vt": vt_key(req.db.version_table, req.db.version_table_schema), "pod": pod[:255]}).mappings().first()
+            row = running_run_of(conn, req.db.state_schema, vt_key(req.db.version_table, req.db.version_table_schema),
+                                 pod)
             conn.commit()
-    except DbrevError:
+    except (DbrevError, sa.exc.SQLAlchemyError):  # e.g. an older image's dbrev journals without the plan column
         return None
-    return dict(row) if row is not None else None
+    return row
 
 
 def journaled_state(req: RunRequest, pod: str | None) -> dict:
     """What the database's journal says of the run the pod ``pod`` started: the ``state`` of
-    :func:`dbrev.worker.recover_after_death` (empty when it journaled nothing: it never began)."""
+    :func:`dbrev.undo.recover_after_death` (empty when it journaled nothing: it never began)."""
     row = journal_row(req, pod)
     if row is None:
         return {}
@@ -294,7 +262,7 @@ def run(req: RunRequest, *, owner: J.Owner, spec: Spec, settings: J.Settings, ti
         configmap_files: dict | None = None, on_event: Callable[[dict], None] | None = None,
         run_key: str = "", scripts_sha256: str | None = None, _rerun: bool = True) -> RunResult:
     """Run ``req`` (an apply) in a migration Job; its :class:`RunResult` (see the module's docstring)."""
-    from ..db import url_password
+    from ..db import end_sessions, url_password
     from ..undo import recover_after_death
 
     register_secret(url_password(req.db.url))
@@ -360,7 +328,7 @@ def run(req: RunRequest, *, owner: J.Owner, spec: Spec, settings: J.Settings, ti
         _delete(ns, name)
         if not obs.started:
             raise MigrationJobError(message, reason=obs.reason or C.MIGRATION_POD_FAILED)
-        _end_sessions(req, J.session_name(name))
+        end_sessions(req.db, application_name=J.session_name(name))
         state = journaled_state(req, obs.pod)
         if state.get("plan") and not planned:
             emit({"event": "plan", "plan": state["plan"]})
