@@ -99,8 +99,15 @@ def test_the_crd_accepts_one_source_and_refuses_both_or_neither(control_plane, n
     control_plane.kubectl("wait", "--for=condition=Established", "crd/databaserevisions.dbrev.io", "--timeout=120s")
 
     def dry_run(migrations):
-        p = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", check=False,
-                                  input=json.dumps(_resource(namespace, "orders", migrations)))
+        import time
+
+        for _ in range(60):  # Established is not yet "served": kubectl's discovery can lag the CRD by a moment
+            p = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", check=False,
+                                      input=json.dumps(_resource(namespace, "orders", migrations)))
+            if "no matches for kind" not in p.stderr and "the server could not find the requested resource" \
+                    not in p.stderr:
+                break
+            time.sleep(0.5)
         return p.returncode, p.stderr
 
     assert dry_run({"image": IMAGE}) == (0, "")
