@@ -12,7 +12,10 @@ repetition, on a fresh database already at r1:
 Prints medians and the ratio (operator / CLI).  No target is set by the issue;
 the figure shows what the control loop adds to a migration.
 
-    python bench/bench_operator.py [--reps N]
+    python bench/bench_operator.py [--reps N] [--jobs]
+
+``--jobs`` then runs ``bench_jobs.py`` (the operator's Job path in the app's image vs a plain Job running
+``alembic upgrade head``, on the one-node cluster; target within 1.3x), with the same ``--reps``.
 """
 
 from __future__ import annotations
@@ -41,7 +44,18 @@ DR = "dbrev.io", "v1alpha1", "databaserevisions"
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--jobs", action="store_true",
+                    help="then the Job path vs a Helm-hook Job on the one-node cluster (bench_jobs.py)")
     args = ap.parse_args()
+    code = _control_plane(args)
+    if args.jobs and code == 0:
+        print(flush=True)
+        code = subprocess.run([sys.executable, str(Path(__file__).with_name("bench_jobs.py")),
+                               "--reps", str(args.reps)]).returncode
+    return code
+
+
+def _control_plane(args) -> int:
     work = Path(tempfile.mkdtemp(prefix="dbrev-bench-op-"))
     mig = work / "migrations"
     write_script(mig, "b001aaaa", None, 'op.create_table("accounts", sa.Column("id", sa.Integer, primary_key=True), '
