@@ -21,6 +21,7 @@ source for ``op.*`` calls and literal SQL instead.
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import asdict, dataclass, field
 
 import pglast
@@ -307,7 +308,7 @@ def _classify_stmt(st, out: Classification, version_table: str) -> None:  # noqa
 
 _INT_RANK = {"smallint": 1, "int2": 1, "integer": 2, "int": 2, "int4": 2, "bigint": 3, "int8": 3}
 _TEXTY = ("character varying", "varchar", "text", "character", "char", "bpchar")
-_TYPE_RE = __import__("re").compile(r"^\s*([a-z_ ]+?)\s*(?:\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\))?\s*$")
+_TYPE_RE = re.compile(r"^\s*([a-z_ ]+?)\s*(?:\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\))?\s*$")
 
 
 def _parse_type(t: str | None) -> tuple[str, tuple[int, ...]] | None:

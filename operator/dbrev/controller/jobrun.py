@@ -22,6 +22,7 @@ What comes back, and how:
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable
 
@@ -355,12 +356,11 @@ _settings: J.Settings | None = None
 
 
 def in_process() -> bool:
-    return (__import__("os").environ.get(IN_PROCESS_ENV) or "").strip().lower() in ("1", "true", "yes", "on")
+    return (os.environ.get(IN_PROCESS_ENV) or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _own_image() -> tuple[str, str] | None:
     """The image (and pull policy) of the operator's own container, read from its pod (POD_ID, POD_NAMESPACE)."""
-    import os
 
     pod, ns = os.environ.get("POD_ID"), os.environ.get("POD_NAMESPACE")
     if not (pod and ns):
@@ -376,7 +376,6 @@ def _own_image() -> tuple[str, str] | None:
 
 def settings() -> J.Settings:
     """Migration pods' settings: dbrev's own image from ``DBREV_MIGRATION_IMAGE``, else the operator's."""
-    import os
 
     global _settings
     if _settings is not None:
