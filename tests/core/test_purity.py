@@ -12,9 +12,10 @@ import sys
 
 import pytest
 
-CORE = ("dbrev.graph", "dbrev.planning", "dbrev.text", "dbrev.policy", "dbrev.classify", "dbrev.conditions",
-        "dbrev.results", "dbrev.metric_labels", "dbrev.status", "dbrev.errors", "dbrev.options", "dbrev.redact",
-        "dbrev.controller.decide", "dbrev.controller.spec", "dbrev.controller.jobs", "dbrev.crd")
+CORE = ("dbrev.core.graph", "dbrev.core.planning", "dbrev.core.text", "dbrev.core.policy", "dbrev.core.classify",
+        "dbrev.core.conditions", "dbrev.core.results", "dbrev.core.metric_labels", "dbrev.controller.status",
+        "dbrev.core.errors", "dbrev.core.options", "dbrev.core.redact",
+        "dbrev.controller.decide", "dbrev.controller.spec", "dbrev.controller.jobs", "dbrev.controller.crd")
 FORBIDDEN = ("sqlalchemy", "psycopg", "psycopg2", "asyncpg", "kopf", "kubernetes", "prometheus_client")
 
 PROBE = """
@@ -33,6 +34,6 @@ def test_a_core_module_imports_no_shell(module):
 
 def test_the_probe_sees_a_leak():
     """The probe itself can fail: a shell module is reported."""
-    out = subprocess.run([sys.executable, "-c", PROBE.format(module="dbrev.integrity", forbidden=FORBIDDEN)],
+    out = subprocess.run([sys.executable, "-c", PROBE.format(module="dbrev.pg.integrity", forbidden=FORBIDDEN)],
                          capture_output=True, text=True, check=True)
     assert "sqlalchemy" in json.loads(out.stdout)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-RUNNER = Path(__file__).resolve().parents[2] / "operator" / "dbrev" / "runner.py"
+RUNNER = Path(__file__).resolve().parents[2] / "operator" / "dbrev" / "engine" / "runner.py"
 
 
 def _runner_class() -> ast.ClassDef:

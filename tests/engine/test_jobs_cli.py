@@ -10,7 +10,7 @@ import pytest
 from clihelp import dbrev
 from dbhelp import heads
 from dbrev.cli import RESULT_FILE_LIMIT, result_file_text
-from dbrev.envtest.postgres import PostgresServer, create_database
+from dbrev.pg.ephemeral import PostgresServer, create_database
 from scriptgen import linear_history
 
 PASSWORD = "Sup3r-S3cret-pw%/@x"

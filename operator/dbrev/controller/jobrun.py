@@ -25,18 +25,18 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from ..extras import require_operator
+from ..engine.extras import require_operator
 
 require_operator(__name__)
 
 from kubernetes.client.rest import ApiException
 
-from .. import conditions as C
-from .. import log as L
-from ..errors import DbrevError, MigrationJobError
-from ..options import RunRequest
-from ..redact import redact, register_secret
-from ..results import RESULT_BUSY, RESULT_REFUSED, RunResult
+from ..core import conditions as C
+from ..engine import log as L
+from ..core.errors import DbrevError, MigrationJobError
+from ..core.options import RunRequest
+from ..core.redact import redact, register_secret
+from ..core.results import RESULT_BUSY, RESULT_REFUSED, RunResult
 from . import jobs as J
 from . import kube
 from .spec import Spec
@@ -185,7 +185,7 @@ def relay_log(ns: str, pod: str | None) -> None:
 def parse_result(text: str) -> tuple[RunResult, dict | None]:
     """The CLI's result file: (the result, the plan it ran). A refused or busy run, or an error before any run,
     is raised as the :class:`~dbrev.errors.DbrevError` it was, as the in-process worker raises it."""
-    from ..worker import _raise_reported
+    from ..engine.worker import _raise_reported
 
     import json
 
@@ -219,7 +219,7 @@ def _end_sessions(req: RunRequest, app: str) -> None:
     """End the database sessions the dead pod left (a vanished pod's TCP session can linger for minutes)."""
     import sqlalchemy as sa
 
-    from ..db import connection
+    from ..pg.db import connection
 
     try:
         with connection(req.db) as conn:
@@ -244,8 +244,8 @@ def journal_row(req: RunRequest, pod: str | None) -> dict | None:
     A catalog query: no user code runs."""
     import sqlalchemy as sa
 
-    from ..db import connection, quote_ident
-    from ..state import vt_key
+    from ..pg.db import connection, quote_ident
+    from ..pg.state import vt_key
 
     if not pod:
         return None
@@ -294,8 +294,8 @@ def run(req: RunRequest, *, owner: J.Owner, spec: Spec, settings: J.Settings, ti
         configmap_files: dict | None = None, on_event: Callable[[dict], None] | None = None,
         run_key: str = "", _rerun: bool = True) -> RunResult:
     """Run ``req`` (an apply) in a migration Job; its :class:`RunResult` (see the module's docstring)."""
-    from ..db import url_password
-    from ..worker import recover_after_death
+    from ..pg.db import url_password
+    from ..engine.worker import recover_after_death
 
     register_secret(url_password(req.db.url))
     emit = on_event or (lambda ev: None)

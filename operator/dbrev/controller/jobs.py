@@ -37,9 +37,9 @@ import signal
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from .. import conditions as C
-from ..crd import GROUP, VERSION
-from ..options import APPLICATION_NAME_ENV, DbOptions, RunRequest
+from ..core import conditions as C
+from .crd import GROUP, VERSION
+from ..core.options import APPLICATION_NAME_ENV, DbOptions, RunRequest
 from .spec import ImageSource, Spec
 
 PLAN, APPLY = "plan", "apply"
