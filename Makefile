@@ -34,14 +34,14 @@ test-fast: setup
 ## The main job on a fresh machine: control plane + PostgreSQL + operator, upgrade and rollback.
 demo: setup
 	.ci/install-deps --demo
-	$(PY) -m dbrev.demo
+	$(PY) -m dbrev_dev.demo
 
 bench: setup
 	$(PY) bench/run_all.py
 
 ## Build (or confirm) kube-apiserver, etcd and kubectl in the cache outside the repo.
 cluster-assets: setup
-	$(PY) -m dbrev.envtest.assets
+	$(PY) -m dbrev_dev.envtest.assets
 
 ## Start a local control plane; prints the kubeconfig path and the start-up time.
 ## `make cluster-up NODE=1`: a real one-node cluster instead (root; see docs/control-plane.md).
@@ -49,37 +49,37 @@ cluster-up: setup
 ifdef NODE
 	$(MAKE) --no-print-directory node-up
 else
-	$(PY) -m dbrev.envtest.controlplane up --dir $(CLUSTER_DIR)
+	$(PY) -m dbrev_dev.envtest.controlplane up --dir $(CLUSTER_DIR)
 endif
 
 cluster-down: setup
-	$(PY) -m dbrev.envtest.controlplane down --dir $(CLUSTER_DIR)
+	$(PY) -m dbrev_dev.envtest.controlplane down --dir $(CLUSTER_DIR)
 	@if [ -d $(CLUSTER_DIR)/node ] || ip netns list 2>/dev/null | grep -q '^dbrev-node'; then \
-	  $(PY) -m dbrev.envtest.node down --dir $(CLUSTER_DIR)/node; fi
+	  $(PY) -m dbrev_dev.envtest.node down --dir $(CLUSTER_DIR)/node; fi
 
 ## kubelet, kube-controller-manager, kube-scheduler, kube-proxy (same version, same cache).
 node-assets: setup
-	$(PY) -m dbrev.envtest.assets --node
+	$(PY) -m dbrev_dev.envtest.assets --node
 
 ## The pause image, a Debian base (debootstrap) and the operator image, as archives in the cache.
 node-images: setup
-	$(PY) -m dbrev.envtest.images
+	$(PY) -m dbrev_dev.envtest.images
 
 ## A real one-node cluster (containerd, kubelet; local traffic only) with PostgreSQL inside it and
 ## the operator image loaded; prints the kubeconfig. Needs root and Debian's containerd, runc, CNI.
 node-up: node-assets node-images
 	.ci/install-deps --node
-	$(PY) -m dbrev.envtest.node up --dir $(CLUSTER_DIR)/node --postgres --image
+	$(PY) -m dbrev_dev.envtest.node up --dir $(CLUSTER_DIR)/node --postgres --image
 
 node-down: setup
-	$(PY) -m dbrev.envtest.node down --dir $(CLUSTER_DIR)/node
+	$(PY) -m dbrev_dev.envtest.node down --dir $(CLUSTER_DIR)/node
 
 clean:
 	rm -rf $(VENV) build *.egg-info operator/*.egg-info .pytest_cache .wheelhouse/*.whl .wheelhouse/.key
 
-## Regenerate crds/ from operator/dbrev/crd.py (the one source of truth; a test fails when stale).
+## Regenerate crds/ from operator/dbrev/controller/crd.py (the one source of truth; a test fails when stale).
 crds: setup
-	$(PY) -m dbrev.crd .
+	$(PY) -m dbrev.controller.crd .
 
 # ---------------------------------------------------------------------------------------------------
 # With Docker: an image, a kind cluster, the manifests. These need docker (with a running daemon),
@@ -117,12 +117,12 @@ image:
 	  echo "docker build -t $(IMG) --build-arg BASE_IMAGE=$(BASE_IMAGE) ."; \
 	  docker build -t $(IMG) --build-arg BASE_IMAGE=$(BASE_IMAGE) .; \
 	elif command -v buildah >/dev/null 2>&1; then \
-	  $(MAKE) --no-print-directory setup && $(PY) -m dbrev.envtest.images operator; \
+	  $(MAKE) --no-print-directory setup && $(PY) -m dbrev_dev.envtest.images operator; \
 	else echo "error: 'make image' needs docker (with a running daemon) or buildah: see docs/install.md" >&2; exit 1; fi
 
 ## Wheels of dbrev and its dependencies in .wheelhouse/: the Dockerfile then builds offline.
 wheelhouse: setup
-	$(PY) -c 'from pathlib import Path; from dbrev.envtest.images import wheelhouse; print(wheelhouse(Path(".").resolve()))'
+	$(PY) -c 'from pathlib import Path; from dbrev_dev.envtest.images import wheelhouse; print(wheelhouse(Path(".").resolve()))'
 
 ## Build $(IMG) and load it into the kind cluster's nodes (no registry needed).
 kind-load: image

@@ -24,9 +24,9 @@ import sqlalchemy as sa  # noqa: E402
 
 import logging  # noqa: E402
 
-from dbrev import archive, state  # noqa: E402
-from dbrev.classify import Effect  # noqa: E402
-from dbrev.envtest.postgres import PostgresServer, create_database  # noqa: E402
+from dbrev.pg import archive, state  # noqa: E402
+from dbrev.core.classify import Effect  # noqa: E402
+from dbrev.pg.ephemeral import PostgresServer, create_database  # noqa: E402
 
 
 def main() -> int:

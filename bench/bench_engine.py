@@ -3,7 +3,7 @@
 
 Runnable alone (``.venv/bin/python bench/bench_engine.py``); ``make bench`` runs it
 through ``bench/run_all.py``.  It starts and stops its own throwaway PostgreSQL
-(:class:`dbrev.envtest.postgres.PostgresServer`) and prints figures as ratios
+(:class:`dbrev.pg.ephemeral.PostgresServer`) and prints figures as ratios
 against baselines measured in the same run -- nothing here asserts a time.
 
 1. upgrade: a 20-step upgrade (tables, columns, indexes, constraints, an enum, a
@@ -15,13 +15,13 @@ against baselines measured in the same run -- nothing here asserts a time.
 
    several repetitions, alternating which goes first; median wall times and the
    ratio (target: dbrev within 1.3x of Alembic).  Also the in-process figures
-   (``alembic.command.upgrade``; ``dbrev.engine.apply`` in the same process and
+   (``alembic.command.upgrade``; ``dbrev.engine.verbs.apply`` in the same process and
    through its worker) and a breakdown of where dbrev's time goes.
 
 2. verify: a 5-million-row table (bigserial PK, a validated FK, a NOT VALID FK so
    the orphans check really scans, two secondary indexes), then
-   ``dbrev verify --json`` (CLI), ``dbrev.engine.verify`` and
-   ``dbrev.integrity.run_checks`` (in process) against one full sequential scan
+   ``dbrev verify --json`` (CLI), ``dbrev.engine.verbs.verify`` and
+   ``dbrev.pg.integrity.run_checks`` (in process) against one full sequential scan
    (``SELECT count(*)`` with index scans disabled), target within 2x.
 
 Options: ``--reps N`` (default 7), ``--rows N`` (default 5,000,000),
@@ -47,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "operator"))
 
-from dbrev.envtest.postgres import PostgresServer, drop_database  # noqa: E402
+from dbrev.pg.ephemeral import PostgresServer, drop_database  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 DBREV = str(VENV_BIN / "dbrev")
@@ -376,13 +376,13 @@ def bench_upgrade(pg: PostgresServer, reps: int, work: Path) -> dict:
             f"dbrev {times['cold_dbrev'][-1][0]:.3f}s")
     a_times, d_times = times["alembic_cli"], times["dbrev_cli"]
 
-    # in process: alembic.command.upgrade, dbrev.engine.apply in this process and through the worker
+    # in process: alembic.command.upgrade, dbrev.engine.verbs.apply in this process and through the worker
     from alembic import command
     from alembic.config import Config
 
-    from dbrev import engine
-    from dbrev.db import DbOptions
-    from dbrev.runner import RunRequest
+    from dbrev.engine import verbs as engine
+    from dbrev.pg.db import DbOptions
+    from dbrev.engine.runner import RunRequest
 
     def alembic_inproc() -> float:
         url = pg.create_database()
@@ -416,7 +416,7 @@ def bench_upgrade(pg: PostgresServer, reps: int, work: Path) -> dict:
 
     import logging
 
-    from dbrev import log as L
+    from dbrev.engine import log as L
 
     L.setup_logging("WARNING", "json", open(os.devnull, "w"))
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -462,9 +462,9 @@ print(json.dumps([t1 - t0, time.perf_counter() - t1]))
     "dbrev": """
 import json, sys, time
 t0 = time.perf_counter()
-from dbrev import engine
-from dbrev.db import DbOptions
-from dbrev.runner import RunRequest
+from dbrev.engine import verbs as engine
+from dbrev.pg.db import DbOptions
+from dbrev.engine.runner import RunRequest
 t1 = time.perf_counter()
 versions, url = sys.argv[1:3]
 res = engine.apply(RunRequest(db=DbOptions(url=url), migrations=versions, target="head"), in_process=True)
@@ -475,21 +475,21 @@ print(json.dumps([t1 - t0, time.perf_counter() - t1]))
 
 PROFILE_FUNCS = [
     # (label, file suffix, function name)
-    ("load scripts (exec modules)", "dbrev/scripts.py", "load_folder"),
-    ("plan: offline render (all steps)", "dbrev/scripts.py", "render"),
-    ("plan: classify SQL (pglast)", "dbrev/classify.py", "classify_sql"),
-    ("plan: build_plan total", "dbrev/planning.py", "build_plan"),
-    ("state schema (ensure_schema)", "dbrev/state.py", "ensure_schema"),
-    ("snapshot before (checks + fingerprint)", "dbrev/runner.py", "_snapshot"),
+    ("load scripts (exec modules)", "dbrev/engine/scripts.py", "load_folder"),
+    ("plan: offline render (all steps)", "dbrev/engine/scripts.py", "render"),
+    ("plan: classify SQL (pglast)", "dbrev/core/classify.py", "classify_sql"),
+    ("plan: build_plan total", "dbrev/core/planning.py", "build_plan"),
+    ("state schema (ensure_schema)", "dbrev/pg/state.py", "ensure_schema"),
+    ("snapshot before (checks + fingerprint)", "dbrev/engine/runner.py", "_snapshot"),
     ("run migrations (Alembic, incl. callbacks)", "alembic/runtime/migration.py", "run_migrations"),
-    ("  store script copies", "dbrev/state.py", "store_script"),
-    ("  per-step row-change counters", "dbrev/integrity.py", "xact_row_changes"),
-    ("  journal step updates", "dbrev/state.py", "step"),
-    ("verify after (checks + fingerprint + counts)", "dbrev/runner.py", "_post_verify"),
-    ("  fingerprint facts (before + after)", "dbrev/integrity.py", "fingerprint_facts"),
-    ("  catalog checks (before + after)", "dbrev/integrity.py", "catalog_findings"),
-    ("record fingerprint", "dbrev/state.py", "record_fingerprint"),
-    ("connect (engine + first connection)", "dbrev/db.py", "connect"),
+    ("  store script copies", "dbrev/pg/state.py", "store_script"),
+    ("  per-step row-change counters", "dbrev/pg/integrity.py", "xact_row_changes"),
+    ("  journal step updates", "dbrev/pg/state.py", "step"),
+    ("verify after (checks + fingerprint + counts)", "dbrev/engine/runner.py", "_post_verify"),
+    ("  fingerprint facts (before + after)", "dbrev/pg/integrity.py", "fingerprint_facts"),
+    ("  catalog checks (before + after)", "dbrev/pg/integrity.py", "catalog_findings"),
+    ("record fingerprint", "dbrev/pg/state.py", "record_fingerprint"),
+    ("connect (engine + first connection)", "dbrev/pg/db.py", "connect"),
 ]
 
 
@@ -500,7 +500,8 @@ def profile_upgrade(pg: PostgresServer, versions: Path, reps: int, dbrev_cli, db
     out["python: import alembic.config (alembic CLI's import)"] = _import_time("import alembic.config")
     out["python: import dbrev.cli (dbrev CLI's import)"] = _import_time("import dbrev.cli")
     out["python: import what the worker needs"] = _import_time(
-        "import dbrev.worker, dbrev.runner, dbrev.planning, dbrev.classify, pglast, alembic.runtime.environment")
+        "import dbrev.engine.worker, dbrev.engine.runner, dbrev.core.planning, dbrev.core.classify, pglast, "
+        "alembic.runtime.environment")
     dt, _ = timed_run([DBREV, "--version"])
     out["dbrev --version"] = dt
     dt, _ = timed_run([ALEMBIC, "--version"])
@@ -509,7 +510,7 @@ def profile_upgrade(pg: PostgresServer, versions: Path, reps: int, dbrev_cli, db
         runs = cold_runs[tool]
         out[f"cold {tool}"] = tuple(median([r[i] for r in runs]) for i in range(3))
     # offline plan of all 20 steps, in process (renders and classifies every step)
-    from dbrev import engine
+    from dbrev.engine import verbs as engine
 
     engine.plan(str(versions), "head", from_revisions=[])  # warm
     ts = []
@@ -643,8 +644,9 @@ def bench_verify(pg: PostgresServer, rows: int, reps: int, work: Path) -> dict:
                 conn.execute("SET max_parallel_workers_per_gather = 0")
             return " / ".join(r[0].strip() for r in conn.execute("EXPLAIN " + sql).fetchall()[:4])
 
-    from dbrev import engine, integrity
-    from dbrev.db import DbOptions, connection
+    from dbrev.engine import verbs as engine
+    from dbrev.pg import integrity
+    from dbrev.pg.db import DbOptions, connection
 
     def cli_verify() -> tuple[float, dict]:
         dt, proc = timed_run([DBREV, "verify", "--migrations", str(versions), "--database-url", url, "--json"],

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """The operator's Job path vs the Helm-hook practice, on the real one-node cluster (issue 12).
 
-One run starts the one-node cluster (``dbrev.envtest.node``: kubelet, containerd, PostgreSQL inside),
+One run starts the one-node cluster (``dbrev_dev.envtest.node``: kubelet, containerd, PostgreSQL inside),
 loads the operator image and the test application's image ``dbrev-test/ordersapp:v2``
-(``dbrev.envtest.images.app_archive``: the local Debian base, the app's requirements, ``pip install
+(``dbrev_dev.envtest.images.app_archive``: the local Debian base, the app's requirements, ``pip install
 dbrev``, tests/appimage/ordersapp with its five scripts), installs the operator as the Deployment of
 ``manifests/overlays/cluster-wide`` (unmodified) and, for each repetition, times the same one-step
 upgrade (c0de00000004 -> c0de00000005: a table, a unique constraint, an index) two ways, each on a
@@ -40,9 +40,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "operator"))
 sys.path.insert(0, str(ROOT / "tests" / "appimage"))
 
-from dbrev.envtest import images  # noqa: E402
-from dbrev.envtest import node as N  # noqa: E402
-from dbrev.envtest.postgres import create_database  # noqa: E402
+from dbrev_dev.envtest import images  # noqa: E402
+from dbrev_dev.envtest import node as N  # noqa: E402
+from dbrev.pg.ephemeral import create_database  # noqa: E402
 
 DR = "dbrev.io", "v1alpha1", "databaserevisions"
 IMAGE = f"{images.ORDERSAPP_IMAGE}:v2"

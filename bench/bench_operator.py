@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from dbrev.envtest.controlplane import ControlPlane  # noqa: E402
-from dbrev.envtest.postgres import PostgresServer, create_database, free_port  # noqa: E402
+from dbrev_dev.envtest.controlplane import ControlPlane  # noqa: E402
+from dbrev.pg.ephemeral import PostgresServer, create_database, free_port  # noqa: E402
 from scriptgen import write_script  # noqa: E402
 
 DR = "dbrev.io", "v1alpha1", "databaserevisions"

@@ -7,7 +7,7 @@ database to head by ``dbrev apply --json`` (CLI) with ``--rehearse=never`` (plai
 20-step downgrade back to base, a fingerprint compare, the row counts of what it removes, and
 ``ROLLBACK TO SAVEPOINT``), on a fresh database each time, in a rotating order, several
 repetitions; median wall times and the ratio (target: within 1.8x).  Also the in-process
-figures (``dbrev.engine.apply(..., in_process=True)``), which leave out the CLI's start-up, and the
+figures (``dbrev.engine.verbs.apply(..., in_process=True)``), which leave out the CLI's start-up, and the
 plain downgrade of the same history (head -> base, not rehearsed): the rehearsal runs the same
 statements, so plain upgrade + those statements is the floor of the ratio, printed next to it.
 
@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE.parent / "operator"))
 
 from bench_engine import DBREV, at_head, say, table, timed_run, write_history  # noqa: E402
 
-from dbrev.envtest.postgres import PostgresServer, drop_database  # noqa: E402
+from dbrev.pg.ephemeral import PostgresServer, drop_database  # noqa: E402
 
 TARGET = 1.8
 
@@ -83,8 +83,8 @@ def main(argv=None) -> int:
                 drop_database(pg.url(), url.rsplit("/", 1)[1])
 
         def inproc(mode: str) -> float:
-            from dbrev.engine import apply
-            from dbrev.options import DbOptions, Policy, RunRequest
+            from dbrev.engine.verbs import apply
+            from dbrev.core.options import DbOptions, Policy, RunRequest
 
             url = pg.create_database()
             try:

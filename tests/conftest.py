@@ -24,7 +24,7 @@ from fixtures_cluster import (  # noqa: F401 - the control-plane and node fixtur
     session_control_plane,
 )
 
-from dbrev.envtest.postgres import PostgresServer, create_database, drop_database
+from dbrev.pg.ephemeral import PostgresServer, create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
 

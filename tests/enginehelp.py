@@ -1,8 +1,8 @@
 """The engine's verbs in this process, for the tests of what a run does (not of the CLI around it).
 
-``run_apply`` builds the :class:`dbrev.options.RunRequest` that ``dbrev apply`` builds from its flags and
-runs it with :func:`dbrev.engine.apply` in this process (no interpreter to start, no worker); ``run_plan``
-calls :func:`dbrev.engine.plan`.  Both answer as :func:`clihelp.dbrev` does — a :class:`clihelp.CliResult`
+``run_apply`` builds the :class:`dbrev.core.options.RunRequest` that ``dbrev apply`` builds from its flags and
+runs it with :func:`dbrev.engine.verbs.apply` in this process (no interpreter to start, no worker); ``run_plan``
+calls :func:`dbrev.engine.verbs.plan`.  Both answer as :func:`clihelp.dbrev` does — a :class:`clihelp.CliResult`
 whose ``json`` is the command's ``--json`` document and whose ``code`` its exit code — so that a test reads
 the same either way.  What only the CLI does (flags, logs on stderr, the worker, its timeout, the exit code
 of an interrupted run) is tested through :func:`clihelp.dbrev`.
@@ -17,11 +17,11 @@ from typing import Iterable
 
 from clihelp import CliResult
 
-from dbrev import engine
+from dbrev.engine import verbs as engine
 from dbrev.cli import RESULT_EXIT
-from dbrev.errors import Busy, DbrevError, PolicyRefused
-from dbrev.options import ALL_CHECKS, DEFAULT_LOCK_TIMEOUT, DbOptions, Policy, RunRequest
-from dbrev.results import RESULT_BUSY, RESULT_REFUSED, RunResult, apply_document
+from dbrev.core.errors import Busy, DbrevError, PolicyRefused
+from dbrev.core.options import ALL_CHECKS, DEFAULT_LOCK_TIMEOUT, DbOptions, Policy, RunRequest
+from dbrev.core.results import RESULT_BUSY, RESULT_REFUSED, RunResult, apply_document
 
 
 def _answer(doc: dict, code: int, message: str = "") -> CliResult:

@@ -4,7 +4,7 @@ Fixtures (mark tests that use them ``@pytest.mark.cluster``):
 
 ``control_plane``  session — (``session_control_plane`` by its own name, for fixtures that must
                    keep meaning the bare control plane where a folder overrides ``control_plane``,
-                   as tests/operator does in Pod mode) a started :class:`dbrev.envtest.controlplane.ControlPlane`
+                   as tests/operator does in Pod mode) a started :class:`dbrev_dev.envtest.controlplane.ControlPlane`
                    (``.kubeconfig``, ``.kubectl(...)``, ``.kubectl_path``,
                    ``.api_client(as_service_account=(ns, name))``,
                    ``.service_account_kubeconfig(ns, name)``, ``.request(...)``).
@@ -22,7 +22,7 @@ missing they are built (minutes on a fresh machine; progress goes to the
 terminal).  A failed build fails the tests — cluster tests are never skipped.
 ``DBREV_TEST_CLUSTER_DIR`` keeps the control plane's folder (logs) at a fixed place.
 
-``node``           session — a real one-node cluster (:class:`dbrev.envtest.node.NodeCluster`:
+``node``           session — a real one-node cluster (:class:`dbrev_dev.envtest.node.NodeCluster`:
                    kubelet, containerd, PostgreSQL inside the node at ``node.database_url()``)
                    with the operator image built and loaded as ``ghcr.io/dbrev/dbrev:0.1.0`` (the
                    manifests' reference). It does not touch ``KUBECONFIG``. Without what a node
@@ -45,8 +45,8 @@ from pathlib import Path
 
 import pytest
 
-from dbrev.envtest.assets import AssetError  # a checkout without `pip install -e .`: pyproject's pythonpath
-from dbrev.envtest.controlplane import (
+from dbrev_dev.envtest.assets import AssetError  # a checkout without `pip install -e .`: pyproject's pythonpath
+from dbrev_dev.envtest.controlplane import (
     ControlPlane,
     ControlPlaneError,
     ExistingCluster,
@@ -153,7 +153,7 @@ def namespace(control_plane, request) -> str:
 
 def node_or_skip_reason() -> str | None:
     """Why the node tests cannot run here (None: they can)."""
-    from dbrev.envtest.node import unavailable_reason
+    from dbrev_dev.envtest.node import unavailable_reason
 
     return unavailable_reason()
 
@@ -161,8 +161,8 @@ def node_or_skip_reason() -> str | None:
 @pytest.fixture(scope="session")
 def node(tmp_path_factory, pytestconfig):
     """A real one-node cluster for the session, with PostgreSQL inside it and the operator image loaded."""
-    from dbrev.envtest import images
-    from dbrev.envtest.node import NodeCluster, NodeError
+    from dbrev_dev.envtest import images
+    from dbrev_dev.envtest.node import NodeCluster, NodeError
 
     reason = node_or_skip_reason()
     if reason:

@@ -6,7 +6,7 @@ For one project (``compare.py optuna``; ``--list`` shows them) this
 1. makes a venv of its own under ``~/.cache/dbrev/realworld/venv-<project>`` with the project's
    wheel, only what its migration scripts and env.py import, and dbrev from this checkout
    (editable); the project's packages never enter dbrev's own ``.venv``;
-2. starts a throwaway PostgreSQL server (``dbrev.envtest.postgres``, loopback only);
+2. starts a throwaway PostgreSQL server (``dbrev.pg.ephemeral``, loopback only);
 3. runs the history up to head, down to base and up again, each on a fresh database, three ways:
 
    * ``alembic``: plain Alembic — ``alembic.command.upgrade/downgrade`` with the project's own
@@ -45,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "operator"))
 
-from dbrev.envtest.postgres import PostgresServer  # noqa: E402
+from dbrev.pg.ephemeral import PostgresServer  # noqa: E402
 
 CACHE = Path(os.environ.get("DBREV_REALWORLD_CACHE", Path.home() / ".cache" / "dbrev" / "realworld"))
 
@@ -151,7 +151,7 @@ def locate(p: Project, v: Path) -> tuple[Path, Path, Path | None]:
 # ---------------------------------------------------------------------------------------------
 
 def pg_dump(server: PostgresServer, db: str) -> list[str]:
-    from dbrev.envtest.postgres import find_bindir
+    from dbrev.pg.ephemeral import find_bindir
 
     exe = Path("/usr/lib/postgresql/15/bin/pg_dump")
     exe = exe if exe.exists() else find_bindir() / "pg_dump"

@@ -49,7 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "operator"))
 
-from dbrev.envtest.postgres import PostgresServer  # noqa: E402
+from dbrev.pg.ephemeral import PostgresServer  # noqa: E402
 
 PROJECT = "prefect"
 PROJECT_VERSION = "3.9.1"
@@ -413,7 +413,7 @@ def _slim_rec(rec: dict) -> dict:
 def project_env_compare(pg: PostgresServer, venv: Path, env: dict, home: Path, dbrev_db: str,
                         versions: Path) -> dict:
     """Prefect's own upgrade (its env.py: async engine, transaction_per_migration) vs dbrev's, schema diff."""
-    from dbrev.envtest.postgres import create_database
+    from dbrev.pg.ephemeral import create_database
 
     url2 = create_database(pg.url(), "rw_prefect")
     penv = {**env, "PREFECT_API_DATABASE_CONNECTION_URL": url2.replace("postgresql+psycopg", "postgresql+asyncpg"),
@@ -464,7 +464,7 @@ def data_migration_check(pg: PostgresServer, r: Runner, order: list[str]) -> dic
     if target not in order:
         return {"skipped": f"{target} not in this history"}
     before = order[order.index(target) - 1]
-    from dbrev.envtest.postgres import create_database
+    from dbrev.pg.ephemeral import create_database
 
     url = create_database(pg.url(), "rw_data")
     a = r.run(["apply", "-r", before, *ALLOW], url, label=f"apply {before}")

@@ -85,7 +85,7 @@ def test_an_older_copy_downgrades_from_the_stored_scripts_and_the_broken_step_ro
 
 @pytest.fixture
 def second_database_url(pg_admin_url):
-    from dbrev.envtest.postgres import create_database, drop_database
+    from dbrev.pg.ephemeral import create_database, drop_database
 
     url = create_database(pg_admin_url)
     yield url
@@ -93,7 +93,7 @@ def second_database_url(pg_admin_url):
 
 
 def test_each_image_tag_carries_its_scripts_and_dbrev_the_documented_way():
-    from dbrev.envtest import images as I
+    from dbrev_dev.envtest import images as I
 
     def scripts(tag):
         return sorted(k.rsplit("/", 1)[1].split("_", 1)[0] for k in I._app_files(tag) if k.startswith("migrations/versions/"))

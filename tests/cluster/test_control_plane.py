@@ -20,8 +20,8 @@ import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from dbrev.envtest import assets
-from dbrev.envtest.controlplane import port_is_listening
+from dbrev_dev.envtest import assets
+from dbrev_dev.envtest.controlplane import port_is_listening
 from fixtures_cluster import local_control_plane_only
 
 pytestmark = pytest.mark.cluster
@@ -393,7 +393,7 @@ def _cli(*args, check=True):
         p for p in (str(Path(dbrev.__file__).parent.parent), os.environ.get("PYTHONPATH")) if p
     )
     r = subprocess.run(
-        [sys.executable, "-m", "dbrev.envtest.controlplane", *args],
+        [sys.executable, "-m", "dbrev_dev.envtest.controlplane", *args],
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": pythonpath},
     )
@@ -457,7 +457,7 @@ def test_in_process_control_plane_dies_with_its_owner(control_plane, tmp_path):
         f"""
         import json, os, sys
         sys.path.insert(0, {str(Path(dbrev.__file__).parent.parent)!r})
-        from dbrev.envtest.controlplane import ControlPlane
+        from dbrev_dev.envtest.controlplane import ControlPlane
         cp = ControlPlane({str(d)!r}, die_with_parent=True).start()
         print(json.dumps({{"pids": [p.pid for p in cp._procs.values()],
                            "ports": [cp.port, cp.etcd_port, cp.etcd_peer_port]}}), flush=True)

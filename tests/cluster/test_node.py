@@ -1,4 +1,4 @@
-"""The one-node cluster (dbrev.envtest.node): it runs pods, keeps traffic local, and leaves nothing behind.
+"""The one-node cluster (dbrev_dev.envtest.node): it runs pods, keeps traffic local, and leaves nothing behind.
 
 The crash test comes first in this file on purpose: it needs the machine's one node slot, so it runs
 before the session's ``node`` fixture takes it (tests/cluster runs before tests/operator).
@@ -43,8 +43,8 @@ def test_teardown_after_a_crashed_run_leaves_nothing(tmp_path):
     _require_node_support()
     import fcntl
 
-    from dbrev.envtest import node as N
-    from dbrev.envtest.images import PAUSE_IMAGE
+    from dbrev_dev.envtest import node as N
+    from dbrev_dev.envtest.images import PAUSE_IMAGE
 
     with open(N.LOCK, "a") as fh:  # the session's node must not be up yet (see the module docstring)
         try:
@@ -53,7 +53,7 @@ def test_teardown_after_a_crashed_run_leaves_nothing(tmp_path):
         except BlockingIOError:
             pytest.fail("another one-node cluster holds the machine's slot; run this test first")
     d = tmp_path / "crashed"
-    up = subprocess.run([sys.executable, "-m", "dbrev.envtest.node", "up", "--dir", str(d)],
+    up = subprocess.run([sys.executable, "-m", "dbrev_dev.envtest.node", "up", "--dir", str(d)],
                         capture_output=True, text=True, timeout=300)
     assert up.returncode == 0, up.stdout + up.stderr
     try:
@@ -82,12 +82,12 @@ def test_teardown_after_a_crashed_run_leaves_nothing(tmp_path):
         assert len(before["routes"]) == 1 and "blackhole" in before["routes"][0]  # the host never routes NODE_IP out
     finally:
         # what a user (and .ci/run) does after a crash: `down`
-        down = subprocess.run([sys.executable, "-m", "dbrev.envtest.node", "down", "--dir", str(d)],
+        down = subprocess.run([sys.executable, "-m", "dbrev_dev.envtest.node", "down", "--dir", str(d)],
                               capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr
     nothing = {"processes": [], "netns": [], "veth": [], "mounts": [], "cgroups": [], "routes": []}
     assert N.leftovers(d) == nothing and N.leftovers() == nothing
-    lo = subprocess.run([sys.executable, "-m", "dbrev.envtest.node", "leftovers"], capture_output=True, text=True)
+    lo = subprocess.run([sys.executable, "-m", "dbrev_dev.envtest.node", "leftovers"], capture_output=True, text=True)
     assert lo.returncode == 0, lo.stdout
     # and as the machine's own tools see it
     assert N.NETNS not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
@@ -97,7 +97,7 @@ def test_teardown_after_a_crashed_run_leaves_nothing(tmp_path):
 
 
 def test_node_is_ready_and_its_network_stays_local(node):
-    from dbrev.envtest import node as N
+    from dbrev_dev.envtest import node as N
 
     got = json.loads(node.kubectl("get", "node", N.NODE_NAME, "-o", "json").stdout)
     assert {c["type"]: c["status"] for c in got["status"]["conditions"]}["Ready"] == "True"
@@ -115,9 +115,9 @@ def test_node_is_ready_and_its_network_stays_local(node):
 def test_a_stray_down_leaves_a_held_node_alone_and_the_host_never_routes_to_it_elsewhere(node, tmp_path):
     """``down`` from another shell while a test session holds the node refuses and changes nothing; and the host's
     way to NODE_IP is the veth, with the blackhole behind it (were the veth gone, no packet would leave the host)."""
-    from dbrev.envtest import node as N
+    from dbrev_dev.envtest import node as N
 
-    down = subprocess.run([sys.executable, "-m", "dbrev.envtest.node", "down", "--dir", str(node.dir)],
+    down = subprocess.run([sys.executable, "-m", "dbrev_dev.envtest.node", "down", "--dir", str(node.dir)],
                           capture_output=True, text=True, timeout=60)
     assert down.returncode == 3 and "holds the one-node cluster" in down.stderr, down.stdout + down.stderr
     # a second session's node (a test run beside this one) cannot start, and its clean-up leaves ours alone

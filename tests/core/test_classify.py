@@ -2,7 +2,7 @@
 
 import pytest
 
-from dbrev.classify import classify_source, classify_sql
+from dbrev.core.classify import classify_source, classify_sql
 
 
 @pytest.mark.parametrize("sql,kind,obj", [

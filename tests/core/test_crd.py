@@ -1,18 +1,18 @@
-"""The CRD in crds/ is generated from operator/dbrev/crd.py and must not drift from it."""
+"""The CRD in crds/ is generated from operator/dbrev/controller/crd.py and must not drift from it."""
 
 from pathlib import Path
 
 import yaml
 
-from dbrev import conditions as C
-from dbrev import crd
+from dbrev.core import conditions as C
+from dbrev.controller import crd
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_crds_folder_matches_the_source_of_truth():
     on_disk = (ROOT / crd.CRD_FILE).read_text()
-    assert on_disk == crd.crd_yaml(), "crds/ is stale: run `python -m dbrev.crd` (or `make crds`)"
+    assert on_disk == crd.crd_yaml(), "crds/ is stale: run `python -m dbrev.controller.crd` (or `make crds`)"
 
 
 def _walk(schema, path="spec"):

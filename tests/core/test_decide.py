@@ -1,10 +1,10 @@
 """The operator's functional core: outcomes to conditions, events, metrics; triggers from diffs."""
 
-from dbrev import conditions as C
+from dbrev.core import conditions as C
 from dbrev.controller import decide
-from dbrev.results import RunResult
+from dbrev.core.results import RunResult
 from dbrev.controller.spec import SpecError, parse_duration, parse_spec
-from dbrev.status import compute_conditions, initial_conditions, status_patch, Outcome
+from dbrev.controller.status import compute_conditions, initial_conditions, status_patch, Outcome
 
 import pytest
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dbrev.deployment import deployment_id, stamp_history, with_deployment
+from dbrev.controller.deployment import deployment_id, stamp_history, with_deployment
 
 
 def meta(annotations=None, labels=None):

@@ -1,4 +1,4 @@
-"""One duration grammar (dbrev.durations) for the CRD pattern, the operator's spec and `--older-than`;
+"""One duration grammar (dbrev.core.durations) for the CRD pattern, the operator's spec and `--older-than`;
 one default per setting, shared by the CLI and the CRD."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ from datetime import timedelta
 
 import pytest
 
-from dbrev import durations, options
-from dbrev.archive import parse_age
+from dbrev.core import durations, options
+from dbrev.pg.archive import parse_age
 from dbrev.cli import build_parser
 from dbrev.controller.spec import SpecError, parse_duration, parse_spec
-from dbrev.crd import crd
-from dbrev.errors import BadInput
+from dbrev.controller.crd import crd
+from dbrev.core.errors import BadInput
 
 
 @pytest.mark.parametrize("text,seconds", [("45s", 45), ("10m", 600), ("1h30m", 5400), ("30d", 30 * 86400),

@@ -2,8 +2,8 @@
 
 import pytest
 
-from dbrev.errors import AmbiguousRevision, MultipleHeads, RevisionNotFound, ScriptError, UnknownDatabaseRevision
-from dbrev.graph import Node, graph_from_nodes
+from dbrev.core.errors import AmbiguousRevision, MultipleHeads, RevisionNotFound, ScriptError, UnknownDatabaseRevision
+from dbrev.core.graph import Node, graph_from_nodes
 
 
 def g(*specs):

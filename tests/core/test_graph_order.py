@@ -9,7 +9,7 @@ import random
 import pytest
 from alembic.script.revision import Revision, RevisionMap
 
-from dbrev.graph import Node, graph_from_nodes
+from dbrev.core.graph import Node, graph_from_nodes
 
 
 def random_history(rng: random.Random, n: int):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dbrev.results import RunResult
+from dbrev.core.results import RunResult
 from dbrev.controller.healthgate import (FAILED, HEALTHY, PASSED, PROGRESSING, WAITING, Health,
                                          NoPreviousRevision, deployment_undo, gate, statefulset_undo,
                                          workload_health)
@@ -158,7 +158,7 @@ def test_statefulset_undo_is_the_previous_controllerrevisions_data():
 
 # -- onFailure: Rollback (application first, then schema) -------------------------------------------
 
-from dbrev import conditions as C  # noqa: E402
+from dbrev.core import conditions as C  # noqa: E402
 from dbrev.controller import decide  # noqa: E402
 from dbrev.controller import healthgate as HG  # noqa: E402
 from dbrev.controller.spec import SpecError, parse_spec  # noqa: E402
@@ -304,7 +304,7 @@ def test_rollback_needs_a_downgrade_policy_that_can_downgrade():
 
 
 def test_the_cluster_rollback_rolls_the_gated_workloads_back_first_unless_the_gate_already_did():
-    from dbrev.rollback import gated_workloads
+    from dbrev.engine.rollback import gated_workloads
 
     obj = {"spec": {"healthGate": {"workloads": [{"kind": "Deployment", "name": "web"},
                                                  {"kind": "StatefulSet", "name": "cache"}]}}}

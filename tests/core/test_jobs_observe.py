@@ -10,10 +10,10 @@ import json
 
 import pytest
 
-from dbrev import conditions as C
+from dbrev.core import conditions as C
 from dbrev.controller import jobs as J
 from dbrev.controller.decide import TRANSIENT_REASONS
-from dbrev.errors import MigrationJobError
+from dbrev.core.errors import MigrationJobError
 
 IMAGE = "registry.example.com/orders-api:1.4.2"
 

@@ -4,8 +4,8 @@ import io
 import json
 import logging
 
-from dbrev import log as L
-from dbrev.redact import redact, register_secret
+from dbrev.engine import log as L
+from dbrev.core.redact import redact, register_secret
 
 
 def capture(level="DEBUG"):

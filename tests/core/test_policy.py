@@ -2,12 +2,12 @@
 
 import pytest
 
-from dbrev import conditions as C
-from dbrev.graph import Node, graph_from_nodes
-from dbrev.planning import build_plan, hash_matches
-from dbrev.options import Policy
-from dbrev.policy import evaluate
-from dbrev.scripts import Rendered, ScriptInfo
+from dbrev.core import conditions as C
+from dbrev.core.graph import Node, graph_from_nodes
+from dbrev.core.planning import build_plan, hash_matches
+from dbrev.core.options import Policy
+from dbrev.core.policy import evaluate
+from dbrev.engine.scripts import Rendered, ScriptInfo
 
 NODES = [Node("a1", ()), Node("b2", ("a1",)), Node("c3", ("b2",))]
 SQL = {
@@ -146,8 +146,8 @@ def test_dropping_what_the_same_plan_created_is_not_data_loss():
 
 # -- data loss means rows: decisions on live facts (issue 9.8) ------------------------------
 
-from dbrev.classify import is_widening  # noqa: E402
-from dbrev.policy import Facts  # noqa: E402
+from dbrev.core.classify import is_widening  # noqa: E402
+from dbrev.core.policy import Facts  # noqa: E402
 
 
 @pytest.mark.parametrize("old,new,widens", [
@@ -194,7 +194,7 @@ def test_a_plain_drop_type_is_not_data_loss_but_a_cascading_one_is():
 
 
 def test_rollback_row_proof_and_online_effects_are_pure():
-    from dbrev import integrity as I
+    from dbrev.pg import integrity as I
 
     f = I.rollback_row_findings({"public.big": 1000, "public.ok": 3, "public.gone": 2, "public.empty": 0},
                                 {"public.big": 400, "public.ok": 5})

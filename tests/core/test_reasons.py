@@ -1,4 +1,4 @@
-"""Reasons come from dbrev.conditions only: no module outside it writes a reason as a literal."""
+"""Reasons come from dbrev.core.conditions only: no module outside it writes a reason as a literal."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 import dbrev
-from dbrev import conditions as C
+from dbrev.core import conditions as C
 
 PACKAGE = Path(dbrev.__file__).parent
 # reasons Kubernetes writes (a container's last state, a Deployment's Progressing condition), read by the gate
@@ -48,7 +48,7 @@ def literal_reasons(source: str) -> list[tuple[int, str]]:
 def test_no_module_spells_a_reason_itself():
     found = [f"{p.relative_to(PACKAGE)}:{line}: {s!r}" for p in sorted(PACKAGE.rglob("*.py"))
              if p.name != "conditions.py" for line, s in literal_reasons(p.read_text()) if s not in KUBERNETES_REASONS]
-    assert found == [], "use the constants of dbrev.conditions"
+    assert found == [], "use the constants of dbrev.core.conditions"
 
 
 def test_the_search_sees_each_form():

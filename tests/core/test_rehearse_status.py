@@ -1,11 +1,11 @@
 """The operator's side of rehearsed downgrades (issue 14): status.rollbackReadiness, the Event, the
 Stalled reason when Require refused, the CRD field and printer column.  Pure."""
 
-from dbrev import conditions as C
+from dbrev.core import conditions as C
 from dbrev.controller import decide
-from dbrev.results import RunResult
+from dbrev.core.results import RunResult
 from dbrev.controller.spec import parse_spec  # noqa: F401 - the spec parser takes policy.rehearse
-from dbrev.crd import crd
+from dbrev.controller.crd import crd
 
 
 def from_result(result: dict, *args, **kw):
@@ -64,7 +64,7 @@ def test_crd_has_the_policy_field_and_the_wide_column():
 # -- the metric (a real prometheus_client registry, dbrev's own) ---------------------------------
 
 def _sample(metric, **labels):
-    from dbrev import metrics as M
+    from dbrev.controller import metrics as M
 
     for fam in M.REGISTRY.collect():
         for s in fam.samples:
@@ -74,8 +74,8 @@ def _sample(metric, **labels):
 
 
 def test_readiness_metric_follows_the_status_and_goes_with_the_resource():
-    from dbrev import metrics as M
-    from dbrev import rehearse
+    from dbrev.controller import metrics as M
+    from dbrev.engine import rehearse
 
     kw = dict(is_ready=True, is_stalled=False, current="b2", target="b2")
     M.set_resource("ns-rr", "orders", **kw)  # no rehearsal recorded yet: no series
@@ -95,7 +95,7 @@ def test_readiness_metric_follows_the_status_and_goes_with_the_resource():
 def test_a_require_refusal_counts_its_rollback_under_a_declared_trigger():
     """decide passes the run's rollback.reason to dbrev_rollbacks_total{trigger}: it must be a declared one
     (the series are created at 0 for every declared trigger, and alerts read them)."""
-    from dbrev import metrics as M
+    from dbrev.controller import metrics as M
 
     res = {"result": "refused", "from_revisions": ["a1"], "to_revisions": ["b2"], "current_revisions": ["a1"],
            "rollback": {"triggered": True, "reason": "rehearsal_failure", "method": "transaction", "success": True},
@@ -110,7 +110,7 @@ def test_a_require_refusal_counts_its_rollback_under_a_declared_trigger():
 
 
 def test_a_reverts_status_plan_shows_the_recorded_readiness():
-    from dbrev.status import plan_status
+    from dbrev.controller.status import plan_status
 
     rec = [{"status": "Lossy", "message": "restores the starting schema, losing 4 value(s) of column public.t.nick",
             "from": ["b2"], "to": ["a1"], "recorded_at": "2026-11-24T09:00:00+00:00", "run_id": 7,
@@ -130,7 +130,7 @@ def test_a_reverts_status_plan_shows_the_recorded_readiness():
 # -- which recorded readiness a plan shows (pure) --------------------------------------------
 
 def _graph():
-    from dbrev.graph import Node, graph_from_nodes
+    from dbrev.core.graph import Node, graph_from_nodes
 
     # a1 -> b2 -> c3 -> d4
     return graph_from_nodes([Node("a1", (), (), ()), Node("b2", ("a1",), (), ()), Node("c3", ("b2",), (), ()),
@@ -143,7 +143,7 @@ def _run(i, frm, to, status):
 
 
 def test_recorded_for_walks_the_way_back_newest_first_and_names_the_rest():
-    from dbrev.rehearse import recorded_for, recorded_lines
+    from dbrev.engine.rehearse import recorded_for, recorded_lines
 
     g = _graph()
     runs = [_run(4, ["b2"], ["d4"], "Broken"), _run(3, ["c3"], ["d4"], "Proven"),  # newest first

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from dbrev import conditions as C
-from dbrev import metric_labels
-from dbrev.results import (
+from dbrev.core import conditions as C
+from dbrev.core import metric_labels
+from dbrev.core.results import (
     ROLLBACK_TRIGGERS,
     Rollback,
     RunError,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from dbrev.results import RunResult
-from dbrev import errors as E
-from dbrev.rollback import (SOURCE_JOURNAL, SOURCE_REQUESTED, check_direction, choose_target, losses,
+from dbrev.core.results import RunResult
+from dbrev.core import errors as E
+from dbrev.engine.rollback import (SOURCE_JOURNAL, SOURCE_REQUESTED, check_direction, choose_target, losses,
                             succeeded)
 
 
@@ -96,7 +96,7 @@ def test_success_needs_applied_integrity_and_the_target():
 
 # -- in the cluster: from status.history ----------------------------------------------------------
 
-from dbrev.rollback import cluster_plan  # noqa: E402
+from dbrev.engine.rollback import cluster_plan  # noqa: E402
 
 
 def dbrev_obj(current, history, labels=None, annotations=None, revision="head"):

@@ -2,10 +2,10 @@
 
 * every attribute a Runner (and a StepExecution, an Undo) has is set in ``__init__``, and nothing reads
   one back through ``getattr(self, name, default)`` (a default hides a phase that did not run);
-* steps run in a :class:`dbrev.execution.StepExecution`: nothing builds a second Runner (a rollback's
+* steps run in a :class:`dbrev.engine.execution.StepExecution`: nothing builds a second Runner (a rollback's
   inverse, a rehearsal) and no module of the run sets or reads another object's private attributes;
 * the run's rollbacks (ROLLBACK, inverse steps, after a dead or timed-out worker) are all in
-  :mod:`dbrev.undo`: it alone logs ``rollback_triggered`` / ``rollback_executed`` among the run's modules,
+  :mod:`dbrev.engine.undo`: it alone logs ``rollback_triggered`` / ``rollback_executed`` among the run's modules,
   and the worker is process transport only.
 """
 
@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "operator" / "dbrev"
-RUN_MODULES = ("runner.py", "execution.py", "undo.py", "rehearse.py", "worker.py", "controller/jobrun.py")
+RUN_MODULES = ("engine/runner.py", "engine/execution.py", "engine/undo.py", "engine/rehearse.py", "engine/worker.py",
+               "controller/jobrun.py")
 #: the modules that run steps or roll back (jobrun, the Job transport, reads a results constant of its own)
-STEP_MODULES = ("runner.py", "execution.py", "undo.py", "rehearse.py", "worker.py")
+STEP_MODULES = ("engine/runner.py", "engine/execution.py", "engine/undo.py", "engine/rehearse.py", "engine/worker.py")
 
 
 def _tree(name: str) -> ast.Module:
@@ -39,8 +40,8 @@ def _calls(tree) -> list[str]:
     return [ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)]
 
 
-@pytest.mark.parametrize("module,cls", [("runner.py", "Runner"), ("execution.py", "StepExecution"),
-                                        ("undo.py", "Undo"), ("execution.py", "Checks")])
+@pytest.mark.parametrize("module,cls", [("engine/runner.py", "Runner"), ("engine/execution.py", "StepExecution"),
+                                        ("engine/undo.py", "Undo"), ("engine/execution.py", "Checks")])
 def test_every_attribute_is_declared_in_init(module, cls):
     methods = [f for f in _class(module, cls).body if isinstance(f, ast.FunctionDef)]
     declared = _stored(next(f for f in methods if f.name == "__init__"))
@@ -48,8 +49,8 @@ def test_every_attribute_is_declared_in_init(module, cls):
     assert later - declared == set(), f"{cls}: set outside __init__: {sorted(later - declared)}"
 
 
-@pytest.mark.parametrize("module,cls", [("runner.py", "Runner"), ("execution.py", "StepExecution"),
-                                        ("undo.py", "Undo")])
+@pytest.mark.parametrize("module,cls", [("engine/runner.py", "Runner"), ("engine/execution.py", "StepExecution"),
+                                        ("engine/undo.py", "Undo")])
 def test_no_getattr_with_a_default_on_self(module, cls):
     calls = [n for n in ast.walk(_class(module, cls)) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
              and n.func.id == "getattr" and n.args and isinstance(n.args[0], ast.Name) and n.args[0].id == "self"]
@@ -89,23 +90,23 @@ def test_no_private_attribute_of_another_object_is_set_or_read(module):
 def test_the_runs_rollbacks_are_logged_only_by_undo():
     logs = {"L.rollback_triggered", "L.rollback_executed"}
     where = {m: sorted(logs & set(_calls(_tree(m)))) for m in RUN_MODULES}
-    assert where["undo.py"] == sorted(logs)
-    assert {m: v for m, v in where.items() if v and m != "undo.py"} == {}
+    assert where["engine/undo.py"] == sorted(logs)
+    assert {m: v for m, v in where.items() if v and m != "engine/undo.py"} == {}
 
 
 def test_runner_has_no_rollback_or_step_machinery_of_its_own():
-    names = {f.name for f in _class("runner.py", "Runner").body if isinstance(f, ast.FunctionDef)}
+    names = {f.name for f in _class("engine/runner.py", "Runner").body if isinstance(f, ast.FunctionDef)}
     gone = {"_steps_for", "_on_step_done", "_execute", "_undo_per_step", "_transaction_rollback",
             "_after_rollback", "_undo_policy", "_restorable", "_settle_archived", "_rollback_verdict"}
     assert names & gone == set()
 
 
 def test_worker_is_transport_only():
-    tree = _tree("worker.py")
+    tree = _tree("engine/worker.py")
     defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     assert {"recover_after_death", "_after_death", "_after_timeout", "_interrupted_builds"} & defined == set()
     assert {"run_in_worker", "oom_kills", "death_cause"} <= defined
-    from dbrev import undo, worker
+    from dbrev.engine import undo, worker
 
     assert not hasattr(worker, "recover_after_death")
     assert callable(undo.recover_after_death) and callable(undo.after_timeout)

@@ -1,4 +1,4 @@
-"""The one rule for the scripts the database keeps (dbrev.planning.sort_stored / check_conflicts), pure."""
+"""The one rule for the scripts the database keeps (dbrev.core.planning.sort_stored / check_conflicts), pure."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import hashlib
 
 import pytest
 
-from dbrev.errors import ScriptConflict
-from dbrev.graph import Node, graph_from_nodes
-from dbrev.planning import build_plan, check_conflicts, sort_stored
-from dbrev.scripts import Rendered, ScriptInfo
+from dbrev.core.errors import ScriptConflict
+from dbrev.core.graph import Node, graph_from_nodes
+from dbrev.core.planning import build_plan, check_conflicts, sort_stored
+from dbrev.engine.scripts import Rendered, ScriptInfo
 
 NODES = [Node("a1", ()), Node("b2", ("a1",))]
 

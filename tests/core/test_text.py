@@ -1,4 +1,4 @@
-"""One formatter each for revisions and plans (dbrev.text), and no module writing its own."""
+"""One formatter each for revisions and plans (dbrev.core.text), and no module writing its own."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import dbrev
-from dbrev.text import parse_revisions, plan_dict_summary, plan_summary, revisions_shown, revisions_text
+from dbrev.core.text import parse_revisions, plan_dict_summary, plan_summary, revisions_shown, revisions_text
 
 PACKAGE = Path(dbrev.__file__).parent
 

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gen  # noqa: E402
 
-from dbrev.envtest.postgres import create_database, drop_database  # noqa: E402
+from dbrev.pg.ephemeral import create_database, drop_database  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 
 from clihelp import CliResult, dbrev
 from dbhelp import q
-from dbrev.envtest.postgres import find_bindir
+from dbrev.pg.ephemeral import find_bindir
 from gen import APPS, FAIL_ENV
 
 _ALEMBIC = """

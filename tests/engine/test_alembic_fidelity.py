@@ -51,7 +51,7 @@ STOCK_ENV_PY = textwrap.dedent('''
 
 
 def second_database(pg_admin_url: str) -> str:
-    from dbrev.envtest.postgres import create_database
+    from dbrev.pg.ephemeral import create_database
 
     return create_database(pg_admin_url)
 
@@ -312,7 +312,7 @@ def _project(tmp_path: Path, env_py: str, name: str = "alembic") -> Path:
 
 def _schema(url: str) -> list[str]:
     """The catalog facts dbrev fingerprints (constraint and index names included), dbrev's schemas aside."""
-    from dbrev import integrity
+    from dbrev.pg import integrity
 
     eng = sa.create_engine(url)
     try:
@@ -388,7 +388,7 @@ def test_env_py_that_commits_the_callers_transaction(database_url, pg_admin_url,
 
 
 def test_configmap_scripts_with_an_env_py_run_through_it(database_url, tmp_path):
-    from dbrev.scripts import load_folder, materialize
+    from dbrev.engine.scripts import load_folder, materialize
 
     loc = _project(tmp_path, TEMPLATE_ENV_PY)
     files = {p.name: p.read_text() for p in (loc / "versions").glob("*.py")}

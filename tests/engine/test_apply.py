@@ -379,8 +379,8 @@ def test_application_urls_with_other_drivers_work(database_url, tmp_path, driver
 
 def test_isolated_worker_gets_a_minimal_environment_and_still_times_out(database_url, tmp_path, monkeypatch):
     """The operator's path: a fresh interpreter with only the request, killed on timeout."""
-    from dbrev.engine import apply
-    from dbrev.options import DbOptions, Policy, RunRequest
+    from dbrev.engine.verbs import apply
+    from dbrev.core.options import DbOptions, Policy, RunRequest
 
     d = tmp_path / "m"
     write_script(d, "z001aaaa", None, 'import os\nassert "KUBECONFIG" not in os.environ and '

@@ -47,7 +47,7 @@ def test_check_names_the_first_breaking_step(database_url, tmp_path):
 
 
 def _fresh(url):
-    from dbrev.envtest.postgres import create_database
+    from dbrev.pg.ephemeral import create_database
 
     return create_database(url.rsplit("/", 1)[0] + "/postgres")
 
@@ -134,7 +134,7 @@ def test_ephemeral_without_envtest_says_so(examples_dir, monkeypatch, capfd):
 
     from dbrev.cli import main
 
-    monkeypatch.setitem(sys.modules, "dbrev.envtest.postgres", None)  # as if envtest moved out of the package
+    monkeypatch.setitem(sys.modules, "dbrev.pg.ephemeral", None)  # as if an install lacked the throwaway server
     code = main(["check", "--migrations", str(examples_dir), "--ephemeral", "--json"])
     assert code == 2
     out = capfd.readouterr().out

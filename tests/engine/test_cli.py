@@ -8,7 +8,7 @@ import pytest
 
 from dbhelp import heads, q
 from clihelp import dbrev
-from dbrev.envtest.postgres import PostgresServer, create_database
+from dbrev.pg.ephemeral import PostgresServer, create_database
 from scriptgen import linear_history, write_script
 
 PASSWORD = "Sup3r-S3cret-pw%/@x"
@@ -72,7 +72,7 @@ def test_wrong_password_is_bad_input_without_the_password(secret_server, tmp_pat
 
 
 def test_unreachable_database_retries_then_reports_unavailable(tmp_path):
-    from dbrev.envtest.postgres import free_port
+    from dbrev.pg.ephemeral import free_port
 
     port = free_port()
     url = f"postgresql+psycopg://app:{PASSWORD.replace('%', '%25').replace('/', '%2F').replace('@', '%40')}" \

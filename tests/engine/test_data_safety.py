@@ -8,7 +8,7 @@ import subprocess
 from dbhelp import heads, q
 from clihelp import dbrev
 from enginehelp import run_apply, run_plan
-from dbrev.envtest.postgres import PostgresServer, create_database, find_bindir
+from dbrev.pg.ephemeral import PostgresServer, create_database, find_bindir
 from scriptgen import write_script
 
 

@@ -14,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from dbrev import integrity as I
-from dbrev.envtest.postgres import create_database, drop_database
+from dbrev.pg import integrity as I
+from dbrev.pg.ephemeral import create_database, drop_database
 
 RAW = {"no_parameters": True}
 

@@ -10,7 +10,7 @@ import pytest
 from clihelp import dbrev
 from dbhelp import heads
 from dbrev.cli import RESULT_FILE_LIMIT, result_file_text
-from dbrev.envtest.postgres import PostgresServer, create_database
+from dbrev.pg.ephemeral import PostgresServer, create_database
 from scriptgen import linear_history
 
 PASSWORD = "Sup3r-S3cret-pw%/@x"
@@ -147,9 +147,9 @@ def test_a_folder_other_than_the_operators_scripts_is_refused_transiently_and_ch
         database_url, tmp_path, with_env_py):
     """``--scripts-sha256``: a migration pod whose ConfigMap volume lags an update runs nothing, and says so in a
     reason the operator retries; the hash is the one the operator computes over the ConfigMap's keys."""
-    from dbrev.errors import ScriptsOutOfDate
-    from dbrev.scripts import files_sha256, materialize
-    from dbrev.worker import _raise_reported
+    from dbrev.core.errors import ScriptsOutOfDate
+    from dbrev.engine.scripts import files_sha256, materialize
+    from dbrev.engine.worker import _raise_reported
 
     src = tmp_path / "src"
     linear_history(src, 2)

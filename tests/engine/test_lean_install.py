@@ -90,7 +90,7 @@ def test_operator_verbs_name_the_extra(lean, argv):
     assert err["error_type"] == "MissingExtra" and INSTALL_LINE in err["hint"]
 
 
-@pytest.mark.parametrize("module", ["dbrev.metrics", "dbrev.controller.main", "dbrev.controller.kube",
+@pytest.mark.parametrize("module", ["dbrev.controller.metrics", "dbrev.controller.main", "dbrev.controller.kube",
                                     "dbrev.controller.handlers", "dbrev.controller.inputs"])
 def test_importing_an_operator_module_names_the_extra(lean, module):
     code = (f"try:\n    import {module}\nexcept ImportError as e:\n    print(type(e).__name__, str(e))\n"
@@ -102,9 +102,10 @@ def test_importing_an_operator_module_names_the_extra(lean, module):
 
 def test_the_pure_modules_import_on_the_lean_install(lean):
     """What the CLI, the engine and a migration pod load must not need the extra."""
-    mods = ["dbrev.cli", "dbrev.engine", "dbrev.runner", "dbrev.worker", "dbrev.rollback", "dbrev.check",
-            "dbrev.cli_ext", "dbrev.crd", "dbrev.status", "dbrev.controller.spec", "dbrev.controller.healthgate",
-            # the pure core deciding the operator's outcomes (its metric labels are dbrev.metric_labels)
-            "dbrev.controller.decide", "dbrev.controller.jobs", "dbrev.results", "dbrev.metric_labels"]
+    mods = ["dbrev.cli", "dbrev.engine.verbs", "dbrev.engine.runner", "dbrev.engine.worker", "dbrev.engine.rollback",
+            "dbrev.engine.check", "dbrev.cli.ext", "dbrev.controller.crd", "dbrev.controller.status",
+            "dbrev.controller.spec", "dbrev.controller.healthgate",
+            # the pure core deciding the operator's outcomes (its metric labels are dbrev.core.metric_labels)
+            "dbrev.controller.decide", "dbrev.controller.jobs", "dbrev.core.results", "dbrev.core.metric_labels"]
     p = _run([str(lean / "python"), "-c", "; ".join(f"import {m}" for m in mods)], cwd="/")
     assert p.returncode == 0, p.stderr

@@ -1,4 +1,4 @@
-"""`dbrev plan` and `dbrev apply` make one plan (dbrev.engine.plan_against): same stored copies, same
+"""`dbrev plan` and `dbrev apply` make one plan (dbrev.engine.verbs.plan_against): same stored copies, same
 conflicts, same hash."""
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ from clihelp import dbrev
 from enginehelp import run_apply, run_plan
 from scriptgen import write_script
 
-from dbrev import rehearse
-from dbrev.rehearse import Loss, Outcome, classify
+from dbrev.engine import rehearse
+from dbrev.engine.rehearse import Loss, Outcome, classify
 
 
 def _base(d):
@@ -154,7 +154,7 @@ def test_require_refuses_and_leaves_the_database_at_the_start(database_url, tmp_
     assert doc["result"] == "refused" and doc["error"]["reason"] == "RollbackNotReady"
     assert "Broken" in doc["error"]["message"] and "ix_users_name" in doc["error"]["message"]
     assert doc["rollback"]["method"] == "transaction" and doc["rollback"]["success"] is True
-    from dbrev.metrics import ROLLBACK_TRIGGERS  # the operator counts it as dbrev_rollbacks_total{trigger}
+    from dbrev.controller.metrics import ROLLBACK_TRIGGERS  # the operator counts it as dbrev_rollbacks_total{trigger}
 
     assert doc["rollback"]["reason"] == "rehearsal_failure" and doc["rollback"]["reason"] in ROLLBACK_TRIGGERS
     assert doc["current_revisions"] == ["r001aaaa"]

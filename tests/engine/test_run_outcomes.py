@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from dbrev import conditions as C
-from dbrev.metrics import ROLLBACK_TRIGGERS
+from dbrev.core import conditions as C
+from dbrev.controller.metrics import ROLLBACK_TRIGGERS
 from dbhelp import heads, q, table_locked
 from clihelp import dbrev
 from scriptgen import write_script

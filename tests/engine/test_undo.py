@@ -1,9 +1,9 @@
-"""Every way back goes through :mod:`dbrev.undo` and ends in the same :class:`~dbrev.results.Rollback`.
+"""Every way back goes through :mod:`dbrev.engine.undo` and ends in the same :class:`~dbrev.core.results.Rollback`.
 
 * a per-step run that fails is undone by its inverse steps, run in this process by the runner (no second
   Runner): the archived rows are put back, the inverse steps are reported (as ``rollback_step_*`` events and
   in ``rollback.steps``), the rows are proven, and ``rollback_triggered`` / ``rollback_executed`` are logged;
-* a worker killed after it committed steps is brought back by :func:`dbrev.undo.recover_after_death` through
+* a worker killed after it committed steps is brought back by :func:`dbrev.engine.undo.recover_after_death` through
   another worker, with the Rollback the worker path always gave;
 * a dead run whose database is at its start reports a transaction rollback (PostgreSQL rolled it back).
 """
@@ -16,9 +16,9 @@ import logging
 from dbhelp import heads, q
 from dbrev import log as L
 from dbrev import undo
-from dbrev.options import DbOptions, Policy, RunRequest
-from dbrev.runner import run
-from dbrev.worker import run_in_worker
+from dbrev.core.options import DbOptions, Policy, RunRequest
+from dbrev.engine.runner import run
+from dbrev.engine.worker import run_in_worker
 from scriptgen import write_script
 
 CONCURRENT_UP = ('with op.get_context().autocommit_block():\n'

@@ -9,10 +9,10 @@ import pytest
 
 from clihelp import dbrev
 from dbhelp import heads, q
-from dbrev.envtest.postgres import PostgresServer, create_database
-from dbrev.options import DbOptions, Policy, RunRequest
-from dbrev.results import RunResult
-from dbrev.worker import run_in_worker
+from dbrev.pg.ephemeral import PostgresServer, create_database
+from dbrev.core.options import DbOptions, Policy, RunRequest
+from dbrev.core.results import RunResult
+from dbrev.engine.worker import run_in_worker
 from scriptgen import write_script
 
 PASSWORD = "Wk3r-S3cret-pw"

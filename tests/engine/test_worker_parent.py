@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-PROBE = "from dbrev.worker import _die_with_parent; _die_with_parent(); print('alive', flush=True)"
+PROBE = "from dbrev.engine.worker import _die_with_parent; _die_with_parent(); print('alive', flush=True)"
 
 needs_pidns = pytest.mark.skipif(
     not shutil.which("unshare") or os.geteuid() != 0, reason="needs root and unshare(1) for a PID namespace"
@@ -45,8 +45,8 @@ def test_worker_run_by_pid_1_operator_applies(tmp_path):
     # connect); a worker killed by the parent-death check reports nothing and exits 1 (WorkerDied).
     parent = textwrap.dedent("""
         import os
-        from dbrev.options import DbOptions, Policy, RunRequest
-        from dbrev.worker import run_in_worker
+        from dbrev.core.options import DbOptions, Policy, RunRequest
+        from dbrev.engine.worker import run_in_worker
         assert os.getpid() == 1
         req = RunRequest(db=DbOptions(url="postgresql+psycopg://nobody:secret@127.0.0.1:1/none",
                                       connect_timeout=1), policy=Policy(),

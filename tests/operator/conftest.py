@@ -118,11 +118,11 @@ def pg_admin_url(request, operator_mode):
 @pytest.fixture
 def new_postgres(request, operator_mode):
     """A factory of (unstarted) PostgreSQL servers of the test's own, where its operator reaches them."""
-    from dbrev.envtest.postgres import PostgresServer, free_port
+    from dbrev.pg.ephemeral import PostgresServer, free_port
 
     if operator_mode != "pod":
         return PostgresServer
-    from dbrev.envtest import node as N
+    from dbrev_dev.envtest import node as N
 
     request.getfixturevalue("node")
 
@@ -276,7 +276,7 @@ def long_migration(request, tmp_path_factory):
         pytest.skip(f"{MODE_ENV}=process, the quick local option: the ten-minute Pod test runs in Pod mode")
     node = request.getfixturevalue("node")
 
-    from dbrev.envtest.postgres import create_database
+    from dbrev.pg.ephemeral import create_database
     from opharness import dbrev_resource, ready_pods, wait_for
     from scriptgen import write_script
 
@@ -320,7 +320,7 @@ def deployed(pod_operators):
 @pytest.fixture
 def app(request, node, deployed):
     """A fresh namespace with a fresh database of the node's PostgreSQL in the Secret ``db``."""
-    from dbrev.envtest.postgres import create_database, drop_database
+    from dbrev.pg.ephemeral import create_database, drop_database
 
     prefix = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")[:8].replace("_", "-")
     ns = node.create_namespace(f"{prefix}-{uuid.uuid4().hex[:6]}")

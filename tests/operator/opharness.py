@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from dbhelp import json_lines
-from dbrev.envtest.postgres import free_port
+from dbrev.pg.ephemeral import free_port
 
 
 class Operator:

@@ -1,6 +1,6 @@
 """Migrations from an application's image on a real node (issue 12): the test application of
 tests/appimage (ordersapp: models, custom column types, a naming convention in env.py, scripts that
-import it) built into images from the local base with ``pip install dbrev`` (dbrev.envtest.images
+import it) built into images from the local base with ``pip install dbrev`` (dbrev_dev.envtest.images
 .app_archive), loaded into the node.
 
 * Without the operator: a Job running plain ``alembic upgrade head`` in the image, as a Helm hook or an
@@ -27,8 +27,8 @@ from sqlalchemy.engine import make_url
 from dbhelp import heads
 from dbrev.controller import jobs as J
 from dbrev.controller.spec import parse_spec
-from dbrev.envtest import images
-from dbrev.envtest.postgres import drop_database
+from dbrev_dev.envtest import images
+from dbrev.pg.ephemeral import drop_database
 from opharness import Kube, condition, is_state, ready_at, run_job, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

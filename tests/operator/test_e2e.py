@@ -206,7 +206,7 @@ def test_killing_the_operator_mid_run_ends_consistent(kube, namespace, database_
 
 
 def test_database_outage_recovers_by_itself(kube, namespace, start_operator, examples_dir, new_postgres):
-    from dbrev.envtest.postgres import create_database
+    from dbrev.pg.ephemeral import create_database
 
     server = new_postgres().start()
     try:

@@ -132,7 +132,7 @@ def test_one_database_under_two_host_names_is_a_conflict(kube, namespace, databa
 
 def test_a_restart_does_not_run_a_failed_plan_again(kube, namespace, database_url, pg_admin_url, start_operator,
                                                     tmp_path):
-    from dbrev.envtest.postgres import create_database
+    from dbrev.pg.ephemeral import create_database
 
     d = tmp_path / "m"
     write_script(d, "f001aaaa", None, 'op.create_table("t1", sa.Column("id", sa.Integer, primary_key=True))',
@@ -286,7 +286,7 @@ def test_a_run_that_ends_while_the_api_server_is_unreachable_is_recorded_when_it
 
 def test_an_outage_while_ready_is_reported_quickly_once_and_clears(kube, namespace, start_operator, tmp_path,
                                                                    new_postgres):
-    from dbrev.envtest.postgres import create_database
+    from dbrev.pg.ephemeral import create_database
 
     server = new_postgres().start()
     try:
@@ -324,7 +324,7 @@ def test_an_outage_while_ready_is_reported_quickly_once_and_clears(kube, namespa
 
 def test_postgres_restarting_mid_run_is_retried_and_recovers(kube, namespace, start_operator, tmp_path,
                                                              new_postgres):
-    from dbrev.envtest.postgres import create_database
+    from dbrev.pg.ephemeral import create_database
 
     server = new_postgres().start()
     try:
@@ -361,7 +361,7 @@ def test_postgres_restarting_mid_run_is_retried_and_recovers(kube, namespace, st
 def test_a_run_stopped_by_an_error_mid_run_is_in_history_with_an_event(kube, namespace, start_operator, tmp_path,
                                                                        new_postgres):
     """15.12: whatever the error that ended a run that had started, status.history and the Events have it."""
-    from dbrev.envtest.postgres import create_database
+    from dbrev.pg.ephemeral import create_database
 
     server = new_postgres().start()
     try:

@@ -30,8 +30,8 @@ import yaml
 
 from clihelp import dbrev
 from dbhelp import heads, json_lines, q
-from dbrev.envtest.postgres import create_database, drop_database
-from dbrev.envtest.images import MANIFESTS_IMAGE
+from dbrev.pg.ephemeral import create_database, drop_database
+from dbrev_dev.envtest.images import MANIFESTS_IMAGE
 from opharness import Kube, Operator, condition, dbrev_resource, wait_for
 from scriptgen import write_script
 

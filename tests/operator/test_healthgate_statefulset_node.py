@@ -25,7 +25,7 @@ import json
 import pytest
 
 from dbhelp import heads, q
-from dbrev.envtest.images import MANIFESTS_IMAGE
+from dbrev_dev.envtest.images import MANIFESTS_IMAGE
 from opharness import Operator, dbrev_resource, wait_for
 from test_healthgate_node import (PROBE_V1, PROBE_V2, PY, R1, R2, cond, migrations, nkube, phase,  # noqa: F401
                                   records, shop)

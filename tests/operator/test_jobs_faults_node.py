@@ -13,7 +13,7 @@ import json
 import pytest
 
 from dbhelp import heads, q
-from dbrev.envtest import images
+from dbrev_dev.envtest import images
 from opharness import condition, dbrev_resource, is_state, ready_at, wait_for
 from scriptgen import write_script
 

@@ -19,8 +19,8 @@ import pytest
 from dbhelp import heads, q
 from dbrev.controller import jobs as J
 from dbrev.controller.spec import parse_spec
-from dbrev.envtest import images
-from dbrev.envtest.postgres import create_database, drop_database
+from dbrev_dev.envtest import images
+from dbrev.pg.ephemeral import create_database, drop_database
 from opharness import Kube, dbrev_resource, run_job
 from scriptgen import linear_history, write_script
 

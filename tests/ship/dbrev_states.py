@@ -1,6 +1,6 @@
 """DatabaseRevision objects in each state, built with the operator's own functions.
 
-Every status here comes from ``dbrev.controller.decide`` / ``dbrev.status``
+Every status here comes from ``dbrev.controller.decide`` / ``dbrev.controller.status``
 (what the handlers write), merged the way the API server stores a
 merge-patched status, so the Argo CD and kstatus tests cannot drift from what
 the operator really writes.
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import yaml
 
-from dbrev import conditions as C
-from dbrev import crd
+from dbrev.core import conditions as C
+from dbrev.controller import crd
 from dbrev.controller import decide
-from dbrev.results import RunResult
-from dbrev.status import initial_conditions
+from dbrev.core.results import RunResult
+from dbrev.controller.status import initial_conditions
 
 
 def from_result(result: dict, *args, **kw):
@@ -116,7 +116,7 @@ def build() -> dict[str, dict]:
     # finalizer of another controller, or foreground deletion, shows).
     states["deleting"] = resource(1, PHONE, ready, deletionTimestamp=T3)
 
-    # A downgrade under policy.downgrade=RequireApproval (messages as dbrev.policy.decide words them).
+    # A downgrade under policy.downgrade=RequireApproval (messages as dbrev.core.policy.decide words them).
     approval_msg = f"the plan involves downgrade and needs an approval of {HASH_DOWN}"
     waiting_v = from_result(
         {"result": "refused", "current_revisions": [PHONE], "to_revisions": [BASE], "from_revisions": [PHONE],

@@ -113,7 +113,7 @@ def install_crds(control_plane, files: list[Path]) -> None:
 def go_tool(src: Path, name: str) -> Path:
     """Build the Go program in ``src`` (main.go + go.mod + go.sum) once, into the cache outside the
     repository, keyed by a hash of its sources; later sessions reuse the binary."""
-    from dbrev.envtest.assets import cache_root
+    from dbrev_dev.envtest.assets import cache_root
 
     h = hashlib.sha256()
     for f in ("go.mod", "go.sum", "main.go"):

@@ -2,7 +2,7 @@
 
 * ``promtool check rules`` on the groups extracted from manifests/monitoring/prometheusrule.yaml;
 * ``promtool test rules`` with tests/ship/promtool/*.yaml (firing and not-firing cases per alert);
-* every alert has a runbook in docs/operations.md, every metric it reads exists in dbrev.metrics;
+* every alert has a runbook in docs/operations.md, every metric it reads exists in dbrev.controller.metrics;
 * the ServiceMonitor and PrometheusRule are accepted by a real API server with the
   prometheus-operator CRDs installed (``kubectl apply --dry-run=server``).
 """
@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from shiptools import ROOT, SHIP, anchors, in_namespace, kustomize, require_tool, server_dry_run
-from dbrev import metrics as M
+from dbrev.controller import metrics as M
 
 MONITORING = ROOT / "manifests" / "monitoring"
 RULE_FILE = MONITORING / "prometheusrule.yaml"

@@ -1,8 +1,8 @@
 """The shipped docs and examples are generated from, or checked against, dbrev's sources.
 
 * docs/crd-reference.md, the metrics and alerts tables of docs/operations.md, examples/argocd/argocd-cm.yaml
-  and the examples' migrations ConfigMaps are what ``python -m dbrev.docs`` writes (stale -> fail);
-* docs/operations.md has a troubleshooting entry for every condition reason in dbrev.conditions;
+  and the examples' migrations ConfigMaps are what ``python -m dbrev_dev.docs`` writes (stale -> fail);
+* docs/operations.md has a troubleshooting entry for every condition reason in dbrev.core.conditions;
 * relative links and anchors in the docs resolve.
 """
 
@@ -15,9 +15,10 @@ import sys
 import pytest
 import yaml
 
-from dbrev import conditions as C
-from dbrev import crd, docs
-from dbrev import metrics as M
+from dbrev.core import conditions as C
+from dbrev.controller import argocd, crd
+from dbrev_dev import docs
+from dbrev.controller import metrics as M
 from shiptools import ROOT, anchors, in_namespace, load_docs, server_dry_run
 
 OPERATIONS = ROOT / "docs" / "operations.md"
@@ -39,7 +40,7 @@ def section(markdown: str, title: str) -> str:
 
 def test_generated_files_are_current():
     stale = docs.stale(ROOT)
-    assert not stale, f"stale: {', '.join(map(str, stale))}: run `python -m dbrev.docs`"
+    assert not stale, f"stale: {', '.join(map(str, stale))}: run `python -m dbrev_dev.docs`"
 
 
 def test_every_condition_reason_has_a_troubleshooting_entry():
@@ -128,15 +129,16 @@ def test_relative_links_and_anchors_resolve():
 
 
 def test_cli_prints_the_health_check_and_the_argocd_cm_patch():
-    py = [sys.executable, "-m", "dbrev.docs"]
+    py = [sys.executable, "-m", "dbrev.controller.argocd"]
     lua = subprocess.run(py + ["--health-lua"], capture_output=True, text=True, check=True).stdout
-    assert lua == (ROOT / "operator" / "dbrev" / "health.lua").read_text()
+    assert lua == (ROOT / "operator" / "dbrev" / "controller" / "health.lua").read_text()
     cm = yaml.safe_load(subprocess.run(py + ["--argocd-cm", "gitops"], capture_output=True, text=True,
                                        check=True).stdout)
     assert cm["metadata"] == {"name": "argocd-cm", "namespace": "gitops",
                               "labels": {"app.kubernetes.io/name": "argocd-cm", "app.kubernetes.io/part-of": "argocd"}}
-    assert cm["data"] == {docs.HEALTH_KEY: lua}
-    check = subprocess.run(py + ["--check", str(ROOT)], capture_output=True, text=True)
+    assert cm["data"] == {argocd.HEALTH_KEY: lua}
+    check = subprocess.run([sys.executable, "-m", "dbrev_dev.docs", "--check", str(ROOT)], capture_output=True,
+                           text=True)
     assert check.returncode == 0, check.stderr
 
 

@@ -1,4 +1,4 @@
-"""The Argo CD health check (operator/dbrev/health.lua) run through a real Lua 5.1 interpreter.
+"""The Argo CD health check (operator/dbrev/controller/health.lua) run through a real Lua 5.1 interpreter.
 
 Test cases follow Argo CD's own layout (tests/ship/lua/health_test.yaml + testdata/*.yaml, as in
 resource_customizations/<group>/<Kind>/ upstream). The test objects are generated from dbrev's own
@@ -21,11 +21,11 @@ import pytest
 import yaml
 
 import dbrev_states
-from dbrev import docs
+from dbrev.controller import argocd
 from shiptools import ROOT, SHIP, go_tool, in_namespace, kustomize, load_docs, require_tool, server_dry_run
 
 LUA_DIR = SHIP / "lua"
-HEALTH_LUA = ROOT / "operator" / "dbrev" / "health.lua"
+HEALTH_LUA = ROOT / "operator" / "dbrev" / "controller" / "health.lua"
 CASES = yaml.safe_load((LUA_DIR / "health_test.yaml").read_text())["tests"]
 ARGOCD = ROOT / "examples" / "argocd"
 
@@ -202,11 +202,11 @@ def test_tolerates_odd_objects():
 
 
 def test_shipped_in_the_package_and_in_argocd_cm():
-    text = resources.files("dbrev").joinpath("health.lua").read_text()
+    text = resources.files("dbrev.controller").joinpath("health.lua").read_text()
     assert text == HEALTH_LUA.read_text()
     cm = yaml.safe_load((ARGOCD / "argocd-cm.yaml").read_text())
     assert cm["data"] == {"resource.customizations.health.dbrev.io_DatabaseRevision": text}
-    assert (ARGOCD / "argocd-cm.yaml").read_text() == docs.argocd_cm("argocd"), "run: python -m dbrev.docs"
+    assert (ARGOCD / "argocd-cm.yaml").read_text() == argocd.argocd_cm("argocd"), "run: python -m dbrev_dev.docs"
 
 
 def test_example_app_orders_waves():
@@ -235,7 +235,7 @@ def test_argocd_examples_are_accepted_by_the_api_server(control_plane, argocd_cr
 def test_argocd_cm_patch_keeps_other_keys(control_plane, namespace):
     """The documented install (a merge patch) adds dbrev's key and leaves Argo CD's own settings."""
     control_plane.kubectl("create", "configmap", "argocd-cm", "-n", namespace, "--from-literal=url=https://argocd.example")
-    patch = docs.argocd_cm(namespace)
+    patch = argocd.argocd_cm(namespace)
     control_plane.kubectl("-n", namespace, "patch", "configmap", "argocd-cm", "--type", "merge",
                           "--patch-file", "/dev/stdin", input=patch)
     data = yaml.safe_load(control_plane.kubectl("get", "configmap", "argocd-cm", "-n", namespace,

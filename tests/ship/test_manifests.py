@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dbrev import crd
+from dbrev.controller import crd
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"

@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dbrev.envtest.controlplane import ControlPlane, service_account_username
-from dbrev.envtest.postgres import create_database, drop_database
+from dbrev_dev.envtest.controlplane import ControlPlane, service_account_username
+from dbrev.pg.ephemeral import create_database, drop_database
 from fixtures_cluster import local_control_plane_only
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .. import conditions as C
-from .. import metric_labels as M
-from .. import results as R
-from ..crd import APPROVE_ANNOTATION, RECONCILE_ANNOTATION
-from ..results import RunResult
-from ..text import plan_dict_summary
-from ..status import (
+from ..core import conditions as C
+from ..core import metric_labels as M
+from ..core import results as R
+from .crd import APPROVE_ANNOTATION, RECONCILE_ANNOTATION
+from ..core.results import RunResult
+from ..core.text import plan_dict_summary
+from .status import (
     PROGRESSING_KIND,
     READY_KIND,
     STALLED_KIND,
@@ -306,7 +306,7 @@ def _from_result(result: RunResult, prev: dict, generation: int, now: str, trigg
                    f"{float(result.duration_seconds or 0):.1f}s, verified")
             events.append((NORMAL, EV_APPLIED, msg))
             rr = result.rollback_readiness
-            if rr:  # rehearsed before commit (dbrev.rehearse)
+            if rr:  # rehearsed before commit (dbrev.engine.rehearse)
                 st["rollbackReadiness"] = {
                     "status": rr.get("status", ""), "message": str(rr.get("message", ""))[:1024],
                     "revision": cur, "from": revisions_text(result.from_revisions),

@@ -15,23 +15,23 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from ..extras import require_operator
+from ..engine.extras import require_operator
 
 require_operator(__name__)  # before kopf/kubernetes: a clear error on a lean install
 
 import kopf
 
-from .. import conditions as C
-from .. import log as L
-from .. import metrics as M
-from ..crd import APPROVE_ANNOTATION, GROUP, VERSION
-from ..deployment import deployment_id, stamp_history, with_deployment
-from ..options import DbOptions
-from ..errors import BadInput, DatabaseUnavailable, DbrevError
-from ..options import RunRequest
-from ..results import RunResult
-from ..status import condition, initial_conditions, is_ready, now_iso, revisions_text, status_patch
-from ..text import plan_summary
+from ..core import conditions as C
+from ..engine import log as L
+from . import metrics as M
+from .crd import APPROVE_ANNOTATION, GROUP, VERSION
+from .deployment import deployment_id, stamp_history, with_deployment
+from ..core.options import DbOptions
+from ..core.errors import BadInput, DatabaseUnavailable, DbrevError
+from ..core.options import RunRequest
+from ..core.results import RunResult
+from .status import condition, initial_conditions, is_ready, now_iso, revisions_text, status_patch
+from ..core.text import plan_summary
 from . import decide, kube
 from . import healthgate as HG
 from .inputs import Inputs, gather, identity_key
@@ -276,7 +276,7 @@ def _probe(spec: Spec, inputs: Inputs) -> tuple[Inputs, tuple[str, ...]]:
     """One connection: which database this is (by the server's identity, not the URL) and its live revision."""
     from sqlalchemy.exc import DBAPIError
 
-    from ..db import connection, database_identity, read_heads
+    from ..pg.db import connection, database_identity, read_heads
 
     with connection(_db_options(spec, inputs.url)) as conn:
         heads = read_heads(conn, spec.version_table, spec.version_table_schema)
@@ -326,7 +326,7 @@ def execute(body, spec: Spec, inputs: Inputs, req: RunRequest, on_event, log_con
     if _in_process():
         if spec.image is not None:
             raise BadInput(IMAGE_IN_PROCESS, reason=C.INVALID_SPEC)
-        from ..engine import apply
+        from ..engine.verbs import apply
 
         return apply(req, timeout=spec.timeout, on_event=on_event,
                      log_level=os.environ.get("DBREV_LOG_LEVEL", "INFO"), log_context=log_context)
@@ -414,7 +414,7 @@ def _run(body, prev, spec: Spec, inputs: Inputs, approval, trigger, retry, start
     stamp_history(verdict.status, started_at, dep)
     _health_gate_begin(verdict, spec, result, written, gen)
     if "plan" in seen and verdict.status.get("plan") is None:
-        from ..status import plan_status
+        from .status import plan_status
 
         verdict.status["plan"] = plan_status(seen["plan"], now_iso())
     carry_out(body, written, verdict, started, extra)
@@ -443,7 +443,7 @@ def check(body) -> None:
 
 
 def _check(body, ns, name, gen, status) -> None:
-    from ..engine import observe, verify
+    from ..engine.verbs import observe, verify
 
     try:
         spec = parse_spec(dict(body["spec"]))
@@ -523,7 +523,7 @@ EV_WORKLOAD_UNHEALTHY = C.WORKLOAD_UNHEALTHY
 def _health_gate_begin(verdict: decide.Verdict, spec: Spec, result: RunResult | None, prev: dict,
                        gen: int) -> None:
     """A run that changed the schema starts the gate: Ready=Unknown, Reconciling=True (AwaitingWorkloads)."""
-    from ..status import PROGRESSING_KIND, READY_KIND, Outcome, compute_conditions
+    from .status import PROGRESSING_KIND, READY_KIND, Outcome, compute_conditions
 
     now = now_iso()
     g = spec.health_gate
@@ -542,7 +542,7 @@ def _health_gate_begin(verdict: decide.Verdict, spec: Spec, result: RunResult | 
 
 
 def _health_gate_tick(body, ns: str, name: str, gen: int, status: dict, spec: Spec) -> None:
-    from ..status import PROGRESSING_KIND, READY_KIND, STALLED_KIND, Outcome, compute_conditions
+    from .status import PROGRESSING_KIND, READY_KIND, STALLED_KIND, Outcome, compute_conditions
 
     started = time.monotonic()
     hg = status["healthGate"]
@@ -689,7 +689,7 @@ def _health_gate_schema(body, status: dict, spec: Spec, meta: dict, started) -> 
         run = decide.from_result(result, status, gen, now_iso(), "health_gate", started_at, seen.get("plan"),
                                  name=name)
     except DbrevError as e:
-        from ..errors import PolicyRefused
+        from ..core.errors import PolicyRefused
 
         result = {"result": "refused" if isinstance(e, PolicyRefused) else "failed", "error": e.to_dict()}
         run = decide.from_error(e.to_dict(), status, gen, now_iso(), transient=e.transient)

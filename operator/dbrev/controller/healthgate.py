@@ -36,7 +36,7 @@ import copy
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from ..text import parse_revisions as _revs, revisions_text
+from ..core.text import parse_revisions as _revs, revisions_text
 
 HEALTHY, PROGRESSING, FAILED = "healthy", "progressing", "failed"
 PASSED, WAITING = "passed", "waiting"
@@ -385,7 +385,7 @@ def holding(status: dict | None, generation: int) -> bool:
 
 
 def begin(result, workloads, window: float, generation: int, now: str) -> dict | None:
-    """The gate a run starts (``result``: the run's :class:`dbrev.results.RunResult`): only a run that
+    """The gate a run starts (``result``: the run's :class:`dbrev.core.results.RunResult`): only a run that
     changed the schema (applied, some direction)."""
     if not result or result.result != "applied" or (result.direction or "none") == "none":
         return None
@@ -433,8 +433,8 @@ class NoSchemaTarget(Exception):
 
 def _verdict(out, status: dict, gen: int, now: str, fields: dict, events=(), rollback=None):
     from . import decide
-    from ..metrics import RESULT_NOOP
-    from ..status import compute_conditions
+    from .metrics import RESULT_NOOP
+    from .status import compute_conditions
 
     st = {"observedGeneration": gen, **fields,
           "conditions": compute_conditions(out, gen, status.get("conditions"), now)}
@@ -452,8 +452,8 @@ def _rolled_back_text(hg: dict) -> str:
 
 def rollback_started(status: dict, gen: int, verdict: GateVerdict, undos: list[Undo], now: str):
     """The gate failed under ``onFailure: Rollback`` and every workload can go back: they are being patched."""
-    from ..status import PROGRESSING_KIND, Outcome
-    from .. import conditions as C
+    from .status import PROGRESSING_KIND, Outcome
+    from ..core import conditions as C
 
     hg = status["healthGate"]
     rec = {**conclude(hg, verdict, now), "phase": ROLLING_BACK, "failure": verdict.message.rstrip(". ")[:4096],
@@ -478,8 +478,8 @@ def rolling_back_message(hg: dict, detail: str) -> str:
 
 def rolling_back(status: dict, gen: int, detail: str, now: str):
     """Still waiting for the rolled-back workloads to become available."""
-    from ..status import PROGRESSING_KIND, Outcome
-    from .. import conditions as C
+    from .status import PROGRESSING_KIND, Outcome
+    from ..core import conditions as C
 
     hg = status["healthGate"]
     out = Outcome(PROGRESSING_KIND, C.ROLLING_BACK_WORKLOADS, rolling_back_message(hg, detail))
@@ -492,8 +492,8 @@ def workloads_not_rolled_back(status: dict, gen: int, why: str, now: str, name: 
 
     Application first: the schema is left where the run put it, and the resource is Stalled.
     """
-    from ..status import STALLED_KIND, Outcome
-    from .. import conditions as C
+    from .status import STALLED_KIND, Outcome
+    from ..core import conditions as C
 
     hg = status["healthGate"]
     failure = _failure(hg)
@@ -530,12 +530,12 @@ def schema_target(status: dict) -> str:
     """Where the schema goes back to: the revision before the run the gate watched.
 
     From dbrev's own history (status.history), by the rule ``dbrev rollback`` uses
-    (:func:`dbrev.rollback.choose_target`: the newest applied upgrade that ended where the database
+    (:func:`dbrev.engine.rollback.choose_target`: the newest applied upgrade that ended where the database
     is); it must be the gate's ``fromRevision``, else something else moved the database and there is
     no safe default (:class:`NoSchemaTarget`).
     """
-    from ..errors import DbrevError
-    from ..rollback import choose_target, history_runs
+    from ..core.errors import DbrevError
+    from ..engine.rollback import choose_target, history_runs
 
     hg = status.get("healthGate") or {}
     cur = status.get("currentRevision")
@@ -558,8 +558,8 @@ def schema_not_rolled_back(status: dict, gen: int, why: str, now: str, name: str
 
 def _schema_incomplete(status, gen, now, name, namespace, why: str, target: str | None, events, fields=None,
                        reason: str | None = None):
-    from ..status import STALLED_KIND, Outcome
-    from .. import conditions as C
+    from .status import STALLED_KIND, Outcome
+    from ..core import conditions as C
 
     hg = status["healthGate"]
     failure = _failure(hg)
@@ -595,9 +595,9 @@ def schema_rolled_back(run, result, status: dict, gen: int, now: str, target: st
 
 
 def _schema_rolled_back(run, result, status, gen, now, target, spec_revision, name, namespace):
-    from ..rollback import succeeded
-    from ..status import STALLED_KIND, TRANSIENT_KIND, WAITING_KIND, Outcome
-    from .. import conditions as C
+    from ..engine.rollback import succeeded
+    from .status import STALLED_KIND, TRANSIENT_KIND, WAITING_KIND, Outcome
+    from ..core import conditions as C
 
     hg = status["healthGate"]
     fields = {k: v for k, v in run.status.items() if k not in ("conditions", "observedGeneration")}
@@ -753,7 +753,7 @@ def unstick_statefulset(namespace: str, undo: Undo, generation: int, wait: float
     from kubernetes import client
     from kubernetes.client.rest import ApiException
 
-    from .. import log as L
+    from ..engine import log as L
     from . import kube
 
     api = kube.api_client()

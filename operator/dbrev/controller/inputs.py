@@ -12,16 +12,16 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..extras import require_operator
+from ..engine.extras import require_operator
 
 require_operator(__name__)  # before kopf/kubernetes: a clear error on a lean install
 
 from kubernetes.client.rest import ApiException
 
-from .. import conditions as C
-from ..errors import BadInput, DatabaseUnavailable, DbrevError, ScriptError
-from ..redact import register_secret
-from ..scripts import files_sha256, materialize
+from ..core import conditions as C
+from ..core.errors import BadInput, DatabaseUnavailable, DbrevError, ScriptError
+from ..core.redact import register_secret
+from ..engine.scripts import files_sha256, materialize
 from .spec import Spec
 
 
@@ -153,7 +153,7 @@ def identity_key(identity: str) -> str:
 
 def database_key(url: str, spec: Spec) -> str:
     """host:port/db + version table, hashed: the fallback when the server's identity cannot be read."""
-    from ..db import normalize_url
+    from ..pg.db import normalize_url
 
     try:
         u = normalize_url(url)

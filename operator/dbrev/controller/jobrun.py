@@ -3,7 +3,7 @@
 The operator never executes a migration script: :func:`run` creates the Job that
 :func:`dbrev.controller.jobs.job_manifest` builds (``dbrev apply`` with exactly the operator's request,
 in dbrev's own image or the application's), watches it, and returns the CLI's result as a
-:class:`~dbrev.results.RunResult`, the same one the in-process worker returns, so that the operator
+:class:`~dbrev.core.results.RunResult`, the same one the in-process worker returns, so that the operator
 decides on it through the same functions (``decide.from_result`` / ``decide.from_error``).
 
 What comes back, and how:
@@ -11,11 +11,11 @@ What comes back, and how:
 * the result: the CLI writes its document (with the run's plan) to the pod's termination message, read
   from the pod's status; no log access, no credential in the pod;
 * a pod that cannot run (image pull, no ``dbrev`` in the image, a container that cannot start) raises a
-  :class:`~dbrev.errors.MigrationJobError` with the reason :func:`.jobs.observe` names, before anything
+  :class:`~dbrev.core.errors.MigrationJobError` with the reason :func:`.jobs.observe` names, before anything
   touched the database;
 * a pod that dies after it started (OOM-killed, evicted, deleted, past its deadline): its database
   sessions are ended (they carry the Job's own ``application_name``), the run it journaled is looked up by
-  the pod's name, and :func:`dbrev.undo.recover_after_death` returns the database to where the run
+  the pod's name, and :func:`dbrev.engine.undo.recover_after_death` returns the database to where the run
   began, as after a killed worker (a per-step run's way back runs in another Job);
 * a Job a previous operator started and that still runs is adopted, never run twice.
 """
@@ -26,18 +26,18 @@ import os
 import time
 from typing import Callable
 
-from ..extras import require_operator
+from ..engine.extras import require_operator
 
 require_operator(__name__)
 
 from kubernetes.client.rest import ApiException
 
-from .. import conditions as C
-from .. import log as L
-from ..errors import DbrevError, MigrationJobError
-from ..options import RunRequest
-from ..redact import redact, register_secret
-from ..results import RESULT_BUSY, RESULT_REFUSED, RunResult
+from ..core import conditions as C
+from ..engine import log as L
+from ..core.errors import DbrevError, MigrationJobError
+from ..core.options import RunRequest
+from ..core.redact import redact, register_secret
+from ..core.results import RESULT_BUSY, RESULT_REFUSED, RunResult
 from . import jobs as J
 from . import kube
 from .spec import Spec
@@ -185,8 +185,8 @@ def relay_log(ns: str, pod: str | None) -> None:
 
 def parse_result(text: str) -> tuple[RunResult, dict | None]:
     """The CLI's result file: (the result, the plan it ran). A refused or busy run, or an error before any run,
-    is raised as the :class:`~dbrev.errors.DbrevError` it was, as the in-process worker raises it."""
-    from ..worker import _raise_reported
+    is raised as the :class:`~dbrev.core.errors.DbrevError` it was, as the in-process worker raises it."""
+    from ..engine.worker import _raise_reported
 
     import json
 
@@ -221,8 +221,8 @@ def journal_row(req: RunRequest, pod: str | None) -> dict | None:
     A catalog query: no user code runs."""
     import sqlalchemy as sa
 
-    from ..db import connection
-    from ..state import running_run_of, vt_key
+    from ..pg.db import connection
+    from ..pg.state import running_run_of, vt_key
 
     if not pod:
         return None
@@ -238,7 +238,7 @@ def journal_row(req: RunRequest, pod: str | None) -> dict | None:
 
 def journaled_state(req: RunRequest, pod: str | None) -> dict:
     """What the database's journal says of the run the pod ``pod`` started: the ``state`` of
-    :func:`dbrev.undo.recover_after_death` (empty when it journaled nothing: it never began)."""
+    :func:`dbrev.engine.undo.recover_after_death` (empty when it journaled nothing: it never began)."""
     row = journal_row(req, pod)
     if row is None:
         return {}
@@ -263,8 +263,8 @@ def run(req: RunRequest, *, owner: J.Owner, spec: Spec, settings: J.Settings, ti
         configmap_files: dict | None = None, on_event: Callable[[dict], None] | None = None,
         run_key: str = "", scripts_sha256: str | None = None, _rerun: bool = True) -> RunResult:
     """Run ``req`` (an apply) in a migration Job; its :class:`RunResult` (see the module's docstring)."""
-    from ..db import end_sessions, url_password
-    from ..undo import recover_after_death
+    from ..pg.db import end_sessions, url_password
+    from ..engine.undo import recover_after_death
 
     register_secret(url_password(req.db.url))
     emit = on_event or (lambda ev: None)

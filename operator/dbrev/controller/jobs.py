@@ -21,7 +21,7 @@ What the pod can reach, and what it cannot:
   is the operator's decision, with a new plan), ``ttlSecondsAfterFinished``.
 
 The scripts: ConfigMaps mounted read-only in dbrev's own image (:attr:`Settings.image`), laid out as
-the operator's :func:`~dbrev.scripts.materialize` lays them out (``env.py`` beside ``versions/``); or
+the operator's :func:`~dbrev.engine.scripts.materialize` lays them out (``env.py`` beside ``versions/``); or
 the application's image (``spec.migrations.image``) with the migrations at its ``path``.
 
 The result: the CLI writes its JSON document to ``/dev/termination-log`` (``--result-file``) as well
@@ -37,9 +37,9 @@ import signal
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from .. import conditions as C
-from ..crd import GROUP, VERSION
-from ..options import APPLICATION_NAME_ENV, DbOptions, RunRequest
+from ..core import conditions as C
+from .crd import GROUP, VERSION
+from ..core.options import APPLICATION_NAME_ENV, DbOptions, RunRequest
 from .spec import ImageSource, Spec
 
 PLAN, APPLY = "plan", "apply"
@@ -173,7 +173,7 @@ def _tolerations(img: ImageSource) -> list[dict]:
 
 
 def _configmap_volume(files: Mapping[str, Sequence[str]], configmaps: Sequence[str]) -> dict:
-    """One read-only folder of every ConfigMap's keys, laid out as :func:`dbrev.scripts.materialize` does:
+    """One read-only folder of every ConfigMap's keys, laid out as :func:`dbrev.engine.scripts.materialize` does:
     with an ``env.py`` key, ``env.py`` beside ``versions/`` holding the other files (a script location)."""
     missing = [c for c in configmaps if c not in files]
     if missing:
@@ -195,7 +195,7 @@ def _configmap_volume(files: Mapping[str, Sequence[str]], configmaps: Sequence[s
 
 
 def _common_args(db, migrations: str) -> list[str]:
-    """``db``: the run's :class:`~dbrev.options.DbOptions` (its URL is never used: it reaches the pod from a Secret)."""
+    """``db``: the run's :class:`~dbrev.core.options.DbOptions` (its URL is never used: it reaches the pod from a Secret)."""
     args = ["--migrations", migrations, "--json", "--result-file", RESULT_FILE,
             "--connect-timeout", _num(db.connect_timeout), "--lock-timeout", _num(db.lock_timeout),
             "--statement-timeout", _num(db.statement_timeout), "--version-table", db.version_table]
@@ -282,7 +282,7 @@ def job_manifest(owner: Owner, spec: Spec, verb: str, settings: Settings, plan_h
     the Job mounts exactly those keys). Ignored for ``spec.migrations.image``. ``request``: the run an apply
     Job carries out (:func:`request_args`). ``run_key``: what tells this run's Job from an earlier one of the
     same request (the operator's pass), part of the name. ``scripts_sha256``: the hash of the ConfigMap scripts
-    the operator read (``dbrev.scripts.files_sha256``); the pod refuses to run others (``--scripts-sha256``: the
+    the operator read (``dbrev.engine.scripts.files_sha256``); the pod refuses to run others (``--scripts-sha256``: the
     kubelet's copy of a ConfigMap can lag an update)."""
     img = spec.image
     if img is None and not spec.configmaps:
@@ -372,7 +372,7 @@ _NOT_FOUND = ("executable file not found", "no such file or directory", "not fou
 @dataclass(frozen=True)
 class Observation:
     """Where a migration Job stands. ``phase``: running (wait), finished (``result_text`` holds the
-    CLI's result document) or failed (``reason``, a :mod:`dbrev.conditions` reason, and ``message``).
+    CLI's result document) or failed (``reason``, a :mod:`dbrev.core.conditions` reason, and ``message``).
     ``started``: dbrev's container has run (a failure after that may have changed the database)."""
     phase: str
     reason: str | None = None

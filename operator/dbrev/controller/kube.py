@@ -5,15 +5,15 @@ from __future__ import annotations
 import threading
 from datetime import datetime, timezone
 
-from ..extras import require_operator
+from ..engine.extras import require_operator
 
 require_operator(__name__)  # before kopf/kubernetes: a clear error on a lean install
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from ..crd import GROUP, PLURAL, RECONCILE_ANNOTATION, VERSION
-from ..log import logger
+from .crd import GROUP, PLURAL, RECONCILE_ANNOTATION, VERSION
+from ..engine.log import logger
 
 MERGE_PATCH = "application/merge-patch+json"
 _lock = threading.Lock()

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import os
 
-from ..extras import require_operator
+from ..engine.extras import require_operator
 
 require_operator(__name__)  # before kopf/kubernetes: a clear error on a lean install
 
 import kopf
 from kubernetes.client.rest import ApiException
 
-from .. import metrics as M
-from ..crd import GROUP, PLURAL, VERSION
-from ..log import log_context, logger
+from . import metrics as M
+from .crd import GROUP, PLURAL, VERSION
+from ..engine.log import log_context, logger
 from . import handlers, kube
 
 KOPF_PREFIX = f"operator.{GROUP}"

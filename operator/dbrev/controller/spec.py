@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .. import durations
-from ..options import (ALL_CHECKS, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCK_TIMEOUT, DEFAULT_RUN_TIMEOUT,
+from ..core import durations
+from ..core.options import (ALL_CHECKS, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCK_TIMEOUT, DEFAULT_RUN_TIMEOUT,
                        DEFAULT_STATEMENT_TIMEOUT, Policy)
 
 
@@ -106,7 +106,7 @@ class HealthGate:  # healthgate (issue 13 §1)
 
 
 def parse_duration(text: str) -> float:
-    """'10m', '1h30m', '45s', '30d' -> seconds (the one grammar: :mod:`dbrev.durations`)."""
+    """'10m', '1h30m', '45s', '30d' -> seconds (the one grammar: :mod:`dbrev.core.durations`)."""
     try:
         return durations.parse_duration(text)
     except ValueError as e:
@@ -196,7 +196,7 @@ def _key_ref(d: dict, where: str) -> KeyRef:
 
 
 def _env_var(e: dict, i: int) -> EnvVar:
-    from ..crd import RESERVED_ENV_PREFIX
+    from .crd import RESERVED_ENV_PREFIX
 
     where = f"migrations.image.env[{i}]"
     name = str(e.get("name") or "")
