@@ -68,7 +68,7 @@ def test_only_the_run_entry_point_builds_a_runner():
             for call in _calls(fn):
                 if call == "Runner" or call.endswith(".Runner") or call.startswith("type("):
                     builders.append(f"{f.relative_to(PKG)}:{fn.name}: {call}")
-    assert builders == ["runner.py:run: Runner"], builders
+    assert builders == ["engine/runner.py:run: Runner"], builders
 
 
 @pytest.mark.parametrize("module", STEP_MODULES)

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import gen  # noqa: E402
-
-from dbrev.pg.ephemeral import create_database, drop_database  # noqa: E402
+from dbrev.pg.ephemeral import create_database, drop_database
+import gen  # tests/corpus/gen.py (pythonpath)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ import it) built into images from the local base with ``pip install dbrev`` (dbr
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from pathlib import Path
 
@@ -29,12 +28,10 @@ from dbrev.controller import jobs as J
 from dbrev.controller.spec import parse_spec
 from dbrev_dev.envtest import images
 from dbrev.pg.ephemeral import drop_database
+from appschema import CONVENTION_NAMES, V1_HEAD, V2_HEAD, constraint_names, counts, diff, schema
 from opharness import Kube, condition, is_state, ready_at, run_job, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "appimage"))
-
-from appschema import CONVENTION_NAMES, V1_HEAD, V2_HEAD, constraint_names, counts, diff, schema  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 

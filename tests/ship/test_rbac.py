@@ -31,8 +31,7 @@ from dbrev_dev.envtest.controlplane import ControlPlane, service_account_usernam
 from dbrev.pg.ephemeral import create_database, drop_database
 from fixtures_cluster import local_control_plane_only
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
-from opharness import Kube, Operator, condition, dbrev_resource, is_state, wait_for  # noqa: E402
+from opharness import Kube, Operator, condition, dbrev_resource, is_state, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, local_control_plane_only]
 
