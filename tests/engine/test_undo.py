@@ -14,8 +14,8 @@ import contextlib
 import logging
 
 from dbhelp import heads, q
-from dbrev import log as L
-from dbrev import undo
+from dbrev.engine import log as L
+from dbrev.engine import undo
 from dbrev.core.options import DbOptions, Policy, RunRequest
 from dbrev.engine.runner import run
 from dbrev.engine.worker import run_in_worker

@@ -147,7 +147,7 @@ def image_hash(spec: Spec) -> str:
 
 
 def identity_key(identity: str) -> str:
-    """The databaseKey of a server identity (:func:`dbrev.db.database_identity`)."""
+    """The databaseKey of a server identity (:func:`dbrev.pg.db.database_identity`)."""
     return "sha256:" + hashlib.sha256(identity.encode()).hexdigest()[:24]
 
 
