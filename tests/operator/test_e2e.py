@@ -156,7 +156,9 @@ def test_failing_migration_is_rolled_back_stalled_with_events_and_metrics(kube, 
     assert op.metric("dbrev_rollbacks_total", namespace=namespace, name="acct", trigger="migration_failure",
                      result="success") == 1
     assert op.metric("dbrev_rollbacks_total", namespace=namespace, name="acct", result="failure") == 0
-    assert op.metric("dbrev_reconcile_total", result="rolled_back") == 1
+    # no namespace label on this counter: in Pod mode the session's one operator may still be finishing an earlier
+    # test's pass (the namespaced counters above are exact)
+    assert op.metric("dbrev_reconcile_total", result="rolled_back") >= 1
     assert op.metric("dbrev_stalled", namespace=namespace, name="acct") == 1
     logs = op.logs()
     assert any(r.get("event") == "rollback_triggered" and r.get("namespace") == namespace for r in logs)

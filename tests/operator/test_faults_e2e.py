@@ -371,15 +371,22 @@ def test_a_run_stopped_by_an_error_mid_run_is_in_history_with_an_event(kube, nam
                      'op.execute("SELECT pg_sleep(8)")', 'op.drop_table("t1")', doc="slow")
         kube.secret_url(namespace, "db", url)
         kube.configmap_from(namespace, "migrations", d)
-        start_operator([namespace])
+        op = start_operator([namespace])
         kube.apply(dbrev_resource(namespace, "h", "head", database={
             "urlSecretRef": {"name": "db"}, "connectTimeoutSeconds": 5}))
         wait_for(lambda: q(url, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(8)%' "
                                 "AND pid <> pg_backend_pid()")[0][0], 60, "the slow step to start")
         server.stop("fast")
         server.start()
-        st = wait_for(lambda: (s := kube.status(namespace, "h")) and any(
-            h.get("result") == "failed" for h in s.get("history") or []) and s, 60, "the stopped run in history")
+        try:
+            st = wait_for(lambda: (s := kube.status(namespace, "h")) and any(
+                h.get("result") == "failed" for h in s.get("history") or []) and s, 60, "the stopped run in history")
+        except AssertionError as e:  # where it stood, and what the operator said of this resource
+            import json
+
+            said = [json.dumps(r)[:500] for r in op.logs() if r.get("namespace") == namespace or r.get("job")]
+            raise AssertionError(f"{e}; status: {json.dumps(kube.status(namespace, 'h'))[:3000]}; operator log: "
+                                 + "\n".join(said[-40:])) from None
         failed = [h for h in st["history"] if h["result"] == "failed"][0]
         assert failed["to"] == "h001aaaa" and failed["trigger"] == "create" and failed["planHash"].startswith("sha256:")
         assert "MigrationFailed" in kube.reasons(namespace, "h")
