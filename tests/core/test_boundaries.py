@@ -7,9 +7,10 @@ functions included), so a module added later is checked without editing this fil
   import it (``from dbrev.x import _name``) nor reach it through an imported dbrev module or name
   (``x._name``, ``Class._name``); ``__dunder__`` names are not private.
 * **Layers.** ``core`` <- ``pg`` <- ``engine`` <- ``controller`` / ``cli``: a layer imports only
-  the layers before it (and itself). ``cli`` may also import ``controller`` (the cluster verbs),
-  and ``controller`` ``cli`` nothing. ``dbrev_dev`` is development tooling and may import anything
-  of ``dbrev``; nothing in ``dbrev`` imports ``dbrev_dev``.
+  the layers before it (and itself). ``cli`` may also import ``controller``, inside a function only
+  (the cluster verbs: the CLI loads without the operator's extra); ``controller`` imports nothing of
+  ``cli``. ``dbrev_dev`` is development tooling and may import anything of ``dbrev``; nothing in
+  ``dbrev`` imports ``dbrev_dev``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ LAYERS = {
     "controller": {"core", "pg", "engine"},
     "cli": {"core", "pg", "engine", "controller"},
 }
+#: what a layer may import only inside a function
+LAZY = {"cli": {"controller"}}
 #: ``dbrev/__init__.py`` and ``dbrev/__main__.py`` are the package's entry: they may start the CLI
 TOP = {"": {"core", "pg", "engine", "controller", "cli"}}
 
@@ -61,15 +64,24 @@ def _absolute(module: str, is_package: bool, node: ast.ImportFrom) -> str:
 
 def imports(module: str, source: str, is_package: bool = False) -> list[tuple[str, str | None, str, int]]:
     """``(imported module, imported name or None, bound local name, line)`` for every import."""
+    return [i[:4] for i in _imports(module, source, is_package)]
+
+
+def _imports(module: str, source: str, is_package: bool) -> list[tuple[str, str | None, str, int, bool]]:
+    """As :func:`imports`, each with whether it is inside a function."""
+    tree = ast.parse(source)
+    in_function = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                   for n in ast.walk(f)}
     out = []
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(tree):
+        lazy = id(node) in in_function
         if isinstance(node, ast.Import):
             for a in node.names:
-                out.append((a.name, None, a.asname or a.name.split(".")[0], node.lineno))
+                out.append((a.name, None, a.asname or a.name.split(".")[0], node.lineno, lazy))
         elif isinstance(node, ast.ImportFrom):
             target = _absolute(module, is_package, node)
             for a in node.names:
-                out.append((target, a.name, a.asname or a.name, node.lineno))
+                out.append((target, a.name, a.asname or a.name, node.lineno, lazy))
     return out
 
 
@@ -114,7 +126,7 @@ def layer_breaks(module: str, source: str, is_package: bool = False) -> list[str
         return []
     allowed = {**LAYERS, **TOP}[mine] | {mine}
     found = []
-    for target, name, _, line in imports(module, source, is_package):
+    for target, name, _, line, lazy in _imports(module, source, is_package):
         parts = target.split(".")
         if parts[0] == "dbrev_dev":
             found.append(f"{module}:{line} imports {target} (development tooling)")
@@ -122,6 +134,8 @@ def layer_breaks(module: str, source: str, is_package: bool = False) -> list[str
             theirs = parts[1] if len(parts) > 1 else (name if name in LAYERS else "")
             if theirs in LAYERS and theirs not in allowed:
                 found.append(f"{module}:{line} ({mine}) imports {target}" + (f".{name}" if name else ""))
+            elif theirs in LAZY.get(mine, ()) and not lazy:
+                found.append(f"{module}:{line} ({mine}) imports {target} outside a function")
     return found
 
 
@@ -171,6 +185,7 @@ def test_the_scan_sees_an_upward_import():
     assert layer_breaks("dbrev.pg.seed", "from dbrev import engine\n")
     assert layer_breaks("dbrev.controller.jobs", "from ..cli import main\n")
     assert layer_breaks("dbrev.engine.runner", "import dbrev_dev.envtest\n")
-    assert layer_breaks("dbrev.cli", "from ..controller import kube\nfrom ..engine import verbs\n",
+    assert layer_breaks("dbrev.cli", "from ..controller import kube\n", is_package=True)  # at the top
+    assert layer_breaks("dbrev.cli", "def f():\n    from ..controller import kube\nfrom ..engine import verbs\n",
                         is_package=True) == []
     assert layer_breaks("dbrev.engine.runner", "from ..pg import db\nfrom ..core import text\n") == []
