@@ -416,7 +416,7 @@ def bench_upgrade(pg: PostgresServer, reps: int, work: Path) -> dict:
 
     import logging
 
-    from dbrev.engine import log as L
+    from dbrev.core import log as L
 
     L.setup_logging("WARNING", "json", open(os.devnull, "w"))
     logging.getLogger("alembic").setLevel(logging.WARNING)

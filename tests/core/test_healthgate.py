@@ -304,7 +304,7 @@ def test_rollback_needs_a_downgrade_policy_that_can_downgrade():
 
 
 def test_the_cluster_rollback_rolls_the_gated_workloads_back_first_unless_the_gate_already_did():
-    from dbrev.engine.rollback import gated_workloads
+    from dbrev.cli.rollback import gated_workloads
 
     obj = {"spec": {"healthGate": {"workloads": [{"kind": "Deployment", "name": "web"},
                                                  {"kind": "StatefulSet", "name": "cache"}]}}}

@@ -4,7 +4,7 @@ import io
 import json
 import logging
 
-from dbrev.engine import log as L
+from dbrev.core import log as L
 from dbrev.core.redact import redact, register_secret
 
 

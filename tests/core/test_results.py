@@ -125,11 +125,11 @@ def test_the_documented_apply_document_is_the_shape_of_run_result():
     for part in (DOCUMENTED_TOP, DOCUMENTED_STEP, DOCUMENTED_ROLLBACK, DOCUMENTED_ERROR):
         assert part <= keys, part - keys
     # every top-level key of the document is documented, and every documented one can appear
-    assert set(RunResult._ORDER) | {"from_revision", "to_revision"} == DOCUMENTED_TOP
-    assert set(StepRecord._ORDER) == DOCUMENTED_STEP
+    assert set(RunResult.ORDER) | {"from_revision", "to_revision"} == DOCUMENTED_TOP
+    assert set(StepRecord.ORDER) == DOCUMENTED_STEP
     # a rollback also says which transaction mode its inverse steps ran in, and what a dead worker left
-    assert set(Rollback._ORDER) == DOCUMENTED_ROLLBACK | {"transaction", "cleanup"}
-    assert DOCUMENTED_ERROR <= set(RunError._ORDER)
+    assert set(Rollback.ORDER) == DOCUMENTED_ROLLBACK | {"transaction", "cleanup"}
+    assert DOCUMENTED_ERROR <= set(RunError.ORDER)
 
 
 def test_the_apply_document_always_has_its_fixed_keys():

@@ -96,7 +96,7 @@ def test_success_needs_applied_integrity_and_the_target():
 
 # -- in the cluster: from status.history ----------------------------------------------------------
 
-from dbrev.engine.rollback import cluster_plan  # noqa: E402
+from dbrev.cli.rollback import cluster_plan  # noqa: E402
 
 
 def dbrev_obj(current, history, labels=None, annotations=None, revision="head"):

@@ -80,7 +80,7 @@ def test_no_private_attribute_of_another_object_is_set_or_read(module):
             continue
         owner = n.value
         if isinstance(owner, ast.Name) and (owner.id in ("self", "cls") or owner.id.isupper() or owner.id == "L"):
-            continue  # its own, or a module's helper (L._rev)
+            continue  # its own, or a module's helper (L.revs)
         if isinstance(owner, ast.Name) and owner.id in ("os", "sys", "signal"):
             continue
         bad.append(f"{n.lineno}: {ast.unparse(n)}")

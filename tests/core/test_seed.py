@@ -1,7 +1,7 @@
-"""The pure parts of `dbrev check --data`'s seeding (dbrev.pg.seed): table order and what a downgrade removed."""
+"""The pure parts of `dbrev check --data`'s seeding (dbrev.engine.seed): table order and what a downgrade removed."""
 
 from dbrev.engine.rehearse import Loss
-from dbrev.pg.seed import _order, losses
+from dbrev.engine.seed import _order, losses
 
 
 def test_referenced_tables_are_seeded_first_and_a_cycle_does_not_hang():

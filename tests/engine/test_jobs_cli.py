@@ -149,7 +149,7 @@ def test_a_folder_other_than_the_operators_scripts_is_refused_transiently_and_ch
     reason the operator retries; the hash is the one the operator computes over the ConfigMap's keys."""
     from dbrev.core.errors import ScriptsOutOfDate
     from dbrev.engine.scripts import files_sha256, materialize
-    from dbrev.engine.worker import _raise_reported
+    from dbrev.engine.worker import raise_reported
 
     src = tmp_path / "src"
     linear_history(src, 2)
@@ -168,7 +168,7 @@ def test_a_folder_other_than_the_operators_scripts_is_refused_transiently_and_ch
     assert "nothing ran" in err["message"] and wrong[:12] in err["message"] and right[:12] in err["message"]
     assert heads(database_url) == []  # no version table, no run journaled
     with pytest.raises(ScriptsOutOfDate) as raised:  # the operator re-raises the pod's document: transient
-        _raise_reported(err)
+        raise_reported(err)
     assert raised.value.transient
     plan = dbrev("plan", "--migrations", str(folder), "-r", "head", "--scripts-sha256", wrong,
                  url=database_url)

@@ -103,8 +103,8 @@ def test_importing_an_operator_module_names_the_extra(lean, module):
 def test_the_pure_modules_import_on_the_lean_install(lean):
     """What the CLI, the engine and a migration pod load must not need the extra."""
     mods = ["dbrev.cli", "dbrev.engine.verbs", "dbrev.engine.runner", "dbrev.engine.worker", "dbrev.engine.rollback",
-            "dbrev.engine.check", "dbrev.cli.ext", "dbrev.controller.crd", "dbrev.controller.status",
-            "dbrev.controller.spec", "dbrev.controller.healthgate",
+            "dbrev.engine.check", "dbrev.cli.ext", "dbrev.cli.rollback", "dbrev.cli.check", "dbrev.controller.crd",
+            "dbrev.controller.status", "dbrev.controller.spec", "dbrev.controller.healthgate",
             # the pure core deciding the operator's outcomes (its metric labels are dbrev.core.metric_labels)
             "dbrev.controller.decide", "dbrev.controller.jobs", "dbrev.core.results", "dbrev.core.metric_labels"]
     p = _run([str(lean / "python"), "-c", "; ".join(f"import {m}" for m in mods)], cwd="/")

@@ -14,7 +14,7 @@ import contextlib
 import logging
 
 from dbhelp import heads, q
-from dbrev.engine import log as L
+from dbrev.core import log as L
 from dbrev.engine import undo
 from dbrev.core.options import DbOptions, Policy, RunRequest
 from dbrev.engine.runner import run

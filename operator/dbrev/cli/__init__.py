@@ -24,7 +24,7 @@ import sys
 
 from .. import __version__
 from ..core import errors as E
-from ..engine import log as L
+from ..core import log as L
 from ..core.options import (DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCK_TIMEOUT, DEFAULT_RUN_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT,
                       DATA_LOSS_VALUES, DOWNGRADE_VALUES, DbOptions)
 from ..core.redact import redact, redact_obj
@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extend(sub) -> None:
     """Subcommands added by other modules (operator, approve, archive, check, rollback)."""
-    from ..engine import check, rollback
+    from . import check, rollback
     from . import ext as cli_ext
 
     for mod in (cli_ext, check, rollback):
@@ -328,7 +328,7 @@ def result_file_text(doc: dict, limit: int = RESULT_FILE_LIMIT, plan: dict | Non
     return dump(small)
 
 
-def _migrations(args) -> str:
+def migrations_folder(args) -> str:
     if not args.migrations:
         raise E.BadInput("no migrations folder", hint="pass --migrations DIR or set DBREV_MIGRATIONS")
     if getattr(args, "scripts_sha256", None):
@@ -353,7 +353,7 @@ def _empty_folder_warning(folder: str) -> str | None:
     return msg
 
 
-def _checks(text: str | None):
+def parse_checks(text: str | None):
     from ..core.options import ALL_CHECKS
 
     if not text:
@@ -373,7 +373,7 @@ def doc_stream():
     return _DOC or sys.stdout
 
 
-def _out(args, doc: dict, text: str, plan: dict | None = None) -> None:
+def write_output(args, doc: dict, text: str, plan: dict | None = None) -> None:
     """Print ``doc`` (``--json``) or ``text``; with ``--result-file``, also write the document there, with the
     run's ``plan`` (what the operator writes to status.plan: the document alone does not carry its steps)."""
     path = getattr(args, "result_file", None)
@@ -409,7 +409,7 @@ def cmd_current(args) -> int:
         lines.append(f"warning: {', '.join(obs['unknown'])} not found in the scripts")
     elif "at_head" in obs:
         lines.append("at head" if obs["at_head"] else f"{len(obs['pending'])} revision(s) pending to head")
-    _out(args, obs, "\n".join(lines))
+    write_output(args, obs, "\n".join(lines))
     return 0
 
 
@@ -417,7 +417,7 @@ def cmd_history(args) -> int:
     from ..engine.verbs import history
 
     db = db_options(args) if (args.database_url or os.environ.get("DBREV_DATABASE_URL")) else None
-    h = history(_migrations(args), db, args.pythonpath, runs=args.runs)
+    h = history(migrations_folder(args), db, args.pythonpath, runs=args.runs)
     lines = []
     for e in h["revisions"]:
         marks = []
@@ -436,7 +436,7 @@ def cmd_history(args) -> int:
     for r in h["runs"]:
         lines.append(f"run {r['id']}: {r['started_at']:%Y-%m-%d %H:%M:%S} {r['direction']} "
                      f"{_revs(r['from_revisions'])} -> {_revs(r['to_revisions'])}: {r['status']}")
-    _out(args, h, "\n".join(lines) or "no revisions")
+    write_output(args, h, "\n".join(lines) or "no revisions")
     return 0
 
 
@@ -447,12 +447,12 @@ def cmd_plan(args) -> int:
     frm = None
     if args.from_revisions:
         frm = [x for part in args.from_revisions for x in part.split(",") if x and x != "base"]
-    empty = _empty_folder_warning(_migrations(args))
-    p = make_plan(_migrations(args), args.revision, db, frm, args.pythonpath,
+    empty = _empty_folder_warning(migrations_folder(args))
+    p = make_plan(migrations_folder(args), args.revision, db, frm, args.pythonpath,
                   args.version_table, args.version_table_schema)
     if empty:
         p.warnings.append(empty)
-    _out(args, p.to_dict(), _plan_text(p, args.sql))
+    write_output(args, p.to_dict(), plan_text(p, args.sql))
     return 0
 
 
@@ -465,7 +465,7 @@ def show(migrations: str, target: str, db=None, pythonpath=(), version_table: st
     """
     from ..pg.db import connection, read_heads
     from ..engine.verbs import open_scripts, stored_copies, with_stored
-    from ..core.planning import _step
+    from ..core.planning import make_step
     from ..engine.scripts import render
 
     scripts = open_scripts(migrations, pythonpath)
@@ -499,13 +499,13 @@ def show(migrations: str, target: str, db=None, pythonpath=(), version_table: st
            "applied": (rev in g.closure(r for r in heads if r in g.nodes)) if heads is not None else None,
            "current": (rev in heads) if heads is not None else None}
     for key, up in (("upgrade", True), ("downgrade", False)):
-        doc[key] = _step(g, info, src.source, up, rend, version_table).to_dict(include_sql=True)
+        doc[key] = make_step(g, info, src.source, up, rend, version_table).to_dict(include_sql=True)
     return doc
 
 
 def cmd_show(args) -> int:
     db = db_options(args) if (args.database_url or os.environ.get("DBREV_DATABASE_URL")) else None
-    doc = show(_migrations(args), args.revision, db, args.pythonpath, args.version_table, args.version_table_schema)
+    doc = show(migrations_folder(args), args.revision, db, args.pythonpath, args.version_table, args.version_table_schema)
     lines = [f"revision {doc['revision']}: {doc['doc']}",
              f"  parents: {', '.join(doc['down_revisions']) or '<base>'}"
              + (f"; depends on: {', '.join(doc['depends_on'])}" if doc["depends_on"] else ""),
@@ -534,11 +534,11 @@ def cmd_show(args) -> int:
         if st.get("render_error"):
             lines.append(f"    offline: {st['render_error']}")
         lines.extend("    " + ln for ln in (st.get("sql") or "").strip().splitlines() or ["(no SQL)"])
-    _out(args, doc, "\n".join(lines))
+    write_output(args, doc, "\n".join(lines))
     return 0
 
 
-def _plan_text(p, sql: bool = False) -> str:
+def plan_text(p, sql: bool = False) -> str:
     lines = [f"plan {p.hash}",
              "  " + plan_summary(p.direction, p.from_revisions, p.to_revisions, len(p.steps), p.transaction, _revs)]
     for i, s in enumerate(p.steps, 1):
@@ -575,7 +575,7 @@ def _plan_text(p, sql: bool = False) -> str:
     return "\n".join(lines)
 
 
-class _Progress:
+class Progress:
     def __init__(self, enabled: bool):
         self.enabled = enabled
 
@@ -599,8 +599,8 @@ def cmd_apply(args) -> int:
     from ..core.options import Policy, RunRequest
 
     req = apply_request(args)
-    empty = _empty_folder_warning(_migrations(args))
-    progress = _Progress(not args.json)
+    empty = _empty_folder_warning(migrations_folder(args))
+    progress = Progress(not args.json)
     seen: dict = {}
 
     def on_event(ev: dict) -> None:
@@ -616,7 +616,7 @@ def cmd_apply(args) -> int:
         result = RunResult.of_error(RESULT_REFUSED, e)
     if empty:
         result.warnings = [empty, *(result.warnings or [])]
-    _out(args, _apply_doc(result), _apply_text(result, args), plan=seen.get("plan"))
+    write_output(args, _apply_doc(result), apply_text(result, args), plan=seen.get("plan"))
     return RESULT_EXIT.get(result.result, 1)
 
 
@@ -626,9 +626,9 @@ def apply_request(args) -> "RunRequest":
     from ..core.options import Policy, RunRequest
 
     policy = Policy(downgrade=_downgrade_policy(args), data_loss=_data_loss_policy(args),
-                    rollback_on_failure=not args.no_rollback_on_failure, verify=_checks(args.verify),
+                    rollback_on_failure=not args.no_rollback_on_failure, verify=parse_checks(args.verify),
                     repair_sequences=args.repair_sequences, rehearse=args.rehearse.capitalize())
-    return RunRequest(db=db_options(args), migrations=os.path.abspath(_migrations(args)), target=args.revision,
+    return RunRequest(db=db_options(args), migrations=os.path.abspath(migrations_folder(args)), target=args.revision,
                       policy=policy, approval=args.approve, expected_hash=args.plan_hash,
                       exact_counts=args.exact_counts, actor=args.actor,
                       pythonpath=tuple(os.path.abspath(p) for p in args.pythonpath), use_env_py=args.env_py)
@@ -653,7 +653,7 @@ def _apply_doc(r: RunResult) -> dict:
     return apply_document(r)
 
 
-def _apply_text(r: RunResult, args) -> str:
+def apply_text(r: RunResult, args) -> str:
     from ..core import conditions as C
 
     res = r.result
@@ -705,14 +705,14 @@ def _apply_text(r: RunResult, args) -> str:
 def cmd_verify(args) -> int:
     from ..engine.verbs import verify
 
-    rep = verify(db_options(args), _checks(args.checks), args.migrations, args.revision, args.accept_drift,
+    rep = verify(db_options(args), parse_checks(args.checks), args.migrations, args.revision, args.accept_drift,
                  args.pythonpath)
     lines = [f"revision: {_revs(rep['revisions'])}",
              f"integrity: {'passed' if rep['passed'] else 'FAILED'}"
              + (f" ({rep['fingerprint']})" if rep.get("fingerprint") else "")]
     for f in rep["findings"]:
         lines.append(f"  {f['severity']}: [{f['check']}] {f['object']} ({f['count']}): {f['message']}")
-    _out(args, rep, "\n".join(lines))
+    write_output(args, rep, "\n".join(lines))
     return 0 if rep["passed"] else 1
 
 
@@ -737,7 +737,7 @@ def _scripts_print_to_stderr():
     _DOC = os.fdopen(saved_fd, "w", buffering=1, encoding=getattr(saved_stdout, "encoding", None) or "utf-8")
     worker.CHILD_CLOSE_FDS.add(saved_fd)
     os.dup2(2, 1)
-    sys.stdout = worker._LinesToLog()  # type: ignore[assignment]
+    sys.stdout = worker.LinesToLog()  # type: ignore[assignment]
     try:
         yield
     finally:
@@ -778,7 +778,7 @@ def main(argv: list[str] | None = None) -> int:
 def _usage_error(args, message: str) -> int:
     err = E.BadInput(message)
     if getattr(args, "json", False):
-        _out(args, {"result": "error", "error": err.to_dict()}, "")
+        write_output(args, {"result": "error", "error": err.to_dict()}, "")
     else:
         sys.stderr.write(f"dbrev: error: {err}\n")
     return err.exit_code
@@ -791,7 +791,7 @@ def _run_command(fn, args) -> int:
         L.logger.error(e.message, extra={"error_type": type(e).__name__, "error_message": e.message,
                                          "reason": e.reason})
         if getattr(args, "json", False):
-            _out(args, {"result": "error", "error": e.to_dict()}, "")
+            write_output(args, {"result": "error", "error": e.to_dict()}, "")
         else:
             sys.stderr.write(f"dbrev: error: {e}\n")
         return e.exit_code

@@ -160,7 +160,7 @@ def cmd_operator(args) -> int:
     require_operator("dbrev operator")
     os.environ["DBREV_LOG_LEVEL"] = args.log_level.upper()
     from ..controller import main as operator_main
-    from ..engine.log import setup_logging
+    from ..core.log import setup_logging
 
     handler = setup_logging(args.log_level, args.log_format)
     import logging

@@ -22,7 +22,7 @@ require_operator(__name__)  # before kopf/kubernetes: a clear error on a lean in
 import kopf
 
 from ..core import conditions as C
-from ..engine import log as L
+from ..core import log as L
 from . import metrics as M
 from .crd import APPROVE_ANNOTATION, GROUP, VERSION
 from .deployment import deployment_id, stamp_history, with_deployment

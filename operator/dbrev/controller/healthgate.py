@@ -753,7 +753,7 @@ def unstick_statefulset(namespace: str, undo: Undo, generation: int, wait: float
     from kubernetes import client
     from kubernetes.client.rest import ApiException
 
-    from ..engine import log as L
+    from ..core import log as L
     from . import kube
 
     api = kube.api_client()

@@ -33,7 +33,7 @@ require_operator(__name__)
 from kubernetes.client.rest import ApiException
 
 from ..core import conditions as C
-from ..engine import log as L
+from ..core import log as L
 from ..core.errors import DbrevError, MigrationJobError
 from ..core.options import RunRequest
 from ..core.redact import redact, register_secret
@@ -47,7 +47,7 @@ JOURNAL_EVERY = 2  # polls between two looks at the run's journal row (its progr
 OWNER_EVERY = 10  # polls between two looks at the DatabaseRevision (deleted: the Job is deleted too)
 #: past the Job's own activeDeadlineSeconds (plus this), the operator stops waiting and deletes it
 WATCH_MARGIN_S = 120.0
-_RESULT_KEYS = frozenset(RunResult._ORDER)
+_RESULT_KEYS = frozenset(RunResult.ORDER)
 
 
 def _api_error(what: str, e: ApiException) -> DbrevError:
@@ -186,7 +186,7 @@ def relay_log(ns: str, pod: str | None) -> None:
 def parse_result(text: str) -> tuple[RunResult, dict | None]:
     """The CLI's result file: (the result, the plan it ran). A refused or busy run, or an error before any run,
     is raised as the :class:`~dbrev.core.errors.DbrevError` it was, as the in-process worker raises it."""
-    from ..engine.worker import _raise_reported
+    from ..engine.worker import raise_reported
 
     import json
 
@@ -202,7 +202,7 @@ def parse_result(text: str) -> tuple[RunResult, dict | None]:
     raised = doc.get("result") == "error" or (doc.get("result") in (RESULT_REFUSED, RESULT_BUSY)
                                               and not doc.get("plan_hash"))
     if raised and isinstance(doc.get("error"), dict):
-        _raise_reported(doc["error"])
+        raise_reported(doc["error"])
     truncated = doc.pop("truncated", False)
     body = {k: v for k, v in doc.items() if k in _RESULT_KEYS}
     if not truncated:

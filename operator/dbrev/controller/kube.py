@@ -13,7 +13,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from .crd import GROUP, PLURAL, RECONCILE_ANNOTATION, VERSION
-from ..engine.log import logger
+from ..core.log import logger
 
 MERGE_PATCH = "application/merge-patch+json"
 _lock = threading.Lock()

@@ -13,7 +13,7 @@ from kubernetes.client.rest import ApiException
 
 from . import metrics as M
 from .crd import GROUP, PLURAL, VERSION
-from ..engine.log import log_context, logger
+from ..core.log import log_context, logger
 from . import handlers, kube
 
 KOPF_PREFIX = f"operator.{GROUP}"

@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Mapping
 from .classify import Classification, Effect, classify_source, classify_sql
 from .errors import ScriptConflict
 from .graph import Graph, Heads
-from ..engine.scripts import Rendered, ScriptInfo
+from .scripts_info import Rendered, ScriptInfo
 from .text import revisions_text
 
 UPGRADE = "upgrade"
@@ -170,9 +170,9 @@ def build_plan(graph: Graph, infos: dict[str, ScriptInfo], sources: dict[str, st
     undo, apply = graph.diff(current, target)
     steps: list[PlanStep] = []
     for rev in undo:
-        steps.append(_step(graph, infos[rev], sources[rev], False, render, version_table))
+        steps.append(make_step(graph, infos[rev], sources[rev], False, render, version_table))
     for rev in apply:
-        steps.append(_step(graph, infos[rev], sources[rev], True, render, version_table))
+        steps.append(make_step(graph, infos[rev], sources[rev], True, render, version_table))
     _mark_created_in_plan(steps)
     plan = Plan(
         target=target_spec or revisions_text(target),
@@ -270,7 +270,7 @@ def _mark_created_in_plan(steps: list[PlanStep]) -> None:
         columns |= c.created_columns
 
 
-def _step(graph: Graph, info: ScriptInfo, source: str, upgrade: bool, render: Renderer,
+def make_step(graph: Graph, info: ScriptInfo, source: str, upgrade: bool, render: Renderer,
           version_table: str) -> PlanStep:
     rendered = render(info.revision, upgrade)
     cls = classify_sql(rendered.sql, version_table)

@@ -54,18 +54,18 @@ ROLLED_BACK = "rolled_back"
 
 
 class _Document:
-    """A part of the document: ``to_dict`` in ``_ORDER``, ``from_dict`` the inverse.
+    """A part of the document: ``to_dict`` in ``ORDER``, ``from_dict`` the inverse.
 
     ``_REQUIRED``: keys written even when None; ``_PARTS``: how a key's document becomes its type."""
 
-    _ORDER: tuple[str, ...] = ()
+    ORDER: tuple[str, ...] = ()
     _REQUIRED: tuple[str, ...] = ()
     _PARTS: dict = {}
     shown: tuple[str, ...]
 
     def to_dict(self) -> dict:
         out: dict = {}
-        for name in self._ORDER:
+        for name in self.ORDER:
             v = getattr(self, name)
             if v is None and name not in self._REQUIRED and name not in self.shown:
                 continue
@@ -80,7 +80,7 @@ class _Document:
     def from_dict(cls, d: dict | None):
         if d is None:
             return None
-        unknown = set(d) - set(cls._ORDER)
+        unknown = set(d) - set(cls.ORDER)
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown key(s) {', '.join(sorted(unknown))}")
         shown = tuple(k for k, v in d.items() if v is None and k not in cls._REQUIRED)
@@ -102,7 +102,7 @@ class StepRecord(_Document):
     duration_seconds: float | None = None
     shown: tuple[str, ...] = field(default=(), compare=False)
 
-    _ORDER = ("revision", "direction", "duration_seconds", "status")
+    ORDER = ("revision", "direction", "duration_seconds", "status")
     _REQUIRED = ("revision", "direction", "status")
 
 
@@ -122,7 +122,7 @@ class RunError(_Document):
     exit_code: int | None = None
     shown: tuple[str, ...] = field(default=(), compare=False)
 
-    _ORDER = ("error_type", "reason", "message", "detail", "step", "direction", "location", "hint", "details",
+    ORDER = ("error_type", "reason", "message", "detail", "step", "direction", "location", "hint", "details",
               "exit_code")
 
     @classmethod
@@ -157,7 +157,7 @@ class Rollback(_Document):
     error: RunError | None = None
     shown: tuple[str, ...] = field(default=(), compare=False)
 
-    _ORDER = ("triggered", "reason", "method", "transaction", "success", "steps", "integrity", "restored",
+    ORDER = ("triggered", "reason", "method", "transaction", "success", "steps", "integrity", "restored",
               "archived", "cleanup", "message", "error")
     _REQUIRED = ("triggered", "reason", "method", "success")
     _PARTS = {"steps": _steps, "error": lambda d: RunError.from_dict(d)}
@@ -188,7 +188,7 @@ class RunResult(_Document):
     duration_seconds: float | None = None
     shown: tuple[str, ...] = field(default=(), compare=False)
 
-    _ORDER = ("result", "steps", "warnings", "from_revisions", "plan_hash", "direction", "transaction",
+    ORDER = ("result", "steps", "warnings", "from_revisions", "plan_hash", "direction", "transaction",
               "to_revisions", "decision", "rollback_readiness", "recorded_readiness", "archived", "classified_online",
               "repaired_sequences", "error", "integrity", "current_revisions", "rollback", "duration_seconds")
     _PARTS = {"steps": _steps, "error": lambda d: RunError.from_dict(d), "rollback": lambda d: Rollback.from_dict(d)}

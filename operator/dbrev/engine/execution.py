@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 
 from ..core import conditions as C
 from ..pg import integrity, state
-from . import log as L
+from ..core import log as L
 from ..core import results as R
 from ..pg.db import read_heads
 from .verbs import drift_finding, plan_steps
@@ -97,7 +97,7 @@ class Checks:
 
     def verify_now(self, conn: Connection, heads, record: bool) -> dict:
         """The catalog checks and drift at ``heads`` (``record``: the fingerprint is recorded there)."""
-        with L.timed("verify", from_revision=L._rev(heads), to_revision=L._rev(heads)):
+        with L.timed("verify", from_revision=L.revs(heads), to_revision=L.revs(heads)):
             findings, fp, facts = self.catalog_and_drift(conn, heads)
             if record and fp is not None:
                 state.record_fingerprint(conn, self.schema, self.vt, heads, fp, facts)
@@ -255,7 +255,7 @@ class StepExecution:
                 self.emit({"event": "step_started", "index": _i, "total": total, "revision": _ps.revision,
                            "direction": _ps.direction, "doc": _ps.doc})
                 L.logger.debug("Starting migration step", extra={
-                    "from_revision": L._rev(_ps.from_revisions), "to_revision": L._rev(_ps.to_revisions),
+                    "from_revision": L.revs(_ps.from_revisions), "to_revision": L.revs(_ps.to_revisions),
                     "operation": _ps.direction, "step": _i})
                 if _ps.destructive:
                     self._recheck_empty(_ps)
@@ -337,7 +337,7 @@ class StepExecution:
                        "total": len(plan.steps)})
             ps = next(s for s in plan.steps if s.revision == rev)
             L.logger.debug("Finished migration step", extra={
-                "from_revision": L._rev(ps.from_revisions), "to_revision": L._rev(ps.to_revisions),
+                "from_revision": L.revs(ps.from_revisions), "to_revision": L.revs(ps.to_revisions),
                 "operation": direction, "duration_ms": round(dur * 1000, 2)})
             if dur > L.SLOW_OPERATION_MS / 1000:
                 L.logger.warning("Slow migration step", extra={"duration_ms": round(dur * 1000, 2),

@@ -190,14 +190,14 @@ _COLUMNS = """
     WHERE c.relkind IN ('r', 'p') AND {ns} AND {rel}"""
 
 
-def _objects(conn, exclude_schemas, exclude_tables) -> dict[tuple[int, int], tuple[str, str | None]]:
+def catalog_objects(conn, exclude_schemas, exclude_tables) -> dict[tuple[int, int], tuple[str, str | None]]:
     """Tables (attnum 0) and their columns, keyed by OID and attnum: a rename keeps the key."""
     from sqlalchemy import text
 
     from ..pg import integrity as I
 
-    rows = conn.execute(text(_COLUMNS.format(ns=I._ns_filter("n"), rel=I._rel_filter("n", "c"))),
-                        I._params(exclude_schemas, exclude_tables)).all()
+    rows = conn.execute(text(_COLUMNS.format(ns=I.ns_filter("n"), rel=I.rel_filter("n", "c"))),
+                        I.exclusion_params(exclude_schemas, exclude_tables)).all()
     out: dict = {}
     for oid, attnum, table, col in rows:
         out[(int(oid), 0)] = (table, None)
@@ -216,9 +216,9 @@ def _xact_by_oid(conn) -> dict[int, tuple[int, int]]:
 def _count(conn, table: str, column: str | None) -> tuple[int, bool]:
     from sqlalchemy import text
 
-    from ..pg.integrity import _quote_ident
+    from ..pg.db import quote_ident
 
-    where = f" WHERE {_quote_ident(column)} IS NOT NULL" if column else ""
+    where = f" WHERE {quote_ident(column)} IS NOT NULL" if column else ""
     n = conn.execute(text(f"SELECT count(*) FROM (SELECT 1 FROM {table}{where} LIMIT {COUNT_CAP + 1}) s")).scalar()
     return min(int(n), COUNT_CAP), int(n) > COUNT_CAP
 
@@ -247,7 +247,7 @@ def rehearse_in_run(runner, conn, scripts, plan, before_facts: list[str]) -> Rea
     """Rehearse the way back from ``plan.to_revisions`` to ``plan.from_revisions`` inside the run's
     open transaction on ``conn``, and undo the rehearsal (``ROLLBACK TO SAVEPOINT``).  Returns the
     readiness; the transaction is left as it was before the call."""
-    from . import log as L
+    from ..core import log as L
 
     t0 = time.monotonic()
     start, target = tuple(plan.from_revisions), tuple(plan.to_revisions)
@@ -266,7 +266,7 @@ def rehearse_in_run(runner, conn, scripts, plan, before_facts: list[str]) -> Rea
         return unproven(f"the way back needs autocommit ({need}), so it cannot run inside the upgrade's "
                         f"transaction to be rehearsed")
     ex_s, ex_t = runner.checks.exclude_schemas(), runner.checks.exclude_tables()
-    objs_before = _objects(conn, ex_s, ex_t)
+    objs_before = catalog_objects(conn, ex_s, ex_t)
     xact_before = _xact_by_oid(conn)
     events: list = []
     from .execution import StepExecution, step_error
@@ -283,14 +283,14 @@ def rehearse_in_run(runner, conn, scripts, plan, before_facts: list[str]) -> Rea
         try:
             steps = ex.steps()
             t1 = time.monotonic()
-            with L.timed("rehearse", from_revision=L._rev(target), to_revision=L._rev(start)):
+            with L.timed("rehearse", from_revision=L.revs(target), to_revision=L.revs(start)):
                 ex.execute(steps, ex.on_step_done(None), False, conn)
             steps_seconds = time.monotonic() - t1
             if ex.external_connection or not sp.is_active:
                 raise RuntimeError("env.py left dbrev's transaction while rehearsing the way back")
             _, after_facts = runner.checks.fingerprint(conn)
             heads_after = tuple(runner.checks.heads(conn))
-            objs_after = _objects(conn, ex_s, ex_t)
+            objs_after = catalog_objects(conn, ex_s, ex_t)
             xact_after = _xact_by_oid(conn)
         except LeftTransaction as e:
             restore()

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection
 from ..core import conditions as C
 from ..pg import integrity, state
 from . import rehearse
-from . import log as L
+from ..core import log as L
 from ..core import results as R
 from ..pg.db import acquire_lock, connect, is_lock_timeout, quote_ident, server_info, unlock
 from .verbs import plan_against, stored_copies
@@ -206,7 +206,7 @@ class Runner:
 
     # -- protecting, running, verifying ------------------------------------------
     def _snapshot(self, conn: Connection, plan: Plan) -> dict:
-        with L.timed("snapshot", from_revision=L._rev(plan.from_revisions), to_revision=L._rev(plan.to_revisions)):
+        with L.timed("snapshot", from_revision=L.revs(plan.from_revisions), to_revision=L.revs(plan.to_revisions)):
             snap = {"findings": self.checks.catalog(conn), "tables": integrity.table_stats(
                 conn, exclude_schemas=self.checks.exclude_schemas(), exclude_tables=self.checks.exclude_tables())}
             if "fingerprint" in self.checks.enabled():
@@ -229,7 +229,7 @@ class Runner:
 
     def _post_verify(self, conn: Connection, plan: Plan, snap: dict, deleted: dict, target) -> tuple[dict, list]:
         """Checks after the steps; returns (report dict, new error findings)."""
-        with L.timed("verify", from_revision=L._rev(plan.from_revisions), to_revision=L._rev(target)):
+        with L.timed("verify", from_revision=L.revs(plan.from_revisions), to_revision=L.revs(target)):
             findings: list[integrity.Finding] = []
             heads = self.checks.heads(conn)
             if not self.graph.same_state(heads, target):
@@ -346,7 +346,7 @@ class Runner:
             snap = self._snapshot(conn, plan)
             ex = self._execution(scripts, plan, single=True)
             steps = ex.steps()
-            with L.timed("migrate", from_revision=L._rev(start), to_revision=L._rev(target)):
+            with L.timed("migrate", from_revision=L.revs(start), to_revision=L.revs(target)):
                 ex.execute(steps, ex.on_step_done(None), False, conn)
             trans = self._env_transaction(conn, trans, start)
             state.store_script(conn, self.schema, self.vt, ex.to_store)
@@ -427,7 +427,7 @@ class Runner:
         if isinstance(e, DbrevError):
             raise e
         err = step_error(e, scripts, self._current_step())
-        L.log_error("Migration failed", e, from_revision=L._rev(start), to_revision=L._rev(target),
+        L.log_error("Migration failed", e, from_revision=L.revs(start), to_revision=L.revs(target),
                     step=err.step, location=err.location)
         return self._undo(scripts).transaction(
             conn, None, plan, R.MIGRATION_FAILURE, RESULT_ROLLED_BACK, err,
@@ -459,7 +459,7 @@ class Runner:
         steps = ex.steps()
         failure = None
         try:
-            with L.timed("migrate", from_revision=L._rev(start), to_revision=L._rev(target)):
+            with L.timed("migrate", from_revision=L.revs(start), to_revision=L.revs(target)):
                 ex.execute(steps, ex.on_step_done(deleted_steps), True, conn)
         except BaseException as e:  # noqa: BLE001
             rollback_quietly(conn)
@@ -473,7 +473,7 @@ class Runner:
                 err.reason = C.LOCK_BUSY
             if online_refusal(failure):
                 err.reason, err.error_type, err.hint = C.DATA_LOSS_DENIED, "PolicyRefused", failure.hint
-            L.log_error("Migration failed", failure, from_revision=L._rev(start), to_revision=L._rev(target),
+            L.log_error("Migration failed", failure, from_revision=L.revs(start), to_revision=L.revs(target),
                         step=err.step, location=err.location)
             if err.step:
                 self.result.steps.append(StepRecord(err.step, err.direction, R.FAILED,

@@ -27,38 +27,8 @@ from typing import Iterable
 
 from ..core import conditions as C
 from ..core.errors import ScriptError
-from ..core.graph import Graph, Node, graph_from_nodes
-
-ORIGIN_FILES = "files"
-ORIGIN_DATABASE = "database"
-
-
-@dataclass(frozen=True)
-class ScriptSource:
-    name: str  # path relative to the versions folder (or a ConfigMap key)
-    source: str
-    filename: str  # what tracebacks show: an absolute path, or dbrev-db://<rev>/<name>
-    origin: str = ORIGIN_FILES
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.source.encode("utf-8")).hexdigest()
-
-
-@dataclass(frozen=True)
-class ScriptInfo:
-    revision: str
-    down_revisions: tuple[str, ...]
-    dependencies: tuple[str, ...]
-    branch_labels: tuple[str, ...]
-    doc: str
-    name: str
-    sha256: str
-    origin: str
-
-    def node(self) -> Node:
-        return Node(self.revision, self.down_revisions, self.dependencies, self.branch_labels, self.doc)
-
+from ..core.graph import Graph, graph_from_nodes
+from ..core.scripts_info import ORIGIN_DATABASE, ORIGIN_FILES, Rendered, ScriptInfo, ScriptSource
 
 @dataclass
 class ScriptSet:
@@ -464,14 +434,6 @@ def guarded_migration_fn(step, src: ScriptSource):
 
 # ---------------------------------------------------------------------------
 # Offline rendering
-
-
-@dataclass
-class Rendered:
-    sql: str
-    ok: bool
-    error: str | None = None
-    irreversible: bool = False
 
 
 def render(scripts: ScriptSet, revision: str, upgrade: bool, version_table: str = "alembic_version",

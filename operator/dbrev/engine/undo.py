@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 
 from ..core import conditions as C
 from ..pg import integrity, state
-from . import log as L
+from ..core import log as L
 from ..core import results as R
 from ..core.errors import DbrevError, PolicyRefused
 from .execution import Checks, Emit, StepExecution, plan_facts
@@ -90,7 +90,7 @@ class Undo:
         snap = self.snap or {"findings": [], "touched_exact": {}}
         with conn.begin():
             heads = ck.heads(conn)
-            with L.timed("verify", from_revision=L._rev(heads), to_revision=L._rev(start)):
+            with L.timed("verify", from_revision=L.revs(heads), to_revision=L.revs(start)):
                 findings, fp, _ = ck.catalog_and_drift(conn, heads)
                 if not self.graph.same_state(heads, start):
                     findings.append(integrity.Finding(
@@ -211,7 +211,7 @@ class Undo:
                         restored.append(archive.restore(ctx.connection, entry, ck.schema))
 
                 conn.commit()
-                with L.timed("rollback", from_revision=L._rev(heads), to_revision=L._rev(start)):
+                with L.timed("rollback", from_revision=L.revs(heads), to_revision=L.revs(start)):
                     if inverse.transaction == "single":
                         with conn.begin():
                             ex.execute(steps, callback, False, conn)
@@ -221,7 +221,7 @@ class Undo:
                 rollback.success = True
             except BaseException as e:  # noqa: BLE001
                 rollback_quietly(conn)
-                L.log_error("Rollback failed", e, from_revision=L._rev(heads), to_revision=L._rev(start))
+                L.log_error("Rollback failed", e, from_revision=L.revs(heads), to_revision=L.revs(start))
                 rollback.success = False
                 rollback.error = RunError(error_type=type(e).__name__, message=_first_line(e),
                                           reason=e.reason if isinstance(e, DbrevError) else None)

@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 
 from ..pg import integrity, state
 from . import rehearse
-from . import log as L
+from ..core import log as L
 from ..pg.db import connection, read_heads, safe_url
 from ..core.options import DbOptions
 from ..core.errors import DbrevError
@@ -45,7 +45,7 @@ def with_stored(scripts: ScriptSet, stored: StoredCopies) -> ScriptSet:
 def plan_steps(scripts: ScriptSet, current, target, *, target_spec: str, version_table: str,
                version_table_schema: str | None, conflicts: Iterable[str] = ()) -> Plan:
     """The steps from ``current`` to ``target`` (resolved ids) and the stored-script conflict rule."""
-    with L.timed("plan", from_revision=L._rev(current), to_revision=L._rev(target)):
+    with L.timed("plan", from_revision=L.revs(current), to_revision=L.revs(target)):
         p = build_plan(scripts.graph, scripts.infos, {r: s.source for r, s in scripts.sources.items()}, current,
                        target, lambda rev, up: render(scripts, rev, up, version_table, version_table_schema),
                        target_spec=target_spec, version_table=version_table,

@@ -44,7 +44,7 @@ import time
 from dataclasses import asdict
 from typing import Callable
 
-from . import log as L
+from ..core import log as L
 from ..core.errors import DbrevError
 from ..core import conditions as C
 from ..core.options import DbOptions, Policy, RunRequest
@@ -146,7 +146,7 @@ def main() -> int:
     os._exit(0)
 
 
-class _LinesToLog:
+class LinesToLog:
     """A text stream whose lines become log records: what scripts print becomes part of the log."""
 
     encoding = "utf-8"
@@ -205,7 +205,7 @@ def _quiet_stdout() -> None:
     """Nothing a script writes reaches the protocol: fd 1 is fd 2, ``print()`` makes log records."""
     sys.stdout.flush()
     os.dup2(2, 1)
-    sys.stdout = _LinesToLog()  # type: ignore[assignment]
+    sys.stdout = LinesToLog()  # type: ignore[assignment]
 
 
 def _serve(req: RunRequest, level: str, ctx: dict, out, key: bytes) -> None:
@@ -376,7 +376,7 @@ class WorkerError(DbrevError):
     """An error reported by the worker, re-raised in the parent with its original type's attributes."""
 
 
-def _raise_reported(err: dict) -> None:
+def raise_reported(err: dict) -> None:
     from ..core import errors as E
 
     cls = getattr(E, err.get("error_type", ""), None)
@@ -508,7 +508,7 @@ def run_in_worker(req: RunRequest, *, timeout: float | None, on_event: Callable[
             L.logger.error("The worker did not exit after reporting its result and was killed; its result stands",
                            extra={"grace_s": LINGER_GRACE_S, "operation": "apply"})
         if final_ev["event"] == "error":
-            _raise_reported(final_ev["error"])
+            raise_reported(final_ev["error"])
         result = RunResult.from_dict(final_ev["result"])
         if lingered:
             result.warn(

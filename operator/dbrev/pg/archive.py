@@ -34,7 +34,7 @@ from datetime import datetime, timedelta, timezone
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..engine import log as L
+from ..core import log as L
 from ..core.classify import Effect
 from .db import quote_ident
 from ..core.errors import BadInput

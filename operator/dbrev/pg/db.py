@@ -38,7 +38,7 @@ from sqlalchemy.pool import NullPool
 
 from ..core import conditions as C
 from ..core.errors import Busy, DatabaseConfigError, DatabaseUnavailable, SessionLost
-from ..engine.log import logger, timed
+from ..core.log import logger, timed
 from ..core.options import APPLICATION_NAME_ENV, DbOptions
 from ..core.redact import redact, register_secret
 

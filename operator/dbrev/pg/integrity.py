@@ -214,25 +214,25 @@ def _raw(conn: Connection, sql: str):
 
 
 # user schemas only: no catalogs, toast or temp schemas, none of the excluded ones
-def _ns_filter(alias: str) -> str:
+def ns_filter(alias: str) -> str:
     return (f"({alias}.nspname NOT IN ('pg_catalog', 'information_schema') "
             f"AND {alias}.nspname !~ '^pg_(toast|temp)' "
             f"AND NOT ({alias}.nspname = ANY (CAST(:excl AS text[]))))")
 
 
-def _rel_filter(ns_alias: str, rel_alias: str) -> str:
+def rel_filter(ns_alias: str, rel_alias: str) -> str:
     """Leave out the excluded tables (``x_schema`` NULL = any schema)."""
     return (f"NOT EXISTS (SELECT 1 FROM unnest(CAST(:x_schema AS text[]), CAST(:x_table AS text[])) "
             f"AS x(s, t) WHERE (x.s IS NULL OR x.s = {ns_alias}.nspname) AND x.t = {rel_alias}.relname)")
 
 
-def _not_ext(catalog: str, oid_expr: str) -> str:
+def not_ext(catalog: str, oid_expr: str) -> str:
     """Not a member of an extension (those belong to the extension's version)."""
     return (f"NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = '{catalog}'::regclass "
             f"AND e.objid = {oid_expr} AND e.deptype = 'e')")
 
 
-def _params(exclude_schemas: Iterable[str], exclude_tables: Iterable = ()) -> dict:
+def exclusion_params(exclude_schemas: Iterable[str], exclude_tables: Iterable = ()) -> dict:
     xs, xt = [], []
     for t in exclude_tables:
         s, n = _split_name(t)
@@ -246,7 +246,7 @@ def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _literal(s: str) -> str:
+def sql_literal(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
@@ -331,7 +331,7 @@ def catalog_findings(conn: Connection, checks: Iterable[str] = ALL_CHECKS,
     unknown = [c for c in checks if c not in ALL_CHECKS]
     if unknown:
         raise ValueError(f"unknown integrity check(s) {unknown}; known: {', '.join(ALL_CHECKS)}")
-    p = _params(exclude_schemas)
+    p = exclusion_params(exclude_schemas)
     out: list[Finding] = []
     if "indexes" in checks:
         out += _index_findings(conn, p)
@@ -358,7 +358,7 @@ def _index_findings(conn: Connection, p: dict) -> list[Finding]:
         JOIN pg_class tc ON tc.oid = i.indrelid
         JOIN pg_namespace tn ON tn.oid = tc.relnamespace
         WHERE NOT (i.indisvalid AND i.indisready AND i.indislive)
-          AND {_ns_filter('n')} AND {_ns_filter('tn')}
+          AND {ns_filter('n')} AND {ns_filter('tn')}
         ORDER BY 1"""
     out = []
     for r in conn.execute(text(sql), p).mappings():
@@ -398,7 +398,7 @@ def _constraint_findings(conn: Connection, p: dict) -> list[Finding]:
         LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
         LEFT JOIN pg_type t ON t.oid = con.contypid
         LEFT JOIN pg_namespace tn ON tn.oid = t.typnamespace
-        WHERE NOT con.convalidated AND con.conparentid = 0 AND {_ns_filter('cn')}
+        WHERE NOT con.convalidated AND con.conparentid = 0 AND {ns_filter('cn')}
         ORDER BY 5, 1"""
     out = []
     for r in conn.execute(text(sql), p).mappings():
@@ -445,7 +445,7 @@ def _orphan_findings(conn: Connection, p: dict, *, exact: bool, cap: int, scan_r
         CROSS JOIN LATERAL unnest(con.conkey, con.confkey) WITH ORDINALITY AS k(ck, pk, ord)
         JOIN pg_attribute ca ON ca.attrelid = con.conrelid AND ca.attnum = k.ck
         JOIN pg_attribute pa ON pa.attrelid = con.confrelid AND pa.attnum = k.pk
-        WHERE con.contype = 'f' AND NOT con.convalidated AND con.conparentid = 0 AND {_ns_filter('n')}
+        WHERE con.contype = 'f' AND NOT con.convalidated AND con.conparentid = 0 AND {ns_filter('n')}
         GROUP BY con.oid, n.nspname, c.oid, c.relname, c.relkind, pn.nspname, pc.relname, pc.relkind
         ORDER BY 1"""
     fks = conn.execute(text(sql), p).mappings().all()
@@ -519,7 +519,7 @@ def _sequence_findings(conn: Connection, p: dict, *, exact: bool, timeout_ms: in
           AND d.deptype IN ('a', 'i') AND d.refobjsubid > 0
           AND t.relkind IN ('r', 'p')
           AND ty.typnamespace = 'pg_catalog'::regnamespace AND ty.typname IN ('int2', 'int4', 'int8', 'numeric')
-          AND {_ns_filter('sn')} AND {_ns_filter('tn')}
+          AND {ns_filter('sn')} AND {ns_filter('tn')}
         ORDER BY 1"""
     out = []
     for r in conn.execute(text(sql), p).mappings().all():
@@ -571,7 +571,7 @@ def _sequence_findings(conn: Connection, p: dict, *, exact: bool, timeout_ms: in
                            f"Sequence {seq} is {gap} behind {kind} {colref}: its next value {nxt} is "
                            f"{'not above' if inc > 0 else 'not below'} {agg}({col}) = {m}, so inserts that use "
                            f"the default will collide with existing rows (an apply repairs what it caused with "
-                           f"--repair-sequences or policy.repairSequences); run SELECT setval({_literal(seq)}, "
+                           f"--repair-sequences or policy.repairSequences); run SELECT setval({sql_literal(seq)}, "
                            f"(SELECT {agg}({col}) FROM {tbl}))."))
     return out
 
@@ -628,7 +628,7 @@ def repair_sequences(conn: Connection, sequences: Iterable[str]) -> list[dict]:
         effective = int(last) if called else int(last) - int(inc)
         if (int(inc) > 0 and effective >= int(m)) or (int(inc) < 0 and effective <= int(m)):
             continue
-        _raw(conn, f"SELECT setval({_literal(seq)}, {int(m)})")
+        _raw(conn, f"SELECT setval({sql_literal(seq)}, {int(m)})")
         out.append({"sequence": seq, "column": f"{tbl}.{col}", "from": effective, "to": int(m)})
     return out
 
@@ -644,11 +644,11 @@ def _first_line(e: BaseException) -> str:
 
 _FACT_QUERIES: tuple[str, ...] = (
     # schemas
-    f"""SELECT 'schema ' || quote_ident(n.nspname) FROM pg_namespace n WHERE {_ns_filter('n')}""",
+    f"""SELECT 'schema ' || quote_ident(n.nspname) FROM pg_namespace n WHERE {ns_filter('n')}""",
     # extensions (their member objects are left out below)
     f"""SELECT 'extension ' || quote_ident(e.extname) || ' VERSION ' || quote_literal(e.extversion)
                || ' SCHEMA ' || quote_ident(n.nspname)
-        FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE {_ns_filter('n')}""",
+        FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE {ns_filter('n')}""",
     # tables, views, composite types...: kind, persistence, partitioning, inheritance, RLS, options
     f"""SELECT 'table ' || format('%I.%I', n.nspname, c.relname) || ' '
                || CASE c.relkind WHEN 'r' THEN 'TABLE' WHEN 'p' THEN 'PARTITIONED TABLE' WHEN 'v' THEN 'VIEW'
@@ -669,8 +669,8 @@ _FACT_QUERIES: tuple[str, ...] = (
                || CASE WHEN c.reloptions IS NOT NULL THEN ' WITH (' || array_to_string(
                         ARRAY(SELECT o FROM unnest(c.reloptions) o ORDER BY o), ', ') || ')' ELSE '' END
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c') AND {_ns_filter('n')} AND {_rel_filter('n', 'c')}
-          AND {_not_ext('pg_class', 'c.oid')}""",
+        WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c') AND {ns_filter('n')} AND {rel_filter('n', 'c')}
+          AND {not_ext('pg_class', 'c.oid')}""",
     # columns: by name, never by position (a down/up cycle re-adds a column at the end)
     f"""SELECT 'column ' || format('%I.%I.%I', n.nspname, c.relname, a.attname) || ' '
                || format_type(a.atttypid, a.atttypmod)
@@ -693,12 +693,12 @@ _FACT_QUERIES: tuple[str, ...] = (
         JOIN pg_type ty ON ty.oid = a.atttypid
         LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
         WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')
-          AND {_ns_filter('n')} AND {_rel_filter('n', 'c')} AND {_not_ext('pg_class', 'c.oid')}""",
+          AND {ns_filter('n')} AND {rel_filter('n', 'c')} AND {not_ext('pg_class', 'c.oid')}""",
     # table constraints (pg_get_constraintdef says NOT VALID when it is)
     f"""SELECT 'constraint ' || format('%I.%I.%I', n.nspname, c.relname, con.conname) || ' '
                || pg_get_constraintdef(con.oid)
         FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE {_ns_filter('n')} AND {_rel_filter('n', 'c')} AND {_not_ext('pg_class', 'c.oid')}""",
+        WHERE {ns_filter('n')} AND {rel_filter('n', 'c')} AND {not_ext('pg_class', 'c.oid')}""",
     # indexes with their validity
     f"""SELECT 'index ' || format('%I.%I', n.nspname, ic.relname) || ' ' || pg_get_indexdef(i.indexrelid)
                || CASE WHEN NOT i.indisvalid THEN ' INVALID' ELSE '' END
@@ -707,8 +707,8 @@ _FACT_QUERIES: tuple[str, ...] = (
         FROM pg_index i
         JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_namespace n ON n.oid = ic.relnamespace
         JOIN pg_class tc ON tc.oid = i.indrelid JOIN pg_namespace tn ON tn.oid = tc.relnamespace
-        WHERE {_ns_filter('n')} AND {_ns_filter('tn')} AND {_rel_filter('tn', 'tc')}
-          AND {_not_ext('pg_class', 'tc.oid')}""",
+        WHERE {ns_filter('n')} AND {ns_filter('tn')} AND {rel_filter('tn', 'tc')}
+          AND {not_ext('pg_class', 'tc.oid')}""",
     # enums (labels in their sort order), domains, ranges, base types
     f"""SELECT CASE t.typtype
                WHEN 'e' THEN 'enum ' || format('%I.%I', n.nspname, t.typname) || ' (' || coalesce((
@@ -722,13 +722,13 @@ _FACT_QUERIES: tuple[str, ...] = (
                     SELECT format_type(r.rngsubtype, NULL) FROM pg_range r WHERE r.rngtypid = t.oid), '?')
                ELSE 'type ' || format('%I.%I', n.nspname, t.typname) || ' BASE' END
         FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-        WHERE t.typtype IN ('e', 'd', 'r', 'b') AND {_ns_filter('n')} AND {_not_ext('pg_type', 't.oid')}
+        WHERE t.typtype IN ('e', 'd', 'r', 'b') AND {ns_filter('n')} AND {not_ext('pg_type', 't.oid')}
           AND NOT EXISTS (SELECT 1 FROM pg_type el WHERE el.typarray = t.oid)""",
     # domain constraints
     f"""SELECT 'domain constraint ' || format('%I.%I.%I', n.nspname, t.typname, con.conname) || ' '
                || pg_get_constraintdef(con.oid)
         FROM pg_constraint con JOIN pg_type t ON t.oid = con.contypid JOIN pg_namespace n ON n.oid = t.typnamespace
-        WHERE con.contypid <> 0 AND {_ns_filter('n')} AND {_not_ext('pg_type', 't.oid')}""",
+        WHERE con.contypid <> 0 AND {ns_filter('n')} AND {not_ext('pg_type', 't.oid')}""",
     # sequences: parameters and owner, never their current value
     f"""SELECT 'sequence ' || format('%I.%I', n.nspname, c.relname) || ' AS ' || format_type(s.seqtypid, NULL)
                || ' START ' || s.seqstart || ' INCREMENT ' || s.seqincrement || ' MINVALUE ' || s.seqmin
@@ -742,26 +742,26 @@ _FACT_QUERIES: tuple[str, ...] = (
                       AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') AND d.refobjsubid > 0
                     LIMIT 1), '')
         FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE {_ns_filter('n')} AND {_rel_filter('n', 'c')} AND {_not_ext('pg_class', 'c.oid')}""",
+        WHERE {ns_filter('n')} AND {rel_filter('n', 'c')} AND {not_ext('pg_class', 'c.oid')}""",
     # view definitions
     f"""SELECT 'viewdef ' || format('%I.%I', n.nspname, c.relname) || ' AS ' || pg_get_viewdef(c.oid)
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relkind IN ('v', 'm') AND {_ns_filter('n')} AND {_rel_filter('n', 'c')}
-          AND {_not_ext('pg_class', 'c.oid')}""",
+        WHERE c.relkind IN ('v', 'm') AND {ns_filter('n')} AND {rel_filter('n', 'c')}
+          AND {not_ext('pg_class', 'c.oid')}""",
     # functions and procedures (full definition); aggregates and window functions by signature
     f"""SELECT 'function ' || format('%I.%I', n.nspname, p.proname) || '('
                || pg_get_function_identity_arguments(p.oid) || ') '
                || CASE WHEN p.prokind IN ('f', 'p') THEN pg_get_functiondef(p.oid)
                        WHEN p.prokind = 'a' THEN 'AGGREGATE' ELSE 'WINDOW' END
         FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-        WHERE {_ns_filter('n')} AND {_not_ext('pg_proc', 'p.oid')}""",
+        WHERE {ns_filter('n')} AND {not_ext('pg_proc', 'p.oid')}""",
     # user triggers (not the internal ones behind foreign keys)
     f"""SELECT 'trigger ' || format('%I.%I.%I', n.nspname, c.relname, tg.tgname) || ' '
                || pg_get_triggerdef(tg.oid)
                || CASE WHEN tg.tgenabled <> 'O' THEN ' ENABLED=' || tg.tgenabled::text ELSE '' END
         FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE NOT tg.tgisinternal AND {_ns_filter('n')} AND {_rel_filter('n', 'c')}
-          AND {_not_ext('pg_class', 'c.oid')}""",
+        WHERE NOT tg.tgisinternal AND {ns_filter('n')} AND {rel_filter('n', 'c')}
+          AND {not_ext('pg_class', 'c.oid')}""",
     # row-level security policies
     f"""SELECT 'policy ' || format('%I.%I.%I', n.nspname, c.relname, pol.polname)
                || CASE WHEN pol.polpermissive THEN ' PERMISSIVE' ELSE ' RESTRICTIVE' END
@@ -773,7 +773,7 @@ _FACT_QUERIES: tuple[str, ...] = (
                || coalesce(' USING (' || pg_get_expr(pol.polqual, pol.polrelid) || ')', '')
                || coalesce(' WITH CHECK (' || pg_get_expr(pol.polwithcheck, pol.polrelid) || ')', '')
         FROM pg_policy pol JOIN pg_class c ON c.oid = pol.polrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE {_ns_filter('n')} AND {_rel_filter('n', 'c')}""",
+        WHERE {ns_filter('n')} AND {rel_filter('n', 'c')}""",
 )
 
 
@@ -785,7 +785,7 @@ def fingerprint_facts(conn: Connection, exclude_schemas: Iterable[str] = DEFAULT
     names as :func:`_split_name` reads them; pass the version table here.
     ``search_path`` is pinned to ``pg_catalog`` while reading so that every name in a
     definition is schema-qualified the same way whatever the session's path is."""
-    p = _params(exclude_schemas, exclude_tables)
+    p = exclusion_params(exclude_schemas, exclude_tables)
     facts: list[str] = []
     with _guard(conn), _setting(conn, "search_path", "pg_catalog"):
         for q in _FACT_QUERIES:
@@ -855,9 +855,9 @@ def table_stats(conn: Connection, exclude_schemas: Iterable[str] = DEFAULT_EXCLU
     sql = f"""
         SELECT format('%I.%I', n.nspname, c.relname) AS tbl, ({_ESTIMATE.format(c='c')})::bigint AS est
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relkind IN ('r', 'p') AND {_ns_filter('n')} AND {_rel_filter('n', 'c')}
+        WHERE c.relkind IN ('r', 'p') AND {ns_filter('n')} AND {rel_filter('n', 'c')}
         ORDER BY 1"""
-    rows = conn.execute(text(sql), _params(exclude_schemas, exclude_tables)).all()
+    rows = conn.execute(text(sql), exclusion_params(exclude_schemas, exclude_tables)).all()
     return {t: TableStat(t, int(e)) for t, e in rows}
 
 
@@ -896,8 +896,8 @@ def column_set(conn: Connection, exclude_schemas: Iterable[str] = DEFAULT_EXCLUD
     sql = f"""
         SELECT format('%I.%I', n.nspname, c.relname) || '.' || a.attname
         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped AND {_ns_filter('n')}"""
-    return {r[0] for r in conn.execute(text(sql), _params(exclude_schemas))}
+        WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped AND {ns_filter('n')}"""
+    return {r[0] for r in conn.execute(text(sql), exclusion_params(exclude_schemas))}
 
 
 @dataclass(frozen=True)
@@ -912,11 +912,11 @@ def live_state(conn: Connection, exclude_schemas: Iterable[str] = DEFAULT_EXCLUD
                exclude_tables: Iterable = DEFAULT_EXCLUDE_TABLES) -> LiveState:
     """Catalog facts plus one ``EXISTS`` probe per table (never a count): for steps that cannot be
     rendered offline, classified by what they actually do."""
-    p = _params(exclude_schemas, exclude_tables)
+    p = exclusion_params(exclude_schemas, exclude_tables)
     rows = conn.execute(text(f"""
         SELECT c.oid, format('%I.%I', n.nspname, c.relname), c.relfilenode
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relkind IN ('r', 'p') AND {_ns_filter('n')} AND {_rel_filter('n', 'c')}"""), p).all()
+        WHERE c.relkind IN ('r', 'p') AND {ns_filter('n')} AND {rel_filter('n', 'c')}"""), p).all()
     has = {}
     for i in range(0, len(rows), 200):
         chunk = rows[i:i + 200]
@@ -927,7 +927,7 @@ def live_state(conn: Connection, exclude_schemas: Iterable[str] = DEFAULT_EXCLUD
         SELECT a.attrelid, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod)
         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
-          AND {_ns_filter('n')} AND {_rel_filter('n', 'c')}"""), p).all()
+          AND {ns_filter('n')} AND {rel_filter('n', 'c')}"""), p).all()
     columns = {(int(r[0]), int(r[1])): (r[2], r[3]) for r in cols}
     deleted = {t: v[2] for t, v in xact_row_changes(conn, exclude_schemas, exclude_tables).items()}
     return LiveState(tables, columns, deleted)
@@ -1004,9 +1004,9 @@ def xact_row_changes(conn: Connection, exclude_schemas: Iterable[str] = DEFAULT_
         FROM pg_stat_xact_user_tables s
         JOIN pg_class c ON c.oid = s.relid JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE (s.n_tup_ins + s.n_tup_upd + s.n_tup_del) > 0
-          AND {_ns_filter('n')} AND {_rel_filter('n', 'c')}
+          AND {ns_filter('n')} AND {rel_filter('n', 'c')}
         ORDER BY 1"""
-    rows = conn.execute(text(sql), _params(exclude_schemas, exclude_tables)).all()
+    rows = conn.execute(text(sql), exclusion_params(exclude_schemas, exclude_tables)).all()
     return {t: (int(i), int(u), int(d)) for t, i, u, d in rows}
 
 

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection
 from ..core import conditions as C
 from .db import is_permission_error, quote_ident
 from ..core.errors import DatabaseConfigError
-from ..engine.scripts import ORIGIN_DATABASE, ScriptSource
+from ..core.scripts_info import ORIGIN_DATABASE, ScriptSource
 from ..core.text import revisions_text
 
 STATE_VERSION = 3  # 2: runs.readiness; 3: runs.plan

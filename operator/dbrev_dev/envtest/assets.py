@@ -62,7 +62,7 @@ def bin_dir(kube_version: str = KUBERNETES_VERSION, etcd_version: str = ETCD_VER
     return cache_root() / "control-plane" / f"k8s-{kube_version}_etcd-{etcd_version}" / "bin"
 
 
-def _log(msg: str) -> None:
+def build_log(msg: str) -> None:
     print(f"[dbrev-envtest] {msg}", file=sys.stderr, flush=True)
 
 
@@ -131,7 +131,7 @@ def build_kubernetes(dest: Path, version: str = KUBERNETES_VERSION,
     info = _download_json("k8s.io/kubernetes", version, work, env)
     staging = _staging_modules(Path(info["GoMod"]).read_text())
     staging_version = "v0." + version[len("v1."):]
-    _log(f"kubernetes {version}: pinning {len(staging)} staging modules at {staging_version}")
+    build_log(f"kubernetes {version}: pinning {len(staging)} staging modules at {staging_version}")
     for mod in staging:
         _run(["go", "mod", "edit", f"-replace={mod}={mod}@{staging_version}"], work, env)
     _run(["go", "mod", "edit", f"-require=k8s.io/kubernetes@{version}"], work, env)
@@ -146,7 +146,7 @@ def build_kubernetes(dest: Path, version: str = KUBERNETES_VERSION,
     for name in names:
         pkg = f"cmd/{name}"
         t0 = time.monotonic()
-        _log(f"building {name} {version} (cold, all of them: about 12 min on 2 cores, downloads included)")
+        build_log(f"building {name} {version} (cold, all of them: about 12 min on 2 cores, downloads included)")
         tmp = dest / f".{name}.tmp"
         _run(
             ["go", "build", "-p", str(os.cpu_count() or 2), "-trimpath",
@@ -154,7 +154,7 @@ def build_kubernetes(dest: Path, version: str = KUBERNETES_VERSION,
             work, env,
         )
         tmp.rename(dest / name)
-        _log(f"built {name} in {time.monotonic() - t0:.0f}s")
+        build_log(f"built {name} in {time.monotonic() - t0:.0f}s")
 
 
 def build_etcd(dest: Path, version: str = ETCD_VERSION) -> None:
@@ -169,12 +169,12 @@ def build_etcd(dest: Path, version: str = ETCD_VERSION) -> None:
     _run(["go", "get", f"go.etcd.io/etcd/server/v3@{version}"], work, env)
     dest.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    _log(f"building etcd {version}")
+    build_log(f"building etcd {version}")
     tmp = dest / ".etcd.tmp"
     _run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp),
           "go.etcd.io/etcd/server/v3"], work, env)
     tmp.rename(dest / "etcd")
-    _log(f"built etcd in {time.monotonic() - t0:.0f}s")
+    build_log(f"built etcd in {time.monotonic() - t0:.0f}s")
 
 
 def _from_kubebuilder_assets(folder: str) -> Assets:
@@ -210,7 +210,7 @@ def find(build: bool = True) -> Assets:
                 f"control-plane binaries missing from {dest}: run `make cluster-assets` "
                 "(builds them from Go modules) or set KUBEBUILDER_ASSETS"
             )
-        lock = _BuildLock(dest.parent / ".build.lock")
+        lock = BuildLock(dest.parent / ".build.lock")
         with lock:
             if not (dest / "etcd").is_file():
                 build_etcd(dest)
@@ -248,14 +248,14 @@ def find_node(build: bool = True) -> NodeAssets:
             "after the control plane's build) or put them next to kube-apiserver"
         )
     dest = bin_dir()
-    with _BuildLock(dest.parent / ".build.lock"):
+    with BuildLock(dest.parent / ".build.lock"):
         missing = tuple(b for b in NODE_BINARIES if not (dest / b).is_file())
         if missing:
             build_kubernetes(dest, names=missing)
     return NodeAssets(*(dest / b for b in NODE_BINARIES), source="built")
 
 
-class _BuildLock:
+class BuildLock:
     """An flock so two concurrent builds (CI and a developer) do not trample each other."""
 
     def __init__(self, path: Path):

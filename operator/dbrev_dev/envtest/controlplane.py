@@ -282,7 +282,7 @@ def write_kubeconfig(
 # --------------------------------------------------------------------------- processes
 
 
-def _proc_cmdline(pid: int) -> list[str] | None:
+def proc_cmdline(pid: int) -> list[str] | None:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
@@ -295,7 +295,7 @@ def _proc_cmdline(pid: int) -> list[str] | None:
 def _is_ours(pid: int, binary_name: str, root: Path) -> bool:
     """True when ``pid`` is a live ``binary_name`` started for folder ``root``
     (guards against killing an unrelated process that reused the pid)."""
-    argv = _proc_cmdline(pid)
+    argv = proc_cmdline(pid)
     if not argv:
         return False
     if Path(argv[0]).name != binary_name:
@@ -343,7 +343,7 @@ def _reap(pid: int) -> None:
         pass
 
 
-def _die_with_parent() -> None:
+def exit_with_parent() -> None:
     """In the child before exec: SIGTERM me when the parent dies (Linux prctl)."""
     import ctypes
 
@@ -352,7 +352,7 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-def _tail(path: Path, lines: int = 40) -> str:
+def log_tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except FileNotFoundError:
@@ -709,7 +709,7 @@ class ControlPlane(Cluster):
                 stderr=subprocess.STDOUT,
                 cwd=self.dir,
                 start_new_session=True,  # not killed with the terminal; killable by pid
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
+                preexec_fn=exit_with_parent if self.die_with_parent else None,
             )
         finally:
             log.close()
@@ -807,14 +807,14 @@ class ControlPlane(Cluster):
             if proc.poll() is not None:
                 raise ControlPlaneError(
                     f"{binary} exited with {proc.returncode} while starting; "
-                    f"{self.log_path(binary)}:\n{_tail(self.log_path(binary))}"
+                    f"{self.log_path(binary)}:\n{log_tail(self.log_path(binary))}"
                 )
             if ready():
                 return
             if time.monotonic() > deadline:
                 raise ControlPlaneError(
                     f"{binary} not ready after {timeout:.0f}s; "
-                    f"{self.log_path(binary)}:\n{_tail(self.log_path(binary))}"
+                    f"{self.log_path(binary)}:\n{log_tail(self.log_path(binary))}"
                 )
             time.sleep(delay)
             delay = min(delay * 1.5, 0.25)

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .assets import AssetError, _log, cache_root
+from .assets import AssetError, build_log, cache_root
 
 PAUSE_IMAGE = "dbrev.local/pause:3.10"
 BASE_IMAGE = "dbrev.local/debian-python:bookworm"
@@ -152,7 +152,7 @@ def pause_archive() -> Path:
         b("rmi", PAUSE_IMAGE)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    _log(f"built the pause image in {time.monotonic() - t0:.0f}s")
+    build_log(f"built the pause image in {time.monotonic() - t0:.0f}s")
     return dest
 
 
@@ -195,7 +195,7 @@ def base_archive(suite: str | None = None) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix=f"debian-{suite}-", dir=work))
     try:
-        _log(f"debootstrap {suite} (minbase + {', '.join(BASE_PACKAGES)})")
+        build_log(f"debootstrap {suite} (minbase + {', '.join(BASE_PACKAGES)})")
         _run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", suite,
               str(root), mirror], timeout=1800)
         for sub in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man",
@@ -218,7 +218,7 @@ def base_archive(suite: str | None = None) -> Path:
         tar.unlink()
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    _log(f"built the Debian base image in {time.monotonic() - t0:.0f}s")
+    build_log(f"built the Debian base image in {time.monotonic() - t0:.0f}s")
     return dest
 
 
@@ -261,9 +261,9 @@ def operator_archive(repo: Path = REPO_ROOT, name: str = OPERATOR_IMAGE) -> Path
     dest = images_dir() / f"operator-{key}.tar"
     if dest.is_file():
         return dest
-    from .assets import _BuildLock
+    from .assets import BuildLock
 
-    with _BuildLock(images_dir() / ".build.lock"):  # one build at a time on one store
+    with BuildLock(images_dir() / ".build.lock"):  # one build at a time on one store
         if dest.is_file():
             return dest
         return _build_operator(repo, name, dest)
@@ -277,7 +277,7 @@ def _build_operator(repo: Path, name: str, dest: Path) -> Path:
         b("pull", f"docker-archive:{base}")
     t0 = time.monotonic()
     wheelhouse(repo)
-    _log(f"wheels built in {time.monotonic() - t0:.0f}s; building the image")
+    build_log(f"wheels built in {time.monotonic() - t0:.0f}s; building the image")
     # runc isolation with no network at all: the wheels are already in the context
     b("bud", "--isolation", "oci", "--network", "none", "--layers=false",
       "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--pull-never", "-t", name, "-f",
@@ -288,7 +288,7 @@ def _build_operator(repo: Path, name: str, dest: Path) -> Path:
     b("rmi", name)
     subprocess.run(["buildah", "--root", str(b.root / "storage"), "--runroot", str(b.runroot),
                     "rmi", "--prune"], capture_output=True)
-    _log(f"built the operator image in {time.monotonic() - t0:.0f}s")
+    build_log(f"built the operator image in {time.monotonic() - t0:.0f}s")
     return dest
 
 
@@ -388,9 +388,9 @@ def app_archive(tag: str, repo: Path = REPO_ROOT, source: Path = APP_SOURCE) -> 
     dest = images_dir() / f"app-{_slug(tag)}-{key}.tar"
     if dest.is_file():
         return dest
-    from .assets import _BuildLock
+    from .assets import BuildLock
 
-    with _BuildLock(images_dir() / ".build.lock"):  # the same lock as the operator image: one store
+    with BuildLock(images_dir() / ".build.lock"):  # the same lock as the operator image: one store
         if dest.is_file():
             return dest
         return _build_app(repo, tag, files, deps_file, dest)
@@ -441,7 +441,7 @@ def _build_app(repo: Path, tag: str, files: dict[str, bytes], deps_file: str, de
         b("rmi", tag)
     finally:
         shutil.rmtree(ctx, ignore_errors=True)
-    _log(f"built the test application image {tag} in {time.monotonic() - t0:.0f}s")
+    build_log(f"built the test application image {tag} in {time.monotonic() - t0:.0f}s")
     return dest
 
 

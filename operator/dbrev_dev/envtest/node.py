@@ -55,9 +55,9 @@ from dbrev_dev.envtest.controlplane import (
     SERVICE_CLUSTER_IP_RANGE,
     Cluster,
     ControlPlaneError,
-    _die_with_parent,
-    _proc_cmdline,
-    _tail,
+    exit_with_parent,
+    proc_cmdline,
+    log_tail,
     generate_pki,
     write_kubeconfig,
 )
@@ -147,7 +147,7 @@ def _node_pids(markers: list[str]) -> list[tuple[int, str]]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
-        argv = _proc_cmdline(int(entry.name))
+        argv = proc_cmdline(int(entry.name))
         if not argv:
             continue
         name = Path(argv[0]).name
@@ -471,7 +471,7 @@ class NodeCluster(Cluster):
             proc = subprocess.Popen(
                 _in_node(*argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.dir, start_new_session=True, env=env,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
+                preexec_fn=exit_with_parent if self.die_with_parent else None,
             )
         finally:
             log.close()
@@ -484,7 +484,7 @@ class NodeCluster(Cluster):
         while True:
             if proc.poll() is not None:
                 raise NodeError(f"{name} exited with {proc.returncode} while starting; "
-                                f"{self.log_path(name)}:\n{_tail(self.log_path(name))}")
+                                f"{self.log_path(name)}:\n{log_tail(self.log_path(name))}")
             try:
                 if ready():
                     return
@@ -492,7 +492,7 @@ class NodeCluster(Cluster):
                 pass
             if time.monotonic() > deadline:
                 raise NodeError(f"{name} not ready after {timeout or self.start_timeout:.0f}s; "
-                                f"{self.log_path(name)}:\n{_tail(self.log_path(name))}")
+                                f"{self.log_path(name)}:\n{log_tail(self.log_path(name))}")
             time.sleep(0.2)
 
     def _stop_component(self, name: str) -> None:

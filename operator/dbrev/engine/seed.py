@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from . import integrity as I
-from ..engine.rehearse import COUNT_CAP, Loss
+from ..pg import integrity as I
+from ..pg.db import quote_ident
+from .rehearse import COUNT_CAP, Loss, catalog_objects
 
 _TABLES = """
     SELECT c.oid::bigint, format('%I.%I', n.nspname, c.relname)
@@ -46,8 +47,9 @@ _INTEGERS = {"int2", "int4", "int8"}
 
 
 def _tables(conn, exclude_schemas, exclude_tables) -> dict[int, str]:
-    sql = _TABLES.format(ns=I._ns_filter("n"), rel=I._rel_filter("n", "c"), ext=I._not_ext("pg_class", "c.oid"))
-    return {int(o): name for o, name in conn.execute(text(sql), I._params(exclude_schemas, exclude_tables)).all()}
+    sql = _TABLES.format(ns=I.ns_filter("n"), rel=I.rel_filter("n", "c"), ext=I.not_ext("pg_class", "c.oid"))
+    rows = conn.execute(text(sql), I.exclusion_params(exclude_schemas, exclude_tables)).all()
+    return {int(o): name for o, name in rows}
 
 
 def _order(tables: dict[int, str], fks) -> list[int]:
@@ -77,8 +79,8 @@ def _order(tables: dict[int, str], fks) -> list[int]:
 def _value(col: dict, table: str, tag: str) -> str | None:
     """A SQL expression of the column's type, or None when dbrev cannot make one."""
     t, cat, base, name = col["type"], col["category"], col["base"], col["name"]
-    q = I._quote_ident(name)
-    lit = I._literal
+    q = quote_ident(name)
+    lit = I.sql_literal
     if col["unique"] and base in _INTEGERS:
         return f"(SELECT coalesce(max({q}), 0) + 1 FROM {table})"
     if cat == "B":
@@ -138,7 +140,7 @@ def seed(conn, exclude_schemas, exclude_tables, tag: str) -> tuple[dict[str, int
         except _Skip as e:
             skipped[table] = str(e)
             continue
-        names = ", ".join(I._quote_ident(n) for n in values)
+        names = ", ".join(quote_ident(n) for n in values)
         sql = (f"INSERT INTO {table} ({names}) VALUES ({', '.join(values.values())})" if values
                else f"INSERT INTO {table} DEFAULT VALUES")
         sp = conn.begin_nested()
@@ -168,7 +170,7 @@ def _row(conn, table: str, columns: list[dict], fks, tables, cols, tag: str) -> 
             raise _Skip(f"a NOT NULL foreign key to {'itself' if ref == rel else 'a table outside the check'} "
                         f"({', '.join(c['name'] for c in mine)})")
         ref_cols = {c["num"]: c for c in cols[ref]}
-        names = [I._quote_ident(ref_cols[k]["name"]) for k in ref_keys]
+        names = [quote_ident(ref_cols[k]["name"]) for k in ref_keys]
         row = conn.execute(text(f"SELECT {', '.join(names)} FROM {tables[ref]} "
                                 f"WHERE {' AND '.join(n + ' IS NOT NULL' for n in names)} LIMIT 1")).first()
         if row is None:
@@ -177,7 +179,7 @@ def _row(conn, table: str, columns: list[dict], fks, tables, cols, tag: str) -> 
             raise _Skip(f"its foreign key ({', '.join(c['name'] for c in mine)}) references {tables[ref]}, "
                         f"which has no row")
         for c, v in zip(mine, row):
-            values[c["name"]] = f"CAST({I._literal(str(v))} AS {c['type']})"
+            values[c["name"]] = f"CAST({I.sql_literal(str(v))} AS {c['type']})"
     for c in columns:
         if c["name"] in values or c["generated"] or c["identity"] or c["hasdef"]:
             continue  # generated, identity, defaults: the table's own value
@@ -196,9 +198,7 @@ def _row(conn, table: str, columns: list[dict], fks, tables, cols, tag: str) -> 
 def inventory(conn, exclude_schemas, exclude_tables) -> dict:
     """Tables and columns (keyed by OID and attnum: a rename keeps the key), each table's rows and each
     column's non-null values (one scan per table, each count capped at COUNT_CAP)."""
-    from ..engine.rehearse import _objects
-
-    objs = _objects(conn, exclude_schemas, exclude_tables)
+    objs = catalog_objects(conn, exclude_schemas, exclude_tables)
     counts: dict[tuple[int, int], int] = {}
     by_table: dict[int, list[tuple[int, str]]] = {}
     for (oid, num), (table, col) in objs.items():
@@ -208,7 +208,7 @@ def inventory(conn, exclude_schemas, exclude_tables) -> dict:
         if num:
             continue
         cs = sorted(by_table.get(oid, []))
-        exprs = ["count(*)"] + [f"count({I._quote_ident(c)})" for _, c in cs]
+        exprs = ["count(*)"] + [f"count({quote_ident(c)})" for _, c in cs]
         row = conn.execute(text(f"SELECT {', '.join(exprs)} FROM (SELECT * FROM {table} LIMIT {COUNT_CAP + 1}) s")
                            ).first()
         counts[(oid, 0)] = int(row[0])

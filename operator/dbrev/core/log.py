@@ -30,7 +30,7 @@ import traceback
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
-from ..core.redact import redact, redact_obj
+from .redact import redact, redact_obj
 
 LOGGER_NAME = "dbrev"
 SLOW_OPERATION_MS = 1000.0
@@ -190,7 +190,7 @@ def timed(operation: str, log: logging.Logger = logger, **fields: Any) -> Iterat
 def state_transition(from_revision: Any, to_revision: Any, status: str, message: str | None = None,
                      **fields: Any) -> None:
     logger.info(message or f"Migration state transition: {status}",
-                extra={"from_revision": _rev(from_revision), "to_revision": _rev(to_revision),
+                extra={"from_revision": revs(from_revision), "to_revision": revs(to_revision),
                        "status": status, **fields})
 
 
@@ -203,20 +203,20 @@ def log_error(message: str, exc: BaseException, **fields: Any) -> None:
 def rollback_triggered(reason: str, from_version: Any, to_version: Any, **fields: Any) -> None:
     logger.warning("Rollback triggered",
                    extra={"event": "rollback_triggered", "reason": reason,
-                          "from_version": _rev(from_version), "to_version": _rev(to_version), **fields})
+                          "from_version": revs(from_version), "to_version": revs(to_version), **fields})
 
 
 def rollback_executed(from_version: Any, to_version: Any, success: bool, **fields: Any) -> None:
     (logger.warning if success else logger.error)(
         "Rollback executed" if success else "Rollback failed",
-        extra={"event": "rollback_executed", "from_version": _rev(from_version),
-               "to_version": _rev(to_version), "success": success, **fields})
+        extra={"event": "rollback_executed", "from_version": revs(from_version),
+               "to_version": revs(to_version), "success": success, **fields})
 
 
-def _rev(value: Any) -> Any:
+def revs(value: Any) -> Any:
     """Revisions are tuples internally; logs show ``a,b`` (or ``base``)."""
     if isinstance(value, (tuple, list, set, frozenset)):
-        from ..core.text import revisions_text
+        from .text import revisions_text
 
         return revisions_text(value)
     return value
