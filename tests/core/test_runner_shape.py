@@ -110,3 +110,13 @@ def test_worker_is_transport_only():
 
     assert not hasattr(worker, "recover_after_death")
     assert callable(undo.recover_after_death) and callable(undo.after_timeout)
+
+
+def test_the_run_is_its_phases_in_order():
+    """Runner.run reads as the run: load, lock, observe, plan, decide, then refuse, do nothing or run the plan; each
+    phase a method of its own (its inputs and outputs visible), not inline code."""
+    run = next(f for f in _class("engine/runner.py", "Runner").body if isinstance(f, ast.FunctionDef) and f.name == "run")
+    phases = ["self._load", "self._lock", "self._observe", "self._plan", "self._decide", "self._run_plan"]
+    calls = [c for c in _calls(run) if c in phases + ["self._refused", "self._noop"]]
+    assert [c for c in calls if c in phases] == phases
+    assert len(run.body) < 15 and sum(isinstance(n, ast.stmt) for n in ast.walk(run)) < 45

@@ -23,21 +23,21 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..core import conditions as C
-from ..pg import integrity, state
-from . import rehearse
 from ..core import log as L
 from ..core import results as R
-from ..pg.db import acquire_lock, connect, is_lock_timeout, quote_ident, server_info, unlock
-from .verbs import plan_against, stored_copies
 from ..core.errors import Busy, DbrevError, PlanChanged
-from .execution import Checks, Emit, StepExecution, online_refusal, plan_facts, step_error
 from ..core.options import RunRequest
 from ..core.planning import Plan, StoredCopies, hash_matches
 from ..core.policy import Decision, Facts, evaluate
-from ..core.results import RESULT_APPLIED, RESULT_FAILED, RESULT_NOOP, RESULT_REFUSED, RESULT_ROLLED_BACK, RunError, RunResult, StepRecord
+from ..core.results import (RESULT_APPLIED, RESULT_FAILED, RESULT_NOOP, RESULT_REFUSED, RESULT_ROLLED_BACK, RunError,
+                            RunResult, StepRecord)
+from ..pg import integrity, state
+from ..pg.db import acquire_lock, connect, is_lock_timeout, quote_ident, server_info, unlock
+from . import rehearse
+from .execution import Checks, Emit, StepExecution, online_refusal, plan_facts, step_error
 from .scripts import ScriptSet, load_folder
 from .undo import Undo, quietly_failed, rollback_quietly
-
+from .verbs import plan_against, stored_copies
 
 class Runner:
     """One apply's phases over the state declared here; the steps run in a :class:`StepExecution`, every
@@ -84,90 +84,25 @@ class Runner:
 
     # -- the run ---------------------------------------------------------------
     def run(self) -> RunResult:
+        """load → lock → observe → plan → decide → (refuse | nothing to do | execute: protect, steps, verify,
+        roll back) → report (see _run_plan); each phase below is a method whose inputs and outputs are its arguments and result."""
         t0 = time.monotonic()
-        req = self.req
-        self.emit({"event": "phase", "phase": "load_scripts"})
-        scripts = load_folder(req.migrations, pythonpath=req.pythonpath)
+        scripts = self._load()
         engine, conn = connect(self.db)
         jengine, jconn = None, None
         locked = False
         try:
-            info = server_info(conn)
-            conn.commit()
-            if info["v"] >= 140000:
-                # notice a vanished client within a second, even mid-statement (PostgreSQL 14+)
-                conn.execute(sa.text("SET client_connection_check_interval = 1000"))
-                conn.commit()
-            self.emit({"event": "backend", "pid": info["pid"]})
-            state.ensure_schema(conn, self.schema)
-            acquire_lock(conn, self.db)
+            self._lock(conn)
             locked = True
-            self.emit({"event": "phase", "phase": "locked"})
-            stored = stored_copies(conn, self.db, scripts) if req.use_stored_scripts else StoredCopies()
-            self.conflicts = stored.conflicts
-            current = self.checks.heads(conn)
-            recorded = state.recorded_readiness(conn, self.schema, self.vt)
-            conn.commit()
-            self.result.from_revisions = list(current)
-            for run in state.interrupted_runs(conn, self.schema, self.vt):
-                msg = (f"run {run['id']} ({run['txn']} transaction, started {run['started_at']:%Y-%m-%d %H:%M:%S}) "
-                       f"was interrupted during step {run['step_index'] or 0}/{run['step_count']} "
-                       f"({run['step_direction'] or '-'} {run['step_revision'] or '-'}); the database is at "
-                       f"{state.revisions_key(current)}")
-                L.logger.warning("Interrupted run found", extra={"run_id": run["id"], "status": "interrupted"})
-                self.result.warn(msg)
-            # the one plan (as `dbrev plan` makes it): stored copies, conflicts, hash, recorded readiness
-            plan, scripts = plan_against(scripts, current, req.target, version_table=self.db.version_table,
-                                         version_table_schema=self.db.version_table_schema, stored=stored,
-                                         recorded=recorded)
-            self.plan = plan
-            r = self.result
-            if plan.recorded_readiness:
-                r.recorded_readiness = plan.recorded_readiness  # a revert: what its upgrade proved
-            r.plan_hash, r.direction, r.transaction = plan.hash, plan.direction, plan.transaction
-            r.to_revisions = list(plan.to_revisions)
-            r.warnings.extend(plan.warnings)
-            self.emit({"event": "plan", "plan": plan.to_dict(include_sql=False)})
-            if req.expected_hash and not hash_matches(plan.hash, req.expected_hash):
-                raise PlanChanged(f"the plan is now {plan.hash}, not the expected {req.expected_hash}",
-                                  hint="run `dbrev plan` again and review the new plan")
-            facts = plan_facts(conn, plan)
-            conn.commit()
-            decision = evaluate(plan, req.policy, req.approval, facts)
-            self.result.decision = decision.to_dict()
-            self.archive = decision.archive
-            self._facts_of_plan = facts
-            if decision.archive_reason == "rollback":
-                self.result.warn(
-                    "the plan runs one transaction per step and removes data: dbrev archives what each "
-                    "destructive step removes, so that a rollback can put it back")
+            stored, current, recorded = self._observe(conn, scripts)
+            plan, scripts = self._plan(scripts, current, stored, recorded)
+            decision = self._decide(conn, plan)
             if not decision.allowed:
                 return self._refused(decision, t0)
             if plan.is_noop:
                 return self._noop(conn, current, t0)
             jengine, jconn = connect(self.db, autocommit=True)
-            journal = self.journal = state.Journal(jconn, self.schema)
-            run_id = journal.start(self.vt, plan, req.actor)
-            # whoever outlives this process (a timeout, a crash) closes the row with what happened
-            self.emit({"event": "journal", "run_id": run_id, "schema": self.schema})
-            try:
-                with L.log_context(run_id=run_id):
-                    L.state_transition(plan.from_revisions, plan.to_revisions, "started",
-                                       direction=plan.direction, steps=len(plan.steps),
-                                       transaction=plan.transaction, plan_hash=plan.hash)
-                    if plan.transaction != "single" and req.policy.rehearse != rehearse.NEVER:
-                        self.result.rollback_readiness = rehearse.unproven(
-                            "the plan runs one transaction per step (a step needs autocommit): the way back "
-                            "cannot be rehearsed inside the upgrade's transaction").to_dict()
-                    if plan.transaction == "single":
-                        out = self._run_single(conn, scripts, plan, decision, journal)
-                    else:
-                        out = self._run_per_step(conn, scripts, plan, decision, journal)
-            except BaseException as e:
-                # the run ends here (busy, bad input, an error of dbrev's): the journal says how, not "running"
-                journal.finish(state.outcome_of(e), L.redact(str(e).splitlines()[0] if str(e) else type(e).__name__))
-                raise
-            journal.finish(out.result, out.error.message if out.error else None, out.rollback_readiness)
+            out = self._run_plan(conn, jconn, scripts, plan, decision)
             out.duration_seconds = round(time.monotonic() - t0, 3)
             return out
         finally:
@@ -183,6 +118,106 @@ class Runner:
             if jconn is not None:
                 jconn.close()
                 jengine.dispose()
+
+    # -- the phases before any change ---------------------------------------------
+    def _load(self) -> ScriptSet:
+        """The declared scripts (their modules import here, before any connection)."""
+        self.emit({"event": "phase", "phase": "load_scripts"})
+        return load_folder(self.req.migrations, pythonpath=self.req.pythonpath)
+
+    def _lock(self, conn: Connection) -> None:
+        """The session set up (backend pid reported for a parent that may have to end it), dbrev's schema, the
+        database's migration lock held."""
+        info = server_info(conn)
+        conn.commit()
+        if info["v"] >= 140000:
+            # notice a vanished client within a second, even mid-statement (PostgreSQL 14+)
+            conn.execute(sa.text("SET client_connection_check_interval = 1000"))
+            conn.commit()
+        self.emit({"event": "backend", "pid": info["pid"]})
+        state.ensure_schema(conn, self.schema)
+        acquire_lock(conn, self.db)
+        self.emit({"event": "phase", "phase": "locked"})
+
+    def _observe(self, conn: Connection, scripts: ScriptSet) -> tuple[StoredCopies, tuple, list[dict]]:
+        """Under the lock: the stored copies of the scripts, the live revision, the rehearsals earlier runs
+        recorded; runs an earlier process left "running" are reported as interrupted."""
+        stored = stored_copies(conn, self.db, scripts) if self.req.use_stored_scripts else StoredCopies()
+        self.conflicts = stored.conflicts
+        current = self.checks.heads(conn)
+        recorded = state.recorded_readiness(conn, self.schema, self.vt)
+        conn.commit()
+        self.result.from_revisions = list(current)
+        for run in state.interrupted_runs(conn, self.schema, self.vt):
+            msg = (f"run {run['id']} ({run['txn']} transaction, started {run['started_at']:%Y-%m-%d %H:%M:%S}) "
+                   f"was interrupted during step {run['step_index'] or 0}/{run['step_count']} "
+                   f"({run['step_direction'] or '-'} {run['step_revision'] or '-'}); the database is at "
+                   f"{state.revisions_key(current)}")
+            L.logger.warning("Interrupted run found", extra={"run_id": run["id"], "status": "interrupted"})
+            self.result.warn(msg)
+        return stored, current, recorded
+
+    def _plan(self, scripts: ScriptSet, current, stored: StoredCopies, recorded: list[dict]) -> tuple[Plan, ScriptSet]:
+        """The one plan (as `dbrev plan` makes it: stored copies, conflicts, hash, recorded readiness), and the
+        scripts it runs; refused when it is not the plan the caller expects (``--plan-hash``)."""
+        req = self.req
+        plan, scripts = plan_against(scripts, current, req.target, version_table=self.db.version_table,
+                                     version_table_schema=self.db.version_table_schema, stored=stored,
+                                     recorded=recorded)
+        self.plan = plan
+        r = self.result
+        if plan.recorded_readiness:
+            r.recorded_readiness = plan.recorded_readiness  # a revert: what its upgrade proved
+        r.plan_hash, r.direction, r.transaction = plan.hash, plan.direction, plan.transaction
+        r.to_revisions = list(plan.to_revisions)
+        r.warnings.extend(plan.warnings)
+        self.emit({"event": "plan", "plan": plan.to_dict(include_sql=False)})
+        if req.expected_hash and not hash_matches(plan.hash, req.expected_hash):
+            raise PlanChanged(f"the plan is now {plan.hash}, not the expected {req.expected_hash}",
+                              hint="run `dbrev plan` again and review the new plan")
+        return plan, scripts
+
+    def _decide(self, conn: Connection, plan: Plan) -> Decision:
+        """The policy on the plan and the live facts it needs (row counts of what it would remove, ...)."""
+        facts = plan_facts(conn, plan)
+        conn.commit()
+        decision = evaluate(plan, self.req.policy, self.req.approval, facts)
+        self.result.decision = decision.to_dict()
+        self.archive = decision.archive
+        self._facts_of_plan = facts
+        if decision.archive_reason == "rollback":
+            self.result.warn(
+                "the plan runs one transaction per step and removes data: dbrev archives what each "
+                "destructive step removes, so that a rollback can put it back")
+        return decision
+
+    def _run_plan(self, conn: Connection, jconn: Connection, scripts: ScriptSet, plan: Plan,
+                  decision: Decision) -> RunResult:
+        """The allowed plan, journaled (on its own autocommit session, so that whoever outlives this process
+        closes the row), run in its transaction mode; the journal says how the run ended."""
+        req = self.req
+        journal = self.journal = state.Journal(jconn, self.schema)
+        run_id = journal.start(self.vt, plan, req.actor)
+        self.emit({"event": "journal", "run_id": run_id, "schema": self.schema})
+        try:
+            with L.log_context(run_id=run_id):
+                L.state_transition(plan.from_revisions, plan.to_revisions, "started",
+                                   direction=plan.direction, steps=len(plan.steps),
+                                   transaction=plan.transaction, plan_hash=plan.hash)
+                if plan.transaction != "single" and req.policy.rehearse != rehearse.NEVER:
+                    self.result.rollback_readiness = rehearse.unproven(
+                        "the plan runs one transaction per step (a step needs autocommit): the way back "
+                        "cannot be rehearsed inside the upgrade's transaction").to_dict()
+                if plan.transaction == "single":
+                    out = self._run_single(conn, scripts, plan, decision, journal)
+                else:
+                    out = self._run_per_step(conn, scripts, plan, decision, journal)
+        except BaseException as e:
+            # the run ends here (busy, bad input, an error of dbrev's): the journal says how, not "running"
+            journal.finish(state.outcome_of(e), L.redact(str(e).splitlines()[0] if str(e) else type(e).__name__))
+            raise
+        journal.finish(out.result, out.error.message if out.error else None, out.rollback_readiness)
+        return out
 
     def _refused(self, decision: Decision, t0: float) -> RunResult:
         L.logger.warning("Plan refused by policy", extra={"reason": decision.reason,
