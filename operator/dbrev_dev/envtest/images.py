@@ -446,8 +446,16 @@ def _build_app(repo: Path, tag: str, files: dict[str, bytes], deps_file: str, de
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    which = argv or ["pause", "base", "operator"]
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m dbrev_dev.envtest.images",
+                                description="Build (or find cached) the images the one-node cluster loads.")
+    p.add_argument("which", nargs="*", metavar="IMAGE",
+                   help="pause, base, operator (the default: all three) or apps (the test application's images)")
+    which = p.parse_args(sys.argv[1:] if argv is None else argv).which or ["pause", "base", "operator"]
+    unknown = [w for w in which if w not in ("pause", "base", "operator", "apps")]
+    if unknown:
+        p.error(f"unknown image(s) {', '.join(unknown)}: choose from pause, base, operator, apps")
     t0 = time.monotonic()
     try:
         for w in which:
