@@ -96,15 +96,15 @@ def test_each_image_tag_carries_its_scripts_and_dbrev_the_documented_way():
     from dbrev_dev.envtest import images as I
 
     def scripts(tag):
-        return sorted(k.rsplit("/", 1)[1].split("_", 1)[0] for k in I._app_files(tag) if k.startswith("migrations/versions/"))
+        return sorted(k.rsplit("/", 1)[1].split("_", 1)[0] for k in I.app_files(tag) if k.startswith("migrations/versions/"))
     assert scripts(f"{I.ORDERSAPP_IMAGE}:v1") == REVS[:3] == scripts(f"{I.NODBREV_IMAGE}:v1")
     assert scripts(f"{I.ORDERSAPP_IMAGE}:v2") == REVS
     assert scripts(f"{I.ORDERSAPP_IMAGE}:broken") == REVS + [BROKEN_REV]
-    files = I._app_files(f"{I.ORDERSAPP_IMAGE}:v2")
+    files = I.app_files(f"{I.ORDERSAPP_IMAGE}:v2")
     assert {"alembic.ini", "migrations/env.py", "ordersapp/models.py", "ordersapp/types.py"} <= set(files)
     assert not [k for k in files if "__pycache__" in k or k.endswith(".pyc")]
     # the lean install, the one line docs/install.md gives; none in the image without dbrev
-    assert "\nRUN pip install dbrev\n" in I._app_deps_containerfile(True)
-    assert "dbrev" not in I._app_deps_containerfile(False).replace(I.BASE_IMAGE, "")
-    assert "[operator]" not in I._app_deps_containerfile(True)
+    assert "\nRUN pip install dbrev\n" in I.app_deps_containerfile(True)
+    assert "dbrev" not in I.app_deps_containerfile(False).replace(I.BASE_IMAGE, "")
+    assert "[operator]" not in I.app_deps_containerfile(True)
     assert I.APP_MIGRATIONS == "/app/migrations" and (APP / "migrations" / "env.py").is_file()

@@ -43,7 +43,7 @@ def test_teardown_after_a_crashed_run_leaves_nothing(tmp_path):
     _require_node_support()
     import fcntl
 
-    from dbrev_dev.envtest import node as N
+    from dbrev_dev.envtest import assets, node as N
     from dbrev_dev.envtest.images import PAUSE_IMAGE
 
     with open(N.LOCK, "a") as fh:  # the session's node must not be up yet (see the module docstring)
@@ -57,7 +57,7 @@ def test_teardown_after_a_crashed_run_leaves_nothing(tmp_path):
                         capture_output=True, text=True, timeout=300)
     assert up.returncode == 0, up.stdout + up.stderr
     try:
-        kubectl = [str(N._assets.find(build=False).kubectl), "--kubeconfig", str(d / "kubeconfig")]
+        kubectl = [str(assets.find(build=False).kubectl), "--kubeconfig", str(d / "kubeconfig")]
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sleeper", "namespace": "default"},
                "spec": {"containers": [{"name": "c", "image": PAUSE_IMAGE}],
                         "volumes": [{"name": "scratch", "emptyDir": {}}]}}
@@ -103,7 +103,7 @@ def test_node_is_ready_and_its_network_stays_local(node):
     assert {c["type"]: c["status"] for c in got["status"]["conditions"]}["Ready"] == "True"
     addresses = {a["type"]: a["address"] for a in got["status"]["addresses"]}
     assert addresses["InternalIP"] == N.NODE_IP
-    inside = lambda *c: subprocess.run(N._in_node(*c), capture_output=True, text=True, check=True).stdout  # noqa: E731
+    inside = lambda *c: subprocess.run(N.in_node(*c), capture_output=True, text=True, check=True).stdout  # noqa: E731
     assert inside("ip", "route", "show", "default").strip() == ""  # no way out of the node
     assert "-A FORWARD -j DBREV-ISOLATE" in inside("iptables", "-S", "FORWARD")
     assert f"-A DBREV-ISOLATE -i {N.VETH_NODE} -j DROP" in inside("iptables", "-S", "DBREV-ISOLATE")

@@ -1,4 +1,4 @@
-"""Module boundaries hold: no module uses another's private names, and the layers import downwards.
+"""Module boundaries hold: no module (nor test) uses another's private names, and the layers import downwards.
 
 Read from the source (the AST of every module of ``dbrev`` and ``dbrev_dev``, imports inside
 functions included), so a module added later is checked without editing this file.
@@ -154,6 +154,16 @@ def test_the_walk_finds_both_packages():
 
 def test_no_module_uses_another_modules_private_names():
     assert _scan(private_uses) == []
+
+
+def test_no_test_uses_a_private_name_of_dbrev():
+    """The tests use what the modules offer: a function worth testing on its own is public."""
+    tests = Path(__file__).resolve().parents[1]
+    found = []
+    for path in sorted(tests.rglob("*.py")):
+        module = ".".join(("tests",) + path.relative_to(tests).with_suffix("").parts)
+        found += private_uses(module, path.read_text())
+    assert found == []
 
 
 def test_the_layers_import_downwards():

@@ -271,27 +271,27 @@ def test_an_outage_while_ready_is_a_detail_condition_an_event_once_and_clears():
 
 def test_metrics_follow_the_conditions_while_suspended():
     """15.13: a suspended resource whose Ready is True counts as ready."""
-    from dbrev.controller.handlers import _readiness
+    from dbrev.controller.status import metric_states
 
     ready = from_result(APPLIED, {}, 1, NOW, "spec", NOW, PLAN).status
     sus = decide.suspended(ready, 2, LATER).status
-    assert conds(sus)["Ready"] == ("True", "AtRevision") and _readiness(sus["conditions"]) == (True, False, False)
+    assert conds(sus)["Ready"] == ("True", "AtRevision") and metric_states(sus["conditions"]) == (True, False, False)
     fresh = decide.suspended({}, 1, NOW).status
-    assert _readiness(fresh["conditions"]) == (False, False, True)
+    assert metric_states(fresh["conditions"]) == (False, False, True)
 
 
 def test_a_kubernetes_api_outage_is_not_a_database_outage():
     """Issue 11: a 5xx from the API server reading a Secret is transient, and names the API, not the database."""
     from kubernetes.client.rest import ApiException
 
-    from dbrev.controller.inputs import _api_error
+    from dbrev.controller.inputs import read_error
 
-    err = _api_error(ApiException(status=503, reason="Service Unavailable"), "Secret", "ns", "db")
+    err = read_error(ApiException(status=503, reason="Service Unavailable"), "Secret", "ns", "db")
     assert err.transient and err.reason == C.KUBERNETES_UNAVAILABLE and "Kubernetes API" in err.message
     v = decide.from_error(err.to_dict(), {}, 1, NOW, transient=err.transient)
     assert conds(v.status)["Reconciling"] == ("True", "KubernetesAPIUnavailable") and v.retry_in == 5
     assert "DatabaseReachable" not in conds(v.status)
-    assert _api_error(ApiException(status=404), "Secret", "ns", "db").reason == C.SECRET_NOT_FOUND
+    assert read_error(ApiException(status=404), "Secret", "ns", "db").reason == C.SECRET_NOT_FOUND
 
 
 def test_only_an_absent_api_server_keeps_an_outcome_for_later():
@@ -299,8 +299,8 @@ def test_only_an_absent_api_server_keeps_an_outcome_for_later():
     from kubernetes.client.rest import ApiException
     from urllib3.exceptions import MaxRetryError
 
-    from dbrev.controller.handlers import _api_unreachable
+    from dbrev.controller.kube import api_unreachable
 
-    assert _api_unreachable(ApiException(status=503)) and _api_unreachable(ApiException(status=429))
-    assert _api_unreachable(MaxRetryError(None, "/apis", "refused")) and _api_unreachable(ConnectionRefusedError())
-    assert not _api_unreachable(ApiException(status=422)) and not _api_unreachable(ApiException(status=404))
+    assert api_unreachable(ApiException(status=503)) and api_unreachable(ApiException(status=429))
+    assert api_unreachable(MaxRetryError(None, "/apis", "refused")) and api_unreachable(ConnectionRefusedError())
+    assert not api_unreachable(ApiException(status=422)) and not api_unreachable(ApiException(status=404))

@@ -1,13 +1,13 @@
 """The pure parts of `dbrev check --data`'s seeding (dbrev.engine.seed): table order and what a downgrade removed."""
 
 from dbrev.engine.rehearse import Loss
-from dbrev.engine.seed import _order, losses
+from dbrev.engine.seed import dependency_order, losses
 
 
 def test_referenced_tables_are_seeded_first_and_a_cycle_does_not_hang():
     tables = {1: "public.orders", 2: "public.accounts", 3: "public.items", 4: "public.a", 5: "public.b"}
     fks = [(1, 2, [2], [1]), (3, 1, [2], [1]), (3, 3, [3], [1]), (4, 5, [1], [1]), (5, 4, [1], [1])]
-    order = [tables[o] for o in _order(tables, fks)]
+    order = [tables[o] for o in dependency_order(tables, fks)]
     assert order.index("public.accounts") < order.index("public.orders") < order.index("public.items")
     assert sorted(order) == sorted(tables.values())
 

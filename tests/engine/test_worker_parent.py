@@ -1,4 +1,4 @@
-"""The worker's parent-death check (``worker._die_with_parent``), run for real.
+"""The worker's parent-death check (``worker.die_with_parent``), run for real.
 
 In a container the operator is PID 1, so a worker's parent *is* PID 1. The check must tell
 "my parent is PID 1" from "my parent died and I was reparented" (issue 10: every migration in a Pod
@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-PROBE = "from dbrev.engine.worker import _die_with_parent; _die_with_parent(); print('alive', flush=True)"
+PROBE = "from dbrev.engine.worker import die_with_parent; die_with_parent(); print('alive', flush=True)"
 
 needs_pidns = pytest.mark.skipif(
     not shutil.which("unshare") or os.geteuid() != 0, reason="needs root and unshare(1) for a PID namespace"

@@ -30,7 +30,7 @@ from ..core.options import DbOptions
 from ..core.errors import BadInput, DatabaseUnavailable, DbrevError
 from ..core.options import RunRequest
 from ..core.results import RunResult
-from .status import condition, initial_conditions, is_ready, now_iso, revisions_text, status_patch
+from .status import condition, initial_conditions, metric_states, is_ready, now_iso, revisions_text, status_patch
 from ..core.text import plan_summary
 from . import decide, kube
 from . import healthgate as HG
@@ -92,15 +92,6 @@ def _remember(ns: str, name: str, body, fields: dict, events: list) -> None:
                                 "events": old["events"] + list(events)}
 
 
-def _api_unreachable(e: BaseException) -> bool:
-    """An error that says the API server is not there (or not coping), not that the request was wrong."""
-    from kubernetes.client.rest import ApiException
-
-    if isinstance(e, ApiException):
-        return e.status is None or e.status >= 500 or e.status in (408, 429)
-    return True  # urllib3 / socket errors: no answer at all
-
-
 def forget_pending(ns: str, name: str) -> None:
     with _locks_guard:
         _pending.pop((ns, name), None)
@@ -115,7 +106,7 @@ def flush_pending(ns: str, name: str) -> bool:
     try:
         kube.patch_status(ns, name, p["fields"])
     except Exception as e:  # noqa: BLE001
-        if not _api_unreachable(e):  # gone (404) or refused: there is nothing left to write it to
+        if not kube.api_unreachable(e):  # gone (404) or refused: there is nothing left to write it to
             L.logger.error("Dropping the status of a run the API server refused", extra={
                 "error_type": type(e).__name__, "error_message": L.redact(str(e))[:300]})
             forget_pending(ns, name)
@@ -130,16 +121,6 @@ def flush_pending(ns: str, name: str) -> bool:
     L.logger.info("Wrote the status of a run the API server missed",
                   extra={"events": [e[1] for e in p["events"]], "fields": sorted(p["fields"])})
     return True
-
-
-def _readiness(conditions) -> tuple[bool, bool, bool]:
-    """(ready, stalled, waiting) as the conditions say, so the metrics always agree with them."""
-    st = {"conditions": conditions}
-    ready = bool((condition(st, C.READY) or {}).get("status") == "True")
-    stalled = bool((condition(st, C.STALLED) or {}).get("status") == "True")
-    rec = condition(st, C.RECONCILING) or {}
-    waiting = not ready and not stalled and rec.get("reason") in (C.AWAITING_APPROVAL, C.SUSPENDED)
-    return ready, stalled, waiting
 
 
 # ---------------------------------------------------------------------------
@@ -162,7 +143,7 @@ def carry_out(body, prev: dict, verdict: decide.Verdict, started: float, extra: 
         try:
             kube.patch_status(ns, name, patch)
         except Exception as e:  # noqa: BLE001 - the record must survive an API outage
-            if not _api_unreachable(e):
+            if not kube.api_unreachable(e):
                 raise
             unwritten = True
             _remember(ns, name, body, new, verdict.events)
@@ -180,7 +161,7 @@ def carry_out(body, prev: dict, verdict: decide.Verdict, started: float, extra: 
         M.rollbacks_total.labels(namespace=ns, name=name, trigger=verdict.rollback[0],
                                  result=verdict.rollback[1]).inc()
     merged = {**prev, **new}
-    ready, stalled, waiting = _readiness(merged.get("conditions"))
+    ready, stalled, waiting = metric_states(merged.get("conditions"))
     M.set_resource(ns, name, is_ready=ready, is_stalled=stalled,
                    current=merged.get("currentRevision"), target=merged.get("targetRevision"),
                    findings=verdict.findings, drift=verdict.drift, is_waiting=waiting, reachable=verdict.reachable,

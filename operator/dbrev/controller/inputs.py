@@ -58,7 +58,8 @@ def scripts_root() -> Path:
     return root
 
 
-def _api_error(e: ApiException, kind: str, namespace: str, name: str) -> DbrevError:
+def read_error(e: ApiException, kind: str, namespace: str, name: str) -> DbrevError:
+    """A failed read of a Secret or ConfigMap as the error a user sees: not found, forbidden, or the API being away."""
     if e.status == 404:
         reason = C.SECRET_NOT_FOUND if kind == "Secret" else C.CONFIGMAP_NOT_FOUND
         return InputError(f"{kind} {namespace}/{name} not found", reason=reason)
@@ -76,7 +77,7 @@ def _read(what, kind: str, namespace: str, name: str):
     try:
         return what(name, namespace)
     except ApiException as e:
-        raise _api_error(e, kind, namespace, name) from None
+        raise read_error(e, kind, namespace, name) from None
     except (HTTPError, OSError) as e:
         raise KubernetesUnavailable(f"reading {kind} {namespace}/{name}: the Kubernetes API did not answer "
                                     f"({type(e).__name__})", hint="dbrev retries") from None

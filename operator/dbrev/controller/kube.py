@@ -35,6 +35,13 @@ def api_client() -> client.ApiClient:
         return _api
 
 
+def api_unreachable(e: BaseException) -> bool:
+    """An error that says the API server is not there (or not coping), not that the request was wrong."""
+    if isinstance(e, ApiException):
+        return e.status is None or e.status >= 500 or e.status in (408, 429)
+    return True  # urllib3 / socket errors: no answer at all
+
+
 def core() -> client.CoreV1Api:
     return client.CoreV1Api(api_client())
 

@@ -153,6 +153,15 @@ def is_stalled(status: dict | None) -> bool:
     return bool(c and c.get("status") == "True")
 
 
+def metric_states(conditions) -> tuple[bool, bool, bool]:
+    """(ready, stalled, waiting) as the conditions say, so that the metrics always agree with them."""
+    st = {"conditions": conditions}
+    ready, stalled = is_ready(st), is_stalled(st)
+    rec = condition(st, C.RECONCILING) or {}
+    waiting = not ready and not stalled and rec.get("reason") in (C.AWAITING_APPROVAL, C.SUSPENDED)
+    return ready, stalled, waiting
+
+
 def plan_status(plan: dict, computed_at: str) -> dict:
     """The status.plan block from a plan dict (``Plan.to_dict(include_sql=False)``)."""
     return {

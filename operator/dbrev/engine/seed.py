@@ -52,7 +52,7 @@ def _tables(conn, exclude_schemas, exclude_tables) -> dict[int, str]:
     return {int(o): name for o, name in rows}
 
 
-def _order(tables: dict[int, str], fks) -> list[int]:
+def dependency_order(tables: dict[int, str], fks) -> list[int]:
     """Referenced tables first (a cycle is broken where it is met)."""
     needs: dict[int, set[int]] = {o: set() for o in tables}
     for rel, ref, _, _ in fks:
@@ -133,7 +133,7 @@ def seed(conn, exclude_schemas, exclude_tables, tag: str) -> tuple[dict[str, int
     fks = [(int(r), int(f), list(k), list(fk)) for r, f, k, fk in conn.execute(text(_FKS), {"oids": oids}).all()]
     seeded: dict[str, int] = {}
     skipped: dict[str, str] = {}
-    for oid in _order(tables, fks):
+    for oid in dependency_order(tables, fks):
         table = tables[oid]
         try:
             values = _row(conn, table, cols[oid], [fk for fk in fks if fk[0] == oid], tables, cols, tag)

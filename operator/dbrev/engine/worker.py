@@ -105,7 +105,7 @@ def request_from_json(text: str) -> tuple[RunRequest, str, dict]:
     return RunRequest(db=db, policy=policy, **r), doc.get("log_level", "INFO"), doc.get("log_context", {})
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: SIGKILL this worker when the process that started it dies (an operator killed mid-run).
 
     PostgreSQL then notices the closed connection, rolls back the open transaction and frees the lock.
@@ -129,7 +129,7 @@ def _die_with_parent() -> None:
 
 def main() -> int:
     """Entry point of the worker process (``python -m dbrev.engine.worker FD``): the protocol goes to fd FD."""
-    _die_with_parent()
+    die_with_parent()
     proto_fd = int(sys.argv[1])
     os.set_inheritable(proto_fd, False)  # never into a subprocess a script starts
     raw = sys.stdin.read()
@@ -326,7 +326,7 @@ class _ForkedWorker:
             code = 0
             try:
                 os.setsid()
-                _die_with_parent()
+                die_with_parent()
                 os.close(r_proto)
                 os.close(r_err)
                 for fd in CHILD_CLOSE_FDS:

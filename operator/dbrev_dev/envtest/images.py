@@ -336,7 +336,7 @@ CMD ["alembic", "upgrade", "head"]
 """
 
 
-def _app_files(tag: str, source: Path = APP_SOURCE) -> dict[str, bytes]:
+def app_files(tag: str, source: Path = APP_SOURCE) -> dict[str, bytes]:
     """What goes into /app for ``tag``: path in the image (relative to /app) -> bytes."""
     count, extra, _with_dbrev = APP_TAGS[tag]
     app = source / "ordersapp"
@@ -356,7 +356,7 @@ def _app_files(tag: str, source: Path = APP_SOURCE) -> dict[str, bytes]:
     return out
 
 
-def _app_deps_containerfile(with_dbrev: bool) -> str:
+def app_deps_containerfile(with_dbrev: bool) -> str:
     return APP_DEPS_CONTAINERFILE.format(base=BASE_IMAGE, requirements=" ".join(f"'{r}'" for r in APP_REQUIREMENTS),
                                          dbrev=APP_DBREV_LINE if with_dbrev else "")
 
@@ -375,8 +375,8 @@ def app_archive(tag: str, repo: Path = REPO_ROOT, source: Path = APP_SOURCE) -> 
     if tag not in APP_TAGS:
         raise AssetError(f"no test application image {tag!r}: one of {', '.join(APP_TAGS)}")
     with_dbrev = APP_TAGS[tag][2]
-    files = _app_files(tag, source)
-    deps_file = _app_deps_containerfile(with_dbrev)
+    files = app_files(tag, source)
+    deps_file = app_deps_containerfile(with_dbrev)
     h = hashlib.sha256()
     suite = host_suite()  # the base archive's name (base_archive's key), without building it here
     base_name = f"debian-python-{suite}-{_short(f'{suite} {chr(32).join(BASE_PACKAGES)}')}.tar"

@@ -91,7 +91,7 @@ def _sh(*cmd: str, check: bool = True, timeout: float = 60, input: str | None = 
     return proc
 
 
-def _in_node(*cmd: str) -> list[str]:
+def in_node(*cmd: str) -> list[str]:
     return ["nsenter", f"--net=/run/netns/{NETNS}", "--", *cmd]
 
 
@@ -449,7 +449,7 @@ class NodeCluster(Cluster):
         _sh("sysctl", "-qw", f"net.ipv4.conf.{VETH_HOST}.forwarding=0")
         _sh("ip", "addr", "add", f"{HOST_IP}/{PREFIX}", "dev", VETH_HOST)
         _sh("ip", "link", "set", VETH_HOST, "up")
-        n = lambda *c: _sh(*_in_node(*c))  # noqa: E731
+        n = lambda *c: _sh(*in_node(*c))  # noqa: E731
         n("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
         n("sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
         n("ip", "link", "set", "lo", "up")
@@ -461,7 +461,7 @@ class NodeCluster(Cluster):
         n("iptables", "-A", "DBREV-ISOLATE", "-i", VETH_NODE, "-j", "DROP")
         n("iptables", "-A", "DBREV-ISOLATE", "-o", VETH_NODE, "-j", "DROP")
         n("iptables", "-I", "FORWARD", "1", "-j", "DBREV-ISOLATE")
-        routes = _sh(*_in_node("ip", "route", "show", "default")).stdout.strip()
+        routes = _sh(*in_node("ip", "route", "show", "default")).stdout.strip()
         if routes:
             raise NodeError(f"the node's namespace has a default route ({routes}); refusing to go on")
 
@@ -469,7 +469,7 @@ class NodeCluster(Cluster):
         log = open(self.log_path(name), "ab")
         try:
             proc = subprocess.Popen(
-                _in_node(*argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                in_node(*argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.dir, start_new_session=True, env=env,
                 preexec_fn=exit_with_parent if self.die_with_parent else None,
             )
