@@ -616,7 +616,7 @@ def cmd_apply(args) -> int:
         result = RunResult.of_error(RESULT_REFUSED, e)
     if empty:
         result.warnings = [empty, *(result.warnings or [])]
-    write_output(args, _apply_doc(result), apply_text(result, args), plan=seen.get("plan"))
+    write_output(args, apply_document(result), apply_text(result, args), plan=seen.get("plan"))
     return RESULT_EXIT.get(result.result, 1)
 
 
@@ -647,10 +647,6 @@ def _data_loss_policy(args) -> str:
                                         args.data_loss and f"--data-loss {args.data_loss}")))
         raise E.BadInput(f"{given} contradict each other", hint="give one data-loss policy")
     return args.data_loss or (implied[0] if implied else "Deny")
-
-
-def _apply_doc(r: RunResult) -> dict:
-    return apply_document(r)
 
 
 def apply_text(r: RunResult, args) -> str:
